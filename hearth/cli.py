@@ -1,0 +1,192 @@
+"""The `hearth` command line: parse options, make one library call, print the result.
+
+Every user mistake surfaces as one line on stderr (`error: ...`) and a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from typing import Annotated, Optional
+
+import click
+import typer
+
+from hearth.errors import HearthError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    help="hearth: run, serve and own open-weights Llama-family models, offline.",
+)
+
+ModelArg = Annotated[str, typer.Argument(help="A .gguf file, a Hugging Face model directory, or 'smollm2' (the default model).")]
+Temperature = Annotated[float, typer.Option(help="Sampling temperature; 0 is greedy (deterministic).", min=0.0, max=100.0)]
+TopP = Annotated[float, typer.Option(help="Nucleus sampling: keep the smallest set of tokens with this much probability.", min=0.0, max=1.0)]
+TopK = Annotated[int, typer.Option(help="Keep only the K most likely tokens (0: off).", min=0)]
+MinP = Annotated[float, typer.Option(help="Drop tokens less likely than min_p times the most likely one (0: off).", min=0.0, max=1.0)]
+RepeatPenalty = Annotated[float, typer.Option(help="Penalise tokens already in the context (1.0: off).", min=0.01)]
+Seed = Annotated[Optional[int], typer.Option(help="Random seed, for reproducible sampling.", min=0)]
+MaxTokens = Annotated[int, typer.Option(help="Most tokens to generate.", min=0)]
+Stop = Annotated[Optional[list[str]], typer.Option(help="Stop when this text appears (repeatable); it is not printed.")]
+Device = Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")]
+DType = Annotated[str, typer.Option(help="auto (fp32 on CPU, bf16 on CUDA), float32, bfloat16 or float16.")]
+Json = Annotated[bool, typer.Option("--json", help="Print prompt/generated token ids and text as JSON.")]
+
+
+def _params(max_tokens, temperature, top_p, top_k, min_p, repeat_penalty, seed, stop):
+    from hearth.engine.sampling import SamplingParams
+
+    return SamplingParams(
+        max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
+        repetition_penalty=repeat_penalty, seed=seed, stop=tuple(stop or ()),
+    )
+
+
+def _load(model: str, device: str, dtype: str):
+    from hearth.loader import load
+
+    lm = load(model, device=device, dtype=dtype, progress=sys.stderr.isatty())
+    logging.getLogger("hearth").info("loaded %s in %.2fs", lm.checkpoint.path.name, lm.load_seconds)
+    return lm
+
+
+def _print_stream(chunks) -> dict:
+    ids, parts, reason = [], [], None
+    for c in chunks:
+        if c.text:
+            sys.stdout.write(c.text)
+            sys.stdout.flush()
+            parts.append(c.text)
+        if c.token_id is not None:
+            ids.append(c.token_id)
+        reason = c.finish_reason or reason
+    return {"token_ids": ids, "text": "".join(parts), "finish_reason": reason}
+
+
+@app.command()
+def generate(
+    model: ModelArg,
+    prompt: Annotated[str, typer.Argument(help="Text to continue, used as is (no chat template).")],
+    max_tokens: MaxTokens = 128,
+    temperature: Temperature = 0.8,
+    top_p: TopP = 0.95,
+    top_k: TopK = 40,
+    min_p: MinP = 0.05,
+    repeat_penalty: RepeatPenalty = 1.0,
+    seed: Seed = None,
+    stop: Stop = None,
+    device: Device = "cpu",
+    dtype: DType = "auto",
+    json_out: Json = False,
+):
+    """Raw completion: continue PROMPT with no chat template.
+
+    Example: hearth generate smollm2 "The capital of France is" --temperature 0 --max-tokens 16
+    """
+    params = _params(max_tokens, temperature, top_p, top_k, min_p, repeat_penalty, seed, stop)
+    lm = _load(model, device, dtype)
+    from hearth.engine.generate import Generator
+
+    ids = lm.tokenizer.encode(prompt)
+    gen = Generator(lm.model, lm.tokenizer)
+    if json_out:
+        c = gen.complete(ids, params)
+        print(json.dumps({"prompt_token_ids": ids, "token_ids": c.token_ids, "text": c.text, "finish_reason": c.finish_reason}, ensure_ascii=False))
+    else:
+        _print_stream(gen.stream(ids, params))
+        print()
+
+
+@app.command()
+def run(
+    model: Annotated[str, typer.Argument(help="A .gguf file, a HF model directory, or 'smollm2'.")] = "smollm2",
+    prompt: Annotated[Optional[str], typer.Argument(help="Answer this once and exit; without it, chat interactively.")] = None,
+    system: Annotated[Optional[str], typer.Option(help="A system message that starts the conversation.")] = None,
+    max_tokens: MaxTokens = 512,
+    temperature: Temperature = 0.8,
+    top_p: TopP = 0.95,
+    top_k: TopK = 40,
+    min_p: MinP = 0.05,
+    repeat_penalty: RepeatPenalty = 1.0,
+    seed: Seed = None,
+    stop: Stop = None,
+    device: Device = "cpu",
+    dtype: DType = "auto",
+    json_out: Json = False,
+):
+    """Chat with a model using its own chat template. Type /bye to quit, /clear to forget the conversation.
+
+    With PROMPT, or when stdin is not a terminal, answer once and exit.
+
+    Example: hearth run smollm2 "Name three rivers in Europe."
+    """
+    params = _params(max_tokens, temperature, top_p, top_k, min_p, repeat_penalty, seed, stop)
+    lm = _load(model, device, dtype)
+    from hearth.engine.chat import ChatSession
+
+    session = ChatSession(lm, params, system=system)
+    if prompt is None and not sys.stdin.isatty():
+        prompt = sys.stdin.read().strip()
+        if not prompt:
+            raise HearthError("no prompt: stdin was empty; pass PROMPT or pipe some text")
+    if prompt is not None:
+        if json_out:
+            c = session.complete(prompt)
+            print(json.dumps({"prompt_token_ids": c.prompt_ids, "token_ids": c.token_ids, "text": c.text, "finish_reason": c.finish_reason}, ensure_ascii=False))
+        else:
+            _print_stream(session.send(prompt))
+            print()
+        return
+    print(f"hearth: chatting with {lm.checkpoint.config.name} ({lm.checkpoint.quantization}). /bye to quit, /clear to reset.", file=sys.stderr)
+    while True:
+        try:
+            line = input(">>> ")
+        except EOFError:
+            print()
+            return
+        text = line.strip()
+        if not text:
+            continue
+        if text in ("/bye", "/exit", "/quit"):
+            return
+        if text == "/clear":
+            session.reset()
+            print("(conversation cleared)", file=sys.stderr)
+            continue
+        try:
+            _print_stream(session.send(text))
+        except HearthError as e:
+            print(f"\nerror: {e}", file=sys.stderr)
+        print()
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="hearth: %(message)s")
+    cmd = typer.main.get_command(app)
+    try:
+        cmd.main(args=argv, prog_name="hearth", standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError:
+        return 0
+    except click.exceptions.UsageError as e:
+        hint = f" (see: {e.ctx.command_path} --help)" if e.ctx else ""
+        print(f"error: {e.format_message()}{hint}", file=sys.stderr)
+        return 2
+    except click.exceptions.Abort:
+        return 130
+    except HearthError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

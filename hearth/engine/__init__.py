@@ -1,0 +1,1 @@
+"""Turning a loaded model into text: sampling, generation, (later) scheduling and serving."""

@@ -1,0 +1,137 @@
+"""Single-sequence generation: prefill, decode with a KV cache, stop rules, streaming text.
+
+This is the simple, obviously-correct path that `hearth run` / `hearth generate` use and that every
+faster path (batched engine, compiled decode) is tested against.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+
+from hearth.errors import ContextLengthError
+from hearth.engine.sampling import Sampler, SamplingParams
+from hearth.model import Transformer
+from hearth.tokenizer import Tokenizer
+
+
+@dataclass
+class StreamChunk:
+    """Text that became final with this step (may be empty while a character or stop string is pending)."""
+
+    text: str
+    token_id: int | None
+    finish_reason: str | None = None  # "stop" | "length" on the last chunk
+
+
+@dataclass
+class Completion:
+    prompt_ids: list[int]
+    token_ids: list[int] = field(default_factory=list)
+    text: str = ""
+    finish_reason: str = "length"
+
+
+def check_context(n_prompt: int, max_tokens: int, context: int) -> None:
+    if n_prompt == 0:
+        raise ContextLengthError("the prompt is empty; give at least one token of input")
+    over = n_prompt + max_tokens - context
+    if over > 0:
+        raise ContextLengthError(
+            f"prompt ({n_prompt} tokens) + max tokens ({max_tokens}) exceeds the model's context of {context} "
+            f"by {over}; shorten the prompt or lower --max-tokens"
+        )
+
+
+class _StopMatcher:
+    """Holds back text that might be the start of a stop string; cuts at the first full match."""
+
+    def __init__(self, stops: tuple[str, ...]):
+        self.stops = stops
+        self.pending = ""
+
+    def feed(self, text: str) -> tuple[str, bool]:
+        self.pending += text
+        if not self.stops:
+            out, self.pending = self.pending, ""
+            return out, False
+        hits = [i for i in (self.pending.find(s) for s in self.stops) if i >= 0]
+        if hits:
+            out = self.pending[: min(hits)]
+            self.pending = ""
+            return out, True
+        # keep the longest tail that is a prefix of some stop string
+        keep = 0
+        for s in self.stops:
+            for n in range(min(len(s) - 1, len(self.pending)), 0, -1):
+                if self.pending.endswith(s[:n]):
+                    keep = max(keep, n)
+                    break
+        cut = len(self.pending) - keep
+        out, self.pending = self.pending[:cut], self.pending[cut:]
+        return out, False
+
+    def flush(self) -> str:
+        out, self.pending = self.pending, ""
+        return out
+
+
+class Generator:
+    """Runs one prompt at a time through a model with a preallocated KV cache."""
+
+    def __init__(self, model: Transformer, tokenizer: Tokenizer):
+        self.model = model
+        self.tokenizer = tokenizer
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.tok_embeddings.weight.device
+
+    @torch.inference_mode()
+    def stream(self, prompt_ids: list[int], params: SamplingParams) -> Iterator[StreamChunk]:
+        """Yield text as it becomes final; the last chunk carries the finish reason."""
+        cfg = self.model.config
+        check_context(len(prompt_ids), params.max_tokens, cfg.max_seq_len)
+        if params.max_tokens == 0:
+            yield StreamChunk("", None, "length")
+            return
+        cache = self.model.new_cache(1, len(prompt_ids) + params.max_tokens)
+        sampler = Sampler(params)
+        decoder = self.tokenizer.stream()
+        stops = _StopMatcher(params.stop)
+        context = torch.tensor(prompt_ids, dtype=torch.long)
+        generated: list[int] = []
+        tokens = torch.tensor([prompt_ids], dtype=torch.long, device=self.device)
+        logits = self.model(tokens, 0, cache, last_only=True)[0, -1]
+        pos = len(prompt_ids)
+        while True:
+            nxt = sampler(logits, context if not generated else torch.cat([context, torch.tensor(generated)]))
+            generated.append(nxt)
+            if nxt in self.tokenizer.eos_ids and not params.ignore_eos:
+                yield StreamChunk(stops.feed(decoder.flush())[0] + stops.flush(), nxt, "stop")
+                return
+            text, stopped = stops.feed(decoder.push(nxt))
+            if stopped:
+                yield StreamChunk(text, nxt, "stop")
+                return
+            if len(generated) >= params.max_tokens:
+                tail, stopped = stops.feed(decoder.flush())
+                yield StreamChunk(text + tail + ("" if stopped else stops.flush()), nxt, "stop" if stopped else "length")
+                return
+            yield StreamChunk(text, nxt)
+            logits = self.model(torch.tensor([[nxt]], device=self.device), pos, cache)[0, -1]
+            pos += 1
+
+    def complete(self, prompt_ids: list[int], params: SamplingParams) -> Completion:
+        out = Completion(prompt_ids=list(prompt_ids))
+        parts = []
+        for chunk in self.stream(prompt_ids, params):
+            parts.append(chunk.text)
+            if chunk.token_id is not None:
+                out.token_ids.append(chunk.token_id)
+            if chunk.finish_reason:
+                out.finish_reason = chunk.finish_reason
+        out.text = "".join(parts)
+        return out

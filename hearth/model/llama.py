@@ -1,0 +1,189 @@
+"""The Llama transformer: RMSNorm, RoPE (with llama3 scaling), grouped-query attention, SwiGLU.
+
+Plain PyTorch in the style of gpt-fast: one module per block, no device or dtype baked in,
+no knowledge of where the weights came from. q/k projections use the Hugging Face
+"rotate-half" layout; GGUF readers un-permute their interleaved layout on load.
+
+State-dict names (hearth's own, shared by every reader):
+    tok_embeddings.weight, norm.weight, output.weight (absent when tied),
+    layers.N.attention_norm.weight, layers.N.attention.{wq,wk,wv,wo}.weight,
+    layers.N.ffn_norm.weight, layers.N.feed_forward.{w1,w2,w3}.weight   (w1 gate, w3 up, w2 down)
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from hearth.config import ModelConfig
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        # Normalise in fp32 and cast back before the weight, exactly as the reference implementations do:
+        # in bf16 the order of these two steps changes the logits.
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * xf.to(x.dtype)
+
+
+def rope_frequencies(cfg: ModelConfig) -> Tensor:
+    """Inverse frequencies (head_dim/2,), fp32, with llama3 or linear scaling applied."""
+    head_dim, scaling = cfg.head_dim, cfg.rope_scaling
+    inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
+    if cfg.rope_freq_factors is not None:  # GGUF stores llama3 scaling as precomputed divisors
+        return inv_freq / torch.tensor(cfg.rope_freq_factors, dtype=torch.float32)
+    if scaling is None:
+        return inv_freq
+    if scaling.kind == "linear":
+        return inv_freq / scaling.factor
+    if scaling.kind != "llama3":
+        raise ValueError(f"unsupported rope scaling {scaling.kind!r}")
+    # Llama 3.1: keep high frequencies, divide low ones by `factor`, blend smoothly in between.
+    low_wavelen = scaling.original_max_position_embeddings / scaling.low_freq_factor
+    high_wavelen = scaling.original_max_position_embeddings / scaling.high_freq_factor
+    wavelen = 2 * math.pi / inv_freq
+    scaled = torch.where(wavelen > low_wavelen, inv_freq / scaling.factor, inv_freq)
+    smooth = (scaling.original_max_position_embeddings / wavelen - scaling.low_freq_factor) / (
+        scaling.high_freq_factor - scaling.low_freq_factor
+    )
+    smoothed = (1 - smooth) * scaled / scaling.factor + smooth * scaled
+    medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+    return torch.where(medium, smoothed, scaled)
+
+
+def rotate_half(x: Tensor) -> Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """x: (B, H, T, D); cos/sin: (B or 1, 1, T, D) in fp32. Computed in fp32, returned in x's dtype."""
+    xf = x.float()
+    return (xf * cos + rotate_half(xf) * sin).to(x.dtype)
+
+
+class KVCache(nn.Module):
+    """A contiguous key/value cache for a batch of sequences that advance together.
+
+    Preallocated to `max_seq_len`, so decoding never reallocates or concatenates.
+    """
+
+    def __init__(self, cfg: ModelConfig, batch_size: int, max_seq_len: int, device=None, dtype=torch.float32):
+        super().__init__()
+        shape = (cfg.n_layers, batch_size, cfg.n_kv_heads, max_seq_len, cfg.head_dim)
+        self.register_buffer("k", torch.zeros(shape, device=device, dtype=dtype), persistent=False)
+        self.register_buffer("v", torch.zeros(shape, device=device, dtype=dtype), persistent=False)
+        self.max_seq_len = max_seq_len
+
+    def update(self, layer: int, start: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        end = start + k.shape[2]
+        self.k[layer, :, :, start:end] = k
+        self.v[layer, :, :, start:end] = v
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer: int):
+        super().__init__()
+        self.layer = layer
+        self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        self.wq = nn.Linear(cfg.dim, cfg.n_heads * cfg.head_dim, bias=False)
+        self.wk = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=False)
+        self.wv = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=False)
+        self.wo = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=False)
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, start: int, cache: KVCache | None) -> Tensor:
+        b, t, _ = x.shape
+        q = self.wq(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
+        k = self.wk(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        v = self.wv(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cache is not None:
+            k, v = cache.update(self.layer, start, k, v)
+        if start == 0 or t == 1:
+            # Whole prompt from an empty cache (plain causal) or one new token (sees everything).
+            mask, causal = None, t > 1
+        else:
+            # A chunk appended to a filled cache: query i sees keys 0 .. start+i.
+            kpos = torch.arange(k.shape[2], device=x.device)
+            qpos = torch.arange(start, start + t, device=x.device)
+            mask, causal = kpos[None, :] <= qpos[:, None], False
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=self.n_heads != self.n_kv_heads
+        )
+        return self.wo(y.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim))
+
+
+class FeedForward(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.w1 = nn.Linear(cfg.dim, cfg.hidden_dim, bias=False)  # gate
+        self.w3 = nn.Linear(cfg.dim, cfg.hidden_dim, bias=False)  # up
+        self.w2 = nn.Linear(cfg.hidden_dim, cfg.dim, bias=False)  # down
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer: int):
+        super().__init__()
+        self.attention_norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.attention = Attention(cfg, layer)
+        self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.feed_forward = FeedForward(cfg)
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, start: int, cache: KVCache | None) -> Tensor:
+        h = x + self.attention(self.attention_norm(x), cos, sin, start, cache)
+        return h + self.feed_forward(self.ffn_norm(h))
+
+
+class Transformer(nn.Module):
+    """Llama-family decoder. `forward(tokens, start, cache)` returns logits (B, T, vocab)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.config = cfg
+        self.tok_embeddings = nn.Embedding(cfg.vocab_size, cfg.dim)
+        self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
+        self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.output = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.output.weight = self.tok_embeddings.weight
+        self.register_buffer(
+            "inv_freq", rope_frequencies(cfg), persistent=False
+        )
+
+    def new_cache(self, batch_size: int = 1, max_seq_len: int | None = None) -> KVCache:
+        p = self.tok_embeddings.weight
+        return KVCache(self.config, batch_size, max_seq_len or self.config.max_seq_len, p.device, p.dtype)
+
+    def rope(self, start: int, t: int, device) -> tuple[Tensor, Tensor]:
+        pos = torch.arange(start, start + t, device=device, dtype=torch.float32)
+        freqs = torch.outer(pos, self.inv_freq.to(device))
+        emb = torch.cat((freqs, freqs), dim=-1)[None, None]
+        return emb.cos(), emb.sin()
+
+    def forward(
+        self, tokens: Tensor, start: int = 0, cache: KVCache | None = None, last_only: bool = False
+    ) -> Tensor:
+        b, t = tokens.shape
+        if cache is not None and start + t > cache.max_seq_len:
+            raise ValueError(f"sequence of {start + t} tokens exceeds the cache's {cache.max_seq_len}")
+        x = self.tok_embeddings(tokens)
+        cos, sin = self.rope(start, t, tokens.device)
+        for layer in self.layers:
+            x = layer(x, cos, sin, start, cache)
+        x = self.norm(x)
+        if last_only:
+            x = x[:, -1:]
+        return self.output(x).float()

@@ -1,0 +1,107 @@
+"""hearth's tokenizer: one interface over a `tokenizers.Tokenizer`, with the model's BOS/EOS rules."""
+
+from __future__ import annotations
+
+from tokenizers import Tokenizer as HFTokenizer
+
+from hearth.errors import ModelFormatError
+from hearth.weights.types import TokenizerData
+
+
+class Tokenizer:
+    """Encode text to ids and back, knowing the model's BOS/EOS tokens and whether to add BOS."""
+
+    def __init__(self, backend: HFTokenizer, data: TokenizerData):
+        self.backend = backend
+        self.bos_id = data.bos_id
+        self.eos_ids = tuple(data.eos_ids)
+        self.pad_id = data.pad_id
+        self.special_tokens = dict(data.special_tokens)
+        self.vocab_size = backend.get_vocab_size(with_added_tokens=True)
+        add_bos = data.add_bos
+        if add_bos is None:  # HF: the tokenizer's post-processor decides (Llama adds <s>, SmolLM2 does not)
+            probe = backend.encode("a", add_special_tokens=True).ids
+            add_bos = self.bos_id is not None and len(probe) > 0 and probe[0] == self.bos_id
+        self.add_bos = bool(add_bos and self.bos_id is not None)
+        self.add_eos = bool(data.add_eos and self.eos_ids)
+
+    @classmethod
+    def from_data(cls, data: TokenizerData) -> "Tokenizer":
+        if data.tokenizer_json is not None:
+            try:
+                backend = HFTokenizer.from_file(str(data.tokenizer_json))
+            except Exception as e:
+                raise ModelFormatError(f"{data.tokenizer_json} cannot be read as a tokenizer ({e})") from None
+        elif data.gguf is not None:
+            from hearth.tokenizer.from_gguf import tokenizer_from_gguf
+
+            backend = tokenizer_from_gguf(data.gguf)
+        else:
+            raise ModelFormatError("the model has no tokenizer")
+        return cls(backend, data)
+
+    def encode(self, text: str, add_bos: bool | None = None, add_eos: bool = False) -> list[int]:
+        """Token ids of `text`. Special-token text (e.g. "<|im_start|>") becomes its special id.
+
+        `add_bos=None` follows the model's rule; chat prompts pass False because templates write BOS.
+        """
+        ids = self.backend.encode(text, add_special_tokens=False).ids
+        if (self.add_bos if add_bos is None else add_bos) and self.bos_id is not None:
+            ids = [self.bos_id] + ids
+        if add_eos and self.eos_ids:
+            ids = ids + [self.eos_ids[0]]
+        return ids
+
+    def decode(self, ids: list[int], skip_special: bool = True) -> str:
+        return self.backend.decode(list(ids), skip_special_tokens=skip_special)
+
+    def token_text(self, idx: int) -> str:
+        """The raw vocabulary entry (byte-level or ▁-escaped), for logprob listings and debugging."""
+        return self.backend.id_to_token(idx) or ""
+
+    def is_special(self, idx: int) -> bool:
+        return idx in self._special_ids
+
+    @property
+    def _special_ids(self) -> set[int]:
+        if not hasattr(self, "_special_cache"):
+            added = self.backend.get_added_tokens_decoder()
+            self._special_cache = {i for i, t in added.items() if t.special}
+        return self._special_cache
+
+    def stream(self, skip_special: bool = True) -> "TextStreamDecoder":
+        return TextStreamDecoder(self, skip_special)
+
+
+class TextStreamDecoder:
+    """Turns ids into text one token at a time, never emitting a broken UTF-8 character.
+
+    A character can span several byte-level tokens; decoding a window that ends mid-character yields
+    U+FFFD, so text is held back until the window decodes cleanly. Decoding a short window of
+    earlier tokens (not the token alone) keeps SentencePiece's leading-space rules right.
+    """
+
+    def __init__(self, tokenizer: Tokenizer, skip_special: bool = True):
+        self.tok = tokenizer
+        self.skip_special = skip_special
+        self.ids: list[int] = []
+        self.prefix = 0  # start of the context window
+        self.read = 0  # tokens before this index have been emitted
+
+    def push(self, idx: int) -> str:
+        """Add one token; return the newly complete text (possibly empty)."""
+        self.ids.append(idx)
+        prefix_text = self.tok.decode(self.ids[self.prefix : self.read], self.skip_special)
+        full = self.tok.decode(self.ids[self.prefix :], self.skip_special)
+        if len(full) > len(prefix_text) and not full.endswith("\ufffd"):
+            new = full[len(prefix_text) :]
+            self.prefix, self.read = self.read, len(self.ids)
+            return new
+        return ""
+
+    def flush(self) -> str:
+        """Whatever is still held back (an incomplete character at the very end), decoded as is."""
+        prefix_text = self.tok.decode(self.ids[self.prefix : self.read], self.skip_special)
+        full = self.tok.decode(self.ids[self.prefix :], self.skip_special)
+        self.prefix = self.read = len(self.ids)
+        return full[len(prefix_text) :]

@@ -1,0 +1,135 @@
+"""A fast GGUF container parser: metadata and tensor index, tensor data memory-mapped.
+
+Why not `gguf.GGUFReader`: it builds a numpy view for every element of every metadata array, which
+takes ~8 s on the 98 MB default model (49k tokens + 49k merges); this parser takes ~0.1 s. Block
+formats and their dequantization still come from the `gguf` package, which llama.cpp maintains.
+Spec: https://github.com/ggml-org/ggml/blob/master/docs/gguf.md (versions 2 and 3, little-endian).
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hearth.errors import ModelFormatError
+
+_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
+_NUMPY = {0: "<u1", 1: "<i1", 2: "<u2", 3: "<i2", 4: "<u4", 5: "<i4", 6: "<f4", 7: "<u1", 10: "<u8", 11: "<i8", 12: "<f8"}
+STRING, ARRAY = 8, 9
+
+
+@dataclass
+class GGUFTensorInfo:
+    name: str
+    shape: tuple[int, ...]  # numpy order (rows first), i.e. GGUF's dims reversed
+    type_id: int
+    offset: int  # absolute offset in the file
+    n_bytes: int
+
+
+class _Cursor:
+    def __init__(self, buf: memoryview, path: Path):
+        self.buf, self.pos, self.path = buf, 0, path
+
+    def need(self, n: int) -> None:
+        if self.pos + n > len(self.buf):
+            raise ModelFormatError(f"{self.path} is truncated inside its header; re-download it")
+
+    def scalar(self, fmt: str) -> Any:
+        size = struct.calcsize(fmt)
+        self.need(size)
+        (v,) = struct.unpack_from(fmt, self.buf, self.pos)
+        self.pos += size
+        return v
+
+    def string(self) -> str:
+        n = self.scalar("<Q")
+        self.need(n)
+        s = bytes(self.buf[self.pos : self.pos + n]).decode("utf-8", errors="replace")
+        self.pos += n
+        return s
+
+    def value(self, vtype: int) -> Any:
+        if vtype == STRING:
+            return self.string()
+        if vtype == ARRAY:
+            etype, count = self.scalar("<I"), self.scalar("<Q")
+            if etype == STRING:
+                return [self.string() for _ in range(count)]
+            if etype not in _NUMPY:
+                raise ModelFormatError(f"{self.path}: unknown metadata array type {etype}; the file is corrupt")
+            dt = np.dtype(_NUMPY[etype])
+            self.need(count * dt.itemsize)
+            arr = np.frombuffer(self.buf, dtype=dt, count=count, offset=self.pos)
+            self.pos += count * dt.itemsize
+            return arr.astype(bool).tolist() if etype == 7 else arr.tolist()
+        if vtype not in _SCALARS:
+            raise ModelFormatError(f"{self.path}: unknown metadata type {vtype}; the file is corrupt")
+        return self.scalar(_SCALARS[vtype])
+
+
+class GGUFFile:
+    """`metadata` (dict), `tensors` (name → GGUFTensorInfo), `data(info)` → uint8 memmap slice."""
+
+    def __init__(self, path: Path):
+        import gguf
+
+        self.path = path
+        try:
+            self.mm = np.memmap(path, dtype=np.uint8, mode="r")
+        except (OSError, ValueError) as e:
+            raise ModelFormatError(f"cannot read {path}: {e}; check the path and its permissions") from None
+        cur = _Cursor(memoryview(self.mm), path)
+        if len(self.mm) < 24 or bytes(self.mm[:4]) != b"GGUF":
+            raise ModelFormatError(f"{path} is not a GGUF file (bad magic); pass a .gguf file or a HF model directory")
+        cur.pos = 4
+        self.version = cur.scalar("<I")
+        if self.version not in (2, 3):
+            raise ModelFormatError(f"{path}: GGUF version {self.version} is not supported (2, 3); re-convert the model")
+        n_tensors, n_kv = cur.scalar("<Q"), cur.scalar("<Q")
+        if n_tensors > 1_000_000 or n_kv > 1_000_000:
+            raise ModelFormatError(f"{path}: implausible header ({n_tensors} tensors, {n_kv} keys); the file is corrupt")
+        self.metadata: dict[str, Any] = {}
+        for _ in range(n_kv):
+            key = cur.string()
+            self.metadata[key] = cur.value(cur.scalar("<I"))
+        infos = []
+        for _ in range(n_tensors):
+            name = cur.string()
+            n_dims = cur.scalar("<I")
+            if n_dims > 8:
+                raise ModelFormatError(f"{path}: tensor {name!r} claims {n_dims} dimensions; the file is corrupt")
+            dims = [cur.scalar("<Q") for _ in range(n_dims)]
+            infos.append((name, dims, cur.scalar("<I"), cur.scalar("<Q")))
+        align = int(self.metadata.get("general.alignment", 32))
+        start = (cur.pos + align - 1) // align * align
+        self.tensors: dict[str, GGUFTensorInfo] = {}
+        for name, dims, type_id, off in infos:
+            try:
+                qtype = gguf.GGMLQuantizationType(type_id)
+                block, type_size = gguf.GGML_QUANT_SIZES[qtype]
+            except (ValueError, KeyError):
+                raise ModelFormatError(f"{path}: tensor {name!r} has unknown type id {type_id}; update hearth or re-convert") from None
+            n = int(np.prod(dims)) if dims else 1
+            shape = tuple(reversed(dims))
+            if dims and dims[0] % block:
+                raise ModelFormatError(f"{path}: tensor {name!r} row of {dims[0]} is not a multiple of its block size {block}")
+            info = GGUFTensorInfo(name, shape, type_id, start + off, n // block * type_size)
+            if info.offset + info.n_bytes > len(self.mm):
+                raise ModelFormatError(
+                    f"{path} is truncated: tensor {name} ends at byte {info.offset + info.n_bytes} "
+                    f"but the file has {len(self.mm)}; re-download it"
+                )
+            self.tensors[name] = info
+
+    def data(self, info: GGUFTensorInfo) -> np.ndarray:
+        return self.mm[info.offset : info.offset + info.n_bytes]
+
+    def type_name(self, info: GGUFTensorInfo) -> str:
+        import gguf
+
+        return gguf.GGMLQuantizationType(info.type_id).name

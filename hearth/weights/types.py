@@ -1,0 +1,66 @@
+"""The contract every reader fulfils, whatever the file format."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from hearth.config import ModelConfig
+
+# A tensor that is read (and dequantized) only when called, so loading can stream with a progress
+# bar and convert each tensor to the target dtype before the next is read.
+LazyTensor = Callable[[], torch.Tensor]
+
+
+@dataclass
+class GGUFVocab:
+    """A tokenizer as GGUF stores it (`tokenizer.ggml.*`)."""
+
+    model: str  # "gpt2" (byte-level BPE) | "llama" (SentencePiece BPE)
+    pre: str  # pre-tokenizer name, e.g. "smollm", "llama-bpe", "default"
+    tokens: list[str]
+    token_types: list[int]
+    merges: list[str]
+    scores: list[float]
+    add_space_prefix: bool = True
+
+
+@dataclass
+class TokenizerData:
+    """Everything needed to build the tokenizer: exactly one of `tokenizer_json` / `gguf` is set."""
+
+    tokenizer_json: Path | None = None
+    gguf: GGUFVocab | None = None
+    bos_id: int | None = None
+    eos_ids: tuple[int, ...] = ()
+    pad_id: int | None = None
+    add_bos: bool | None = None  # None: decide from the tokenizer's own post-processor
+    add_eos: bool = False
+    chat_template: str | None = None
+    special_tokens: dict[str, str] = field(default_factory=dict)  # e.g. bos_token -> "<s>" for templates
+
+
+@dataclass
+class Checkpoint:
+    """A model on disk, opened but not loaded: shape, lazily read tensors, tokenizer, metadata."""
+
+    path: Path
+    format: str  # "gguf" | "hf"
+    config: ModelConfig
+    tensors: dict[str, LazyTensor]  # hearth state-dict names
+    tokenizer: TokenizerData
+    metadata: dict[str, Any] = field(default_factory=dict)
+    tensor_types: dict[str, str] = field(default_factory=dict)  # name -> storage type (Q4_1, F16, ...)
+
+    @property
+    def quantization(self) -> str:
+        """The dominant storage type of the weight matrices, like llama.cpp's file type."""
+        counts: dict[str, int] = {}
+        for name, t in self.tensor_types.items():
+            if name.endswith(".weight") and "norm" not in name:
+                counts[t] = counts.get(t, 0) + 1
+        return max(counts, key=counts.get) if counts else "unknown"
