@@ -15,6 +15,15 @@ import typer
 
 from hearth.errors import HearthError
 
+# typer >= 0.20 vendors its own copy of click (typer._click) and raises its exceptions, not click's.
+try:
+    from typer._click import exceptions as _typer_click
+except ImportError:  # older typer: plain click
+    _typer_click = click.exceptions
+_NO_ARGS = (click.exceptions.NoArgsIsHelpError, _typer_click.NoArgsIsHelpError)
+_USAGE = (click.exceptions.UsageError, _typer_click.UsageError)
+_ABORT = (click.exceptions.Abort, typer.Abort)
+
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
@@ -168,14 +177,16 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="hearth: %(message)s")
     cmd = typer.main.get_command(app)
     try:
-        cmd.main(args=argv, prog_name="hearth", standalone_mode=False)
-    except click.exceptions.NoArgsIsHelpError:
+        rv = cmd.main(args=argv, prog_name="hearth", standalone_mode=False)
+    except _NO_ARGS as e:
+        print(e.format_message(), file=sys.stderr)
         return 0
-    except click.exceptions.UsageError as e:
+    except _USAGE as e:
         hint = f" (see: {e.ctx.command_path} --help)" if e.ctx else ""
-        print(f"error: {e.format_message()}{hint}", file=sys.stderr)
+        msg = " ".join(e.format_message().split())  # one line, whatever the message
+        print(f"error: {msg}{hint}", file=sys.stderr)
         return 2
-    except click.exceptions.Abort:
+    except _ABORT:
         return 130
     except HearthError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -185,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
-    return 0
+    return rv if isinstance(rv, int) else 0  # --help and Ctrl-C (Exit) come back as an exit code
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from datetime import datetime
 from typing import Any
 
 import jinja2
-from jinja2.ext import loopcontrols
+from jinja2.ext import Extension, loopcontrols
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from hearth.errors import HearthError
@@ -39,13 +39,27 @@ def _strftime_now(fmt: str) -> str:
     return datetime.now().strftime(fmt)
 
 
+class _Generation(Extension):
+    """`{% generation %}...{% endgeneration %}` (transformers marks assistant text with it): renders the body."""
+
+    tags = {"generation"}
+
+    def parse(self, parser):
+        lineno = next(parser.stream).lineno
+        body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+        return jinja2.nodes.CallBlock(self.call_method("_body"), [], [], body).set_lineno(lineno)
+
+    def _body(self, caller):
+        return caller()
+
+
 class ChatTemplate:
     """`render(messages, add_generation_prompt=True)` → the prompt text, special tokens included."""
 
     def __init__(self, source: str | None, special_tokens: dict[str, str] | None = None):
         self.is_fallback = source is None
         self.source = source if source is not None else CHATML
-        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
+        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[_Generation, loopcontrols])
         env.filters["tojson"] = _tojson
         env.globals["raise_exception"] = _raise
         env.globals["strftime_now"] = _strftime_now
@@ -62,9 +76,9 @@ class ChatTemplate:
             if not isinstance(m, dict) or "role" not in m or "content" not in m:
                 raise TemplateError(f"message {i} needs 'role' and 'content'")
         try:
-            return self.template.render(
-                messages=messages, add_generation_prompt=add_generation_prompt, **self.special_tokens, **kwargs
-            )
+            # tools/documents default to None as in transformers, so `tools is not none` is false
+            context = {"tools": None, "documents": None, **self.special_tokens, **kwargs}
+            return self.template.render(messages=messages, add_generation_prompt=add_generation_prompt, **context)
         except TemplateError:
             raise
         except jinja2.exceptions.SecurityError as e:

@@ -91,7 +91,7 @@ def tokenizer_from_gguf(v: GGUFVocab) -> Tokenizer:
         raise ModelFormatError(f"GGUF tokenizer model {v.model!r} is not supported (gpt2, llama)")
     added = []
     for tok, ty in zip(v.tokens, v.token_types):
-        if ty == TOKEN_CONTROL:
+        if ty in (TOKEN_CONTROL, TOKEN_UNKNOWN):  # llama.cpp and HF match "<unk>" in text as the unk id too
             added.append(AddedToken(tok, special=True, normalized=False))
         elif ty == TOKEN_USER_DEFINED:
             added.append(AddedToken(tok, special=False, normalized=False))

@@ -79,12 +79,14 @@ class GGUFFile:
         import gguf
 
         self.path = path
+        if path.exists() and not path.is_file():  # a FIFO or device: opening it may block forever
+            raise ModelFormatError(f"{path} is not a regular file; pass a .gguf file or a HF model directory")
         try:
             self.mm = np.memmap(path, dtype=np.uint8, mode="r")
         except (OSError, ValueError) as e:
             raise ModelFormatError(f"cannot read {path}: {e}; check the path and its permissions") from None
         cur = _Cursor(memoryview(self.mm), path)
-        if len(self.mm) < 24 or bytes(self.mm[:4]) != b"GGUF":
+        if bytes(self.mm[:4]) != b"GGUF":  # a short file with the right magic is reported as truncated below
             raise ModelFormatError(f"{path} is not a GGUF file (bad magic); pass a .gguf file or a HF model directory")
         cur.pos = 4
         self.version = cur.scalar("<I")

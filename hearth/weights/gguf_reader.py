@@ -29,7 +29,7 @@ def unpermute_rope(w: torch.Tensor, n_heads: int) -> torch.Tensor:
     """GGUF stores q/k rows with each head's rotary pairs interleaved (Meta's original layout);
     hearth uses Hugging Face's rotate-half layout. This inverts llama.cpp's convert permutation."""
     rows = w.shape[0]
-    return w.reshape(n_heads, 2, rows // n_heads // 2, *w.shape[1:]).transpose(1, 2).reshape(w.shape)
+    return w.reshape(n_heads, rows // n_heads // 2, 2, *w.shape[1:]).transpose(1, 2).reshape(w.shape)
 
 
 def _check_tensor_types(f: GGUFFile) -> None:
