@@ -232,10 +232,7 @@ CASES: dict[str, tuple[list[str], list[str], int]] = {
     "dtype_unknown": (["generate", "smollm2", "hi", "--dtype", "int3"], ["int3", "dtype"], 1),
 }
 
-XFAIL = {
-    # gguf_reader builds ModelConfig(vocab_size=0) before looking for the tokenizer: ValueError escapes.
-    "gguf_no_tokenizer": "bug: a GGUF without tokenizer.ggml.tokens raises ValueError from ModelConfig (vocab_size 0)",
-}
+XFAIL: dict[str, str] = {}
 
 
 def _skip_reason(case: str) -> str | None:

@@ -63,12 +63,21 @@ def _config_from_metadata(path: Path, meta: dict[str, Any], tensor_names: set[st
 
     n_heads = int(get("attention.head_count"))
     dim = int(get("embedding_length"))
+    if n_heads <= 0 or dim <= 0:
+        raise ModelFormatError(f"{path}: head_count {n_heads} / embedding_length {dim} must be positive; the file is corrupt")
     scaling = None
     stype = meta.get(f"{arch}.rope.scaling.type")
     if stype == "linear":
         scaling = RopeScaling(kind="linear", factor=float(get("rope.scaling.factor")))
     elif stype not in (None, "none"):
         raise ModelFormatError(f"{path}: rope scaling {stype!r} is not supported (only linear and llama3)")
+    try:
+        return _build_config(path, meta, arch, get, n_heads, dim, scaling, tensor_names, n_vocab)
+    except (ValueError, TypeError, ZeroDivisionError) as e:
+        raise ModelFormatError(f"{path}: bad model metadata ({e}); the file is corrupt, re-convert it") from None
+
+
+def _build_config(path, meta, arch, get, n_heads, dim, scaling, tensor_names, n_vocab) -> ModelConfig:
     return ModelConfig(
         vocab_size=int(meta.get(f"{arch}.vocab_size", n_vocab)),
         dim=dim,
@@ -86,10 +95,10 @@ def _config_from_metadata(path: Path, meta: dict[str, Any], tensor_names: set[st
     )
 
 
-def _tokenizer_from_metadata(meta: dict[str, Any]) -> TokenizerData:
+def _tokenizer_from_metadata(path: Path, meta: dict[str, Any]) -> TokenizerData:
     tokens = meta.get("tokenizer.ggml.tokens")
     if not tokens:
-        raise ModelFormatError("GGUF file has no tokenizer (tokenizer.ggml.tokens); re-convert it with its tokenizer")
+        raise ModelFormatError(f"{path} has no tokenizer (tokenizer.ggml.tokens); re-convert it with its tokenizer")
     types = list(meta.get("tokenizer.ggml.token_type", [1] * len(tokens)))
     vocab = GGUFVocab(
         model=str(meta.get("tokenizer.ggml.model", "gpt2")),
@@ -152,6 +161,7 @@ def read_gguf(path: Path) -> Checkpoint:
     """Open a GGUF file. Tensors stay memory-mapped until a LazyTensor is called."""
     f = GGUFFile(path)
     meta = f.metadata
+    tokenizer = _tokenizer_from_metadata(path, meta)
     n_vocab = len(meta.get("tokenizer.ggml.tokens") or [])
     config = _config_from_metadata(path, meta, set(f.tensors), n_vocab)
     _check_tensor_types(f)
@@ -182,7 +192,7 @@ def read_gguf(path: Path) -> Checkpoint:
         format="gguf",
         config=config,
         tensors=tensors,
-        tokenizer=_tokenizer_from_metadata(meta),
+        tokenizer=tokenizer,
         metadata={k: v for k, v in meta.items() if not k.startswith("tokenizer.ggml.")},
         tensor_types=types,
     )
