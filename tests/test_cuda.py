@@ -6,6 +6,8 @@ compared with hearth on the CPU (fp32, the path the reference tests pin) and wit
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -53,11 +55,9 @@ def test_cuda_half_precision_close_to_fp32_and_to_transformers(hf_dir, dtype):
     lm = load(str(path), device="cuda", dtype=dtype)
     assert lm.model.tok_embeddings.weight.dtype == getattr(torch, dtype)
     ours = lm.model(torch.tensor([ids], device="cuda"))[0].cpu()
-    hf_half = hf_model.to("cuda", getattr(torch, dtype))
-    try:
-        theirs = hf_half(torch.tensor([ids], device="cuda")).logits[0].float().cpu()
-    finally:
-        hf_model.to("cpu", torch.float32)
+    # a copy: casting the shared fp32 model in place would round its weights for later tests
+    hf_half = copy.deepcopy(hf_model).to("cuda", getattr(torch, dtype))
+    theirs = hf_half(torch.tensor([ids], device="cuda")).logits[0].float().cpu()
     # hearth in half precision is no further from fp32 than transformers in the same precision (+ slack)
     d_ours, d_theirs = (ours - ref).abs().max().item(), (theirs - ref).abs().max().item()
     assert d_ours <= 1.5 * d_theirs + 1e-3, (d_ours, d_theirs)
