@@ -370,6 +370,9 @@ def main(argv=None) -> None:
                     "cache is always n_prompt + n_gen")
     ap.add_argument("--flash-attn", action="store_true", help="llama.cpp with flash attention (default off, as "
                     "llama_cpp.Llama's default and the team's reference numbers)")
+    ap.add_argument("--time-limit", type=float, default=300, metavar="S", help="stop starting new timed "
+                    "rounds once the rounds would run past S seconds (a busy machine); at least one timed round "
+                    "always runs; 0 = no limit (default 300)")
     ap.add_argument("--text", default=None, help="prompt text file (default /usr/share/common-licenses/GPL-3)")
     ap.add_argument("--pause", type=float, default=0.2, help="seconds to sleep before each runner's turn so the "
                     "previous runner's spinning OpenMP threads go idle (default 0.2)")
@@ -421,7 +424,8 @@ def main(argv=None) -> None:
     mask = sorted({e for m in ready.values() for e in m.get("eos", []) if e is not None})
 
     results = {n: dict(pp=[], tg=[], tokens=None) for n in names}
-    t_start = time.perf_counter()
+    t_start = t_round = time.perf_counter()
+    stopped_early = None
     for rnd in range(args.warmup + args.reps):
         order = names[rnd % len(names):] + names[: rnd % len(names)]
         for name in order:
@@ -433,8 +437,18 @@ def main(argv=None) -> None:
                 results[name]["tg"].append(r["tg"])
             results[name]["tokens"] = r["tokens"]
         tag = "warm-up" if rnd < args.warmup else f"round {rnd - args.warmup + 1}/{args.reps}"
-        print(f"#   {tag}: " + "; ".join(f"{n} pp {results[n]['pp'][-1]:.0f} tg {results[n]['tg'][-1]:.1f}"
-                                       if rnd >= args.warmup else n for n in order), flush=True)
+        now = time.perf_counter()
+        print(f"#   {tag} ({now - t_round:.0f} s): " + "; ".join(
+            f"{n} pp {results[n]['pp'][-1]:.0f} tg {results[n]['tg'][-1]:.1f}" if rnd >= args.warmup else n
+            for n in order), flush=True)
+        # Stop early when the next round would overrun --time-limit (a busy machine), keeping >= 1 timed round.
+        timed = rnd + 1 - args.warmup
+        if (args.time_limit and timed >= 1 and timed < args.reps
+                and now - t_start + (now - t_round) > args.time_limit):
+            stopped_early = timed
+            print(f"#   stopping after {timed} timed rounds: --time-limit {args.time_limit:.0f} s", flush=True)
+            break
+        t_round = now
     bench_s = time.perf_counter() - t_start
     done = {n: children[n].close() for n in names}
     load_after = loadavg()
@@ -444,7 +458,8 @@ def main(argv=None) -> None:
                model_path=str(model_path), model_sha256_16=sha256_prefix(model_path), threads=args.threads,
                n_prompt=args.n_prompt, n_gen=args.n_gen, reps=args.reps, warmup=args.warmup,
                text=text_path, prompt_tokenizer=ref, decode_mask=mask, bench_seconds=bench_s,
-               loadavg_before=load_before, loadavg_after=load_after, runners={})
+               loadavg_before=load_before, loadavg_after=load_after, stopped_early_after=stopped_early,
+               runners={})
     for n in names:
         m = dict(ready[n])
         m.pop("ids"), m.pop("ready")
@@ -477,7 +492,8 @@ def main(argv=None) -> None:
                      f"{r['load_s']:.2f} (+{r['import_s']:.1f} import)", f"{r['rss_peak_mib']:.0f}",
                      "-" if n == "llama.cpp" or agree is None else f"{agree}/{args.n_gen + 1}"])
     print()
-    print(f"### tokens/s, min / median / max of {args.reps} interleaved rounds "
+    n_timed = len(results[names[0]]["pp"])
+    print(f"### tokens/s, min / median / max of {n_timed} interleaved rounds "
           f"({model_path.name}, {args.threads} threads, decode at KV depth {args.n_prompt}->{args.n_prompt + args.n_gen})")
     print()
     print(md_table(["runner", f"prefill pp{args.n_prompt}", f"decode tg{args.n_gen}", "load s",

@@ -173,6 +173,62 @@ def run(
         print()
 
 
+@app.command()
+def serve(
+    model: Annotated[str, typer.Argument(help="A .gguf file, a HF model directory, or 'smollm2'.")] = "smollm2",
+    host: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0: every interface).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port (0: any free port).", min=0, max=65535)] = 8000,
+    api_key: Annotated[Optional[str], typer.Option(envvar="HEARTH_API_KEY", show_envvar=True,
+                                                   help="Require 'Authorization: Bearer KEY' on the API routes.")] = None,
+    served_model_name: Annotated[Optional[str], typer.Option(help="The model name clients use (default: MODEL).")] = None,
+    device: Device = "cpu",
+    dtype: DType = "auto",
+    max_num_seqs: Annotated[int, typer.Option(help="Most sequences decoded together.", min=1)] = 64,
+    max_batched_tokens: Annotated[int, typer.Option(help="Token budget of one engine step (prefill chunk).", min=1)] = 512,
+    max_waiting: Annotated[int, typer.Option(help="Queued requests beyond this get HTTP 429.", min=0)] = 256,
+    max_body_bytes: Annotated[int, typer.Option(help="Largest request body accepted (HTTP 413 above).", min=1)] = 1 << 20,
+):
+    """Serve MODEL over an OpenAI-compatible HTTP API (/v1/chat/completions, /v1/completions, ...).
+
+    Example: hearth serve smollm2 --port 8000, then point an OpenAI client at http://127.0.0.1:8000/v1
+    """
+    import uvicorn
+
+    from hearth.engine.async_engine import AsyncEngine, EngineConfig
+    from hearth.server import build_app
+
+    log = logging.getLogger("hearth")
+    log.setLevel(logging.INFO)
+    lm = _load(model, device, dtype)
+    config = EngineConfig(max_num_seqs=max_num_seqs, max_num_batched_tokens=max_batched_tokens, max_waiting=max_waiting)
+    name = served_model_name or model
+    engine = AsyncEngine(lm, config, model_name=name)
+    web = build_app(engine, api_key=api_key, served_model_name=name, max_body_bytes=max_body_bytes)
+
+    class Server(uvicorn.Server):
+        async def startup(self, sockets=None):
+            await super().startup(sockets)
+            if self.started:
+                bound = self.servers[0].sockets[0].getsockname()[1] if self.servers else port
+                log.info("serving %s on http://%s:%d", name, host, bound)
+
+        def handle_exit(self, sig, frame):
+            web.state.draining = True  # new requests get 503 while running ones finish
+            super().handle_exit(sig, frame)
+
+    server = Server(uvicorn.Config(web, host=host, port=port, log_level="warning", access_log=False,
+                                   timeout_graceful_shutdown=5))
+    engine.start()
+    try:
+        server.run()
+    except SystemExit:  # uvicorn exits when it cannot bind, after logging why
+        if not server.started:
+            raise HearthError(f"could not listen on {host}:{port} (in use, or not an address of this machine)") from None
+        raise
+    finally:
+        engine.shutdown()
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="hearth: %(message)s")
     cmd = typer.main.get_command(app)

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hearth.config import ModelConfig
+from hearth.model.paged import BatchMeta, PagedKVCache, paged_attention
 
 
 class RMSNorm(nn.Module):
@@ -123,6 +124,17 @@ class Attention(nn.Module):
         return self.wo(y.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim))
 
 
+    def forward_paged(self, x: Tensor, cos: Tensor, sin: Tensor, cache: PagedKVCache, meta: BatchMeta) -> Tensor:
+        """x: (N, dim) tokens of many sequences flattened; cos/sin: (N, head_dim)."""
+        n = x.shape[0]
+        q = self.wq(x).view(n, self.n_heads, self.head_dim)
+        k = self.wk(x).view(n, self.n_kv_heads, self.head_dim)
+        v = self.wv(x).view(n, self.n_kv_heads, self.head_dim)
+        q, k = apply_rope(q, cos[:, None], sin[:, None]), apply_rope(k, cos[:, None], sin[:, None])
+        y = paged_attention(q, k, v, self.layer, cache, meta)
+        return self.wo(y.reshape(n, self.n_heads * self.head_dim))
+
+
 class FeedForward(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -172,6 +184,17 @@ class Transformer(nn.Module):
         freqs = torch.outer(pos, self.inv_freq.to(device))
         emb = torch.cat((freqs, freqs), dim=-1)[None, None]
         return emb.cos(), emb.sin()
+
+    def forward_paged(self, tokens: Tensor, cache: PagedKVCache, meta: BatchMeta, logit_rows: Tensor) -> Tensor:
+        """One engine step: tokens (N,) of many sequences; returns logits (len(logit_rows), vocab) fp32."""
+        x = self.tok_embeddings(tokens)
+        freqs = torch.outer(meta.positions.float(), self.inv_freq)
+        emb = torch.cat((freqs, freqs), dim=-1)
+        cos, sin = emb.cos(), emb.sin()
+        for layer in self.layers:
+            h = x + layer.attention.forward_paged(layer.attention_norm(x), cos, sin, cache, meta)
+            x = h + layer.feed_forward(layer.ffn_norm(h))
+        return self.output(self.norm(x[logit_rows])).float()
 
     def forward(
         self, tokens: Tensor, start: int = 0, cache: KVCache | None = None, last_only: bool = False

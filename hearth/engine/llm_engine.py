@@ -1,0 +1,182 @@
+"""The engine step: schedule → execute → update (sample, detokenize, stop, free).
+
+Synchronous and single-threaded; `AsyncEngine` drives it from a background thread for the server.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from hearth.engine.generate import _StopMatcher, check_context
+from hearth.engine.kv_blocks import BlockManager
+from hearth.engine.request import EngineRequest, FinishReason, RequestOutput, TokenLogprob
+from hearth.engine.runner import ModelRunner
+from hearth.engine.sampling import Sampler
+from hearth.engine.scheduler import Scheduler, Sequence
+from hearth.errors import ContextLengthError, HearthError
+from hearth.model.paged import PagedKVCache
+
+
+@dataclass
+class EngineConfig:
+    max_num_seqs: int = 64  # sequences decoded together
+    max_num_batched_tokens: int = 512  # token budget per step (prefill chunk size)
+    block_size: int = 16
+    num_blocks: int | None = None  # None: from kv_cache_bytes
+    kv_cache_bytes: int = 1 << 30  # KV memory when num_blocks is not given
+    max_waiting: int = 256  # queued requests beyond this are refused (HTTP 429)
+    max_model_len: int | None = None  # None: the model's context length
+
+
+@dataclass
+class _ReqState:
+    req: EngineRequest
+    sampler: Sampler
+    decoder: object
+    stops: _StopMatcher
+    prompt_logprobs: list = field(default_factory=list)
+    first_token_time: float | None = None
+    sent_prompt_logprobs: bool = False
+
+
+def _logprob_entry(logprobs: torch.Tensor, token: int, k: int) -> TokenLogprob:
+    top = []
+    if k > 0:
+        vals, idx = torch.topk(logprobs, k)
+        top = list(zip(idx.tolist(), vals.tolist()))
+    return TokenLogprob(token, float(logprobs[token]), top)
+
+
+class LLMEngine:
+    def __init__(self, lm, config: EngineConfig | None = None):
+        self.lm = lm
+        self.config = config = config or EngineConfig()
+        self.tokenizer = lm.tokenizer
+        self.max_model_len = min(config.max_model_len or lm.model.config.max_seq_len, lm.model.config.max_seq_len)
+        num_blocks = config.num_blocks or max(
+            config.kv_cache_bytes // PagedKVCache.bytes_per_block(lm.model.config, config.block_size, lm.dtype), 1
+        )
+        self.blocks = BlockManager(num_blocks, config.block_size)
+        self.scheduler = Scheduler(self.blocks, config.max_num_seqs, config.max_num_batched_tokens)
+        self.runner = ModelRunner(lm.model, num_blocks, config.block_size)
+        self.seqs: dict[str, Sequence] = {}
+
+    # -- requests -----------------------------------------------------------------------------------
+    def validate(self, req: EngineRequest) -> None:
+        """Raise HearthError for a request that can never run (checked before queueing)."""
+        if any(not (0 <= t < self.tokenizer.vocab_size) for t in req.prompt_ids):
+            bad = next(t for t in req.prompt_ids if not (0 <= t < self.tokenizer.vocab_size))
+            raise HearthError(f"invalid token id {bad}: ids must be in [0, {self.tokenizer.vocab_size})")
+        check_context(len(req.prompt_ids), req.params.max_tokens, self.max_model_len)
+        need = self.blocks.blocks_for(len(req.prompt_ids) + req.params.max_tokens)
+        if need > self.blocks.num_blocks:
+            raise ContextLengthError(
+                f"prompt + max tokens need {need} KV blocks but the cache has {self.blocks.num_blocks}; lower max_tokens"
+            )
+
+    def add_request(self, req: EngineRequest) -> None:
+        self.validate(req)
+        if req.request_id in self.seqs:
+            raise HearthError(f"duplicate request id {req.request_id}")
+        seq = Sequence(req.request_id, list(req.prompt_ids), len(req.prompt_ids), req.params.max_tokens)
+        seq.data = _ReqState(req, Sampler(req.params), self.tokenizer.stream(), _StopMatcher(req.params.stop))
+        self.seqs[req.request_id] = seq
+        self.scheduler.add(seq)
+
+    def abort(self, request_id: str) -> bool:
+        seq = self.seqs.pop(request_id, None)
+        if seq is None:
+            return False
+        self.scheduler.finish(seq)
+        return True
+
+    def has_work(self) -> bool:
+        return self.scheduler.has_work()
+
+    @property
+    def num_running(self) -> int:
+        return len(self.scheduler.running)
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self.scheduler.waiting)
+
+    # -- the step -----------------------------------------------------------------------------------
+    def step(self) -> list[RequestOutput]:
+        outputs: list[RequestOutput] = []
+        # Requests that want nothing generated (max_tokens=0, e.g. echo + logprobs scoring) still need a
+        # forward pass for prompt logprobs; those with no logprobs finish at once.
+        for seq in [s for s in self.scheduler.waiting if s.max_tokens == 0 and s.data.req.prompt_logprobs is None]:
+            outputs.append(self._finish(seq, FinishReason.LENGTH, [], ""))
+        plan = self.scheduler.schedule()
+        if not plan.scheduled:
+            return outputs
+        want_all = [
+            s.seq.data.req.prompt_logprobs is not None and not s.seq.data.sent_prompt_logprobs
+            and s.seq.num_computed < s.seq.num_prompt
+            for s in plan.scheduled
+        ]
+        result = self.runner.execute(plan, want_all)
+        self.scheduler.after_step(plan)
+        now = time.monotonic()
+        for s, last, all_rows in zip(plan.scheduled, result.last, result.all):
+            seq, st = s.seq, s.seq.data
+            if all_rows is not None:
+                self._collect_prompt_logprobs(seq, s.num_tokens, all_rows)
+            if last is None:
+                continue
+            if seq.num_generated >= seq.max_tokens:  # max_tokens == 0: prompt scored, nothing to generate
+                outputs.append(self._finish(seq, FinishReason.LENGTH, [], st.stops.flush()))
+                continue
+            context = torch.tensor(seq.token_ids, dtype=torch.long)
+            token = st.sampler(last, context)
+            seq.token_ids.append(token)
+            st.first_token_time = st.first_token_time or now
+            lps = None
+            if st.req.logprobs is not None:
+                lps = [_logprob_entry(torch.log_softmax(last.float(), -1), token, st.req.logprobs)]
+            if token in self.tokenizer.eos_ids and not st.req.params.ignore_eos:
+                text = st.stops.feed(st.decoder.flush())[0] + st.stops.flush()
+                outputs.append(self._finish(seq, FinishReason.STOP, [token], text, lps))
+                continue
+            text, stopped = st.stops.feed(st.decoder.push(token))
+            if stopped:
+                outputs.append(self._finish(seq, FinishReason.STOP, [token], text, lps))
+            elif seq.num_generated >= seq.max_tokens:
+                tail, stopped = st.stops.feed(st.decoder.flush())
+                text += tail + ("" if stopped else st.stops.flush())
+                outputs.append(self._finish(seq, FinishReason.STOP if stopped else FinishReason.LENGTH, [token], text, lps))
+            else:
+                outputs.append(self._output(seq, [token], text, lps))
+        return outputs
+
+    def _collect_prompt_logprobs(self, seq: Sequence, n: int, rows: torch.Tensor) -> None:
+        st = seq.data
+        k = st.req.prompt_logprobs
+        start = seq.num_computed - n  # already advanced by after_step
+        if start == 0:  # (again, after a preemption: recomputed from scratch)
+            st.prompt_logprobs = [None]  # nothing predicts the first token
+        logprobs = torch.log_softmax(rows.float(), -1)
+        for i in range(n):
+            target = start + i + 1
+            if target < seq.num_prompt:
+                st.prompt_logprobs.append(_logprob_entry(logprobs[i], seq.token_ids[target], k))
+
+    def _output(self, seq: Sequence, new: list[int], text: str, lps=None, finished=False, reason=None) -> RequestOutput:
+        st = seq.data
+        out = RequestOutput(
+            request_id=seq.request_id, new_token_ids=new, new_text=text, finished=finished, finish_reason=reason,
+            logprobs=lps, num_prompt_tokens=seq.num_prompt, num_generated_tokens=seq.num_generated,
+        )
+        if st.req.prompt_logprobs is not None and not st.sent_prompt_logprobs:
+            out.prompt_logprobs = st.prompt_logprobs
+            st.sent_prompt_logprobs = True
+        return out
+
+    def _finish(self, seq: Sequence, reason: FinishReason, new: list[int], text: str, lps=None) -> RequestOutput:
+        self.scheduler.finish(seq)
+        self.seqs.pop(seq.request_id, None)
+        return self._output(seq, new, text, lps, finished=True, reason=reason)

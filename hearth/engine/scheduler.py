@@ -1,0 +1,139 @@
+"""Continuous batching: which sequences run this step, and how many tokens each.
+
+Each step has a token budget. Running sequences go first (a decode costs one token; a sequence still
+prefilling takes the next chunk of its prompt), then waiting ones are admitted in arrival order while
+the budget, the sequence limit and free KV blocks allow. Long prompts are cut into chunks, so a new
+prompt never stalls running streams for more than one step. When blocks run out, the most recently
+admitted sequence is preempted: its blocks are freed and it is recomputed later (vLLM's policy).
+No torch: plain data in, a plan out.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from hearth.engine.kv_blocks import BlockManager
+
+
+class Status(enum.Enum):
+    WAITING = "waiting"
+    RUNNING = "running"
+    FINISHED = "finished"
+
+
+@dataclass
+class Sequence:
+    """The scheduler's view of a request: its tokens, how many are in the cache, its blocks."""
+
+    request_id: str
+    token_ids: list[int]  # prompt followed by generated tokens
+    num_prompt: int
+    max_tokens: int
+    num_computed: int = 0  # tokens whose k/v are in the cache
+    block_table: list[int] = field(default_factory=list)
+    status: Status = Status.WAITING
+    data: Any = None  # the engine's per-request state (sampler, detokenizer, ...)
+
+    @property
+    def num_generated(self) -> int:
+        return len(self.token_ids) - self.num_prompt
+
+
+@dataclass
+class ScheduledSeq:
+    seq: Sequence
+    num_tokens: int  # tokens to compute this step: token_ids[num_computed : num_computed + num_tokens]
+
+    @property
+    def samples(self) -> bool:
+        """After this step the whole sequence is in the cache, so a next token is drawn."""
+        return self.seq.num_computed + self.num_tokens == len(self.seq.token_ids)
+
+
+@dataclass
+class SchedulerOutput:
+    scheduled: list[ScheduledSeq]
+    preempted: list[Sequence] = field(default_factory=list)
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(s.num_tokens for s in self.scheduled)
+
+
+class Scheduler:
+    def __init__(self, blocks: BlockManager, max_num_seqs: int = 64, max_num_batched_tokens: int = 512):
+        self.blocks = blocks
+        self.max_num_seqs = max_num_seqs
+        self.budget = max_num_batched_tokens
+        self.waiting: deque[Sequence] = deque()
+        self.running: list[Sequence] = []
+
+    def add(self, seq: Sequence) -> None:
+        seq.status = Status.WAITING
+        self.waiting.append(seq)
+
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def finish(self, seq: Sequence) -> None:
+        """Remove a sequence wherever it is and free its blocks (finished or aborted)."""
+        if seq in self.running:
+            self.running.remove(seq)
+        elif seq in self.waiting:
+            self.waiting.remove(seq)
+        self.blocks.free(seq.block_table)
+        seq.status = Status.FINISHED
+
+    def _preempt(self, seq: Sequence) -> None:
+        self.running.remove(seq)
+        self.blocks.free(seq.block_table)
+        seq.num_computed = 0
+        seq.status = Status.WAITING
+        self.waiting.appendleft(seq)
+
+    def schedule(self) -> SchedulerOutput:
+        budget = self.budget
+        out = SchedulerOutput([])
+        scheduled_ids = set()
+        # 1. running sequences, oldest first
+        for seq in list(self.running):
+            if budget <= 0:
+                break
+            if seq.status is not Status.RUNNING:
+                continue  # preempted earlier in this loop
+            n = min(len(seq.token_ids) - seq.num_computed, budget)
+            while not self.blocks.grow(seq.block_table, seq.num_computed + n):
+                victim = next((s for s in reversed(self.running) if id(s) not in scheduled_ids), None)
+                if victim is None:
+                    break
+                self._preempt(victim)
+                out.preempted.append(victim)
+                if victim is seq:
+                    break
+            if seq.status is not Status.RUNNING or not self.blocks.blocks_for(seq.num_computed + n) <= len(seq.block_table):
+                continue
+            out.scheduled.append(ScheduledSeq(seq, n))
+            scheduled_ids.add(id(seq))
+            budget -= n
+        # 2. admit waiting sequences in arrival order (not ones just preempted this step)
+        preempted = {id(s) for s in out.preempted}
+        while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
+            seq = self.waiting[0]
+            if id(seq) in preempted:
+                break
+            n = min(len(seq.token_ids) - seq.num_computed, budget)
+            if not self.blocks.grow(seq.block_table, seq.num_computed + n):
+                break
+            self.waiting.popleft()
+            seq.status = Status.RUNNING
+            self.running.append(seq)
+            out.scheduled.append(ScheduledSeq(seq, n))
+            budget -= n
+        return out
+
+    def after_step(self, plan: SchedulerOutput) -> None:
+        for s in plan.scheduled:
+            s.seq.num_computed += s.num_tokens

@@ -1,0 +1,231 @@
+"""Multiple-choice scoring in process, with hearth's own model, the way lm-eval's `local-completions` scores it.
+
+lm-eval (TemplateLM._encode_pair, causal models, add_bos_token=False) turns (context, continuation) into
+token ids like this, and `encode_pair` repeats it step for step:
+
+  * trailing whitespace of the context moves to the front of the continuation;
+  * whole = encode(context + continuation), ctx = encode(context), no special tokens either time;
+  * the ids sent are ctx + whole[len(ctx):], left-truncated to max_length - 1 (2047 by default), and
+    the context length is reduced by what was cut;
+  * an empty context becomes the prefix token (BOS, else EOS).
+
+It then sends those ids with echo=true, max_tokens=1, logprobs=1 and sums
+`token_logprobs[ctxlen:-1]`: the log-probabilities of the continuation tokens, each given everything
+before it. `score` computes the same sums with one forward pass per context (kept in a KV cache) plus
+one short pass per choice over that choice's tokens; `mode="full"` instead runs one forward over the
+whole sequence per choice, which is what a server does for each request.
+
+Accuracy is the mean of argmax(loglikelihoods) == gold, first maximum winning (numpy's argmax), and
+acc_norm divides each loglikelihood by the choice's length in characters, as lm-eval does.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+import torch
+
+from hearth.eval.arc import prompt
+
+TARGET_DELIMITER = " "
+MAX_LENGTH = 2048  # lm-eval's TemplateAPI default; it keeps one position for the generated token
+
+
+@dataclass
+class Request:
+    """One (context, continuation) pair as lm-eval would send it."""
+
+    tokens: list[int]  # context + continuation ids, exactly the prompt lm-eval sends
+    ctxlen: int  # how many of them are context
+
+    @property
+    def continuation(self) -> list[int]:
+        return self.tokens[self.ctxlen :]
+
+
+@dataclass
+class ItemScore:
+    id: str
+    gold: int
+    choices: list[str]
+    logliks: list[float]
+    greedy: list[bool]
+    requests: list[Request] = field(default_factory=list, repr=False)
+
+    @property
+    def pred(self) -> int:
+        return _argmax(self.logliks)
+
+    @property
+    def pred_norm(self) -> int:
+        return _argmax([ll / float(len(c)) for ll, c in zip(self.logliks, self.choices)])
+
+    @property
+    def correct(self) -> bool:
+        return self.pred == self.gold
+
+
+@dataclass
+class Result:
+    items: list[ItemScore]
+    seconds: float
+
+    @property
+    def acc(self) -> float:
+        return sum(it.pred == it.gold for it in self.items) / len(self.items)
+
+    @property
+    def acc_norm(self) -> float:
+        return sum(it.pred_norm == it.gold for it in self.items) / len(self.items)
+
+
+def _argmax(xs: list[float]) -> int:
+    best = 0
+    for i, x in enumerate(xs):
+        if x > xs[best]:
+            best = i
+    return best
+
+
+def prefix_token_id(tokenizer) -> int:
+    if tokenizer.bos_id is not None:
+        return tokenizer.bos_id
+    return tokenizer.eos_ids[0]
+
+
+def encode_pair(tokenizer, context: str, continuation: str, max_length: int = MAX_LENGTH) -> Request:
+    """The token ids and context length lm-eval's local-completions sends for this pair."""
+    enc = lambda s: tokenizer.encode(s, add_bos=False)  # noqa: E731  (lm-eval: add_special_tokens=False)
+    if context == "":
+        cont = enc(continuation)
+        pre = prefix_token_id(tokenizer)
+        ctx, cont = ([pre], cont) if pre != cont[0] else (cont[:1], cont[1:])
+    else:
+        n_spaces = len(context) - len(context.rstrip())
+        if n_spaces > 0:
+            continuation = context[-n_spaces:] + continuation
+            context = context[:-n_spaces]
+        whole = enc(context + continuation)
+        ctx = enc(context)
+        cont = whole[len(ctx) :]
+    keep = max_length - 1
+    tokens = (ctx + cont)[-keep:]
+    ctxlen = len(ctx) - max(0, len(ctx) + len(cont) - keep)
+    return Request(tokens, ctxlen)
+
+
+def item_requests(tokenizer, item: dict[str, Any], max_length: int = MAX_LENGTH) -> list[Request]:
+    context = prompt(item)
+    return [encode_pair(tokenizer, context, TARGET_DELIMITER + c, max_length) for c in item["choices"]]
+
+
+def _sum_logprobs(logits: torch.Tensor, targets: list[int]) -> tuple[float, bool]:
+    """logits (n, vocab): row i predicts targets[i]. Sum of log-probabilities, and whether each was the argmax."""
+    lp = torch.log_softmax(logits.float(), dim=-1)
+    tgt = torch.tensor(targets, dtype=torch.long, device=lp.device)
+    picked = lp.gather(1, tgt[:, None])[:, 0]
+    greedy = bool((picked >= lp.max(dim=-1).values).all())
+    return float(picked.double().sum()), greedy
+
+
+def _score_full(model, reqs: list[Request], device) -> list[tuple[float, bool]]:
+    """One forward per request over all its tokens (right-padded into one batch: causal, so padding is inert)."""
+    longest = max(len(r.tokens) for r in reqs)
+    batch = torch.zeros((len(reqs), longest), dtype=torch.long)
+    for i, r in enumerate(reqs):
+        batch[i, : len(r.tokens)] = torch.tensor(r.tokens)
+    logits = model(batch.to(device))
+    out = []
+    for i, r in enumerate(reqs):
+        # position p predicts token p + 1: the continuation tokens are predicted by rows ctxlen-1 .. len-2
+        out.append(_sum_logprobs(logits[i, r.ctxlen - 1 : len(r.tokens) - 1], r.continuation))
+    return out
+
+
+def _score_shared(model, reqs: list[Request], device) -> list[tuple[float, bool]]:
+    """The context once into a KV cache, then each continuation (less its last token) from there."""
+    ctxlen = reqs[0].ctxlen
+    ctx = reqs[0].tokens[:ctxlen]
+    if any(r.ctxlen != ctxlen or r.tokens[:ctxlen] != ctx for r in reqs):
+        return _score_full(model, reqs, device)
+    longest = max(len(r.tokens) for r in reqs)
+    cache = model.new_cache(batch_size=1, max_seq_len=longest)
+    last = model(torch.tensor([ctx], device=device), 0, cache, last_only=True)[0]  # (1, vocab): predicts cont[0]
+    out = []
+    for r in reqs:
+        cont = r.continuation
+        rows = [last]
+        if len(cont) > 1:
+            rows.append(model(torch.tensor([cont[:-1]], device=device), ctxlen, cache)[0])
+        out.append(_sum_logprobs(torch.cat(rows), cont))
+    return out
+
+
+def score(
+    items: Iterable[dict[str, Any]],
+    loaded=None,
+    mode: str = "shared",
+    max_length: int = MAX_LENGTH,
+    progress: bool = False,
+) -> Result:
+    """Score ARC-style items ({"id", "question", "choices", "answer"}) with a hearth model (default smollm2)."""
+    if loaded is None:
+        from hearth.loader import load
+
+        loaded = load("smollm2")
+    if mode not in ("shared", "full"):
+        raise ValueError(f"mode must be 'shared' or 'full', not {mode!r}")
+    run = _score_shared if mode == "shared" else _score_full
+    model, tok, device = loaded.model, loaded.tokenizer, loaded.device
+    t0 = time.perf_counter()
+    scored = []
+    items = list(items)
+    with torch.inference_mode():
+        for n, item in enumerate(items):
+            reqs = item_requests(tok, item, max_length)
+            if any(r.ctxlen < 1 or not r.continuation for r in reqs):
+                raise ValueError(f"item {item.get('id')}: a choice has no continuation tokens")
+            pairs = run(model, reqs, device)
+            scored.append(
+                ItemScore(
+                    id=str(item.get("id", n)),
+                    gold=int(item["answer"]),
+                    choices=list(item["choices"]),
+                    logliks=[p[0] for p in pairs],
+                    greedy=[p[1] for p in pairs],
+                    requests=reqs,
+                )
+            )
+            if progress and (n + 1) % 25 == 0:
+                print(f"{n + 1}/{len(items)} items, {time.perf_counter() - t0:.1f}s", flush=True)
+    return Result(scored, time.perf_counter() - t0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    from hearth.eval.arc import load_items
+    from hearth.loader import load
+
+    ap = argparse.ArgumentParser(description="ARC-Easy (test) accuracy of a hearth model, scored in process")
+    ap.add_argument("model", nargs="?", default="smollm2")
+    ap.add_argument("--limit", type=int, default=100)
+    ap.add_argument("--mode", choices=("shared", "full"), default="shared")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", default="auto")
+    a = ap.parse_args(argv)
+    loaded = load(a.model, device=a.device, dtype=a.dtype)
+    items = load_items(limit=a.limit)
+    res = score(items, loaded, mode=a.mode, progress=True)
+    n = len(res.items)
+    print(f"{n} items  acc {res.acc:.4f}  acc_norm {res.acc_norm:.4f}  "
+          f"({res.seconds:.1f}s, {res.seconds / n * 1000:.0f} ms/item)")
+    assert all(math.isfinite(ll) for it in res.items for ll in it.logliks)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

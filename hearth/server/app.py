@@ -1,0 +1,144 @@
+"""The HTTP routes: an OpenAI-compatible API (plus vLLM's tokenizer routes) over an engine.
+
+    app = build_app(engine, api_key="secret", served_model_name="smollm2")
+    uvicorn.run(app)
+
+The engine is anything with AsyncEngine's surface (`generate`, `abort`, `stats`, `tokenizer`,
+`chat_template`, `max_model_len`, `model_name`); its lifetime belongs to the caller (`hearth serve`
+starts it and shuts it down). Routes only parse, call a serving class and wrap the result; every
+error becomes an OpenAI-style body in `errors.py`.
+"""
+
+from __future__ import annotations
+
+import secrets
+from contextlib import asynccontextmanager
+
+from fastapi import Depends, FastAPI, Request
+from pydantic import BaseModel
+from starlette.responses import JSONResponse, Response
+
+from hearth.server import errors
+from hearth.server.common import ServerContext
+from hearth.server.errors import ClientGone, ServiceUnavailable, Unauthorized
+from hearth.server.metrics import CONTENT_TYPE, Metrics, RequestCounter
+from hearth.server.protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    DetokenizeRequest,
+    ModelCard,
+    ModelList,
+    TokenizeChatRequest,
+    TokenizeCompletionRequest,
+)
+from hearth.server.serving_chat import ChatService
+from hearth.server.serving_completion import CompletionService
+from hearth.server.serving_tokenize import TokenizeService
+from hearth.server.transport import DEFAULT_MAX_BODY_BYTES, EventStreamResponse, parse, read_json, until_disconnect
+
+ENDPOINTS = {
+    "/v1/chat/completions", "/v1/completions", "/v1/models", "/tokenize", "/detokenize", "/tokenizer_info",
+    "/health", "/metrics",
+}
+
+
+def _json(model: BaseModel) -> Response:
+    return Response(model.model_dump_json(), media_type="application/json")
+
+
+def _respond(result) -> Response:
+    if isinstance(result, BaseModel):
+        return _json(result)
+    return EventStreamResponse(result)
+
+
+def build_app(
+    engine,
+    api_key: str | None = None,
+    served_model_name: str | None = None,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+) -> FastAPI:
+    """A FastAPI app serving `engine`. With `api_key`, every route but /health and /metrics needs
+    `Authorization: Bearer <api_key>`. Requests naming another model than `served_model_name`
+    (default: the engine's model name) get 404."""
+    names = tuple(dict.fromkeys(n for n in (served_model_name, engine.model_name) if n))
+    ctx = ServerContext(engine, names, Metrics(engine))
+    chat, completion, tokenize = ChatService(ctx), CompletionService(ctx), TokenizeService(ctx)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        yield
+        app.state.draining = True  # requests still arriving on open connections get 503
+
+    app = FastAPI(title="hearth", lifespan=lifespan)
+    app.state.draining = False
+    app.state.ctx = ctx
+    errors.install(app)
+    app.add_middleware(RequestCounter, metrics=ctx.metrics, endpoints=ENDPOINTS)
+
+    def authorized(request: Request) -> None:
+        if api_key is None:
+            return
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise Unauthorized("missing API key: send the header 'Authorization: Bearer <key>'",
+                               headers={"WWW-Authenticate": "Bearer"})
+        if not secrets.compare_digest(token.strip().encode(), api_key.encode()):
+            raise Unauthorized("invalid API key", headers={"WWW-Authenticate": "Bearer"})
+
+    def serving(request: Request) -> None:
+        if app.state.draining or not getattr(engine, "alive", True):
+            raise ServiceUnavailable("the server is shutting down; retry on another instance or later")
+
+    guard = [Depends(authorized), Depends(serving)]
+
+    async def run(request: Request, work) -> Response:
+        try:
+            return _respond(await until_disconnect(request, work))
+        except ClientGone:
+            return Response(status_code=499)
+
+    @app.post("/v1/chat/completions", dependencies=guard)
+    async def chat_completions(request: Request) -> Response:
+        req = parse(ChatCompletionRequest, await read_json(request, max_body_bytes))
+        return await run(request, chat.create(req))
+
+    @app.post("/v1/completions", dependencies=guard)
+    async def completions(request: Request) -> Response:
+        req = parse(CompletionRequest, await read_json(request, max_body_bytes))
+        return await run(request, completion.create(req))
+
+    @app.get("/v1/models", dependencies=[Depends(authorized)])
+    async def models() -> Response:
+        return _json(ModelList(data=[ModelCard(id=n, max_model_len=engine.max_model_len) for n in names]))
+
+    @app.get("/v1/models/{model_id:path}", dependencies=[Depends(authorized)])
+    async def model(model_id: str) -> Response:
+        ctx.check_model(model_id)
+        return _json(ModelCard(id=model_id, max_model_len=engine.max_model_len))
+
+    @app.post("/tokenize", dependencies=guard)
+    async def tokenize_route(request: Request) -> Response:
+        data = await read_json(request, max_body_bytes)
+        kind = TokenizeChatRequest if "messages" in data else TokenizeCompletionRequest
+        return _json(tokenize.tokenize(parse(kind, data)))
+
+    @app.post("/detokenize", dependencies=guard)
+    async def detokenize_route(request: Request) -> Response:
+        return _json(tokenize.detokenize(parse(DetokenizeRequest, await read_json(request, max_body_bytes))))
+
+    @app.get("/tokenizer_info", dependencies=[Depends(authorized)])
+    async def tokenizer_info() -> Response:
+        return JSONResponse(tokenize.info())
+
+    @app.get("/health")
+    async def health() -> Response:
+        serving(None)
+        return JSONResponse({"status": "ok"})
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(ctx.metrics.render(), media_type=CONTENT_TYPE)
+
+    return app
+

@@ -1,0 +1,179 @@
+"""What chat and completions serving share: engine request groups, sampling params, token text.
+
+A `RequestGroup` runs the n engine requests behind one HTTP request (n choices, or several prompts)
+and merges their outputs in arrival order. It is started before any response byte is sent, so a full
+queue or an over-long prompt becomes a proper HTTP error, and closing it (client gone, error,
+cancellation) aborts every request that has not finished, which frees its KV blocks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from hearth.engine.request import EngineRequest, FinishReason, RequestOutput
+from hearth.engine.sampling import SamplingParams
+from hearth.server.errors import BadRequest, ModelNotFound, ServiceUnavailable
+from hearth.server.metrics import Metrics
+from hearth.server.protocol import SEED_MAX, SamplingFields
+
+LOGPROB_FLOOR = -9999.0  # JSON has no -inf; vLLM clamps the same way
+
+
+def random_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex}"
+
+
+@dataclass
+class ServerContext:
+    """What every serving class needs: the engine, the names it answers to, metrics, token text."""
+
+    engine: object
+    model_names: tuple[str, ...]
+    metrics: Metrics
+    _token_str: dict[int, str] = field(default_factory=dict)
+
+    @property
+    def model_name(self) -> str:
+        return self.model_names[0]
+
+    def check_model(self, name: str | None) -> str:
+        if name is not None and name not in self.model_names:
+            raise ModelNotFound(f"the model '{name}' does not exist; this server serves '{self.model_name}'", param="model")
+        return self.model_name
+
+    def token_str(self, token_id: int, as_id: bool = False) -> str:
+        """A token's own text for logprob listings (special tokens included), as vLLM shows it;
+        with `as_id`, vLLM's "token_id:123" form (return_tokens_as_token_ids)."""
+        if as_id:
+            return f"token_id:{token_id}"
+        s = self._token_str.get(token_id)
+        if s is None:
+            s = self._token_str[token_id] = self.engine.tokenizer.decode([token_id], skip_special=False)
+        return s
+
+    def check_token_ids(self, ids: list[int], param: str) -> None:
+        vocab = self.engine.tokenizer.vocab_size
+        for i, t in enumerate(ids):
+            if not 0 <= t < vocab:
+                raise BadRequest(f"{param}: token id {t} at position {i} is outside the vocabulary [0, {vocab})", param=param)
+
+    def check_fits(self, n_prompt: int, max_tokens: int, what: str) -> None:
+        ctx = self.engine.max_model_len
+        if n_prompt == 0:
+            raise BadRequest(f"the {what} is empty: give at least one token of input", param=what)
+        over = n_prompt + max_tokens - ctx
+        if over > 0:
+            raise BadRequest(
+                f"this model's maximum context length is {ctx} tokens, but the {what} has {n_prompt} tokens and "
+                f"max_tokens is {max_tokens}: {over} tokens too many; shorten the {what} or lower max_tokens",
+                param=what, code="context_length_exceeded",
+            )
+
+
+def logprob(x: float) -> float:
+    return max(x, LOGPROB_FLOOR) if x == x else LOGPROB_FLOOR
+
+
+def sampling_params(req: SamplingFields, max_tokens: int, index: int) -> SamplingParams:
+    """The engine's parameters for choice `index` (seeds differ per choice so n samples differ)."""
+    seed = None if req.seed is None else (req.seed + index) % (SEED_MAX + 1)
+    return SamplingParams(
+        max_tokens=max_tokens,
+        temperature=1.0 if req.temperature is None else req.temperature,
+        top_p=1.0 if req.top_p is None else req.top_p,
+        top_k=max(req.top_k, 0),
+        min_p=req.min_p,
+        repetition_penalty=req.repetition_penalty,
+        presence_penalty=req.presence_penalty,
+        frequency_penalty=req.frequency_penalty,
+        seed=seed,
+        stop=req.stop_strings(),
+        ignore_eos=req.ignore_eos,
+    )
+
+
+class RequestGroup:
+    """n engine requests answered as one: started together, merged, aborted together."""
+
+    def __init__(self, ctx: ServerContext, requests: list[EngineRequest]):
+        self.ctx = ctx
+        self.engine = ctx.engine
+        self.requests = requests
+        self.arrival = time.monotonic()
+        self._queue: asyncio.Queue = asyncio.Queue()
+        self._tasks: list[asyncio.Task] = []
+        self._buffer: list[tuple[int, RequestOutput]] = []
+        self._open = set(range(len(requests)))
+        self._last: dict[int, float] = {}
+
+    async def start(self) -> None:
+        """Submit every request and wait until each has produced its first output (or failed)."""
+        for i, req in enumerate(self.requests):
+            self._tasks.append(asyncio.create_task(self._pump(i, req)))
+        seen: set[int] = set()
+        try:
+            while len(seen) < len(self.requests):
+                i, item = await self._queue.get()
+                if isinstance(item, BaseException):
+                    raise item
+                seen.add(i)
+                self._buffer.append((i, item))
+        except BaseException:
+            self.close()
+            raise
+
+    async def _pump(self, i: int, req: EngineRequest) -> None:
+        try:
+            async for out in self.engine.generate(req):
+                self._queue.put_nowait((i, out))
+            self._queue.put_nowait((i, None))
+        except Exception as e:  # noqa: BLE001 - handed to the consumer, which raises it
+            self._queue.put_nowait((i, e))
+
+    async def outputs(self) -> AsyncIterator[tuple[int, RequestOutput]]:
+        """(index, output) until every request has finished. An aborted request raises 503."""
+        try:
+            while self._open:
+                i, item = self._buffer.pop(0) if self._buffer else await self._queue.get()
+                if isinstance(item, BaseException):
+                    raise item
+                if item is None:
+                    if i in self._open:  # the stream ended without a finished output
+                        raise ServiceUnavailable("the engine stopped this request (shutting down); retry later")
+                    continue
+                self._observe(i, item)
+                yield i, item
+        finally:
+            self.close()
+
+    def _observe(self, i: int, out: RequestOutput) -> None:
+        now = time.monotonic()
+        m = self.ctx.metrics
+        if out.new_token_ids:
+            last = self._last.get(i)
+            if last is None:
+                m.ttft.observe(now - self.arrival)
+            else:
+                gap = (now - last) / len(out.new_token_ids)
+                for _ in out.new_token_ids:
+                    m.itl.observe(gap)
+            self._last[i] = now
+        if out.finished:
+            self._open.discard(i)
+            if out.finish_reason == FinishReason.ABORT:
+                raise ServiceUnavailable("the engine stopped this request (shutting down); retry later")
+            m.prompt_tokens.inc(out.num_prompt_tokens)
+            m.generation_tokens.inc(out.num_generated_tokens)
+            m.e2e.observe(now - self.arrival)
+
+    def close(self) -> None:
+        """Abort what has not finished. Synchronous, so it also runs inside a cancelled task."""
+        for t in self._tasks:
+            t.cancel()
+        for i in sorted(self._open):
+            self.engine.abort(self.requests[i].request_id)
+        self._open.clear()

@@ -1,0 +1,386 @@
+"""The OpenAI-compatible wire format: request and response schemas (pydantic v2).
+
+Requests are validated strictly (`extra="forbid"`, no type coercion), so a misspelt or unsupported
+field is a 400 that names it instead of being silently ignored. Fields real clients send that change
+nothing here (`user`, `store`, `metadata`, a text `response_format`, an empty `tools` list...) are
+accepted. Extensions that vLLM also accepts (`top_k`, `min_p`, `repetition_penalty`, `ignore_eos`)
+reach the sampler; the openai SDK sends them through `extra_body`.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, field_validator, model_validator
+
+MAX_LOGPROBS = 20  # top alternatives per token (OpenAI: 20 for chat, 5 for legacy completions; vLLM: 20)
+MAX_N = 128
+SEED_MAX = 2**63 - 1
+
+
+class FieldError(ValueError):
+    """A check across fields, naming the field to blame (pydantic reports those at the model level)."""
+
+    def __init__(self, param: str, message: str):
+        super().__init__(message)
+        self.param = param
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+# ---------------------------------------------------------------------------------------- requests
+
+
+class StreamOptions(Strict):
+    include_usage: StrictBool = False
+
+
+class TextPart(Strict):
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(Strict):
+    """One turn. `developer` is OpenAI's newer name for `system` and is rendered as one."""
+
+    role: Literal["system", "developer", "user", "assistant"]
+    content: Union[str, list[TextPart], None] = None
+    name: Optional[str] = None
+
+    @field_validator("content", mode="before")
+    @classmethod
+    def _content(cls, v: Any) -> Any:
+        if isinstance(v, list):
+            for i, part in enumerate(v):
+                kind = part.get("type") if isinstance(part, dict) else None
+                if kind is not None and kind != "text":
+                    raise ValueError(f"part {i} has type {kind!r}; only text parts are supported")
+        elif v is not None and not isinstance(v, str):
+            raise ValueError("must be a string or a list of text parts")
+        return v
+
+    @model_validator(mode="after")
+    def _needs_content(self) -> "ChatMessage":
+        if self.content is None and self.role != "assistant":
+            raise FieldError("content", f"a {self.role} message needs content")
+        return self
+
+    def for_template(self) -> dict[str, str]:
+        """The message as chat templates expect it: text content, `developer` as `system`."""
+        content = self.content or ""
+        if isinstance(content, list):
+            content = "\n".join(p.text for p in content)
+        msg = {"role": "system" if self.role == "developer" else self.role, "content": content}
+        if self.name is not None:
+            msg["name"] = self.name
+        return msg
+
+
+Stop = Union[str, list[str], None]
+
+
+class SamplingFields(Strict):
+    """Fields shared by chat and completions requests."""
+
+    model: Optional[str] = None  # None: the served model
+    temperature: Optional[float] = Field(None, ge=0, le=2)
+    top_p: Optional[float] = Field(None, gt=0, le=1)
+    n: StrictInt = Field(1, ge=1, le=MAX_N)
+    stream: StrictBool = False
+    stream_options: Optional[StreamOptions] = None
+    stop: Stop = None
+    seed: Optional[StrictInt] = Field(None, ge=0, le=SEED_MAX)
+    presence_penalty: float = Field(0.0, ge=-2, le=2)
+    frequency_penalty: float = Field(0.0, ge=-2, le=2)
+    # vLLM extensions
+    top_k: StrictInt = Field(0, ge=-1)  # 0 or -1: off
+    min_p: float = Field(0.0, ge=0, le=1)
+    repetition_penalty: float = Field(1.0, gt=0, le=10)
+    ignore_eos: StrictBool = False
+    return_tokens_as_token_ids: StrictBool = False  # logprob tokens as "token_id:123" (bytes-exact for scorers)
+    # accepted and ignored: they change nothing about the result
+    user: Optional[str] = None
+    store: Optional[StrictBool] = None
+    metadata: Optional[dict[str, str]] = None
+    service_tier: Optional[str] = None
+    # accepted only in their harmless form
+    logit_bias: Optional[dict[str, float]] = None
+
+    @field_validator("stop")
+    @classmethod
+    def _stop(cls, v: Stop) -> Stop:
+        if isinstance(v, list) and len(v) > 16:
+            raise ValueError("at most 16 stop strings are allowed")
+        return v
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _no_logit_bias(cls, v):
+        if v:
+            raise ValueError("not supported (only an empty object)")
+        return v
+
+    @model_validator(mode="after")
+    def _stream_options_need_stream(self):
+        if self.stream_options is not None and not self.stream:
+            raise FieldError("stream_options", "stream_options is only allowed when stream is true")
+        return self
+
+    def stop_strings(self) -> tuple[str, ...]:
+        stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+        return tuple(s for s in stops if s)  # an empty stop string would match everywhere: ignore it
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+
+class ChatCompletionRequest(SamplingFields):
+    """POST /v1/chat/completions."""
+
+    messages: list[ChatMessage]
+    max_tokens: Optional[StrictInt] = Field(None, ge=1)
+    max_completion_tokens: Optional[StrictInt] = Field(None, ge=1)
+    logprobs: StrictBool = False
+    top_logprobs: Optional[StrictInt] = Field(None, ge=0, le=MAX_LOGPROBS)
+    # accepted only in their harmless form
+    response_format: Optional[dict[str, Any]] = None
+    tools: Optional[list[Any]] = None
+    tool_choice: Optional[Union[str, dict[str, Any]]] = None
+    parallel_tool_calls: Optional[StrictBool] = None
+
+    @field_validator("messages")
+    @classmethod
+    def _messages(cls, v: list[ChatMessage]) -> list[ChatMessage]:
+        if not v:
+            raise ValueError("must contain at least one message")
+        return v
+
+    @field_validator("response_format")
+    @classmethod
+    def _text_only(cls, v):
+        if v is not None and v.get("type") != "text":
+            raise ValueError(f"type {v.get('type')!r} is not supported; only 'text'")
+        return v
+
+    @field_validator("tools")
+    @classmethod
+    def _no_tools(cls, v):
+        if v:
+            raise ValueError("tool calling is not supported (only an empty list)")
+        return v
+
+    @field_validator("tool_choice")
+    @classmethod
+    def _no_tool_choice(cls, v):
+        if v not in (None, "none", "auto"):
+            raise ValueError("tool calling is not supported (only 'none' or 'auto')")
+        return v
+
+    @model_validator(mode="after")
+    def _top_logprobs_need_logprobs(self):
+        if self.top_logprobs and not self.logprobs:
+            raise FieldError("top_logprobs", "top_logprobs needs logprobs set to true")
+        return self
+
+    def requested_max_tokens(self) -> int | None:
+        return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+
+
+Prompt = Union[str, list[str], list[int], list[list[int]]]
+
+
+class CompletionRequest(SamplingFields):
+    """POST /v1/completions. A prompt of token ids is used verbatim: no BOS added, no re-tokenization."""
+
+    prompt: Any
+    max_tokens: Optional[StrictInt] = Field(16, ge=0)
+    echo: StrictBool = False
+    logprobs: Optional[StrictInt] = Field(None, ge=0, le=MAX_LOGPROBS)
+    best_of: Optional[StrictInt] = None
+    suffix: Optional[str] = None
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt(cls, v: Any) -> Prompt:
+        def is_int(x):
+            return isinstance(x, int) and not isinstance(x, bool)
+
+        shape = "a string, a list of strings, a list of token ids or a list of token-id lists"
+        if isinstance(v, str):
+            return v
+        if not isinstance(v, list) or not v:
+            raise ValueError(f"must be {shape} (and not empty)")
+        if all(isinstance(x, str) for x in v) or all(is_int(x) for x in v):
+            return v
+        if all(isinstance(x, list) and x and all(is_int(t) for t in x) for x in v):
+            return v
+        raise ValueError(f"must be {shape}, without mixing kinds or empty lists")
+
+    @field_validator("suffix")
+    @classmethod
+    def _no_suffix(cls, v):
+        if v:
+            raise ValueError("not supported")
+        return v
+
+    @model_validator(mode="after")
+    def _best_of(self):
+        if self.best_of is not None and self.best_of != self.n:
+            raise FieldError("best_of", "best_of is not supported (other than best_of == n)")
+        return self
+
+    def prompts(self) -> list[str | list[int]]:
+        """The prompt as a list of prompts, each text or token ids."""
+        p = self.prompt
+        if isinstance(p, str) or isinstance(p[0], int):
+            return [p]
+        return list(p)
+
+
+class TokenizeCompletionRequest(Strict):
+    model: Optional[str] = None
+    prompt: str
+    add_special_tokens: StrictBool = True
+    return_token_strs: StrictBool = False
+
+
+class TokenizeChatRequest(Strict):
+    model: Optional[str] = None
+    messages: list[ChatMessage]
+    add_generation_prompt: StrictBool = True
+    add_special_tokens: StrictBool = False  # the template writes the special tokens itself
+    return_token_strs: StrictBool = False
+
+    @field_validator("messages")
+    @classmethod
+    def _messages(cls, v: list[ChatMessage]) -> list[ChatMessage]:
+        if not v:
+            raise ValueError("must contain at least one message")
+        return v
+
+
+class DetokenizeRequest(Strict):
+    model: Optional[str] = None
+    tokens: list[StrictInt]
+
+
+# --------------------------------------------------------------------------------------- responses
+
+
+def _now() -> int:
+    return int(time.time())
+
+
+class UsageInfo(BaseModel):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+
+
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: Optional[list[int]] = None
+
+
+class ChatTokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob] = Field(default_factory=list)
+
+
+class ChatChoiceLogprobs(BaseModel):
+    content: Optional[list[ChatTokenLogprob]] = None
+    refusal: Optional[list[ChatTokenLogprob]] = None
+
+
+class AssistantMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+    refusal: Optional[str] = None
+
+
+class ChatChoice(BaseModel):
+    index: int
+    message: AssistantMessage
+    logprobs: Optional[ChatChoiceLogprobs] = None
+    finish_reason: Optional[str] = None
+
+
+class ChatCompletionResponse(BaseModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int = Field(default_factory=_now)
+    model: str
+    choices: list[ChatChoice]
+    usage: UsageInfo
+    system_fingerprint: Optional[str] = None
+
+
+class ChatChunkChoice(BaseModel):
+    index: int
+    delta: dict[str, Any]  # {"role": "assistant", "content": ""} first, then {"content": "..."}, {} at the end
+    logprobs: Optional[ChatChoiceLogprobs] = None
+    finish_reason: Optional[str] = None
+
+
+class ChatCompletionChunk(BaseModel):
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[ChatChunkChoice]
+    usage: Optional[UsageInfo] = None  # only with stream_options.include_usage (null until the last chunk)
+    system_fingerprint: Optional[str] = None
+
+
+class CompletionLogprobs(BaseModel):
+    """The legacy format: parallel lists, one entry per token (prompt tokens first when echoing)."""
+
+    tokens: list[str] = Field(default_factory=list)
+    token_logprobs: list[Optional[float]] = Field(default_factory=list)
+    top_logprobs: list[Optional[dict[str, float]]] = Field(default_factory=list)
+    text_offset: list[int] = Field(default_factory=list)
+
+
+class CompletionChoice(BaseModel):
+    index: int
+    text: str
+    logprobs: Optional[CompletionLogprobs] = None
+    finish_reason: Optional[str] = None
+
+
+class CompletionResponse(BaseModel):
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int = Field(default_factory=_now)
+    model: str
+    choices: list[CompletionChoice]
+    usage: Optional[UsageInfo] = None
+    system_fingerprint: Optional[str] = None
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int = Field(default_factory=_now)
+    owned_by: str = "hearth"
+    max_model_len: int
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class TokenizeResponse(BaseModel):
+    count: int
+    max_model_len: int
+    tokens: list[int]
+    token_strs: Optional[list[str]] = None
+
+
+class DetokenizeResponse(BaseModel):
+    prompt: str

@@ -1,0 +1,123 @@
+"""POST /v1/chat/completions: messages → the model's chat template → n engine requests → OpenAI JSON/SSE."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+
+from hearth.engine.request import EngineRequest, TokenLogprob
+from hearth.server.common import RequestGroup, ServerContext, logprob, random_id, sampling_params
+from hearth.server.errors import error_event
+from hearth.server.protocol import (
+    AssistantMessage,
+    ChatChoice,
+    ChatChoiceLogprobs,
+    ChatChunkChoice,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    ChatTokenLogprob,
+    TopLogprob,
+    UsageInfo,
+)
+
+
+class ChatService:
+    def __init__(self, ctx: ServerContext):
+        self.ctx = ctx
+
+    def prompt_ids(self, messages) -> list[int]:
+        engine = self.ctx.engine
+        text = engine.chat_template.render([m.for_template() for m in messages], add_generation_prompt=True)
+        # The template writes BOS itself where the model wants one (as transformers' apply_chat_template).
+        return engine.tokenizer.encode(text, add_bos=False)
+
+    async def create(self, req: ChatCompletionRequest) -> ChatCompletionResponse | AsyncIterator[str]:
+        """A response, or (stream=True) an SSE stream whose requests are already admitted by the engine."""
+        model = self.ctx.check_model(req.model)
+        ids = self.prompt_ids(req.messages)
+        ctx_len = self.ctx.engine.max_model_len
+        max_tokens = req.requested_max_tokens()
+        if max_tokens is None:  # the rest of the context, as vLLM does
+            if len(ids) >= ctx_len:
+                self.ctx.check_fits(len(ids), 1, "messages")
+            max_tokens = ctx_len - len(ids)
+        self.ctx.check_fits(len(ids), max_tokens, "messages")
+        rid = random_id("chatcmpl")
+        top = (req.top_logprobs or 0) if req.logprobs else None
+        group = RequestGroup(self.ctx, [
+            EngineRequest(f"{rid}-{i}", ids, sampling_params(req, max_tokens, i), logprobs=top)
+            for i in range(req.n)
+        ])
+        await group.start()
+        if req.stream:
+            return self._stream(req, group, rid, model, len(ids))
+        return await self._collect(req, group, rid, model, len(ids))
+
+    def _logprobs(self, req: ChatCompletionRequest, entries: list[TokenLogprob] | None) -> list[ChatTokenLogprob]:
+        k = req.top_logprobs or 0
+
+        def top(token_id: int, lp: float) -> TopLogprob:
+            s = self.ctx.token_str(token_id, req.return_tokens_as_token_ids)
+            return TopLogprob(token=s, logprob=logprob(lp), bytes=list(s.encode("utf-8")))
+
+        out = []
+        for e in entries or []:
+            t = top(e.token_id, e.logprob)
+            out.append(ChatTokenLogprob(**t.model_dump(), top_logprobs=[top(i, lp) for i, lp in e.top[:k]]))
+        return out
+
+    async def _collect(self, req, group: RequestGroup, rid: str, model: str, n_prompt: int) -> ChatCompletionResponse:
+        texts = [[] for _ in range(req.n)]
+        lps: list[list[ChatTokenLogprob]] = [[] for _ in range(req.n)]
+        reasons: list[str | None] = [None] * req.n
+        generated = [0] * req.n
+        async for i, out in group.outputs():
+            texts[i].append(out.new_text)
+            if req.logprobs:
+                lps[i].extend(self._logprobs(req, out.logprobs))
+            if out.finished:
+                reasons[i] = out.finish_reason.value
+                generated[i] = out.num_generated_tokens
+        choices = [
+            ChatChoice(
+                index=i,
+                message=AssistantMessage(content="".join(texts[i])),
+                logprobs=ChatChoiceLogprobs(content=lps[i]) if req.logprobs else None,
+                finish_reason=reasons[i],
+            )
+            for i in range(req.n)
+        ]
+        usage = UsageInfo(prompt_tokens=n_prompt, completion_tokens=sum(generated), total_tokens=n_prompt + sum(generated))
+        return ChatCompletionResponse(id=rid, model=model, choices=choices, usage=usage)
+
+    async def _stream(self, req, group: RequestGroup, rid: str, model: str, n_prompt: int) -> AsyncIterator[str]:
+        created = int(time.time())
+        include_usage = req.include_usage
+
+        def event(choices: list[ChatChunkChoice], usage: UsageInfo | None = None) -> str:
+            chunk = ChatCompletionChunk(id=rid, created=created, model=model, choices=choices, usage=usage).model_dump()
+            if not include_usage:
+                del chunk["usage"]
+            return f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
+
+        generated = 0
+        try:
+            for i in range(req.n):
+                yield event([ChatChunkChoice(index=i, delta={"role": "assistant", "content": ""})])
+            async for i, out in group.outputs():
+                lp = ChatChoiceLogprobs(content=self._logprobs(req, out.logprobs)) if req.logprobs else None
+                if out.finished:
+                    generated += out.num_generated_tokens
+                    delta = {"content": out.new_text} if out.new_text else {}
+                    yield event([ChatChunkChoice(index=i, delta=delta, logprobs=lp, finish_reason=out.finish_reason.value)])
+                elif out.new_text or (lp and lp.content):
+                    yield event([ChatChunkChoice(index=i, delta={"content": out.new_text}, logprobs=lp)])
+            if include_usage:
+                yield event([], UsageInfo(prompt_tokens=n_prompt, completion_tokens=generated, total_tokens=n_prompt + generated))
+        except Exception as e:  # noqa: BLE001 - the status line is sent: report it in the stream
+            yield error_event(e)
+        finally:
+            group.close()
+        yield "data: [DONE]\n\n"

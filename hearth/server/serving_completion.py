@@ -1,0 +1,151 @@
+"""POST /v1/completions: raw prompts (text or token ids) → engine requests → OpenAI's legacy format.
+
+Scoring clients (lm-evaluation-harness's `local-completions`) send token-id prompts with `echo`,
+`logprobs` and `max_tokens` 0 or 1: `token_logprobs` then covers every prompt token (the first is
+null) followed by the generated ones, so `token_logprobs[ctxlen:]` scores a continuation.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from hearth.engine.request import EngineRequest, RequestOutput, TokenLogprob
+from hearth.server.common import RequestGroup, ServerContext, logprob, random_id, sampling_params
+from hearth.server.errors import error_event
+from hearth.server.protocol import CompletionChoice, CompletionLogprobs, CompletionRequest, CompletionResponse, UsageInfo
+
+
+@dataclass
+class _Prompt:
+    ids: list[int]
+    text: str  # echoed back: the caller's string, or the decoded token ids
+
+
+@dataclass
+class _Choice:
+    """What one choice has accumulated (a stream resets `text` and `logprobs` after each chunk)."""
+
+    prompt: _Prompt
+    text: str = ""
+    logprobs: CompletionLogprobs | None = None
+    offset: int = 0  # text_offset of the next token
+    started: bool = False
+    finish_reason: str | None = None
+    generated: int = 0
+
+
+class CompletionService:
+    def __init__(self, ctx: ServerContext):
+        self.ctx = ctx
+
+    def _prompts(self, req: CompletionRequest, max_tokens: int) -> list[_Prompt]:
+        tok = self.ctx.engine.tokenizer
+        prompts = []
+        for j, p in enumerate(req.prompts()):
+            where = "prompt" if isinstance(req.prompt, str) or isinstance(req.prompt[0], int) else f"prompt.{j}"
+            if isinstance(p, str):
+                ids = tok.encode(p)  # the model's own BOS rule
+                text = p
+            else:
+                self.ctx.check_token_ids(p, where)
+                ids, text = list(p), (tok.decode(p) if req.echo else "")
+            self.ctx.check_fits(len(ids), max_tokens, where)
+            prompts.append(_Prompt(ids, text))
+        return prompts
+
+    async def create(self, req: CompletionRequest) -> CompletionResponse | AsyncIterator[str]:
+        model = self.ctx.check_model(req.model)
+        max_tokens = 16 if req.max_tokens is None else req.max_tokens  # OpenAI's default, also for null
+        prompts = self._prompts(req, max_tokens)
+        rid = random_id("cmpl")
+        scoring = req.echo and req.logprobs is not None
+        engine_reqs, choices = [], []
+        for j, p in enumerate(prompts):
+            for i in range(req.n):
+                index = j * req.n + i
+                engine_reqs.append(EngineRequest(
+                    f"{rid}-{index}", p.ids, sampling_params(req, max_tokens, i),
+                    logprobs=req.logprobs, prompt_logprobs=req.logprobs if scoring else None,
+                ))
+                choices.append(_Choice(p))
+        group = RequestGroup(self.ctx, engine_reqs)
+        await group.start()
+        n_prompt = sum(len(p.ids) for p in prompts)
+        if req.stream:
+            return self._stream(req, group, rid, model, choices, n_prompt)
+        return await self._collect(req, group, rid, model, choices, n_prompt)
+
+    # -- logprobs in the legacy format ----------------------------------------------------------------
+    def _add_logprobs(self, req: CompletionRequest, c: _Choice, entries: list[TokenLogprob | None], ids: list[int]) -> None:
+        lp, k, as_ids = c.logprobs, req.logprobs, req.return_tokens_as_token_ids
+        for token_id, e in zip(ids, entries):
+            s = self.ctx.token_str(token_id, as_ids)
+            lp.tokens.append(s)
+            lp.text_offset.append(c.offset)
+            c.offset += len(s)
+            if e is None:  # the first prompt token: nothing predicts it
+                lp.token_logprobs.append(None)
+                lp.top_logprobs.append(None)
+                continue
+            lp.token_logprobs.append(logprob(e.logprob))
+            top = {self.ctx.token_str(t, as_ids): logprob(v) for t, v in e.top[:k]}
+            top.setdefault(s, logprob(e.logprob))  # the chosen token is always listed, as in vLLM
+            lp.top_logprobs.append(top)
+
+    def _update(self, req: CompletionRequest, c: _Choice, out: RequestOutput) -> None:
+        want_lp = req.logprobs is not None
+        if want_lp and c.logprobs is None:
+            c.logprobs = CompletionLogprobs()
+        if not c.started:
+            c.started = True
+            if req.echo:
+                c.text += c.prompt.text
+                if want_lp:
+                    self._add_logprobs(req, c, out.prompt_logprobs or [None] * len(c.prompt.ids), c.prompt.ids)
+        c.text += out.new_text
+        if want_lp and out.logprobs:
+            self._add_logprobs(req, c, out.logprobs, out.new_token_ids)
+        if out.finished:
+            c.finish_reason = out.finish_reason.value
+            c.generated = out.num_generated_tokens
+
+    async def _collect(self, req, group: RequestGroup, rid, model, choices: list[_Choice], n_prompt: int):
+        async for i, out in group.outputs():
+            self._update(req, choices[i], out)
+        generated = sum(c.generated for c in choices)
+        return CompletionResponse(
+            id=rid, model=model,
+            choices=[CompletionChoice(index=i, text=c.text, logprobs=c.logprobs, finish_reason=c.finish_reason)
+                     for i, c in enumerate(choices)],
+            usage=UsageInfo(prompt_tokens=n_prompt, completion_tokens=generated, total_tokens=n_prompt + generated),
+        )
+
+    async def _stream(self, req, group: RequestGroup, rid, model, choices: list[_Choice], n_prompt: int) -> AsyncIterator[str]:
+        created = int(time.time())
+
+        def event(chunk_choices: list[CompletionChoice], usage: UsageInfo | None = None) -> str:
+            chunk = CompletionResponse(id=rid, created=created, model=model, choices=chunk_choices, usage=usage).model_dump()
+            if not req.include_usage:
+                del chunk["usage"]
+            return f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
+
+        try:
+            async for i, out in group.outputs():
+                c = choices[i]
+                self._update(req, c, out)
+                if c.text or c.finish_reason or (c.logprobs and c.logprobs.tokens):
+                    yield event([CompletionChoice(index=i, text=c.text, logprobs=c.logprobs, finish_reason=c.finish_reason)])
+                c.text = ""
+                if c.logprobs is not None:
+                    c.logprobs = CompletionLogprobs()
+            if req.include_usage:
+                generated = sum(c.generated for c in choices)
+                yield event([], UsageInfo(prompt_tokens=n_prompt, completion_tokens=generated, total_tokens=n_prompt + generated))
+        except Exception as e:  # noqa: BLE001 - the status line is sent: report it in the stream
+            yield error_event(e)
+        finally:
+            group.close()
+        yield "data: [DONE]\n\n"

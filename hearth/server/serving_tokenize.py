@@ -1,0 +1,62 @@
+"""POST /tokenize, POST /detokenize, GET /tokenizer_info: the model's tokenizer over HTTP (vLLM's routes).
+
+lm-evaluation-harness's remote tokenizer uses these to count and split text exactly as the server does.
+"""
+
+from __future__ import annotations
+
+from hearth.server.common import ServerContext
+from hearth.server.protocol import (
+    DetokenizeRequest,
+    DetokenizeResponse,
+    TokenizeChatRequest,
+    TokenizeCompletionRequest,
+    TokenizeResponse,
+)
+
+
+class TokenizeService:
+    def __init__(self, ctx: ServerContext):
+        self.ctx = ctx
+
+    def tokenize(self, req: TokenizeCompletionRequest | TokenizeChatRequest) -> TokenizeResponse:
+        self.ctx.check_model(req.model)
+        engine = self.ctx.engine
+        tok = engine.tokenizer
+        if isinstance(req, TokenizeChatRequest):
+            text = engine.chat_template.render([m.for_template() for m in req.messages], req.add_generation_prompt)
+            ids = tok.encode(text, add_bos=None if req.add_special_tokens else False)
+        else:
+            # add_special_tokens: the model's own rule (BOS for Llama, nothing for SmolLM2), as HF tokenizers do
+            ids = tok.encode(req.prompt, add_bos=None if req.add_special_tokens else False)
+        strs = [self.ctx.token_str(t) for t in ids] if req.return_token_strs else None
+        return TokenizeResponse(count=len(ids), max_model_len=engine.max_model_len, tokens=ids, token_strs=strs)
+
+    def detokenize(self, req: DetokenizeRequest) -> DetokenizeResponse:
+        self.ctx.check_model(req.model)
+        self.ctx.check_token_ids(req.tokens, "tokens")
+        return DetokenizeResponse(prompt=self.ctx.engine.tokenizer.decode(req.tokens))
+
+    def info(self) -> dict:
+        engine = self.ctx.engine
+        tok = engine.tokenizer
+
+        def text(i: int | None) -> str | None:
+            return None if i is None else tok.token_text(i)
+
+        eos = tok.eos_ids[0] if tok.eos_ids else None
+        return {
+            "tokenizer_class": "hearth",
+            "eos_token": text(eos),
+            "eos_token_id": eos,
+            "eos_token_ids": list(tok.eos_ids),
+            "bos_token": text(tok.bos_id),
+            "bos_token_id": tok.bos_id,
+            "pad_token": text(tok.pad_id),
+            "pad_token_id": tok.pad_id,
+            "add_bos_token": tok.add_bos,
+            "vocab_size": tok.vocab_size,
+            "model_max_length": engine.max_model_len,
+            "chat_template": engine.chat_template.source,  # the one in use (ChatML when the model has none)
+        }
+

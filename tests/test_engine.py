@@ -1,0 +1,129 @@
+"""The continuous-batching engine on the real default model.
+
+Greedy output must not depend on what else is in the batch: every request is compared with the
+simple single-sequence Generator (the path the reference tests pin to transformers and llama.cpp).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import torch
+
+from hearth.engine.async_engine import AsyncEngine, QueueFullError
+from hearth.engine.generate import Generator
+from hearth.engine.llm_engine import EngineConfig, LLMEngine
+from hearth.engine.request import EngineRequest, FinishReason
+from hearth.engine.sampling import SamplingParams
+from hearth.errors import ContextLengthError, HearthError
+from hearth.loader import load
+
+PROMPTS = [
+    "The capital of France is", "Once upon a time", "def fib(n):", "The three primary colors are",
+    "In 1492,", "Water boils at", "My favourite book is", "import numpy as np\n",
+]
+GREEDY = SamplingParams(temperature=0, max_tokens=12)
+
+
+@pytest.fixture(scope="module")
+def lm():
+    return load("smollm2")
+
+
+@pytest.fixture(scope="module")
+def alone(lm):
+    gen = Generator(lm.model, lm.tokenizer)
+    return {p: gen.complete(lm.tokenizer.encode(p), GREEDY) for p in PROMPTS}
+
+
+def drain(eng: LLMEngine) -> dict[str, dict]:
+    res: dict[str, dict] = {}
+    while eng.has_work():
+        for o in eng.step():
+            r = res.setdefault(o.request_id, {"ids": [], "text": "", "reason": None, "out": []})
+            r["ids"] += o.new_token_ids
+            r["text"] += o.new_text
+            r["out"].append(o)
+            if o.finished:
+                r["reason"] = o.finish_reason
+    return res
+
+
+def test_batch_of_32_equals_each_request_alone(lm, alone):
+    # small token budget: prompts are prefilled in chunks while other sequences decode
+    eng = LLMEngine(lm, EngineConfig(max_num_seqs=32, max_num_batched_tokens=48, kv_cache_bytes=256 << 20))
+    for i in range(32):
+        eng.add_request(EngineRequest(f"r{i}", lm.tokenizer.encode(PROMPTS[i % len(PROMPTS)]), GREEDY))
+    res = drain(eng)
+    for i in range(32):
+        ref = alone[PROMPTS[i % len(PROMPTS)]]
+        assert res[f"r{i}"]["ids"] == ref.token_ids and res[f"r{i}"]["text"] == ref.text
+    assert eng.blocks.num_used == 0
+
+
+def test_preemption_under_kv_pressure_gives_same_output(lm, alone):
+    # 12 blocks of 4 tokens for 6 sequences of ~17 tokens each: the scheduler must preempt and recompute
+    eng = LLMEngine(lm, EngineConfig(max_num_seqs=8, max_num_batched_tokens=64, block_size=4, num_blocks=12))
+    for i, p in enumerate(PROMPTS[:6]):
+        eng.add_request(EngineRequest(f"p{i}", lm.tokenizer.encode(p), GREEDY))
+    res = drain(eng)
+    for i, p in enumerate(PROMPTS[:6]):
+        assert res[f"p{i}"]["ids"] == alone[p].token_ids
+
+
+def test_prompt_logprobs_and_logprobs_match_a_full_forward(lm):
+    ids = lm.tokenizer.encode("The quick brown fox jumps over the lazy dog")
+    eng = LLMEngine(lm, EngineConfig(max_num_batched_tokens=5, kv_cache_bytes=64 << 20))  # several chunks
+    eng.add_request(EngineRequest("a", ids, SamplingParams(temperature=0, max_tokens=2), logprobs=3, prompt_logprobs=2))
+    eng.add_request(EngineRequest("echo0", ids, SamplingParams(temperature=0, max_tokens=0), prompt_logprobs=0))
+    res = drain(eng)
+    with torch.inference_mode():
+        full = torch.log_softmax(lm.model(torch.tensor([ids + res["a"]["ids"]]))[0], -1)
+    for rid in ("a", "echo0"):
+        plp = res[rid]["out"][0].prompt_logprobs
+        assert plp[0] is None and len(plp) == len(ids)
+        for i in range(1, len(ids)):
+            assert plp[i].token_id == ids[i]
+            assert abs(plp[i].logprob - float(full[i - 1, ids[i]])) < 1e-3
+    assert res["echo0"]["ids"] == [] and res["echo0"]["reason"] is FinishReason.LENGTH
+    gen_lps = [lp for o in res["a"]["out"] for lp in (o.logprobs or [])]
+    assert len(gen_lps) == 2 and len(gen_lps[0].top) == 3
+    assert gen_lps[0].top[0][0] == res["a"]["ids"][0]  # greedy: the chosen token is the most likely
+    assert abs(gen_lps[0].logprob - float(full[len(ids) - 1, res["a"]["ids"][0]])) < 1e-3
+
+
+def test_bad_requests_are_refused_before_queueing(lm):
+    eng = LLMEngine(lm, EngineConfig(kv_cache_bytes=8 << 20))
+    with pytest.raises(HearthError, match="invalid token id"):
+        eng.add_request(EngineRequest("x", [1, 10**9], GREEDY))
+    with pytest.raises(ContextLengthError, match="by 2"):
+        eng.add_request(EngineRequest("y", [1] * (eng.max_model_len - 10), SamplingParams(max_tokens=12)))
+    assert not eng.has_work()
+
+
+def test_async_engine_streams_aborts_and_bounds_its_queue(lm, alone):
+    async def main():
+        eng = AsyncEngine(lm, EngineConfig(kv_cache_bytes=64 << 20))
+        eng.start()
+        try:
+            prompt = PROMPTS[0]
+            text = "".join([o.new_text async for o in eng.generate(EngineRequest("a", lm.tokenizer.encode(prompt), GREEDY))])
+            assert text == alone[prompt].text
+            # a consumer that stops early aborts its request and frees its blocks
+            agen = eng.generate(EngineRequest("b", lm.tokenizer.encode(prompt), SamplingParams(temperature=0, max_tokens=200)))
+            await agen.__anext__()
+            await agen.aclose()
+            for _ in range(100):
+                if eng.stats().running == 0 and eng.stats().kv_blocks_used == 0:
+                    break
+                await asyncio.sleep(0.05)
+            assert eng.stats().running == 0 and eng.stats().kv_blocks_used == 0
+            # a full waiting queue refuses new work instead of growing without end
+            eng.config.max_waiting = 0  # every slot of the waiting queue "taken"
+            with pytest.raises(QueueFullError):
+                await eng.generate(EngineRequest("c", [1, 2], GREEDY)).__anext__()
+        finally:
+            eng.shutdown()
+
+    asyncio.run(main())

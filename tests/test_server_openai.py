@@ -1,0 +1,310 @@
+"""Black-box tests: real `hearth serve smollm2` processes driven over HTTP by the official openai SDK.
+
+Two servers start together (one with --api-key) and are shared by the module; each loads the 135M
+default model, so startup takes seconds on 2 cores. Greedy (temperature 0) outputs are compared with
+each other, never with pinned text, so the tests hold for any correct engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+pytestmark = pytest.mark.slow
+
+MODEL = "smollm2"
+KEY = "test-key-123"
+STARTUP_TIMEOUT = 240
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServerProcess:
+    def __init__(self, tmp: Path, name: str, *extra: str, threads: int | None = None):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = tmp / f"{name}.log"
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env.pop("HEARTH_API_KEY", None)
+        if threads:
+            env["OMP_NUM_THREADS"] = str(threads)
+        self.log = open(self.log_path, "w")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "hearth.cli", "serve", MODEL, "--port", str(self.port), *extra],
+            stdout=self.log, stderr=subprocess.STDOUT, env=env,
+        )
+
+    def wait_healthy(self) -> None:
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, f"server exited early:\n{self.log_path.read_text()}"
+            try:
+                if httpx.get(self.url + "/health", timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.25)
+        raise AssertionError(f"server not healthy after {STARTUP_TIMEOUT}s:\n{self.log_path.read_text()}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+
+
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("serve")
+    procs = {"open": ServerProcess(tmp, "open"), "keyed": ServerProcess(tmp, "keyed", "--api-key", KEY, threads=1)}
+    try:
+        for p in procs.values():
+            p.wait_healthy()
+        yield procs
+    finally:
+        for p in procs.values():
+            p.stop()
+
+
+@pytest.fixture(scope="module")
+def url(servers) -> str:
+    return servers["open"].url
+
+
+@pytest.fixture(scope="module")
+def client(url):
+    with openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=120) as c:
+        yield c
+
+
+def chat(content: str) -> list[dict]:
+    # An explicit short system message replaces SmolLM2's default one: shorter prompts, faster tests.
+    return [{"role": "system", "content": "Be brief."}, {"role": "user", "content": content}]
+
+
+def chat_text(client, content: str, **kw) -> str:
+    return client.chat.completions.create(model=MODEL, messages=chat(content), **kw).choices[0].message.content
+
+
+def metric(url: str, name: str) -> float:
+    text = httpx.get(url + "/metrics").text
+    m = re.search(rf"^{name} (\S+)$", text, re.M)
+    assert m, f"{name} missing from /metrics"
+    return float(m.group(1))
+
+
+# ------------------------------------------------------------------------------------------------
+
+
+def test_startup_line_and_models(servers, client):
+    log = servers["open"].log_path.read_text()
+    assert f"serving {MODEL} on http://127.0.0.1:{servers['open'].port}" in log
+    models = client.models.list()
+    assert [m.id for m in models.data] == [MODEL]
+    assert client.models.retrieve(MODEL).id == MODEL
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="nope", messages=[{"role": "user", "content": "hi"}])
+
+
+def test_chat_sync_stream_equals_non_stream(client):
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name a primary colour."}]
+    whole = client.chat.completions.create(model=MODEL, messages=messages, temperature=0, max_tokens=20)
+    text = whole.choices[0].message.content
+    assert text and whole.choices[0].finish_reason in ("stop", "length")
+    assert whole.usage.completion_tokens > 0 and whole.usage.total_tokens == whole.usage.prompt_tokens + whole.usage.completion_tokens
+    stream = client.chat.completions.create(model=MODEL, messages=messages, temperature=0, max_tokens=20, stream=True)
+    chunks = list(stream)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == text
+    assert chunks[-1].choices[0].finish_reason == whole.choices[0].finish_reason
+
+
+def test_max_completion_tokens_and_length(client):
+    r = client.chat.completions.create(model=MODEL, messages=chat("Tell me a long story."),
+                                       temperature=0, max_completion_tokens=5)
+    assert r.choices[0].finish_reason == "length" and r.usage.completion_tokens == 5
+
+
+def test_completions_async_stream_and_non_stream(url):
+    async def main():
+        async with openai.AsyncOpenAI(base_url=url + "/v1", api_key="x", max_retries=0) as ac:
+            whole = await ac.completions.create(model=MODEL, prompt="The capital of France is", max_tokens=8, temperature=0)
+            stream = await ac.completions.create(model=MODEL, prompt="The capital of France is", max_tokens=8,
+                                                 temperature=0, stream=True)
+            parts = [c.choices[0].text async for c in stream]
+            return whole, parts
+
+    whole, parts = asyncio.run(main())
+    assert whole.object == "text_completion" and whole.usage.completion_tokens == 8
+    assert "".join(parts) == whole.choices[0].text
+    assert "Paris" in whole.choices[0].text
+
+
+def test_n2_and_seed_reproducibility(client):
+    kw = dict(model=MODEL, messages=chat("Write a word."), max_tokens=12, temperature=1.0, n=2)
+    a = client.chat.completions.create(seed=7, **kw)
+    b = client.chat.completions.create(seed=7, **kw)
+    assert [c.index for c in a.choices] == [0, 1]
+    assert [c.message.content for c in a.choices] == [c.message.content for c in b.choices]
+    assert 2 <= a.usage.completion_tokens <= 24  # counted over both choices
+    c = client.completions.create(model=MODEL, prompt=["One", "Two"], max_tokens=4, temperature=0, n=2)
+    assert [ch.index for ch in c.choices] == [0, 1, 2, 3]
+    assert c.choices[0].text == c.choices[1].text and c.choices[2].text == c.choices[3].text  # greedy
+
+
+def test_stop_strings(client):
+    prompt = "Count: 1, 2, 3, 4, 5,"
+    full = client.completions.create(model=MODEL, prompt=prompt, max_tokens=12, temperature=0).choices[0].text
+    assert len(full) > 4
+    stop = full[3:5]
+    cut = client.completions.create(model=MODEL, prompt=prompt, max_tokens=12, temperature=0, stop=[stop, "zzz"])
+    assert cut.choices[0].text == full[: full.index(stop)] and cut.choices[0].finish_reason == "stop"
+    one = client.completions.create(model=MODEL, prompt=prompt, max_tokens=12, temperature=0, stop=stop)
+    assert one.choices[0].text == cut.choices[0].text
+
+
+def test_chat_logprobs(client):
+    r = client.chat.completions.create(model=MODEL, messages=chat("Say hello."),
+                                       temperature=0, max_tokens=6, logprobs=True, top_logprobs=3)
+    content = r.choices[0].logprobs.content
+    assert len(content) == r.usage.completion_tokens
+    for t in content:
+        assert len(t.top_logprobs) == 3 and t.logprob <= 0
+        assert t.top_logprobs[0].token == t.token  # greedy picks the most likely token
+        assert t.top_logprobs[0].logprob == pytest.approx(t.logprob, abs=1e-5)
+        assert t.top_logprobs[0].logprob >= t.top_logprobs[1].logprob >= t.top_logprobs[2].logprob
+    visible = [t.token for t in content if t.token != "<|im_end|>"]
+    assert "".join(visible) == r.choices[0].message.content
+
+
+def test_echo_scores_a_token_prompt_as_generation_did(client, url):
+    prompt = httpx.post(url + "/tokenize", json={"prompt": "The quick brown fox", "add_special_tokens": False}).json()["tokens"]
+    gen = client.completions.create(model=MODEL, prompt=prompt, max_tokens=6, temperature=0, logprobs=2,
+                                    extra_body={"return_tokens_as_token_ids": True, "ignore_eos": True})
+    lp = gen.choices[0].logprobs
+    generated = [int(t.removeprefix("token_id:")) for t in lp.tokens]
+    assert len(generated) == 6
+    # Score prompt + generated tokens without generating: every prompt token gets a logprob but the first.
+    scored = client.completions.create(model=MODEL, prompt=prompt + generated, max_tokens=0, echo=True, logprobs=1,
+                                       temperature=0)
+    s = scored.choices[0].logprobs
+    assert scored.usage.completion_tokens == 0
+    assert len(s.token_logprobs) == len(prompt) + 6 and s.token_logprobs[0] is None and s.top_logprobs[0] is None
+    assert all(x <= 0 for x in s.token_logprobs[1:])
+    assert s.token_logprobs[len(prompt):] == pytest.approx(lp.token_logprobs, abs=2e-3)
+    # greedy continuation: each token is its position's most likely one (lm-eval's is_greedy)
+    for tok_lp, top in zip(s.token_logprobs[len(prompt):], s.top_logprobs[len(prompt):]):
+        assert tok_lp == pytest.approx(max(top.values()), abs=1e-6)
+    assert scored.choices[0].text == httpx.post(url + "/detokenize", json={"tokens": prompt + generated}).json()["prompt"]
+
+
+def test_lm_eval_local_completions_reads_our_scores(client, url):
+    from lm_eval.models.openai_completions import LocalCompletionsAPI
+
+    ctx = httpx.post(url + "/tokenize", json={"prompt": "Paris is the capital of", "add_special_tokens": False}).json()["tokens"]
+    cont = httpx.post(url + "/tokenize", json={"prompt": " France", "add_special_tokens": False}).json()["tokens"]
+    # exactly the payload lm-eval sends for loglikelihood requests
+    out = client.completions.create(model=MODEL, prompt=[ctx + cont], temperature=0, max_tokens=1, logprobs=1,
+                                    seed=1234, echo=True).model_dump()
+    ((ll, greedy),) = LocalCompletionsAPI.parse_logprobs(out, tokens=[ctx + cont], ctxlens=[len(ctx)])
+    assert -20 < ll < 0 and isinstance(greedy, bool)
+
+
+def test_stream_include_usage(client):
+    stream = client.chat.completions.create(model=MODEL, messages=chat("Hi!"), temperature=0,
+                                            max_tokens=8, stream=True, stream_options={"include_usage": True})
+    chunks = list(stream)
+    last = chunks[-1]
+    assert last.choices == [] and last.usage is not None
+    assert last.usage.total_tokens == last.usage.prompt_tokens + last.usage.completion_tokens
+    assert 0 < last.usage.completion_tokens <= 8
+    assert all(c.usage is None for c in chunks[:-1])
+
+
+def test_api_key(servers):
+    keyed = servers["keyed"].url + "/v1"
+    no_key = {"Authorization": openai.Omit()}  # the SDK insists on a key; drop its header instead
+    for key, headers, words in (("wrong-key", None, "invalid API key"), ("unused", no_key, "missing API key")):
+        with openai.OpenAI(base_url=keyed, api_key=key, max_retries=0) as c:
+            with pytest.raises(openai.AuthenticationError, match=words):
+                c.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=2,
+                                          extra_headers=headers)
+    r = httpx.post(keyed + "/completions", json={"prompt": "hi", "max_tokens": 1})
+    assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+    with openai.OpenAI(base_url=keyed, api_key=KEY, max_retries=0) as c:
+        assert c.chat.completions.create(model=MODEL, messages=chat("hi"), max_tokens=2).choices
+    assert httpx.get(servers["keyed"].url + "/health").status_code == 200
+
+
+def test_64_concurrent_streams_match_each_prompt_alone(client, url):
+    # Short raw prompts: on 2 CPU cores prefill dominates (~100 tokens/s), and this is about batching.
+    prompts = [f"Fact {i}: the number {i}" for i in range(8)]
+    alone = {p: client.completions.create(model=MODEL, prompt=p, temperature=0, max_tokens=10).choices[0].text
+             for p in prompts}
+
+    async def one(ac, p):
+        stream = await ac.completions.create(model=MODEL, prompt=p, temperature=0, max_tokens=10, stream=True)
+        text, reason = [], None
+        async for c in stream:
+            text.append(c.choices[0].text)
+            reason = c.choices[0].finish_reason or reason
+        return p, "".join(text), reason
+
+    async def main():
+        async with openai.AsyncOpenAI(base_url=url + "/v1", api_key="x", max_retries=0, timeout=300) as ac:
+            return await asyncio.gather(*(one(ac, prompts[i % 8]) for i in range(64)))
+
+    results = asyncio.run(main())
+    assert len(results) == 64
+    for p, text, reason in results:
+        assert reason in ("stop", "length")
+        assert text == alone[p], (p, text, alone[p])
+    assert metric(url, "hearth_num_requests_running") == 0
+
+
+def test_disconnect_mid_stream_frees_the_engine(url):
+    body = {"model": MODEL, "prompt": "Once upon a time", "max_tokens": 2000, "ignore_eos": True, "stream": True}
+    with httpx.Client(base_url=url, timeout=60) as c:
+        with c.stream("POST", "/v1/completions", json=body) as r:
+            assert r.status_code == 200
+            lines = r.iter_lines()
+            for _ in range(6):
+                next(lines)
+            assert metric(url, "hearth_num_requests_running") == 1
+            assert metric(url, "hearth_kv_blocks_used") > 0
+    deadline = time.monotonic() + 15
+    while metric(url, "hearth_num_requests_running") != 0 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert metric(url, "hearth_num_requests_running") == 0
+    assert metric(url, "hearth_num_requests_waiting") == 0
+    assert metric(url, "hearth_kv_blocks_used") == 0
+
+
+def test_errors_reach_the_sdk(client):
+    with pytest.raises(openai.BadRequestError, match="too many"):
+        client.completions.create(model=MODEL, prompt="hi", max_tokens=10**6)
+    with pytest.raises(openai.BadRequestError, match="temperature"):
+        client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], temperature=5)
+    with pytest.raises(openai.BadRequestError, match="frobnicate"):
+        client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}],
+                                       extra_body={"frobnicate": True})
+    assert chat_text(client, "hi", max_tokens=2)  # still serving

@@ -1,0 +1,596 @@
+"""The HTTP server against a fake engine (tests/fake_engine.py): schemas, OpenAI semantics, every error
+status with its OpenAI-style body, metrics, and aborting engine requests when a client goes away.
+
+No model is loaded, so these run in seconds; tests/test_server_openai.py drives the real server.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+
+import httpx
+import pytest
+import uvicorn
+from fastapi.testclient import TestClient
+
+from fake_engine import FakeEngine
+from hearth.server import build_app
+
+CHAT = "/v1/chat/completions"
+COMPLETIONS = "/v1/completions"
+HELLO = [{"role": "user", "content": "Hello there"}]
+
+
+@pytest.fixture(scope="module")
+def engine():
+    return FakeEngine(max_model_len=256, max_waiting=8)
+
+
+@pytest.fixture(scope="module")
+def app(engine):
+    return build_app(engine, served_model_name="tiny-model", max_body_bytes=4096)
+
+
+@pytest.fixture(scope="module")
+def client(app):
+    with TestClient(app) as c:
+        yield c
+
+
+@pytest.fixture(autouse=True)
+def fresh(engine, app):
+    """Each test starts with default fake-engine behaviour and an open server."""
+    engine.settings.__init__()
+    engine.max_waiting = 8
+    engine.alive = True
+    app.state.draining = False
+    engine.requests.clear()
+    engine.aborted.clear()
+    yield
+    assert not engine.active, "a request was left running in the engine"
+
+
+def sse_events(text: str) -> list:
+    events = []
+    for block in text.split("\n\n"):
+        if block.strip():
+            assert block.startswith("data: "), block
+            data = block[len("data: "):]
+            events.append(data if data == "[DONE]" else json.loads(data))
+    return events
+
+
+def assert_error(r: httpx.Response, status: int, param: str | None = "", contains: str = "") -> dict:
+    assert r.status_code == status, r.text
+    body = r.json()
+    assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}, body
+    assert body["error"]["message"], body
+    if param != "":
+        assert body["error"]["param"] == param, body
+    assert contains.lower() in body["error"]["message"].lower(), body
+    return body["error"]
+
+
+def still_serving(client) -> None:
+    r = client.post(CHAT, json={"messages": HELLO, "max_tokens": 2})
+    assert r.status_code == 200, r.text
+
+
+# ------------------------------------------------------------------------------------------ chat
+
+
+def test_chat_completion_shape_and_usage(client, engine):
+    r = client.post(CHAT, json={"model": "tiny-model", "messages": HELLO, "max_tokens": 5, "temperature": 0})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["object"] == "chat.completion" and body["id"].startswith("chatcmpl-")
+    assert body["model"] == "tiny-model"
+    (choice,) = body["choices"]
+    assert choice["index"] == 0 and choice["message"]["role"] == "assistant"
+    assert choice["finish_reason"] == "length" and choice["logprobs"] is None
+    req = engine.requests[-1]
+    expected_prompt = engine.tokenizer.encode(engine.chat_template.render(HELLO), add_bos=False)
+    assert req.prompt_ids == expected_prompt
+    assert body["usage"] == {"prompt_tokens": len(expected_prompt), "completion_tokens": 5,
+                             "total_tokens": len(expected_prompt) + 5}
+    assert req.params.temperature == 0 and req.params.max_tokens == 5
+
+
+def test_chat_default_max_tokens_is_the_rest_of_the_context(client, engine):
+    r = client.post(CHAT, json={"messages": HELLO, "temperature": 0})
+    assert r.status_code == 200
+    req = engine.requests[-1]
+    assert req.params.max_tokens == engine.max_model_len - len(req.prompt_ids)
+
+
+def test_max_completion_tokens_wins_over_max_tokens(client, engine):
+    client.post(CHAT, json={"messages": HELLO, "max_tokens": 9, "max_completion_tokens": 3})
+    assert engine.requests[-1].params.max_tokens == 3
+
+
+def test_openai_defaults_reach_the_sampler(client, engine):
+    client.post(CHAT, json={"messages": HELLO, "max_tokens": 2})
+    p = engine.requests[-1].params
+    assert (p.temperature, p.top_p, p.top_k, p.seed, p.stop) == (1.0, 1.0, 0, None, ())
+    client.post(CHAT, json={"messages": HELLO, "max_tokens": 2, "temperature": 0.5, "top_p": 0.9, "seed": 3,
+                            "stop": "x", "presence_penalty": 0.5, "frequency_penalty": -0.5, "top_k": -1,
+                            "min_p": 0.1, "repetition_penalty": 1.1})
+    p = engine.requests[-1].params
+    assert (p.temperature, p.top_p, p.seed, p.stop, p.presence_penalty, p.frequency_penalty) == (0.5, 0.9, 3, ("x",), 0.5, -0.5)
+    assert (p.top_k, p.min_p, p.repetition_penalty) == (0, 0.1, 1.1)
+    client.post(CHAT, json={"messages": HELLO, "max_tokens": 2, "stop": ["a", "bc", ""]})
+    assert engine.requests[-1].params.stop == ("a", "bc")
+
+
+def test_content_parts_and_developer_role_render_like_plain_messages(client, engine):
+    client.post(CHAT, json={"messages": [{"role": "developer", "content": "Be brief."},
+                                         {"role": "user", "content": [{"type": "text", "text": "Hi"},
+                                                                      {"type": "text", "text": "there"}]}],
+                            "max_tokens": 1})
+    parts = engine.requests[-1].prompt_ids
+    client.post(CHAT, json={"messages": [{"role": "system", "content": "Be brief."},
+                                         {"role": "user", "content": "Hi\nthere"}], "max_tokens": 1})
+    assert engine.requests[-1].prompt_ids == parts
+
+
+def test_n_gives_distinct_requests_and_consecutive_seeds(client, engine):
+    r = client.post(CHAT, json={"messages": HELLO, "max_tokens": 4, "n": 3, "seed": 10, "temperature": 1})
+    assert r.status_code == 200
+    body = r.json()
+    assert [c["index"] for c in body["choices"]] == [0, 1, 2]
+    reqs = engine.requests[-3:]
+    assert len({q.request_id for q in reqs}) == 3
+    assert [q.params.seed for q in reqs] == [10, 11, 12]
+    assert body["usage"]["completion_tokens"] == 12
+    assert body["usage"]["prompt_tokens"] == len(reqs[0].prompt_ids)  # counted once, as OpenAI does
+
+
+def test_seed_reproduces(client):
+    body = {"messages": HELLO, "max_tokens": 8, "seed": 1234, "temperature": 1.0}
+    a, b = (client.post(CHAT, json=body).json() for _ in range(2))
+    assert a["choices"][0]["message"]["content"] == b["choices"][0]["message"]["content"]
+
+
+def test_chat_logprobs_format(client, engine):
+    r = client.post(CHAT, json={"messages": HELLO, "max_tokens": 3, "logprobs": True, "top_logprobs": 2, "temperature": 0})
+    content = r.json()["choices"][0]["logprobs"]["content"]
+    assert engine.requests[-1].logprobs == 2
+    assert len(content) == 3
+    for entry in content:
+        assert set(entry) == {"token", "logprob", "bytes", "top_logprobs"}
+        assert entry["bytes"] == list(entry["token"].encode())
+        assert len(entry["top_logprobs"]) == 2
+        assert entry["top_logprobs"][0]["token"] == entry["token"]
+    r = client.post(CHAT, json={"messages": HELLO, "max_tokens": 2, "logprobs": True})
+    assert all(e["top_logprobs"] == [] for e in r.json()["choices"][0]["logprobs"]["content"])
+
+
+def test_finish_reason_stop_on_eos(client, engine):
+    engine.settings.eos_after = 3
+    r = client.post(CHAT, json={"messages": HELLO, "max_tokens": 10})
+    body = r.json()
+    assert body["choices"][0]["finish_reason"] == "stop"
+    assert body["usage"]["completion_tokens"] == 3
+
+
+def test_chat_stream_order_and_usage(client):
+    r = client.post(CHAT, json={"messages": HELLO, "max_tokens": 6, "temperature": 0, "stream": True,
+                                "stream_options": {"include_usage": True}})
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+    events = sse_events(r.text)
+    assert events[-1] == "[DONE]"
+    chunks = events[:-1]
+    assert all(c["object"] == "chat.completion.chunk" for c in chunks)
+    assert len({c["id"] for c in chunks}) == 1
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    finals = [c for c in chunks if c["choices"] and c["choices"][0]["finish_reason"]]
+    assert len(finals) == 1 and finals[0]["choices"][0]["finish_reason"] == "length"
+    usage_chunk = chunks[-1]
+    assert usage_chunk["choices"] == [] and usage_chunk["usage"]["completion_tokens"] == 6
+    assert all(c["usage"] is None for c in chunks[:-1])
+    text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
+    whole = client.post(CHAT, json={"messages": HELLO, "max_tokens": 6, "temperature": 0}).json()
+    assert text == whole["choices"][0]["message"]["content"]
+
+
+def test_chat_stream_without_usage_has_no_usage_field(client):
+    chunks = sse_events(client.post(CHAT, json={"messages": HELLO, "max_tokens": 2, "stream": True}).text)[:-1]
+    assert all("usage" not in c for c in chunks)
+
+
+def test_chat_stream_n2_has_both_indices(client):
+    events = sse_events(client.post(CHAT, json={"messages": HELLO, "max_tokens": 3, "n": 2, "stream": True}).text)
+    finals = sorted(c["choices"][0]["index"] for c in events[:-1] if c["choices"][0]["finish_reason"])
+    assert finals == [0, 1]
+
+
+def test_stop_string_is_cut(client, engine):
+    whole = client.post(CHAT, json={"messages": HELLO, "max_tokens": 12, "temperature": 0}).json()
+    text = whole["choices"][0]["message"]["content"]
+    stop = text[4:6]
+    cut = client.post(CHAT, json={"messages": HELLO, "max_tokens": 12, "temperature": 0, "stop": [stop]}).json()
+    assert cut["choices"][0]["message"]["content"] == text[: text.index(stop)]
+    assert cut["choices"][0]["finish_reason"] == "stop"
+
+
+def test_error_after_stream_started_is_an_event(client, engine):
+    engine.settings.fail_midway = RuntimeError("boom")
+    events = sse_events(client.post(CHAT, json={"messages": HELLO, "max_tokens": 5, "stream": True}).text)
+    assert events[-1] == "[DONE]"
+    assert events[-2]["error"]["type"] == "server_error"
+    assert engine.aborted  # the unfinished request was aborted
+
+
+# ----------------------------------------------------------------------------------- completions
+
+
+def test_completion_string_prompt_uses_the_tokenizer(client, engine):
+    r = client.post(COMPLETIONS, json={"prompt": "Once upon a time", "temperature": 0})
+    assert r.status_code == 200
+    body = r.json()
+    assert body["object"] == "text_completion" and body["id"].startswith("cmpl-")
+    assert engine.requests[-1].prompt_ids == engine.tokenizer.encode("Once upon a time")
+    assert engine.requests[-1].params.max_tokens == 16  # OpenAI's default
+    assert body["usage"]["completion_tokens"] == 16 and body["choices"][0]["logprobs"] is None
+
+
+def test_completion_prompt_forms_and_choice_indices(client, engine):
+    r = client.post(COMPLETIONS, json={"prompt": ["a b", "c d"], "max_tokens": 2, "n": 2})
+    assert [c["index"] for c in r.json()["choices"]] == [0, 1, 2, 3]
+    assert [q.prompt_ids for q in engine.requests[-4:]] == [engine.tokenizer.encode("a b")] * 2 + [engine.tokenizer.encode("c d")] * 2
+    client.post(COMPLETIONS, json={"prompt": [0, 7, 9], "max_tokens": 1})
+    assert engine.requests[-1].prompt_ids == [0, 7, 9]  # verbatim: no BOS added, nothing re-tokenized
+    r = client.post(COMPLETIONS, json={"prompt": [[5, 6], [7]], "max_tokens": 1})
+    assert [q.prompt_ids for q in engine.requests[-2:]] == [[5, 6], [7]]
+    assert r.json()["usage"]["prompt_tokens"] == 3
+
+
+def test_echo_logprobs_with_zero_max_tokens_scores_the_prompt(client, engine):
+    ids = [12, 40, 77, 150, 9]
+    r = client.post(COMPLETIONS, json={"prompt": ids, "max_tokens": 0, "echo": True, "logprobs": 1, "temperature": 0})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    (choice,) = body["choices"]
+    assert engine.requests[-1].prompt_logprobs == 1
+    assert choice["text"] == engine.tokenizer.decode(ids)
+    lp = choice["logprobs"]
+    assert lp["tokens"] == [engine.tokenizer.decode([t], skip_special=False) for t in ids]
+    assert lp["token_logprobs"][0] is None and lp["top_logprobs"][0] is None
+    assert lp["token_logprobs"][1:] == pytest.approx([-1.0 - 0.01 * i for i in range(4)])
+    assert all(lp["tokens"][i] in lp["top_logprobs"][i] for i in range(1, 5))  # the actual token is listed
+    assert lp["text_offset"] == [sum(len(t) for t in lp["tokens"][:i]) for i in range(5)]
+    assert body["usage"] == {"prompt_tokens": 5, "completion_tokens": 0, "total_tokens": 5}
+
+
+def test_echo_logprobs_covers_prompt_then_generated(client):
+    ids = [12, 40, 77]
+    r = client.post(COMPLETIONS, json={"prompt": ids, "max_tokens": 2, "echo": True, "logprobs": 2, "temperature": 0})
+    choice = r.json()["choices"][0]
+    lp = choice["logprobs"]
+    assert len(lp["tokens"]) == len(lp["token_logprobs"]) == len(lp["top_logprobs"]) == 5
+    assert lp["token_logprobs"][0] is None and all(isinstance(x, float) for x in lp["token_logprobs"][1:])
+    assert choice["text"].startswith("".join(lp["tokens"][:3]))
+
+
+def test_completion_logprobs_without_echo(client):
+    choice = client.post(COMPLETIONS, json={"prompt": "hi", "max_tokens": 3, "logprobs": 0}).json()["choices"][0]
+    lp = choice["logprobs"]
+    assert len(lp["tokens"]) == 3 and lp["text_offset"][0] == 0
+    assert all(len(top) == 1 and tok in top for tok, top in zip(lp["tokens"], lp["top_logprobs"]))
+
+
+def test_completion_stream_with_echo_and_usage(client, engine):
+    ids = [30, 31, 32]
+    events = sse_events(client.post(COMPLETIONS, json={
+        "prompt": ids, "max_tokens": 4, "echo": True, "stream": True, "stream_options": {"include_usage": True},
+    }).text)
+    assert events[-1] == "[DONE]"
+    chunks = events[:-1]
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] == 4
+    text = "".join(c["choices"][0]["text"] for c in chunks[:-1])
+    assert text.startswith(engine.tokenizer.decode(ids))
+    assert chunks[-2]["choices"][0]["finish_reason"] == "length"
+
+
+def test_harmless_fields_are_accepted(client):
+    r = client.post(CHAT, json={"messages": HELLO, "max_tokens": 1, "user": "u1", "store": False, "metadata": {"a": "b"},
+                                "response_format": {"type": "text"}, "tools": [], "tool_choice": "none",
+                                "logit_bias": {}, "parallel_tool_calls": False, "service_tier": "auto"})
+    assert r.status_code == 200, r.text
+    r = client.post(COMPLETIONS, json={"prompt": "x", "max_tokens": 1, "user": "u1", "best_of": 1, "suffix": None})
+    assert r.status_code == 200, r.text
+
+
+# ------------------------------------------------------------------------------------------ errors
+
+BAD_REQUESTS = [
+    # (path, body, param, words in the message)
+    (CHAT, {"messages": HELLO, "temperature": 3}, "temperature", "less than or equal to 2"),
+    (CHAT, {"messages": HELLO, "temperature": "0.5"}, "temperature", "number"),
+    (CHAT, {"messages": HELLO, "top_p": 0}, "top_p", "greater than 0"),
+    (CHAT, {"messages": HELLO, "n": 0}, "n", "greater than or equal to 1"),
+    (CHAT, {"messages": HELLO, "n": 1.5}, "n", "integer"),
+    (CHAT, {"messages": HELLO, "stream": "yes"}, "stream", "boolean"),
+    (CHAT, {"messages": HELLO, "max_tokens": 0}, "max_tokens", ""),
+    (CHAT, {"messages": HELLO, "seed": -1}, "seed", ""),
+    (CHAT, {"messages": HELLO, "presence_penalty": 2.5}, "presence_penalty", ""),
+    (CHAT, {"messages": HELLO, "top_logprobs": 21, "logprobs": True}, "top_logprobs", ""),
+    (CHAT, {"messages": HELLO, "top_logprobs": 2}, "top_logprobs", "logprobs"),
+    (CHAT, {"messages": HELLO, "stream_options": {"include_usage": True}}, "stream_options", "stream"),
+    (CHAT, {"messages": HELLO, "frobnicate": 1}, "frobnicate", "unsupported field"),
+    (CHAT, {"messages": [{"role": "user", "content": "x", "colour": "red"}]}, "messages.0.colour", "unsupported"),
+    (CHAT, {"messages": []}, "messages", "at least one message"),
+    (CHAT, {"messages": "hello"}, "messages", ""),
+    (CHAT, {"messages": [{"role": "user"}]}, "messages.0.content", "content"),
+    (CHAT, {"messages": [{"role": "tool", "content": "x"}]}, "messages.0.role", ""),
+    (CHAT, {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
+     "messages.0.content", "only text"),
+    (CHAT, {"messages": HELLO, "tools": [{"type": "function"}]}, "tools", "not supported"),
+    (CHAT, {"messages": HELLO, "logit_bias": {"5": 10}}, "logit_bias", "not supported"),
+    (CHAT, {}, "messages", "required"),
+    (COMPLETIONS, {}, "prompt", "required"),
+    (COMPLETIONS, {"prompt": []}, "prompt", "must be"),
+    (COMPLETIONS, {"prompt": [1, "a"]}, "prompt", "must be"),
+    (COMPLETIONS, {"prompt": [[1], []]}, "prompt", "must be"),
+    (COMPLETIONS, {"prompt": [True, False]}, "prompt", "must be"),
+    (COMPLETIONS, {"prompt": "x", "max_tokens": -1}, "max_tokens", ""),
+    (COMPLETIONS, {"prompt": "x", "logprobs": 21}, "logprobs", ""),
+    (COMPLETIONS, {"prompt": "x", "best_of": 3}, "best_of", "not supported"),
+    (COMPLETIONS, {"prompt": "x", "suffix": "y"}, "suffix", "not supported"),
+    (COMPLETIONS, {"prompt": [5, -1]}, "prompt", "outside the vocabulary"),
+    (COMPLETIONS, {"prompt": [[5], [384]]}, "prompt.1", "outside the vocabulary"),
+    (COMPLETIONS, {"prompt": ""}, "prompt", "empty"),
+]
+
+
+@pytest.mark.parametrize("path,body,param,words", BAD_REQUESTS, ids=[f"{i}-{b[2]}" for i, b in enumerate(BAD_REQUESTS)])
+def test_bad_request_is_400_naming_the_field(client, engine, path, body, param, words):
+    err = assert_error(client.post(path, json=body), 400, param, words)
+    assert err["type"] == "invalid_request_error"
+    assert not engine.requests  # refused before reaching the engine
+    still_serving(client)
+
+
+@pytest.mark.parametrize("raw,words", [
+    (b"{not json", "not valid JSON"),
+    (b"\xff\xfe{}", "UTF-8"),
+    (b"", "empty"),
+    (b"[1, 2]", "JSON object"),
+    (b'{"prompt": "x", "temperature": NaN}', "NaN"),
+    (b'{"prompt": "x", "max_tokens": Infinity}', "Infinity"),
+])
+def test_unparseable_bodies_are_400(client, raw, words):
+    assert_error(client.post(COMPLETIONS, content=raw, headers={"content-type": "application/json"}), 400, None, words)
+    still_serving(client)
+
+
+def test_prompt_too_long_says_by_how_much(client, engine):
+    ids = list(range(3, 253))  # 250 tokens; the context is 256
+    err = assert_error(client.post(COMPLETIONS, json={"prompt": ids, "max_tokens": 10}), 400, "prompt", "4 tokens too many")
+    assert err["code"] == "context_length_exceeded"
+    long_text = "word " * 400
+    err = assert_error(client.post(CHAT, json={"messages": [{"role": "user", "content": long_text}]}), 400, "messages",
+                       "tokens too many")
+    assert err["code"] == "context_length_exceeded"
+    n = len(engine.tokenizer.encode(engine.chat_template.render(HELLO), add_bos=False))
+    assert_error(client.post(CHAT, json={"messages": HELLO, "max_tokens": 256 - n + 1}), 400, "messages", "1 tokens too many")
+    still_serving(client)
+
+
+def test_unknown_model_is_404(client):
+    err = assert_error(client.post(CHAT, json={"model": "gpt-9", "messages": HELLO}), 404, "model", "gpt-9")
+    assert err["code"] == "model_not_found"
+    assert_error(client.get("/v1/models/gpt-9"), 404, "model")
+    still_serving(client)
+
+
+def test_unknown_route_and_method(client):
+    assert_error(client.get("/v2/nothing"), 404, None, "/v2/nothing")
+    assert_error(client.get(CHAT), 405, None, "not allowed")
+
+
+def test_body_too_large_is_413(client):
+    big = {"prompt": "x" * 5000}
+    err = assert_error(client.post(COMPLETIONS, json=big), 413, None, "limit")
+    assert err["code"] == "request_too_large"
+
+    def chunks():  # no Content-Length: the limit is enforced while reading
+        yield b'{"prompt": "'
+        for _ in range(10):
+            yield b"y" * 1000
+        yield b'"}'
+
+    assert_error(client.post(COMPLETIONS, content=chunks(), headers={"content-type": "application/json"}), 413)
+    still_serving(client)
+
+
+def test_queue_full_is_429_with_retry_after(client, engine):
+    engine.max_waiting = 0
+    r = client.post(CHAT, json={"messages": HELLO})
+    err = assert_error(r, 429)
+    assert err["type"] == "rate_limit_error" and r.headers["retry-after"] == "1"
+    engine.max_waiting = 8
+    still_serving(client)
+
+
+def test_queue_full_for_one_of_n_aborts_the_others(client, engine):
+    engine.max_waiting = 1
+    engine.settings.token_delay = 0.01
+    assert_error(client.post(CHAT, json={"messages": HELLO, "n": 2, "max_tokens": 50}), 429)
+    assert len(engine.aborted) == 1  # the admitted sibling was aborted at once
+
+
+def test_draining_and_dead_engine_are_503(client, app, engine):
+    app.state.draining = True
+    assert_error(client.post(CHAT, json={"messages": HELLO}), 503, None, "shutting down")
+    assert client.get("/health").status_code == 503
+    app.state.draining = False
+    engine.alive = False
+    assert_error(client.post(COMPLETIONS, json={"prompt": "x"}), 503)
+    engine.alive = True
+    assert client.get("/health").json() == {"status": "ok"}
+    still_serving(client)
+
+
+def test_engine_dead_midway_is_503(client, engine):
+    from hearth.engine.async_engine import EngineDeadError
+
+    engine.settings.fail = EngineDeadError("the engine failed")
+    assert_error(client.post(CHAT, json={"messages": HELLO}), 503)
+
+
+def test_unexpected_error_is_500_and_the_server_survives(app, client, engine):
+    engine.settings.fail = RuntimeError("kaboom")
+    quiet = TestClient(app, raise_server_exceptions=False)  # (the default re-raises it here)
+    err = assert_error(quiet.post(CHAT, json={"messages": HELLO}), 500)
+    assert err["type"] == "server_error" and "kaboom" not in err["message"]  # no internals leak
+    engine.settings.fail = None
+    still_serving(client)
+
+
+def test_api_key(engine):
+    app = build_app(engine, api_key="s3cret", served_model_name="tiny-model")
+    with TestClient(app) as c:
+        err = assert_error(c.post(CHAT, json={"messages": HELLO}), 401, None, "missing")
+        assert err["code"] == "invalid_api_key"
+        assert_error(c.post(CHAT, json={"messages": HELLO}, headers={"Authorization": "Bearer nope"}), 401, None, "invalid")
+        assert_error(c.get("/v1/models", headers={"Authorization": "Basic s3cret"}), 401)
+        assert_error(c.post("/tokenize", json={"prompt": "x"}), 401)
+        ok = {"Authorization": "Bearer s3cret"}
+        assert c.post(CHAT, json={"messages": HELLO, "max_tokens": 1}, headers=ok).status_code == 200
+        assert c.get("/v1/models", headers=ok).status_code == 200
+        assert c.get("/health").status_code == 200  # open: load balancers probe it without a key
+        assert c.get("/metrics").status_code == 200
+
+
+# ----------------------------------------------------------------------------- models, tokenizer
+
+
+def test_models(client):
+    body = client.get("/v1/models").json()
+    assert body["object"] == "list"
+    assert [m["id"] for m in body["data"]] == ["tiny-model", "tiny"]
+    assert body["data"][0]["max_model_len"] == 256
+    assert client.get("/v1/models/tiny-model").json()["id"] == "tiny-model"
+    assert client.post(CHAT, json={"model": "tiny", "messages": HELLO, "max_tokens": 1}).status_code == 200
+
+
+def test_tokenize_and_detokenize(client, engine):
+    r = client.post("/tokenize", json={"prompt": "hello world", "add_special_tokens": False})
+    body = r.json()
+    assert body["tokens"] == engine.tokenizer.encode("hello world", add_bos=False)
+    assert body["count"] == len(body["tokens"]) and body["max_model_len"] == 256 and body["token_strs"] is None
+    strs = client.post("/tokenize", json={"prompt": "hello world", "return_token_strs": True}).json()["token_strs"]
+    assert "".join(strs) == "hello world"
+    chat = client.post("/tokenize", json={"messages": HELLO}).json()
+    assert chat["tokens"] == engine.tokenizer.encode(engine.chat_template.render(HELLO), add_bos=False)
+    assert client.post("/detokenize", json={"tokens": body["tokens"]}).json() == {"prompt": "hello world"}
+    assert_error(client.post("/detokenize", json={"tokens": [1, 99999]}), 400, "tokens", "outside the vocabulary")
+    assert_error(client.post("/tokenize", json={"prompt": 5}), 400, "prompt")
+    assert_error(client.post("/tokenize", json={"messages": []}), 400, "messages")
+
+
+def test_tokenizer_info(client, engine):
+    info = client.get("/tokenizer_info").json()
+    assert info["eos_token"] == "<|im_end|>" and info["eos_token_id"] == 2
+    assert info["bos_token"] == "<|endoftext|>" and info["bos_token_id"] == 0
+    assert info["pad_token_id"] == 0 and info["model_max_length"] == 256
+    assert info["chat_template"] == engine.chat_template.source
+    # lm-eval's remote tokenizer finds the EOS id by tokenizing its text
+    assert client.post("/tokenize", json={"prompt": info["eos_token"], "add_special_tokens": False}).json()["tokens"] == [2]
+
+
+# ------------------------------------------------------------------------------------------ metrics
+
+
+def metric(text: str, name: str, **labels) -> float:
+    want = name + ("{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "}" if labels else "")
+    for line in text.splitlines():
+        if line.split(" ")[0] == want:
+            return float(line.split(" ")[1])
+    return 0.0
+
+
+def test_metrics_count_requests_tokens_and_latency(client):
+    before = client.get("/metrics").text
+    client.post(CHAT, json={"messages": HELLO, "max_tokens": 4})
+    client.post(CHAT, json={"messages": HELLO, "temperature": 9})
+    after = client.get("/metrics").text
+    ep = CHAT
+    assert metric(after, "hearth_requests_total", endpoint=ep, status="200") - metric(before, "hearth_requests_total", endpoint=ep, status="200") == 1
+    assert metric(after, "hearth_requests_total", endpoint=ep, status="400") - metric(before, "hearth_requests_total", endpoint=ep, status="400") == 1
+    assert metric(after, "hearth_generation_tokens_total") - metric(before, "hearth_generation_tokens_total") == 4
+    assert metric(after, "hearth_prompt_tokens_total") > metric(before, "hearth_prompt_tokens_total")
+    assert metric(after, "hearth_time_to_first_token_seconds_count") == metric(before, "hearth_time_to_first_token_seconds_count") + 1
+    assert metric(after, "hearth_inter_token_latency_seconds_count") == metric(before, "hearth_inter_token_latency_seconds_count") + 3
+    for gauge in ("hearth_num_requests_running", "hearth_num_requests_waiting", "hearth_kv_cache_usage_perc"):
+        assert metric(after, gauge) == 0.0 and f"\n{gauge} " in after
+
+
+# --------------------------------------------------------------------------- client disconnects
+
+
+@pytest.fixture(scope="module")
+def live(app):
+    """The app on a real socket (uvicorn in a thread): a TestClient cannot drop a connection midway."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.02)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+def wait_until(cond, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(0.02)
+    return cond()
+
+
+@pytest.mark.parametrize("path,body", [
+    (CHAT, {"messages": HELLO, "max_tokens": 200, "stream": True, "n": 2}),
+    (COMPLETIONS, {"prompt": "x", "max_tokens": 200, "stream": True}),
+])
+def test_stream_disconnect_aborts_the_engine_requests(live, engine, path, body):
+    engine.settings.token_delay = 0.02
+    with httpx.Client(base_url=live) as c:
+        with c.stream("POST", path, json=body) as r:
+            assert r.status_code == 200
+            lines = r.iter_lines()
+            got = [next(lines) for _ in range(4)]
+            assert any(line.startswith("data: {") for line in got)
+            assert engine.active
+    assert wait_until(lambda: not engine.active), engine.active
+    assert len(engine.aborted) == body.get("n", 1)
+    assert wait_until(lambda: metric(httpx.get(live + "/metrics").text, "hearth_num_requests_running") == 0)
+
+
+def test_non_stream_disconnect_aborts_the_engine_request(live, engine):
+    engine.settings.token_delay = 0.02
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(live + CHAT, json={"messages": HELLO, "max_tokens": 200}, timeout=0.5)
+    assert wait_until(lambda: not engine.active), engine.active
+    assert len(engine.aborted) == 1
+    text = httpx.get(live + "/metrics").text
+    assert metric(text, "hearth_requests_total", endpoint=CHAT, status="499") >= 1
+
+
+def test_live_server_body_limit_and_keeps_serving(live):
+    r = httpx.post(live + COMPLETIONS, content=b'{"prompt": "' + b"z" * 200_000 + b'"}',
+                   headers={"content-type": "application/json"})
+    assert_error(r, 413)
+    r = httpx.post(live + CHAT, json={"messages": HELLO, "max_tokens": 2})
+    assert r.status_code == 200
