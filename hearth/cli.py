@@ -192,6 +192,8 @@ def serve(
 
     Example: hearth serve smollm2 --port 8000, then point an OpenAI client at http://127.0.0.1:8000/v1
     """
+    import socket
+
     import uvicorn
 
     from hearth.engine.async_engine import AsyncEngine, EngineConfig
@@ -199,6 +201,14 @@ def serve(
 
     log = logging.getLogger("hearth")
     log.setLevel(logging.INFO)
+    # Take the port before loading the model, so a port in use fails at once.
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise HearthError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
     lm = _load(model, device, dtype)
     config = EngineConfig(max_num_seqs=max_num_seqs, max_num_batched_tokens=max_batched_tokens, max_waiting=max_waiting)
     name = served_model_name or model
@@ -209,24 +219,19 @@ def serve(
         async def startup(self, sockets=None):
             await super().startup(sockets)
             if self.started:
-                bound = self.servers[0].sockets[0].getsockname()[1] if self.servers else port
-                log.info("serving %s on http://%s:%d", name, host, bound)
+                log.info("serving %s on http://%s:%d", name, host, sock.getsockname()[1])
 
         def handle_exit(self, sig, frame):
             web.state.draining = True  # new requests get 503 while running ones finish
             super().handle_exit(sig, frame)
 
-    server = Server(uvicorn.Config(web, host=host, port=port, log_level="warning", access_log=False,
-                                   timeout_graceful_shutdown=5))
+    server = Server(uvicorn.Config(web, log_level="warning", access_log=False, timeout_graceful_shutdown=5))
     engine.start()
     try:
-        server.run()
-    except SystemExit:  # uvicorn exits when it cannot bind, after logging why
-        if not server.started:
-            raise HearthError(f"could not listen on {host}:{port} (in use, or not an address of this machine)") from None
-        raise
+        server.run(sockets=[sock])
     finally:
         engine.shutdown()
+        sock.close()
 
 
 def main(argv: list[str] | None = None) -> int:

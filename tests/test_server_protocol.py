@@ -282,6 +282,17 @@ def test_completion_logprobs_without_echo(client):
     assert all(len(top) == 1 and tok in top for tok, top in zip(lp["tokens"], lp["top_logprobs"]))
 
 
+def test_return_tokens_as_token_ids(client):
+    body = {"prompt": [5, 6], "max_tokens": 2, "echo": True, "logprobs": 1, "return_tokens_as_token_ids": True}
+    lp = client.post(COMPLETIONS, json=body).json()["choices"][0]["logprobs"]
+    assert lp["tokens"][:2] == ["token_id:5", "token_id:6"]
+    assert all(t.startswith("token_id:") for top in lp["top_logprobs"][1:] for t in top)
+    r = client.post(CHAT, json={"messages": HELLO, "max_tokens": 2, "logprobs": True, "top_logprobs": 1,
+                                "return_tokens_as_token_ids": True})
+    entry = r.json()["choices"][0]["logprobs"]["content"][0]
+    assert entry["token"].startswith("token_id:") and entry["bytes"] == list(entry["token"].encode())
+
+
 def test_completion_stream_with_echo_and_usage(client, engine):
     ids = [30, 31, 32]
     events = sse_events(client.post(COMPLETIONS, json={
@@ -466,6 +477,14 @@ def test_api_key(engine):
         assert c.get("/metrics").status_code == 200
 
 
+def test_lifespan_shutdown_starts_draining(engine):
+    app = build_app(engine)
+    with TestClient(app) as c:
+        assert c.get("/health").status_code == 200
+    assert app.state.draining
+    assert_error(TestClient(app).post(CHAT, json={"messages": HELLO}), 503)
+
+
 # ----------------------------------------------------------------------------- models, tokenizer
 
 
@@ -588,9 +607,31 @@ def test_non_stream_disconnect_aborts_the_engine_request(live, engine):
     assert metric(text, "hearth_requests_total", endpoint=CHAT, status="499") >= 1
 
 
+def test_disconnect_before_the_first_token_aborts(live, engine):
+    engine.settings.token_delay = 2.0  # still "queued" when the client gives up
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(live + CHAT, json={"messages": HELLO, "max_tokens": 5, "stream": True, "n": 2}, timeout=0.3)
+    assert wait_until(lambda: not engine.active), engine.active
+    assert len(engine.aborted) == 2
+
+
 def test_live_server_body_limit_and_keeps_serving(live):
     r = httpx.post(live + COMPLETIONS, content=b'{"prompt": "' + b"z" * 200_000 + b'"}',
                    headers={"content-type": "application/json"})
     assert_error(r, 413)
     r = httpx.post(live + CHAT, json={"messages": HELLO, "max_tokens": 2})
     assert r.status_code == 200
+
+
+def test_serve_fails_fast_when_the_port_is_taken():
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        r = subprocess.run([sys.executable, "-m", "hearth.cli", "serve", "smollm2", "--port", str(port)],
+                           capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert f"cannot listen on 127.0.0.1:{port}" in r.stderr and "loaded" not in r.stderr  # before the model loads

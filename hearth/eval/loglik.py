@@ -12,8 +12,8 @@ token ids like this, and `encode_pair` repeats it step for step:
 It then sends those ids with echo=true, max_tokens=1, logprobs=1 and sums
 `token_logprobs[ctxlen:-1]`: the log-probabilities of the continuation tokens, each given everything
 before it. `score` computes the same sums with one forward pass per context (kept in a KV cache) plus
-one short pass per choice over that choice's tokens; `mode="full"` instead runs one forward over the
-whole sequence per choice, which is what a server does for each request.
+one batched pass over all the choices' tokens; `mode="full"` instead runs one forward over the whole
+sequence per choice (one batch per item), which is what a server does for each request.
 
 Accuracy is the mean of argmax(loglikelihoods) == gold, first maximum winning (numpy's argmax), and
 acc_norm divides each loglikelihood by the choice's length in characters, as lm-eval does.
@@ -146,21 +146,33 @@ def _score_full(model, reqs: list[Request], device) -> list[tuple[float, bool]]:
 
 
 def _score_shared(model, reqs: list[Request], device) -> list[tuple[float, bool]]:
-    """The context once into a KV cache, then each continuation (less its last token) from there."""
+    """The context once (batch 1, into a KV cache), then every choice's continuation in one batched pass.
+
+    The context's keys/values are copied into a cache with one row per choice; each row then runs its
+    continuation less the last token (right-padded: causal, so padding after a row's tokens is inert).
+    The context's last position predicts every continuation's first token.
+    """
     ctxlen = reqs[0].ctxlen
     ctx = reqs[0].tokens[:ctxlen]
     if any(r.ctxlen != ctxlen or r.tokens[:ctxlen] != ctx for r in reqs):
         return _score_full(model, reqs, device)
-    longest = max(len(r.tokens) for r in reqs)
-    cache = model.new_cache(batch_size=1, max_seq_len=longest)
-    last = model(torch.tensor([ctx], device=device), 0, cache, last_only=True)[0]  # (1, vocab): predicts cont[0]
+    conts = [r.continuation for r in reqs]
+    longest = max(len(c) for c in conts)
+    one = model.new_cache(batch_size=1, max_seq_len=ctxlen)
+    last = model(torch.tensor([ctx], device=device), 0, one, last_only=True)[0]  # (1, vocab)
+    rest = None
+    if longest > 1:
+        cache = model.new_cache(batch_size=len(reqs), max_seq_len=ctxlen + longest - 1)
+        cache.k[:, :, :, :ctxlen] = one.k  # (layers, batch, kv heads, positions, head dim): broadcast over batch
+        cache.v[:, :, :, :ctxlen] = one.v
+        batch = torch.zeros((len(reqs), longest - 1), dtype=torch.long)
+        for i, c in enumerate(conts):
+            batch[i, : len(c) - 1] = torch.tensor(c[:-1])
+        rest = model(batch.to(device), ctxlen, cache)
     out = []
-    for r in reqs:
-        cont = r.continuation
-        rows = [last]
-        if len(cont) > 1:
-            rows.append(model(torch.tensor([cont[:-1]], device=device), ctxlen, cache)[0])
-        out.append(_sum_logprobs(torch.cat(rows), cont))
+    for i, c in enumerate(conts):
+        rows = [last] if len(c) == 1 else [last, rest[i, : len(c) - 1]]
+        out.append(_sum_logprobs(torch.cat(rows), c))
     return out
 
 

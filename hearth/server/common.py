@@ -177,3 +177,19 @@ class RequestGroup:
         for i in sorted(self._open):
             self.engine.abort(self.requests[i].request_id)
         self._open.clear()
+
+
+class EventStream:
+    """SSE lines for a started RequestGroup. `aclose()` aborts the group even if iteration never began
+    (an async generator closed before its first step skips its `finally`)."""
+
+    def __init__(self, group: RequestGroup, events: AsyncIterator[str]):
+        self.group = group
+        self.events = events
+
+    def __aiter__(self) -> AsyncIterator[str]:
+        return self.events
+
+    async def aclose(self) -> None:
+        self.group.close()
+        await self.events.aclose()

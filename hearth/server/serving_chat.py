@@ -7,7 +7,7 @@ import time
 from collections.abc import AsyncIterator
 
 from hearth.engine.request import EngineRequest, TokenLogprob
-from hearth.server.common import RequestGroup, ServerContext, logprob, random_id, sampling_params
+from hearth.server.common import EventStream, RequestGroup, ServerContext, logprob, random_id, sampling_params
 from hearth.server.errors import error_event
 from hearth.server.protocol import (
     AssistantMessage,
@@ -33,7 +33,7 @@ class ChatService:
         # The template writes BOS itself where the model wants one (as transformers' apply_chat_template).
         return engine.tokenizer.encode(text, add_bos=False)
 
-    async def create(self, req: ChatCompletionRequest) -> ChatCompletionResponse | AsyncIterator[str]:
+    async def create(self, req: ChatCompletionRequest) -> ChatCompletionResponse | EventStream:
         """A response, or (stream=True) an SSE stream whose requests are already admitted by the engine."""
         model = self.ctx.check_model(req.model)
         ids = self.prompt_ids(req.messages)
@@ -52,7 +52,7 @@ class ChatService:
         ])
         await group.start()
         if req.stream:
-            return self._stream(req, group, rid, model, len(ids))
+            return EventStream(group, self._stream(req, group, rid, model, len(ids)))
         return await self._collect(req, group, rid, model, len(ids))
 
     def _logprobs(self, req: ChatCompletionRequest, entries: list[TokenLogprob] | None) -> list[ChatTokenLogprob]:

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from hearth.engine.request import EngineRequest, RequestOutput, TokenLogprob
-from hearth.server.common import RequestGroup, ServerContext, logprob, random_id, sampling_params
+from hearth.server.common import EventStream, RequestGroup, ServerContext, logprob, random_id, sampling_params
 from hearth.server.errors import error_event
 from hearth.server.protocol import CompletionChoice, CompletionLogprobs, CompletionRequest, CompletionResponse, UsageInfo
 
@@ -56,7 +56,7 @@ class CompletionService:
             prompts.append(_Prompt(ids, text))
         return prompts
 
-    async def create(self, req: CompletionRequest) -> CompletionResponse | AsyncIterator[str]:
+    async def create(self, req: CompletionRequest) -> CompletionResponse | EventStream:
         model = self.ctx.check_model(req.model)
         max_tokens = 16 if req.max_tokens is None else req.max_tokens  # OpenAI's default, also for null
         prompts = self._prompts(req, max_tokens)
@@ -75,7 +75,7 @@ class CompletionService:
         await group.start()
         n_prompt = sum(len(p.ids) for p in prompts)
         if req.stream:
-            return self._stream(req, group, rid, model, choices, n_prompt)
+            return EventStream(group, self._stream(req, group, rid, model, choices, n_prompt))
         return await self._collect(req, group, rid, model, choices, n_prompt)
 
     # -- logprobs in the legacy format ----------------------------------------------------------------

@@ -8,7 +8,6 @@ response ends, however it ends, and closing it aborts its engine requests.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import json
 from typing import Any
 
@@ -93,8 +92,8 @@ async def until_disconnect(request: Request, work):
     # Gone. Cancel the work and let its cleanup (engine aborts) run before answering nobody.
     task.cancel()
     await asyncio.wait({task})
-    if not task.cancelled() and task.exception() is None and inspect.isasyncgen(task.result()):
-        await task.result().aclose()
+    if not task.cancelled() and task.exception() is None and hasattr(task.result(), "aclose"):
+        await task.result().aclose()  # a stream that was ready but will never be sent
     raise ClientGone()
 
 
