@@ -127,3 +127,19 @@ def test_async_engine_streams_aborts_and_bounds_its_queue(lm, alone):
             eng.shutdown()
 
     asyncio.run(main())
+
+
+def test_shutdown_ends_waiting_consumers_with_an_error(lm):
+    from hearth.engine.async_engine import EngineDeadError
+
+    async def main():
+        eng = AsyncEngine(lm, EngineConfig(kv_cache_bytes=64 << 20))
+        eng.start()
+        agen = eng.generate(EngineRequest("s", lm.tokenizer.encode("Hello"), SamplingParams(temperature=0, max_tokens=500, ignore_eos=True)))
+        await agen.__anext__()
+        await asyncio.get_running_loop().run_in_executor(None, eng.shutdown)
+        with pytest.raises(EngineDeadError):
+            async for _ in agen:
+                pass
+
+    asyncio.run(asyncio.wait_for(main(), 120))

@@ -28,6 +28,13 @@ class EngineDeadError(HearthError):
     """The engine is shut down or crashed (HTTP 503)."""
 
 
+def _put(loop: asyncio.AbstractEventLoop, queue: asyncio.Queue, item) -> None:
+    try:
+        loop.call_soon_threadsafe(queue.put_nowait, item)
+    except RuntimeError:  # the consumer's event loop is already closed: nobody is listening
+        pass
+
+
 @dataclass
 class EngineStats:
     running: int
@@ -95,6 +102,8 @@ class AsyncEngine:
         try:
             while True:
                 out = await queue.get()
+                if isinstance(out, EngineDeadError):
+                    raise out
                 if isinstance(out, BaseException):
                     raise EngineDeadError(f"the engine failed: {out}")
                 finished = out.finished
@@ -119,8 +128,7 @@ class AsyncEngine:
             if isinstance(out, RequestOutput) and out.finished:
                 self._queues.pop(out.request_id, None)
         if target is not None:
-            loop, queue = target
-            loop.call_soon_threadsafe(queue.put_nowait, out)
+            _put(*target, out)
 
     def _loop(self) -> None:
         try:
@@ -148,7 +156,12 @@ class AsyncEngine:
             with self._lock:
                 queues, self._queues = list(self._queues.values()), {}
             for loop, queue in queues:
-                loop.call_soon_threadsafe(queue.put_nowait, e)
+                _put(loop, queue, e)
         finally:
             for rid in list(self.engine.seqs):
                 self.engine.abort(rid)
+            # consumers still waiting must not hang: tell them the engine is gone
+            with self._lock:
+                queues, self._queues = list(self._queues.values()), {}
+            for loop, queue in queues:
+                _put(loop, queue, EngineDeadError("the engine shut down"))
