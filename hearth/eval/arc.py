@@ -87,12 +87,19 @@ def write_jsonl(items: list[dict[str, Any]], path: str | Path) -> Path:
     return path
 
 
-def task_config(data_file: str | Path, task_name: str = TASK_NAME) -> dict[str, Any]:
-    """An lm-eval task config reading `data_file` (JSONL of items) through the datasets "json" builder."""
+def task_config(data_file: str | Path, task_name: str = TASK_NAME, cache_dir: str | Path | None = None) -> dict[str, Any]:
+    """An lm-eval task config reading `data_file` (JSONL of items) through the datasets "json" builder.
+
+    Local files only: nothing is downloaded. `cache_dir` keeps datasets' Arrow cache beside the data
+    instead of in ~/.cache/huggingface.
+    """
+    kwargs: dict[str, Any] = {"data_files": {"test": str(Path(data_file).resolve())}}
+    if cache_dir is not None:
+        kwargs["cache_dir"] = str(Path(cache_dir).resolve())
     return {
         "task": task_name,
         "dataset_path": "json",
-        "dataset_kwargs": {"data_files": {"test": str(Path(data_file).resolve())}},
+        "dataset_kwargs": kwargs,
         "test_split": "test",
         "output_type": "multiple_choice",
         "doc_to_text": DOC_TO_TEXT,
@@ -116,7 +123,7 @@ def write_task(directory: str | Path, items: list[dict[str, Any]] | None = None,
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     data = write_jsonl(items if items is not None else load_items(), directory / f"{task_name}.jsonl")
-    cfg = task_config(data, task_name)
+    cfg = task_config(data, task_name, cache_dir=directory / "datasets_cache")
     # JSON is YAML: no YAML writer needed, and no quoting surprises in the prompt template.
     (directory / f"{task_name}.yaml").write_text(json.dumps(cfg, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return directory

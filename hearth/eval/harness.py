@@ -16,8 +16,10 @@ and the loglikelihood is sum(token_logprobs[ctxlen:-1]).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -49,10 +51,23 @@ def write_tokenizer(tokenizer, directory: str | Path) -> Path:
     return out
 
 
-def go_offline() -> None:
-    """Make lm-eval, datasets and transformers never reach for the network (set before importing them)."""
-    for k, v in OFFLINE_ENV.items():
-        os.environ[k] = v
+@contextlib.contextmanager
+def offline() -> Iterator[None]:
+    """HF_HUB_OFFLINE, HF_DATASETS_OFFLINE and TRANSFORMERS_OFFLINE set for the block, restored after.
+
+    The libraries read some of these at import time: set them before lm_eval, datasets and
+    transformers are first imported for the strongest guarantee.
+    """
+    saved = {k: os.environ.get(k) for k in OFFLINE_ENV}
+    os.environ.update(OFFLINE_ENV)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def run_lm_eval(
@@ -68,11 +83,12 @@ def run_lm_eval(
     log_samples: bool = True,
     **model_args: Any,
 ) -> dict[str, Any]:
-    """lm_eval.simple_evaluate with `local-completions` on the task in `task_dir`; returns its results dict."""
-    go_offline()
-    import lm_eval
-    from lm_eval.tasks import TaskManager
+    """lm_eval.simple_evaluate with `local-completions` on the task in `task_dir`; returns its results dict.
 
+    `tokenizer_backend`: "huggingface" with `tokenizer` a directory from `write_tokenizer`, or
+    "remote"/"auto" to tokenize through the server's /tokenize route. None cannot score
+    loglikelihoods (lm-eval needs token counts to split context from continuation).
+    """
     args: dict[str, Any] = {
         "base_url": base_url,
         "model": model,
@@ -84,13 +100,17 @@ def run_lm_eval(
     }
     if tokenizer is not None:
         args["tokenizer"] = str(tokenizer)
-    tm = TaskManager(include_path=str(task_dir), include_defaults=False)
-    return lm_eval.simple_evaluate(
-        model="local-completions",
-        model_args=args,
-        tasks=[task_name],
-        task_manager=tm,
-        limit=limit,
-        log_samples=log_samples,
-        bootstrap_iters=0,
-    )
+    with offline():
+        import lm_eval
+        from lm_eval.tasks import TaskManager
+
+        tm = TaskManager(include_path=str(task_dir), include_defaults=False)
+        return lm_eval.simple_evaluate(
+            model="local-completions",
+            model_args=args,
+            tasks=[task_name],
+            task_manager=tm,
+            limit=limit,
+            log_samples=log_samples,
+            bootstrap_iters=0,
+        )

@@ -11,9 +11,9 @@ token ids like this, and `encode_pair` repeats it step for step:
 
 It then sends those ids with echo=true, max_tokens=1, logprobs=1 and sums
 `token_logprobs[ctxlen:-1]`: the log-probabilities of the continuation tokens, each given everything
-before it. `score` computes the same sums with one forward pass per context (kept in a KV cache) plus
-one batched pass over all the choices' tokens; `mode="full"` instead runs one forward over the whole
-sequence per choice (one batch per item), which is what a server does for each request.
+before it. `score` computes the same sums running each context once (contexts of several items batched,
+kept in a KV cache) plus one batched pass over each item's continuation tokens; `mode="full"` instead
+runs one forward over the whole sequence per choice, which is what a server does for each request.
 
 Accuracy is the mean of argmax(loglikelihoods) == gold, first maximum winning (numpy's argmax), and
 acc_norm divides each loglikelihood by the choice's length in characters, as lm-eval does.
@@ -145,34 +145,39 @@ def _score_full(model, reqs: list[Request], device) -> list[tuple[float, bool]]:
     return out
 
 
-def _score_shared(model, reqs: list[Request], device) -> list[tuple[float, bool]]:
-    """The context once (batch 1, into a KV cache), then every choice's continuation in one batched pass.
-
-    The context's keys/values are copied into a cache with one row per choice; each row then runs its
-    continuation less the last token (right-padded: causal, so padding after a row's tokens is inert).
-    The context's last position predicts every continuation's first token.
-    """
+def _shares_context(reqs: list[Request]) -> bool:
     ctxlen = reqs[0].ctxlen
-    ctx = reqs[0].tokens[:ctxlen]
-    if any(r.ctxlen != ctxlen or r.tokens[:ctxlen] != ctx for r in reqs):
-        return _score_full(model, reqs, device)
-    conts = [r.continuation for r in reqs]
-    longest = max(len(c) for c in conts)
-    one = model.new_cache(batch_size=1, max_seq_len=ctxlen)
-    last = model(torch.tensor([ctx], device=device), 0, one, last_only=True)[0]  # (1, vocab)
-    rest = None
-    if longest > 1:
-        cache = model.new_cache(batch_size=len(reqs), max_seq_len=ctxlen + longest - 1)
-        cache.k[:, :, :, :ctxlen] = one.k  # (layers, batch, kv heads, positions, head dim): broadcast over batch
-        cache.v[:, :, :, :ctxlen] = one.v
-        batch = torch.zeros((len(reqs), longest - 1), dtype=torch.long)
-        for i, c in enumerate(conts):
-            batch[i, : len(c) - 1] = torch.tensor(c[:-1])
-        rest = model(batch.to(device), ctxlen, cache)
+    return ctxlen >= 2 and all(r.ctxlen == ctxlen and r.tokens[:ctxlen] == reqs[0].tokens[:ctxlen] for r in reqs)
+
+
+def _score_shared(model, groups: list[list[Request]], device) -> list[list[tuple[float, bool]]]:
+    """Several items at once: their contexts in one batched pass, then each item's choices in another.
+
+    1. The contexts less their last token, right-padded into one batch, fill a KV cache (causal: the
+       padding after a row's tokens never reaches its real positions). No logits are needed here.
+    2. Per item, its row of that cache is copied into a cache with one row per choice, and each choice
+       runs [last context token] + continuation[:-1] from there, right-padded: row j's logits predict
+       continuation token j. Every needed logit is computed once, and the context only once per item.
+    """
+    lens = [g[0].ctxlen - 1 for g in groups]
+    big = model.new_cache(batch_size=len(groups), max_seq_len=max(lens))
+    batch = torch.zeros((len(groups), max(lens)), dtype=torch.long)
+    for i, g in enumerate(groups):
+        batch[i, : lens[i]] = torch.tensor(g[0].tokens[: lens[i]])
+    model(batch.to(device), 0, big, last_only=True)
     out = []
-    for i, c in enumerate(conts):
-        rows = [last] if len(c) == 1 else [last, rest[i, : len(c) - 1]]
-        out.append(_sum_logprobs(torch.cat(rows), c))
+    for i, reqs in enumerate(groups):
+        n = lens[i]
+        rows = [[r.tokens[n]] + r.continuation[:-1] for r in reqs]
+        longest = max(len(x) for x in rows)
+        cache = model.new_cache(batch_size=len(reqs), max_seq_len=n + longest)
+        cache.k[:, :, :, :n] = big.k[:, i : i + 1, :, :n]  # (layers, batch, kv heads, positions, head dim)
+        cache.v[:, :, :, :n] = big.v[:, i : i + 1, :, :n]
+        cont_batch = torch.zeros((len(reqs), longest), dtype=torch.long)
+        for j, x in enumerate(rows):
+            cont_batch[j, : len(x)] = torch.tensor(x)
+        logits = model(cont_batch.to(device), n, cache)
+        out.append([_sum_logprobs(logits[j, : len(r.continuation)], r.continuation) for j, r in enumerate(reqs)])
     return out
 
 
@@ -181,38 +186,56 @@ def score(
     loaded=None,
     mode: str = "shared",
     max_length: int = MAX_LENGTH,
+    group: int = 8,
     progress: bool = False,
 ) -> Result:
-    """Score ARC-style items ({"id", "question", "choices", "answer"}) with a hearth model (default smollm2)."""
+    """Score ARC-style items ({"id", "question", "choices", "answer"}) with a hearth model (default smollm2).
+
+    mode "shared" (default): contexts of `group` items of similar length batched, each context run once;
+    "full": one forward per (item, choice) over its whole token sequence.
+    """
     if loaded is None:
         from hearth.loader import load
 
         loaded = load("smollm2")
     if mode not in ("shared", "full"):
         raise ValueError(f"mode must be 'shared' or 'full', not {mode!r}")
-    run = _score_shared if mode == "shared" else _score_full
     model, tok, device = loaded.model, loaded.tokenizer, loaded.device
     t0 = time.perf_counter()
-    scored = []
     items = list(items)
+    reqs = [item_requests(tok, it, max_length) for it in items]
+    for it, rs in zip(items, reqs):
+        if any(r.ctxlen < 1 or not r.continuation for r in rs):
+            raise ValueError(f"item {it.get('id')}: a choice has no context or no continuation tokens")
+    pairs: list[list[tuple[float, bool]] | None] = [None] * len(items)
     with torch.inference_mode():
-        for n, item in enumerate(items):
-            reqs = item_requests(tok, item, max_length)
-            if any(r.ctxlen < 1 or not r.continuation for r in reqs):
-                raise ValueError(f"item {item.get('id')}: a choice has no continuation tokens")
-            pairs = run(model, reqs, device)
-            scored.append(
-                ItemScore(
-                    id=str(item.get("id", n)),
-                    gold=int(item["answer"]),
-                    choices=list(item["choices"]),
-                    logliks=[p[0] for p in pairs],
-                    greedy=[p[1] for p in pairs],
-                    requests=reqs,
-                )
-            )
-            if progress and (n + 1) % 25 == 0:
-                print(f"{n + 1}/{len(items)} items, {time.perf_counter() - t0:.1f}s", flush=True)
+        if mode == "full":
+            todo = list(range(len(items)))
+        else:
+            # similar context lengths together, so little of each batch is padding
+            shared = sorted((i for i, rs in enumerate(reqs) if _shares_context(rs)), key=lambda i: reqs[i][0].ctxlen)
+            todo = sorted(set(range(len(items))) - set(shared))
+            for k in range(0, len(shared), group):
+                idx = shared[k : k + group]
+                for i, p in zip(idx, _score_shared(model, [reqs[i] for i in idx], device)):
+                    pairs[i] = p
+                if progress:
+                    print(f"{k + len(idx)}/{len(items)} items, {time.perf_counter() - t0:.1f}s", flush=True)
+        for i in todo:
+            pairs[i] = _score_full(model, reqs[i], device)
+            if progress and (i + 1) % 25 == 0:
+                print(f"{i + 1}/{len(items)} items, {time.perf_counter() - t0:.1f}s", flush=True)
+    scored = [
+        ItemScore(
+            id=str(it.get("id", n)),
+            gold=int(it["answer"]),
+            choices=list(it["choices"]),
+            logliks=[p[0] for p in ps],
+            greedy=[p[1] for p in ps],
+            requests=rs,
+        )
+        for n, (it, rs, ps) in enumerate(zip(items, reqs, pairs))
+    ]
     return Result(scored, time.perf_counter() - t0)
 
 
