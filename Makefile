@@ -22,6 +22,7 @@ $(STAMP): pyproject.toml Makefile
 install: $(STAMP)
 
 run: $(STAMP)
+	$(HEARTH) pull --if-missing
 ifdef PROMPT
 	$(HEARTH) run smollm2 "$(PROMPT)"
 else

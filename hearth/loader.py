@@ -31,7 +31,13 @@ DTYPES = {
 
 
 def resolve_model(ref: str) -> Path:
-    """A path, or the name of a model shipped in a Python package."""
+    """A model in the store (plain names are looked up there first), a path, or the name of a model
+    shipped in a Python package."""
+    from hearth.store import stored_model_path
+
+    stored = stored_model_path(ref)  # verified against its digests; None if the store has no such model
+    if stored is not None:
+        return stored
     if ref in PACKAGED_MODELS:
         pkg, fname = PACKAGED_MODELS[ref]
         spec = importlib.util.find_spec(pkg)

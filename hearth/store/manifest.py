@@ -1,0 +1,183 @@
+"""A model in the store: its name, its layers (blobs by digest) and what hearth learned about it at pull time.
+
+Manifests are JSON, one file per model (`manifests/<name>.json`). Parsing is strict: unknown keys, bad
+digests and unsafe file names are errors, because a manifest may come from a bundle someone handed over.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+from typing import Any
+
+from hearth.errors import HearthError
+from hearth.store.blobs import DIGEST_RE
+
+SCHEMA = 1
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+# weights: the GGUF file or safetensors (+ index); tokenizer: tokenizer.json & co.; template: the chat
+# template; params: config.json / generation_config.json (GGUF: a summary, the real config is in the
+# weights); license: LICENSE, USE_POLICY.md, ...; card: README.md.
+KINDS = ("weights", "tokenizer", "template", "params", "license", "card")
+FORMATS = ("gguf", "hf")
+
+
+def check_name(name: str) -> str:
+    if not isinstance(name, str) or not NAME_RE.match(name) or name.endswith((".json", ".tmp")):
+        raise HearthError(
+            f"invalid model name {name!r}: use up to 100 letters, digits, '.', '_' and '-', starting with a letter or digit"
+        )
+    return name
+
+
+def _check_filename(name: str | None) -> str | None:
+    if name is None:
+        return None
+    p = PurePosixPath(name)
+    if not name or p.is_absolute() or any(part in ("", ".", "..") for part in name.split("/")) or "\\" in name:
+        raise ValueError(f"unsafe file name {name!r}")
+    return name
+
+
+def _strict(cls, d: Any, what: str):
+    if not isinstance(d, dict):
+        raise ValueError(f"{what} must be an object")
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(d) - names
+    if unknown:
+        raise ValueError(f"{what} has unknown key {sorted(unknown)[0]!r}")
+    required = {f.name for f in dataclasses.fields(cls)
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
+    missing = required - set(d)
+    if missing:
+        raise ValueError(f"{what} lacks {sorted(missing)[0]!r}")
+    return cls(**d)
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One blob of a model. `filename`: where it sits in the model's directory; None for a layer that
+    describes the model but is not read by the loader (e.g. a GGUF's chat template, kept for `show`)."""
+
+    kind: str
+    digest: str
+    size: int
+    media_type: str
+    filename: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"layer kind {self.kind!r} is not one of {', '.join(KINDS)}")
+        if not isinstance(self.digest, str) or not DIGEST_RE.match(self.digest):
+            raise ValueError(f"layer digest {self.digest!r} is not sha256:<64 hex digits>")
+        if not isinstance(self.size, int) or isinstance(self.size, bool) or self.size < 0:
+            raise ValueError(f"layer size {self.size!r} is not a byte count")
+        if not isinstance(self.media_type, str):
+            raise ValueError("layer media_type must be a string")
+        _check_filename(self.filename)
+
+    @property
+    def label(self) -> str:
+        """How errors name this layer: `weights (model.gguf)`."""
+        return f"{self.kind} ({self.filename})" if self.filename else self.kind
+
+
+@dataclass(frozen=True)
+class Summary:
+    """What `hearth list` and `hearth show` print, read from the checkpoint once at pull time."""
+
+    architecture: str
+    model_name: str
+    parameters: int
+    quantization: str
+    context_length: int
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    dim: int
+    hidden_dim: int
+    vocab_size: int
+    rope_theta: float = 10000.0
+    tied_embeddings: bool = False
+
+
+@dataclass(frozen=True)
+class LicenseInfo:
+    """The license as found: `id` is normalised (apache-2.0, llama3.2, ...) or None when only a text was found."""
+
+    id: str | None
+    name: str | None
+    source: str
+    link: str | None = None
+
+
+@dataclass
+class Manifest:
+    name: str
+    format: str
+    layers: list[Layer]
+    summary: Summary
+    license: LicenseInfo | None
+    source: str
+    created: str
+    schema: int = SCHEMA
+
+    def __post_init__(self) -> None:
+        check_name(self.name)
+        if self.format not in FORMATS:
+            raise ValueError(f"format {self.format!r} is not one of {', '.join(FORMATS)}")
+        if not any(layer.kind == "weights" for layer in self.layers):
+            raise ValueError("the manifest has no weights layer")
+        files = [layer.filename for layer in self.layers if layer.filename]
+        if len(files) != len(set(files)):
+            raise ValueError("two layers claim the same file name")
+
+    def layers_of(self, kind: str) -> list[Layer]:
+        return [layer for layer in self.layers if layer.kind == kind]
+
+    @property
+    def weights(self) -> Layer:
+        """The file the loader opens: the GGUF, or (HF) the first weights file."""
+        return self.layers_of("weights")[0]
+
+    def digests(self) -> dict[str, int]:
+        """digest → size, each once."""
+        return {layer.digest: layer.size for layer in self.layers}
+
+    def size_on_disk(self) -> int:
+        return sum(self.digests().values())
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> bytes:
+        return (json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n").encode()
+
+    @classmethod
+    def from_dict(cls, d: Any) -> "Manifest":
+        """Strict: unknown keys, bad digests, unsafe file names → ValueError naming the problem."""
+        if not isinstance(d, dict):
+            raise ValueError("the manifest must be a JSON object")
+        if d.get("schema") != SCHEMA:
+            raise ValueError(f"manifest schema {d.get('schema')!r} is not {SCHEMA}; update hearth")
+        d = dict(d)
+        layers = d.get("layers")
+        if not isinstance(layers, list):
+            raise ValueError("layers must be a list")
+        try:
+            d["layers"] = [_strict(Layer, x, f"layer {i}") for i, x in enumerate(layers)]
+            d["summary"] = _strict(Summary, d.get("summary"), "summary")
+            d["license"] = None if d.get("license") is None else _strict(LicenseInfo, d["license"], "license")
+            return _strict(cls, d, "manifest")
+        except (TypeError, HearthError) as e:
+            raise ValueError(str(e)) from None
+
+    @classmethod
+    def from_json(cls, data: bytes | str) -> "Manifest":
+        try:
+            return cls.from_dict(json.loads(data))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"not valid JSON ({e})") from None

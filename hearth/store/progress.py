@@ -1,0 +1,33 @@
+"""Byte progress bars for copying and hashing big files: on stderr when it is a terminal, silent otherwise."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Iterator
+
+from hearth.store.blobs import Advance
+
+MIN_BYTES = 16 << 20  # smaller files finish before a bar is worth drawing
+
+
+class Progress:
+    def __init__(self, enabled: bool | None = None):
+        self.enabled = sys.stderr.isatty() if enabled is None else enabled
+
+    @contextlib.contextmanager
+    def task(self, label: str, total: int) -> Iterator[Advance]:
+        if not self.enabled or total < MIN_BYTES:
+            yield lambda n: None
+            return
+        from rich.console import Console
+        from rich.progress import BarColumn, DownloadColumn, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+        from rich.progress import Progress as RichProgress
+
+        columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn())
+        with RichProgress(*columns, console=Console(stderr=True), transient=True) as bar:
+            tid = bar.add_task(label, total=total)
+            yield lambda n: bar.advance(tid, n)
+
+
+SILENT = Progress(enabled=False)
