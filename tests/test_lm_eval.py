@@ -16,15 +16,9 @@ from __future__ import annotations
 import importlib.util
 import math
 import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-from pathlib import Path
 
-import httpx
 import pytest
+from serve_kit import ServerProcess
 
 from hearth.eval import arc, harness, loglik
 
@@ -33,7 +27,6 @@ pytestmark = pytest.mark.slow
 MODEL = "smollm2"
 LIMIT = int(os.environ.get("HEARTH_LM_EVAL_LIMIT", "40"))
 THREADS = int(os.environ.get("HEARTH_EVAL_THREADS", "1"))
-STARTUP_TIMEOUT = 240
 LL_TOL = 1e-3
 
 
@@ -48,48 +41,6 @@ def _serve_missing() -> str | None:
     if "serve" not in typer.main.get_command(app).commands:
         return "the CLI has no `serve` command yet"
     return None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    def __init__(self, tmp: Path):
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = tmp / "serve.log"
-        env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS=str(THREADS))
-        env.pop("HEARTH_API_KEY", None)
-        self.log = open(self.log_path, "w")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "hearth.cli", "serve", MODEL, "--port", str(self.port)],
-            stdout=self.log, stderr=subprocess.STDOUT, env=env,
-        )
-
-    def wait_healthy(self) -> None:
-        deadline = time.monotonic() + STARTUP_TIMEOUT
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, f"hearth serve exited early:\n{self.log_path.read_text()}"
-            try:
-                if httpx.get(self.url + "/health", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.25)
-        raise AssertionError(f"hearth serve not healthy after {STARTUP_TIMEOUT}s:\n{self.log_path.read_text()}")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +76,7 @@ def setup(tmp_path_factory, items, loaded):
         "lm-eval's API models need tenacity (and aiohttp, requests): install lm-eval[api]"
     )
     tmp = tmp_path_factory.mktemp("lm_eval")
-    server = Server(tmp)
+    server = ServerProcess(tmp, "lm-eval", threads=THREADS)
     try:
         task_dir = arc.write_task(tmp / "task", items)
         tok_dir = harness.write_tokenizer(loaded.tokenizer, tmp / "tokenizer")

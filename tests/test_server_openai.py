@@ -8,68 +8,18 @@ each other, never with pinned text, so the tests hold for any correct engine.
 from __future__ import annotations
 
 import asyncio
-import os
 import re
-import signal
-import socket
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import httpx
 import openai
 import pytest
+from serve_kit import ServerProcess
 
 pytestmark = pytest.mark.slow
 
 MODEL = "smollm2"
 KEY = "test-key-123"
-STARTUP_TIMEOUT = 240
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class ServerProcess:
-    def __init__(self, tmp: Path, name: str, *extra: str, threads: int | None = None):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = tmp / f"{name}.log"
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        env.pop("HEARTH_API_KEY", None)
-        if threads:
-            env["OMP_NUM_THREADS"] = str(threads)
-        self.log = open(self.log_path, "w")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "hearth.cli", "serve", MODEL, "--port", str(self.port), *extra],
-            stdout=self.log, stderr=subprocess.STDOUT, env=env,
-        )
-
-    def wait_healthy(self) -> None:
-        deadline = time.monotonic() + STARTUP_TIMEOUT
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, f"server exited early:\n{self.log_path.read_text()}"
-            try:
-                if httpx.get(self.url + "/health", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.25)
-        raise AssertionError(f"server not healthy after {STARTUP_TIMEOUT}s:\n{self.log_path.read_text()}")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
 
 
 @pytest.fixture(scope="module")

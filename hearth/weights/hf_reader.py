@@ -6,8 +6,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from hearth.config import ModelConfig, RopeScaling
 from hearth.errors import ModelFormatError
 from hearth.weights.names import HF_IGNORED, hf_to_hearth
