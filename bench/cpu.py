@@ -25,13 +25,18 @@ Runners:
 
 Each runner lives in its own subprocess (this script with --runner ..., talking JSON lines over a
 pipe), so its import/load time and peak RSS (VmHWM from /proc/self/status: the GGUF is mmap'ed,
-touched file pages count) are its own. The runners are loaded one after the other, then their
-repetitions are interleaved round by round (1 warm-up round + --reps timed rounds; the order
-rotates every round, with a short pause between runners), so machine noise on this shared VM hits
-all of them alike. Reported: min / median / max tokens/s per runner, the hearth/llama.cpp ratio of
-the medians and the median of the per-round (paired) ratios, load time, peak RSS, and how many of the
-greedy decode tokens agree with llama.cpp's (Q4_1 llama.cpp quantizes activations to 8 bit, so
-near-tie choices can differ from an exact fp32 evaluation; that is expected).
+touched file pages count) are its own. The runners are loaded one after the other; then 1 warm-up
+round (full prefill, 16 decode steps) and --reps timed rounds run interleaved, the order rotating
+every round with a short pause between runners, so machine noise on this shared VM hits all of them
+alike. --time-limit stops starting new rounds on a slow machine (at least one timed round runs).
+
+Reported per runner: min / median / max tokens/s; load time; peak RSS; "others' CPU", the share of
+the machine's CPU time that other processes (or the hypervisor) took during its timed reps, from
+/proc/stat (with as many threads as cores, any competing work stalls every thread barrier and makes
+a rep many times slower: trust only reps where this is near 0); and how many greedy decode tokens
+agree with llama.cpp's before the first difference (Q4_1 llama.cpp quantizes activations to 8 bit,
+so near-tie choices can differ from an exact fp32 evaluation; that is expected). Then the
+hearth/llama.cpp ratios: ratio of the medians and median of the per-round (paired) ratios.
 
 Output: a Markdown table on stdout, JSON in --out-dir (default bench/results/cpu-<timestamp>.json)
 and, if matplotlib is importable, a bar chart cpu-<timestamp>.png next to it.
@@ -100,6 +105,26 @@ def loadavg() -> list[float] | None:
     try:
         return [float(x) for x in open("/proc/loadavg").read().split()[:3]]
     except (OSError, ValueError):
+        return None
+
+
+def cpu_jiffies() -> tuple[int, int] | None:
+    """(busy, total) clock ticks of the whole machine since boot, from /proc/stat; steal counts as busy."""
+    try:
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:9]]  # user nice system idle iowait irq softirq steal
+        return sum(v) - v[3] - v[4], sum(v)
+    except (OSError, ValueError):
+        return None
+
+
+def proc_jiffies(pid: int) -> int | None:
+    """utime + stime clock ticks of process `pid` (all its threads)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            v = f.read().rsplit(")", 1)[1].split()
+        return int(v[11]) + int(v[12])
+    except (OSError, ValueError, IndexError):
         return None
 
 
@@ -363,7 +388,8 @@ def main(argv=None) -> None:
                          "--dtype fp32,bf16 runs both as separate runners; 'none' runs llama.cpp only")
     ap.add_argument("--no-llamacpp", action="store_true", help="skip the llama.cpp runner (no ratios then)")
     ap.add_argument("--reps", type=int, default=5, help="timed rounds after the warm-up round (default 5)")
-    ap.add_argument("--warmup", type=int, default=1, help="untimed warm-up rounds (default 1)")
+    ap.add_argument("--warmup", type=int, default=1, help="untimed warm-up rounds, full prefill + 16 decode "
+                    "steps each (default 1)")
     ap.add_argument("--n-prompt", type=int, default=512, help="prompt length in tokens for prefill (default 512)")
     ap.add_argument("--n-gen", type=int, default=128, help="decode steps after the prompt (default 128)")
     ap.add_argument("--n-ctx", type=int, default=2048, help="llama.cpp context size (default 2048); hearth's "
@@ -423,23 +449,32 @@ def main(argv=None) -> None:
     tokenizer_agrees = {n: ready[n]["ids"] == ids for n in names}
     mask = sorted({e for m in ready.values() for e in m.get("eos", []) if e is not None})
 
-    results = {n: dict(pp=[], tg=[], tokens=None) for n in names}
+    results = {n: dict(pp=[], tg=[], foreign=[], tokens=None) for n in names}
     t_start = t_round = time.perf_counter()
     stopped_early = None
     for rnd in range(args.warmup + args.reps):
         order = names[rnd % len(names):] + names[: rnd % len(names)]
         for name in order:
             time.sleep(args.pause)
-            children[name].send(dict(cmd="rep", ids=ids, n_gen=args.n_gen, mask=mask))
+            m0, c0 = cpu_jiffies(), proc_jiffies(children[name].proc.pid)
+            # the warm-up (page-in, thread pools, allocator) needs the full prompt but only a few decode steps
+            n_gen = args.n_gen if rnd >= args.warmup else min(args.n_gen, 16)
+            children[name].send(dict(cmd="rep", ids=ids, n_gen=n_gen, mask=mask))
             r = children[name].recv()
+            m1, c1 = cpu_jiffies(), proc_jiffies(children[name].proc.pid)
             if rnd >= args.warmup:
                 results[name]["pp"].append(r["pp"])
                 results[name]["tg"].append(r["tg"])
+                if None not in (m0, m1, c0, c1) and m1[1] > m0[1]:
+                    # share of the machine's CPU time spent on other processes (or stolen) during this rep
+                    results[name]["foreign"].append(max(0.0, ((m1[0] - m0[0]) - (c1 - c0)) / (m1[1] - m0[1])))
             results[name]["tokens"] = r["tokens"]
         tag = "warm-up" if rnd < args.warmup else f"round {rnd - args.warmup + 1}/{args.reps}"
         now = time.perf_counter()
         print(f"#   {tag} ({now - t_round:.0f} s): " + "; ".join(
-            f"{n} pp {results[n]['pp'][-1]:.0f} tg {results[n]['tg'][-1]:.1f}" if rnd >= args.warmup else n
+            f"{n} pp {results[n]['pp'][-1]:.0f} tg {results[n]['tg'][-1]:.1f}"
+            + (f" (others' CPU {100 * results[n]['foreign'][-1]:.0f}%)" if results[n]["foreign"] else "")
+            if rnd >= args.warmup else n
             for n in order), flush=True)
         # Stop early when the next round would overrun --time-limit (a busy machine), keeping >= 1 timed round.
         timed = rnd + 1 - args.warmup
@@ -470,6 +505,8 @@ def main(argv=None) -> None:
             tokenizer_matches_prompt=tokenizer_agrees[n],
             greedy_tokens=results[n]["tokens"],
             greedy_agree_with_llamacpp=agree_prefix(results[n]["tokens"], ref_tokens) if ref_tokens else None,
+            foreign_cpu_reps=results[n]["foreign"],
+            foreign_cpu_median=statistics.median(results[n]["foreign"]) if results[n]["foreign"] else None,
             rss_peak_mib=done[n]["rss_peak_mib"], **m)
     if "llama.cpp" in names:
         lc = out["runners"]["llama.cpp"]
@@ -490,6 +527,8 @@ def main(argv=None) -> None:
         rows.append([n, f"{p['min']:.0f} / {p['median']:.0f} / {p['max']:.0f}",
                      f"{d['min']:.1f} / {d['median']:.1f} / {d['max']:.1f}",
                      f"{r['load_s']:.2f} (+{r['import_s']:.1f} import)", f"{r['rss_peak_mib']:.0f}",
+                     "?" if r["foreign_cpu_median"] is None else
+                     f"{100 * r['foreign_cpu_median']:.0f}% (max {100 * max(r['foreign_cpu_reps']):.0f}%)",
                      "-" if n == "llama.cpp" or agree is None else f"{agree}/{args.n_gen + 1}"])
     print()
     n_timed = len(results[names[0]]["pp"])
@@ -497,7 +536,7 @@ def main(argv=None) -> None:
           f"({model_path.name}, {args.threads} threads, decode at KV depth {args.n_prompt}->{args.n_prompt + args.n_gen})")
     print()
     print(md_table(["runner", f"prefill pp{args.n_prompt}", f"decode tg{args.n_gen}", "load s",
-                    "peak RSS MiB", "greedy = llama.cpp"], rows))
+                    "peak RSS MiB", "others' CPU", "greedy = llama.cpp"], rows))
     if "llama.cpp" in names and len(names) > 1:
         print()
         print("### hearth / llama.cpp (ratio of medians; median of paired per-round ratios)")
@@ -513,12 +552,15 @@ def main(argv=None) -> None:
     notes = [f"{n}: its tokenizer gives different prompt ids than {ref} (all runners were fed {ref}'s ids)"
              for n in names if not tokenizer_agrees[n]]
     ncpu = os.cpu_count() or 1
+    foreign = [f for n in names for f in results[n]["foreign"]]
+    notes.append("others' CPU = share of the machine's CPU time used by other processes (or stolen by the "
+                 "hypervisor) while the runner ran, median over its timed reps")
     if load_before and load_after:
-        busy = max(load_before[0], load_after[0] - args.threads)  # the run itself adds ~threads
-        notes.append(f"load average (1 min) {load_before[0]:.1f} before, {load_after[0]:.1f} after, on {ncpu} CPUs"
-                     + (" - the machine was busy with other work; with threads competing for cores, OpenMP barriers"
-                        " stall and these numbers can be many times too low. Rerun when it is quiet."
-                        if busy > ncpu + 0.5 else ""))
+        notes.append(f"load average (1 min) {load_before[0]:.1f} before, {load_after[0]:.1f} after, on {ncpu} CPUs")
+    if foreign and max(foreign) > 0.10:
+        notes.append("WARNING: other work competed for the CPUs during some reps. With as many threads as cores, "
+                     "every OpenMP/ggml barrier stalls while one thread is descheduled, so those reps can be many "
+                     "times too slow (decode worst). Compare only reps with low others' CPU, or rerun when quiet.")
     for line in notes:
         print(f"\nnote: {line}")
 
