@@ -77,3 +77,26 @@ def test_cuda_generation_streams_and_uses_kv_cache(hf_dir):
     s = SamplingParams(temperature=0.9, top_p=0.9, top_k=50, seed=7, max_tokens=16, ignore_eos=True)
     g = Generator(gpu.model, gpu.tokenizer)
     assert g.complete(ids, s).token_ids == g.complete(ids, s).token_ids
+
+
+def test_cuda_engine_batch_equals_each_request_alone(hf_dir):
+    """The continuous-batching engine (paged KV cache, chunked prefill) on the GPU."""
+    from hearth.engine.llm_engine import EngineConfig, LLMEngine
+    from hearth.engine.request import EngineRequest
+
+    path, _ = hf_dir
+    gpu = load(str(path), device="cuda", dtype="float32")
+    corpus = list(tiny.corpus_ids(200))
+    prompts = [corpus[i * 13 : i * 13 + 5 + i * 7] for i in range(12)]
+    params = SamplingParams(temperature=0, max_tokens=16, ignore_eos=True)
+    gen = Generator(gpu.model, gpu.tokenizer)
+    alone = [gen.complete(p, params).token_ids for p in prompts]
+    eng = LLMEngine(gpu, EngineConfig(max_num_seqs=12, max_num_batched_tokens=32, kv_cache_bytes=16 << 20))
+    for i, p in enumerate(prompts):
+        eng.add_request(EngineRequest(str(i), p, params))
+    got: dict[str, list[int]] = {str(i): [] for i in range(len(prompts))}
+    while eng.has_work():
+        for o in eng.step():
+            got[o.request_id] += o.new_token_ids
+    assert [got[str(i)] for i in range(len(prompts))] == alone
+    assert eng.blocks.num_used == 0
