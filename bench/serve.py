@@ -34,6 +34,7 @@ def free_port() -> int:
 
 
 def pct(xs: list[float], q: float) -> float:
+    xs = [x for x in xs if x == x]  # drop NaN (a request that produced no token)
     if not xs:
         return float("nan")
     xs = sorted(xs)
@@ -49,7 +50,7 @@ async def one_client(client, model: str, prompt: str, max_tokens: int) -> dict:
         stream_options={"include_usage": True},
     )
     async for chunk in stream:
-        if chunk.choices and chunk.choices[0].text:
+        if chunk.choices:  # one chunk per generated token (its text may be empty mid-character)
             stamps.append(time.perf_counter())
         if chunk.usage:
             usage = chunk.usage
