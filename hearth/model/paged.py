@@ -51,12 +51,6 @@ class BatchMeta:
     prefills: list[PrefillChunk] = field(default_factory=list)
 
 
-def decode_attention(q, k, v, mask=None):
-    from hearth.model.llama import decode_attention as impl  # defined beside the model's own attention
-
-    return impl(q, k, v, mask)
-
-
 def paged_attention(q: Tensor, k: Tensor, v: Tensor, layer: int, cache: PagedKVCache, meta: BatchMeta) -> Tensor:
     """q (N, H, D), k/v (N, KVH, D) for the step's tokens → attention output (N, H, D)."""
     kc, vc = cache.k[layer], cache.v[layer]
@@ -68,7 +62,7 @@ def paged_attention(q: Tensor, k: Tensor, v: Tensor, layer: int, cache: PagedKVC
         qd = q[meta.decode_rows].unsqueeze(2)  # (B, H, 1, D)
         kd = kc[meta.decode_key_slots].transpose(1, 2)  # (B, KVH, L, D)
         vd = vc[meta.decode_key_slots].transpose(1, 2)
-        y = decode_attention(qd, kd, vd, meta.decode_key_mask)
+        y = F.scaled_dot_product_attention(qd, kd, vd, attn_mask=meta.decode_key_mask, enable_gqa=gqa)
         out[meta.decode_rows] = y.squeeze(2)
     for p in meta.prefills:
         qp = q[p.start : p.start + p.length].transpose(0, 1).unsqueeze(0)  # (1, H, T, D)
