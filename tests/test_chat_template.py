@@ -8,12 +8,10 @@ feature sampler) given to a `PreTrainedTokenizerFast` with `chat_template` set.
 
 from __future__ import annotations
 
-import os
-import shutil
-from pathlib import Path
 
 import pytest
 
+from hf_tokenizer_kit import transformers_gguf_tokenizer
 from hearth.errors import HearthError
 from hearth.loader import resolve_model
 from hearth.tokenizer import ChatTemplate
@@ -43,28 +41,6 @@ CONVERSATIONS = {
         {"role": "user", "content": "  spaced  "},
     ],
 }
-
-
-def transformers_gguf_tokenizer(config, tmp_path_factory, gguf_path: Path):
-    """transformers' tokenizer built from the GGUF; cached as in test_tokenizer_bpe.py (same helper)."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from transformers import AutoTokenizer
-
-    st = gguf_path.stat()
-    key = f"{gguf_path.stem}-{st.st_size}-{int(st.st_mtime)}-transformers-{transformers.__version__}"
-    cache_provider = getattr(config, "cache", None)
-    root = cache_provider.mkdir("hearth-transformers-gguf-tokenizer") if cache_provider else tmp_path_factory.getbasetemp()
-    cache = Path(root) / key
-    if (cache / "tokenizer_config.json").exists():
-        return AutoTokenizer.from_pretrained(str(cache))
-    tok = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
-    partial = Path(root) / f"{key}.partial-{os.getpid()}"
-    tok.save_pretrained(str(partial))
-    try:
-        partial.rename(cache)
-    except OSError:  # saved meanwhile by another process
-        shutil.rmtree(partial, ignore_errors=True)
-    return tok
 
 
 @pytest.fixture(scope="module")

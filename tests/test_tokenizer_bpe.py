@@ -17,8 +17,6 @@ from __future__ import annotations
 import importlib.util
 import inspect
 import json
-import os
-import shutil
 import textwrap
 from pathlib import Path
 
@@ -26,6 +24,7 @@ import pytest
 from tokenizers import Regex, decoders, models, pre_tokenizers, processors, trainers
 from tokenizers import Tokenizer as HFTokenizer
 
+from hf_tokenizer_kit import transformers_gguf_tokenizer
 from hearth.loader import resolve_model
 from hearth.tokenizer import Tokenizer
 from hearth.tokenizer.from_gguf import LLAMA3_SPLIT
@@ -95,33 +94,6 @@ def smollm2(smollm2_path) -> Tokenizer:
 def llama_smollm2(smollm2_path):
     llama_cpp = pytest.importorskip("llama_cpp")
     return llama_cpp.Llama(model_path=str(smollm2_path), vocab_only=True, verbose=False)
-
-
-def transformers_gguf_tokenizer(config, tmp_path_factory, gguf_path: Path):
-    """transformers' tokenizer built from the GGUF. Building it takes ~15 s (transformers reads GGUF
-    metadata with gguf.GGUFReader, slow on 49k tokens + 49k merges), so its result is saved with
-    save_pretrained under pytest's cache dir, keyed by the file and the transformers version, and
-    reloaded (~1 s) by later modules and runs. The same helper is in test_chat_template.py.
-    """
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    transformers = pytest.importorskip("transformers")
-    from transformers import AutoTokenizer
-
-    st = gguf_path.stat()
-    key = f"{gguf_path.stem}-{st.st_size}-{int(st.st_mtime)}-transformers-{transformers.__version__}"
-    cache_provider = getattr(config, "cache", None)
-    root = cache_provider.mkdir("hearth-transformers-gguf-tokenizer") if cache_provider else tmp_path_factory.getbasetemp()
-    cache = Path(root) / key
-    if (cache / "tokenizer_config.json").exists():
-        return AutoTokenizer.from_pretrained(str(cache))
-    tok = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
-    partial = Path(root) / f"{key}.partial-{os.getpid()}"
-    tok.save_pretrained(str(partial))
-    try:
-        partial.rename(cache)
-    except OSError:  # saved meanwhile by another process
-        shutil.rmtree(partial, ignore_errors=True)
-    return tok
 
 
 @pytest.fixture(scope="module")
