@@ -58,7 +58,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 DEFAULT_TEXTS = ["/usr/share/common-licenses/GPL-3", os.path.join(os.path.dirname(os.__file__), "LICENSE.txt")]
-DTYPE_NAMES = {"fp32": "fp32", "float32": "fp32", "bf16": "bf16", "bfloat16": "bf16", "fp16": "fp16", "float16": "fp16"}
+# "native": hearth's default (dtype auto): GGUF Q4_0/Q4_1/Q8_0 weights multiplied in their block format by
+# hearth's kernels, everything else fp32, fused decode path.
+DTYPE_NAMES = {"native": "native", "auto": "native", "fp32": "fp32", "float32": "fp32", "bf16": "bf16", "bfloat16": "bf16", "fp16": "fp16", "float16": "fp16"}
 
 
 # --------------------------------------------------------------------------------------------- helpers
@@ -164,7 +166,7 @@ class HearthRunner:
         self.import_s = time.perf_counter() - t0
         torch.set_num_threads(threads)
         t0 = time.perf_counter()
-        self.lm = load(model, device="cpu", dtype=dtype)
+        self.lm = load(model, device="cpu", dtype="auto" if dtype == "native" else dtype)
         self.load_s = time.perf_counter() - t0
         self.model = self.lm.model
         self.info = dict(torch=torch.__version__, dtype=str(self.lm.dtype).replace("torch.", ""),
@@ -361,15 +363,39 @@ def plot(result: dict, path: Path) -> bool:
     return True
 
 
+LLAMA_FTYPES = {"F32": 0, "F16": 1, "Q4_0": 2, "Q4_1": 3, "Q8_0": 7}
+
+
+def requantize(src: Path, qtype: str, cache: Path) -> Path:
+    """MODEL converted by llama.cpp (the peers' make_variants.py recipe), made once and cached."""
+    qtype = qtype.upper()
+    if qtype not in LLAMA_FTYPES:
+        sys.exit(f"unknown --as {qtype!r}; use one of {', '.join(LLAMA_FTYPES)}")
+    out = cache / f"{src.stem}.{qtype}-from-{src.suffix.lstrip('.') or 'gguf'}.gguf"
+    if not out.exists():
+        import llama_cpp
+
+        cache.mkdir(parents=True, exist_ok=True)
+        params = llama_cpp.llama_model_quantize_default_params()
+        params.ftype = LLAMA_FTYPES[qtype]
+        params.allow_requantize = True
+        params.nthread = 2
+        tmp = out.with_suffix(".tmp")
+        if llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(), params) != 0:
+            sys.exit(f"llama.cpp could not convert {src} to {qtype}")
+        tmp.replace(out)
+    return out
+
+
 def parse_dtypes(values: list[str] | None) -> list[str]:
     out = []
-    for v in values or ["fp32"]:
+    for v in values or ["native"]:
         for d in v.split(","):
             d = d.strip().lower()
             if not d or d == "none":
                 continue
             if d not in DTYPE_NAMES:
-                sys.exit(f"unknown --dtype {d!r}; use fp32, bf16 or fp16 (comma-separated or repeated), or none")
+                sys.exit(f"unknown --dtype {d!r}; use native, fp32, bf16 or fp16 (comma-separated or repeated), or none")
             if DTYPE_NAMES[d] not in out:
                 out.append(DTYPE_NAMES[d])
     return out
@@ -384,8 +410,14 @@ def main(argv=None) -> None:
     ap.add_argument("--threads", type=int, default=2, help="threads for both runners (torch.set_num_threads; "
                     "llama.cpp n_threads and n_threads_batch); default 2")
     ap.add_argument("--dtype", action="append", metavar="DTYPE[,DTYPE]",
-                    help="hearth compute dtype(s): fp32 (default), bf16, fp16; comma-separated or repeated, e.g. "
-                         "--dtype fp32,bf16 runs both as separate runners; 'none' runs llama.cpp only")
+                    help="hearth dtype(s): native (default: the file's Q4_0/Q4_1/Q8_0 blocks run as stored, "
+                         "fp32 activations), fp32, bf16, fp16 (weights dequantized to that dtype); comma-separated "
+                         "or repeated, e.g. --dtype native,fp32 runs both as separate runners; 'none' runs "
+                         "llama.cpp only")
+    ap.add_argument("--as", dest="as_type", default=None, metavar="TYPE",
+                    help="first convert MODEL with llama.cpp's own quantize tool (llama_model_quantize, "
+                         "allow_requantize) to TYPE: Q8_0, Q4_0, F16 or F32, cached in --out-dir/models, and bench "
+                         "that file: e.g. --as Q8_0 compares hearth int8 with llama.cpp Q8_0")
     ap.add_argument("--no-llamacpp", action="store_true", help="skip the llama.cpp runner (no ratios then)")
     ap.add_argument("--reps", type=int, default=5, help="timed rounds after the warm-up round (default 5)")
     ap.add_argument("--warmup", type=int, default=1, help="untimed warm-up rounds, full prefill + 16 decode "
@@ -423,6 +455,8 @@ def main(argv=None) -> None:
     model_path = resolve_model(args.model).resolve()
     if not model_path.exists():
         sys.exit(f"model file {model_path} does not exist")
+    if args.as_type:
+        model_path = requantize(model_path, args.as_type, Path(args.out_dir) / "models")
 
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     load_before = loadavg()

@@ -13,6 +13,7 @@ import torch
 from hearth.errors import HearthError, ModelFormatError
 from hearth.model import Transformer
 from hearth.model.llama import rope_frequencies
+from hearth.model.quant import GGUFEmbedding, GGUFLinear
 from hearth.tokenizer import ChatTemplate, Tokenizer
 from hearth.weights import Checkpoint, open_checkpoint
 
@@ -84,8 +85,25 @@ class LoadedModel:
     load_seconds: float = 0.0
 
 
-def build_model(ckpt: Checkpoint, device: torch.device, dtype: torch.dtype, progress: bool = False) -> Transformer:
-    """Create the module on the meta device and assign each tensor as it is read: weights are never held twice."""
+def native_quantized(ckpt: Checkpoint, device: torch.device) -> dict:
+    """The tensors to keep in their GGUF block format (Q4_0/Q4_1/Q8_0) and multiply natively: all of them on a CPU
+    where hearth's kernels run, none elsewhere (CUDA, or no AVX2) — those are dequantized instead."""
+    if device.type != "cpu" or not ckpt.quantized:
+        return {}
+    from hearth.kernels import gguf_ops
+
+    return dict(ckpt.quantized) if gguf_ops() is not None else {}
+
+
+def build_model(
+    ckpt: Checkpoint, device: torch.device, dtype: torch.dtype, progress: bool = False, native: bool = False
+) -> Transformer:
+    """Create the module on the meta device and assign each tensor as it is read: weights are never held twice.
+
+    native: keep Q4_0/Q4_1/Q8_0 weights in their block format (memory-mapped, read by hearth's CPU kernels)
+    instead of dequantizing them to `dtype`; everything else (norms, F16/F32 and K-quant tensors) becomes `dtype`.
+    """
+    quantized = native_quantized(ckpt, device) if native else {}
     with torch.device("meta"):
         model = Transformer(ckpt.config)
     expected = set(model.state_dict().keys())
@@ -104,6 +122,9 @@ def build_model(ckpt: Checkpoint, device: torch.device, dtype: torch.dtype, prog
     for name, lazy in iterator:
         if name not in expected:
             continue
+        if name in quantized:
+            _swap_in_quantized(model, name, quantized[name](), ckpt, dtype)
+            continue
         t = lazy()
         want = tuple(model.state_dict()[name].shape)
         if tuple(t.shape) != want:
@@ -111,9 +132,28 @@ def build_model(ckpt: Checkpoint, device: torch.device, dtype: torch.dtype, prog
         state[name] = t.to(device=device, dtype=dtype)
     model.load_state_dict(state, strict=False, assign=True)
     if ckpt.config.tie_embeddings:
-        model.output.weight = model.tok_embeddings.weight
+        if isinstance(model.tok_embeddings, GGUFEmbedding):  # the output layer reads the same blocks
+            model.output = GGUFLinear(model.tok_embeddings.quantized, model.tok_embeddings._ops)
+        else:
+            model.output.weight = model.tok_embeddings.weight
     model.inv_freq = rope_frequencies(ckpt.config).to(device)
     return model.eval()
+
+
+def _swap_in_quantized(model: Transformer, name: str, q, ckpt: Checkpoint, dtype: torch.dtype) -> None:
+    from hearth.kernels import gguf_ops
+
+    module_path = name.rsplit(".", 1)[0]
+    parent_path, _, attr = module_path.rpartition(".")
+    parent = model.get_submodule(parent_path) if parent_path else model
+    old = getattr(parent, attr)
+    want = (old.num_embeddings, old.embedding_dim) if isinstance(old, torch.nn.Embedding) else (old.out_features, old.in_features)
+    if tuple(q.shape) != want:
+        raise ModelFormatError(f"{ckpt.path}: tensor {name} has shape {tuple(q.shape)}, expected {want}")
+    if isinstance(old, torch.nn.Embedding):
+        setattr(parent, attr, GGUFEmbedding(q, gguf_ops(), dtype))
+    else:
+        setattr(parent, attr, GGUFLinear(q, gguf_ops()))
 
 
 def _stderr():
@@ -123,7 +163,11 @@ def _stderr():
 
 
 def load(ref: str = DEFAULT_MODEL, device: str = "cpu", dtype: str = "auto", progress: bool = False) -> LoadedModel:
-    """Load a model by path or packaged name, ready to generate. Raises HearthError on bad input."""
+    """Load a model by path or packaged name, ready to generate. Raises HearthError on bad input.
+
+    dtype "auto" runs the file as stored where hearth can: on a CPU, GGUF Q4_0/Q4_1/Q8_0 weights stay 4/8-bit
+    (llama.cpp's arithmetic) with fp32 activations; on CUDA, bf16. An explicit dtype dequantizes every weight
+    to it (the exact reference path)."""
     t0 = time.perf_counter()
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
@@ -132,5 +176,9 @@ def load(ref: str = DEFAULT_MODEL, device: str = "cpu", dtype: str = "auto", pro
     template = ChatTemplate(ckpt.tokenizer.chat_template, ckpt.tokenizer.special_tokens)
     if template.is_fallback:
         log.warning("%s has no chat template; using ChatML", ckpt.path.name)
-    model = build_model(ckpt, dev, dt, progress=progress)
+    model = build_model(ckpt, dev, dt, progress=progress, native=dtype == "auto")
+    if dtype == "auto":  # the fast inference path; an explicit dtype keeps the plain reference modules
+        from hearth.kernels import gguf_ops
+
+        model.use_fast_path(gguf_ops() if dev.type == "cpu" else None)
     return LoadedModel(model, tokenizer, template, ckpt, dev, dt, time.perf_counter() - t0)

@@ -28,7 +28,10 @@ GREEDY = SamplingParams(temperature=0, max_tokens=12)
 
 @pytest.fixture(scope="module")
 def lm():
-    return load("smollm2")
+    # The exact fp32 path: batched and alone then agree to the token. With the native 4-bit path (dtype auto) a
+    # last-bit difference in attention (batched vs alone) can cross an 8-bit activation rounding boundary and
+    # flip a near-tie greedy token, as in llama.cpp; test_native_batch_mostly_equals_alone bounds that.
+    return load("smollm2", dtype="float32")
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +51,23 @@ def drain(eng: LLMEngine) -> dict[str, dict]:
             if o.finished:
                 r["reason"] = o.finish_reason
     return res
+
+
+def test_native_batch_mostly_equals_alone():
+    native = load("smollm2")
+    gen = Generator(native.model, native.tokenizer)
+    eng = LLMEngine(native, EngineConfig(max_num_seqs=8, max_num_batched_tokens=48, kv_cache_bytes=64 << 20))
+    for i, p in enumerate(PROMPTS):
+        eng.add_request(EngineRequest(f"r{i}", native.tokenizer.encode(p), GREEDY))
+    res = drain(eng)
+    same_prefix = []
+    for i, p in enumerate(PROMPTS):
+        ref = gen.complete(native.tokenizer.encode(p), GREEDY).token_ids
+        got = res[f"r{i}"]["ids"]
+        assert len(got) == len(ref)
+        same_prefix.append(next((j for j, (a, b) in enumerate(zip(got, ref)) if a != b), len(ref)))
+    assert sum(same_prefix) >= 0.75 * len(PROMPTS) * GREEDY.max_tokens, same_prefix
+    assert eng.blocks.num_used == 0
 
 
 def test_batch_of_32_equals_each_request_alone(lm, alone):

@@ -28,9 +28,8 @@ class ModelRunner:
     def __init__(self, model: Transformer, num_blocks: int, block_size: int):
         self.model = model
         self.block_size = block_size
-        p = model.tok_embeddings.weight
-        self.device = p.device
-        self.cache = PagedKVCache(model.config, num_blocks, block_size, p.device, p.dtype)
+        self.device = model.device
+        self.cache = PagedKVCache(model.config, num_blocks, block_size, model.device, model.dtype)
 
     def _slots(self, table: list[int], start: int, end: int) -> Tensor:
         pos = torch.arange(start, end)

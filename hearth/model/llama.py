@@ -27,8 +27,11 @@ class RMSNorm(nn.Module):
         super().__init__()
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(dim))
+        self.ops = None  # hearth's fused CPU kernels, set by Transformer.use_fast_path
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.ops is not None and x.dtype == torch.float32 and x.device.type == "cpu":
+            return self.ops.rms_norm(x, self.weight, self.eps)
         # Normalise in fp32 and cast back before the weight, exactly as the reference implementations do:
         # in bf16 the order of these two steps changes the logits.
         xf = x.float()
@@ -101,15 +104,49 @@ class Attention(nn.Module):
         self.wk = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=False)
         self.wv = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=False)
         self.wo = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=False)
+        # Fast path (Transformer.use_fast_path): q|k|v in one product, RoPE and decode attention fused.
+        self.wqkv: nn.Module | None = None
+        self.ops = None
+
+    def _qkv(self, x: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """x (N, dim), cos/sin (N, head_dim) → rotated q (N, H, D), k and v (N, KVH, D)."""
+        n, hd = x.shape[0], self.head_dim
+        nq, nk = self.n_heads * hd, self.n_kv_heads * hd
+        if self.wqkv is not None:
+            qkv = self.wqkv(x)
+            if self.ops is not None and qkv.dtype == torch.float32 and qkv.device.type == "cpu":
+                self.ops.rope_(qkv, cos, sin, self.n_heads + self.n_kv_heads, hd)
+                q, k, v = qkv.split((nq, nk, nk), dim=-1)
+                return q.view(n, self.n_heads, hd), k.view(n, self.n_kv_heads, hd), v.view(n, self.n_kv_heads, hd)
+            q, k, v = qkv.split((nq, nk, nk), dim=-1)
+        else:
+            q, k, v = self.wq(x), self.wk(x), self.wv(x)
+        q, k = q.view(n, self.n_heads, hd), k.view(n, self.n_kv_heads, hd)
+        q, k = apply_rope(q, cos[:, None], sin[:, None]), apply_rope(k, cos[:, None], sin[:, None])
+        return q, k, v.view(n, self.n_kv_heads, hd)
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, start: int, cache: KVCache | None) -> Tensor:
         b, t, _ = x.shape
-        q = self.wq(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
-        k = self.wk(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        v = self.wv(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if self.wqkv is not None:
+            flat_cos = cos.reshape(t, -1).repeat(b, 1) if b > 1 else cos.reshape(t, -1)
+            flat_sin = sin.reshape(t, -1).repeat(b, 1) if b > 1 else sin.reshape(t, -1)
+            q, k, v = self._qkv(x.reshape(b * t, -1), flat_cos, flat_sin)
+            q = q.view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
+            k = k.view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
+            v = v.view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        else:
+            q = self.wq(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
+            k = self.wk(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
+            v = self.wv(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:
             k, v = cache.update(self.layer, start, k, v)
+            if t == 1 and self.ops is not None and q.dtype == torch.float32 and q.device.type == "cpu":
+                y = self.ops.decode_attention(
+                    q.reshape(b, self.n_heads, self.head_dim), cache.k[self.layer], cache.v[self.layer],
+                    start + 1, 1.0 / math.sqrt(self.head_dim),
+                )
+                return self.wo(y.view(b, 1, self.n_heads * self.head_dim))
         if start == 0 or t == 1:
             # Whole prompt from an empty cache (plain causal) or one new token (sees everything).
             mask, causal = None, t > 1
@@ -127,10 +164,7 @@ class Attention(nn.Module):
     def forward_paged(self, x: Tensor, cos: Tensor, sin: Tensor, cache: PagedKVCache, meta: BatchMeta) -> Tensor:
         """x: (N, dim) tokens of many sequences flattened; cos/sin: (N, head_dim)."""
         n = x.shape[0]
-        q = self.wq(x).view(n, self.n_heads, self.head_dim)
-        k = self.wk(x).view(n, self.n_kv_heads, self.head_dim)
-        v = self.wv(x).view(n, self.n_kv_heads, self.head_dim)
-        q, k = apply_rope(q, cos[:, None], sin[:, None]), apply_rope(k, cos[:, None], sin[:, None])
+        q, k, v = self._qkv(x, cos, sin)
         y = paged_attention(q, k, v, self.layer, cache, meta)
         return self.wo(y.reshape(n, self.n_heads * self.head_dim))
 
@@ -141,9 +175,17 @@ class FeedForward(nn.Module):
         self.w1 = nn.Linear(cfg.dim, cfg.hidden_dim, bias=False)  # gate
         self.w3 = nn.Linear(cfg.dim, cfg.hidden_dim, bias=False)  # up
         self.w2 = nn.Linear(cfg.hidden_dim, cfg.dim, bias=False)  # down
+        self.w13: nn.Module | None = None  # fast path: gate|up in one product
+        self.ops = None
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+        if self.w13 is None:
+            return self.w2(F.silu(self.w1(x)) * self.w3(x))
+        gu = self.w13(x)
+        if self.ops is not None and gu.dtype == torch.float32 and gu.device.type == "cpu":
+            return self.w2(self.ops.silu_mul(gu))
+        g, u = gu.chunk(2, dim=-1)
+        return self.w2(F.silu(g) * u)
 
 
 class Block(nn.Module):
@@ -165,19 +207,48 @@ class Transformer(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.config = cfg
-        self.tok_embeddings = nn.Embedding(cfg.vocab_size, cfg.dim)
+        # _weight: no random init (on the meta device that init alone costs ~1 s of torch imports at load)
+        self.tok_embeddings = nn.Embedding(cfg.vocab_size, cfg.dim, _weight=torch.empty(cfg.vocab_size, cfg.dim))
         self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.output = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.output.weight = self.tok_embeddings.weight
-        self.register_buffer(
-            "inv_freq", rope_frequencies(cfg), persistent=False
-        )
+        # Computed on the CPU even while the loader builds the module on the meta device: meta-tensor arithmetic
+        # pulls in torch's Python decompositions (~800 modules, ~80 MB and seconds at every load).
+        with torch.device("cpu"):
+            inv_freq = rope_frequencies(cfg)
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+
+    def use_fast_path(self, ops=None) -> None:
+        """Inference only: fuse q|k|v and gate|up into single products and, given hearth's CPU kernels (`ops`),
+        run RMSNorm, RoPE, SwiGLU and one-token attention as fused kernels. The unfused modules are dropped."""
+        from hearth.model.quant import fuse_linears
+
+        for layer in self.layers:
+            att, ff = layer.attention, layer.feed_forward
+            qkv = fuse_linears([att.wq, att.wk, att.wv])
+            if qkv is not None:
+                att.wqkv = qkv
+                del att.wq, att.wk, att.wv
+            w13 = fuse_linears([ff.w1, ff.w3])
+            if w13 is not None:
+                ff.w13 = w13
+                del ff.w1, ff.w3
+            att.ops = ff.ops = layer.attention_norm.ops = layer.ffn_norm.ops = ops
+        self.norm.ops = ops
+
+    @property
+    def device(self) -> torch.device:
+        return self.norm.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The compute dtype (weights may be stored quantized: see hearth/model/quant.py)."""
+        return self.norm.weight.dtype
 
     def new_cache(self, batch_size: int = 1, max_seq_len: int | None = None) -> KVCache:
-        p = self.tok_embeddings.weight
-        return KVCache(self.config, batch_size, max_seq_len or self.config.max_seq_len, p.device, p.dtype)
+        return KVCache(self.config, batch_size, max_seq_len or self.config.max_seq_len, self.device, self.dtype)
 
     def rope(self, start: int, t: int, device) -> tuple[Tensor, Tensor]:
         pos = torch.arange(start, start + t, device=device, dtype=torch.float32)

@@ -7,6 +7,8 @@ type it knows; this module only maps GGUF's conventions onto hearth's.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +19,7 @@ from hearth.config import ModelConfig, RopeScaling
 from hearth.errors import ModelFormatError
 from hearth.weights.gguf_file import GGUFFile, GGUFTensorInfo
 from hearth.weights.names import gguf_to_hearth
-from hearth.weights.types import Checkpoint, GGUFVocab, TokenizerData
+from hearth.weights.types import Checkpoint, GGUFVocab, QuantizedTensor, TokenizerData
 
 SUPPORTED_ARCHS = ("llama",)
 # End-of-generation tokens llama.cpp also stops on when they are control tokens.
@@ -157,6 +159,22 @@ def dequantize(f: GGUFFile, info: GGUFTensorInfo) -> torch.Tensor:
     return torch.from_numpy(np.array(arr))  # own copy: the mmap stays read-only
 
 
+# Block formats hearth's native kernels multiply by in place (hearth/kernels): GGML type id -> name.
+BLOCK_TYPES = {2: "Q4_0", 3: "Q4_1", 8: "Q8_0"}
+
+
+def _quantized(f: GGUFFile, info: GGUFTensorInfo, n_rot: int) -> QuantizedTensor:
+    """The raw blocks as a (rows, row_bytes) uint8 tensor over the memory map; q/k rows un-permuted (a copy)."""
+    rows, cols = info.shape
+    raw = f.data(info).reshape(rows, -1)
+    with warnings.catch_warnings():  # read-only mmap: nothing ever writes to these weights
+        warnings.simplefilter("ignore", UserWarning)
+        data = torch.from_numpy(raw)
+    if n_rot:  # whole rows move, so the permutation works on blocks as on floats
+        data = unpermute_rope(data, n_rot).contiguous()
+    return QuantizedTensor(data, info.type_id, BLOCK_TYPES[info.type_id], (rows, cols))
+
+
 def read_gguf(path: Path) -> Checkpoint:
     """Open a GGUF file. Tensors stay memory-mapped until a LazyTensor is called."""
     f = GGUFFile(path)
@@ -166,7 +184,7 @@ def read_gguf(path: Path) -> Checkpoint:
     config = _config_from_metadata(path, meta, set(f.tensors), n_vocab)
     _check_tensor_types(f)
 
-    tensors, types = {}, {}
+    tensors, types, quantized = {}, {}, {}
     for info in f.tensors.values():
         if info.name == "rope_freqs.weight":  # llama3 rope scaling baked in as per-frequency divisors
             factors = dequantize(f, info).float().tolist()
@@ -187,6 +205,8 @@ def read_gguf(path: Path) -> Checkpoint:
 
         tensors[hname] = load
         types[hname] = f.type_name(info)
+        if info.type_id in BLOCK_TYPES and len(info.shape) == 2:
+            quantized[hname] = functools.partial(_quantized, f, info, n_rot)
     return Checkpoint(
         path=path,
         format="gguf",
@@ -195,4 +215,5 @@ def read_gguf(path: Path) -> Checkpoint:
         tokenizer=tokenizer,
         metadata={k: v for k, v in meta.items() if not k.startswith("tokenizer.ggml.")},
         tensor_types=types,
+        quantized=quantized,
     )

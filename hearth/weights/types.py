@@ -17,6 +17,16 @@ LazyTensor = Callable[[], torch.Tensor]
 
 
 @dataclass
+class QuantizedTensor:
+    """A 2-D weight kept in its GGUF block format: `data` is uint8 (rows, row_bytes), usually a view of the mmap."""
+
+    data: torch.Tensor
+    type_id: int  # GGML type id (Q4_0=2, Q4_1=3, Q8_0=8)
+    type_name: str
+    shape: tuple[int, int]  # logical (rows, cols)
+
+
+@dataclass
 class GGUFVocab:
     """A tokenizer as GGUF stores it (`tokenizer.ggml.*`)."""
 
@@ -55,6 +65,8 @@ class Checkpoint:
     tokenizer: TokenizerData
     metadata: dict[str, Any] = field(default_factory=dict)
     tensor_types: dict[str, str] = field(default_factory=dict)  # name -> storage type (Q4_1, F16, ...)
+    # name -> the tensor still in its block format, for the types hearth's kernels read in place (GGUF only)
+    quantized: dict[str, Callable[[], QuantizedTensor]] = field(default_factory=dict)
 
     @property
     def quantization(self) -> str:

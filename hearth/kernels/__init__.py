@@ -1,0 +1,82 @@
+"""Native kernels, compiled on first use and cached.
+
+`gguf_cpu.cpp` multiplies by GGUF Q4_0/Q4_1/Q8_0 weights in place on x86 CPUs with AVX2 (see the file for why it
+is hand-written). It is built with PyTorch's C++-extension machinery the first time it is needed (~1 min on two
+cores) into ``$HEARTH_HOME/kernels`` (default ``~/.cache/hearth/kernels``) keyed by the source hash, so later
+processes load it in milliseconds. Where it cannot be built (no AVX2, no compiler), `gguf_ops()` returns None and
+callers fall back to dequantized weights; set ``HEARTH_NO_KERNELS=1`` to force that path.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import os
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+_SRC = Path(__file__).with_name("gguf_cpu.cpp")
+# GGML type ids the kernel reads natively
+NATIVE_TYPES = {2: "Q4_0", 3: "Q4_1", 8: "Q8_0"}
+
+
+def _cpu_has_avx2() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return all(f in flags.split() or f" {f} " in flags for f in ("avx2", "fma", "f16c"))
+
+
+def cache_dir() -> Path:
+    home = os.environ.get("HEARTH_KERNEL_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "hearth", "kernels"
+    )
+    return Path(home)
+
+
+@functools.cache
+def gguf_ops():
+    """torch.ops.hearth with gguf_mm / gguf_dequant, or None when the native kernels are unavailable here."""
+    if os.environ.get("HEARTH_NO_KERNELS") == "1" or not _cpu_has_avx2():
+        return None
+    digest = hashlib.sha256(_SRC.read_bytes() + torch.__version__.encode()).hexdigest()[:16]
+    build = cache_dir() / f"gguf_cpu-{digest}"
+    build.mkdir(parents=True, exist_ok=True)
+    try:
+        from torch.utils.cpp_extension import load
+
+        if not any(build.glob("*.so")):
+            log.warning("compiling hearth's quantized CPU kernels (once, about a minute)")
+        load(
+            name="hearth_gguf_cpu",
+            sources=[str(_SRC)],
+            build_directory=str(build),
+            # OpenMP so at::parallel_for uses torch's thread pool (libgomp.so.1 is already loaded by torch,
+            # so no second runtime is started)
+            extra_cflags=["-O3", "-mavx2", "-mfma", "-mf16c", "-fno-math-errno", "-fopenmp"],
+            extra_ldflags=["-fopenmp"],
+            is_python_module=False,
+            verbose=False,
+        )
+    except Exception as e:  # no compiler, no ninja, headers missing: run on dequantized weights instead
+        log.warning("hearth's quantized CPU kernels are unavailable (%s); using dequantized weights", str(e)[:200])
+        return None
+    _register_fakes()
+    return torch.ops.hearth
+
+
+def _register_fakes() -> None:
+    """Shape functions so torch.compile can trace through the custom ops."""
+
+    @torch.library.register_fake("hearth::gguf_mm")
+    def _(x, ws, qtype):
+        return x.new_empty((x.shape[0], sum(w.shape[0] for w in ws)), dtype=torch.float32)
+
+    @torch.library.register_fake("hearth::gguf_dequant")
+    def _(w, qtype, cols):
+        return w.new_empty((w.shape[0], cols), dtype=torch.float32)
