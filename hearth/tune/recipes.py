@@ -1,0 +1,211 @@
+"""The library calls behind `hearth tune` and `hearth distill`: load, prepare, check memory, train, write.
+
+    tune(model, data, out, TrainConfig)   LoRA / QLoRA / full SFT, or DPO with LoRA
+        OUT/adapter_config.json + adapter_model.safetensors   (lora, qlora, dpo: a PEFT adapter)
+        OUT/model/                                             (full: a HF directory)
+        OUT/log.jsonl, OUT/loss.png, OUT/checkpoint/state.pt, OUT/summary.json
+    distill(teacher, student, data, out)  a student trained on teacher logits; OUT/model/ (HF directory)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from hearth.errors import HearthError
+from hearth.tune import data as D
+from hearth.tune.lora import apply_lora
+from hearth.tune.memory import check_memory, estimate
+from hearth.tune.objectives import DPO, SFT, Distill
+from hearth.tune.peft_io import save_adapter
+from hearth.tune.quant import quantize_blocks
+from hearth.tune.train import TrainConfig, TrainResult, train
+
+log = logging.getLogger("hearth")
+
+
+@dataclass
+class DataOptions:
+    on_bad_line: str = "stop"  # "stop" | "skip"
+    overlong: str = "truncate"  # "truncate" | "drop"
+    use_template: bool = True  # prompt/completion through the chat template (False: raw text + EOS)
+
+
+@dataclass
+class Outcome:
+    out_dir: Path
+    result: TrainResult
+    n_train: int
+    n_val: int
+    bad_lines: int
+    truncated: int
+    dropped: int
+    merged: Any = None  # the store Result of --merge
+
+    def summary(self) -> dict[str, Any]:
+        r = self.result
+        return {
+            "steps": r.steps, "final_loss": r.final_loss, "val_loss": r.val_loss, "tokens": r.tokens,
+            "seconds": round(r.seconds, 2), "train_examples": self.n_train, "val_examples": self.n_val,
+            "bad_lines": self.bad_lines, "truncated": self.truncated, "dropped": self.dropped,
+        }
+
+
+def _pad_id(tokenizer) -> int:
+    return tokenizer.pad_id if tokenizer.pad_id is not None else (tokenizer.eos_ids[0] if tokenizer.eos_ids else 0)
+
+
+def train_dtype(dtype: str, device: str) -> str:
+    """"auto" trains in float32 on a CPU (bf16 on CUDA): never on natively quantized GGUF blocks, which have
+    no gradient path; QLoRA quantizes the frozen base itself."""
+    if dtype != "auto":
+        return dtype
+    return "bfloat16" if device.startswith("cuda") or (device == "auto" and torch.cuda.is_available()) else "float32"
+
+
+def _max_len(cfg: TrainConfig, model) -> int:
+    return min(cfg.max_len, model.config.max_seq_len)
+
+
+def prepare(loaded, cfg: TrainConfig) -> None:
+    """Freeze / quantize / wrap the loaded model for the method."""
+    model = loaded.model
+    if cfg.method == "full":
+        for p in model.parameters():
+            p.requires_grad_(True)
+        return
+    if cfg.method == "qlora":
+        quantize_blocks(model)
+    torch.manual_seed(cfg.seed)  # the adapter's initial A matrices
+    apply_lora(model, cfg.lora, dtype=torch.float32)
+
+
+def tune(
+    model_ref: str, data_path: str | Path, out_dir: str | Path, cfg: TrainConfig, *, data: DataOptions | None = None,
+    device: str = "cpu", dtype: str = "auto", resume: bool = False, progress: bool = True, merge: str | None = None,
+    memory_limit: int | None = None, on_step: Callable[[int], None] | None = None, loaded=None,
+) -> Outcome:
+    """Fine-tune `model_ref` on `data_path` (JSONL) into `out_dir`. See the module docstring for the outputs."""
+    from hearth.loader import load
+
+    data = data or DataOptions()
+    if merge is not None:
+        from hearth.store.manifest import check_name
+
+        check_name(merge)
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise HearthError(f"output {out} exists and is not a directory")
+    if loaded is None:
+        loaded = load(model_ref, device=device, dtype=train_dtype(dtype, device), progress=progress)
+    if cfg.method == "full" and loaded.dtype != torch.float32:
+        log.warning("full fine-tuning in %s: AdamW updates may underflow; float32 is safer", loaded.dtype)
+    kind = "dpo" if cfg.method == "dpo" else "sft"
+    max_len = _max_len(cfg, loaded.model)
+    ds = D.load_dataset(data_path, loaded.tokenizer, loaded.chat_template, kind, max_len, data.overlong,
+                        data.on_bad_line, data.use_template)
+    train_items, val_items = D.split(ds.items, cfg.val_fraction, cfg.seed)
+    prepare(loaded, cfg)
+    est = estimate(loaded.model, cfg.batch_size * (2 if kind == "dpo" else 1), max_len, cfg.grad_checkpointing,
+                   loaded.device, extra_models=1 if kind == "dpo" else 0)
+    check_memory(est, memory_limit)
+    pad = _pad_id(loaded.tokenizer)
+    objective = DPO(loaded.device, cfg.dpo_beta, pad) if kind == "dpo" else SFT(loaded.device, pad, cfg.pack)
+    cfg = dataclasses.replace(cfg, max_len=max_len)
+    result = train(loaded.model, objective, train_items, val_items, cfg, out, resume=resume, progress=progress, on_step=on_step)
+    base = str(model_ref)
+    if cfg.method == "full":
+        from hearth.tune.export import write_model
+
+        target = out / "model"
+        if target.exists():
+            import shutil
+
+            shutil.rmtree(target)
+        write_model(loaded, "safetensors", target, note=f"Fine-tuned by hearth (full) from {base}.")
+    else:
+        save_adapter(loaded.model, cfg.lora, out, base_model=base)
+    outcome = Outcome(out, result, len(train_items), len(val_items), len(ds.bad_lines), ds.truncated, ds.dropped)
+    if merge is not None:
+        from hearth.tune.export import merge_into_store
+
+        outcome.merged = merge_into_store(loaded, merge, note=f"{base} with a LoRA adapter ({cfg.method}) merged by hearth.")
+    (out / "summary.json").write_text(json.dumps({"model": base, "method": cfg.method, **outcome.summary()}, indent=2) + "\n")
+    return outcome
+
+
+def student_from(ref: str, teacher, device: torch.device, dtype: torch.dtype, seed: int):
+    """A student: a model (store name, path) to start from, or a JSON file of ModelConfig fields for a fresh one."""
+    from hearth.config import ModelConfig
+    from hearth.loader import load
+    from hearth.model import Transformer
+
+    p = Path(ref)
+    if p.suffix == ".json" and p.is_file():
+        try:
+            fields = json.loads(p.read_text())
+            cfg = ModelConfig.from_dict(fields)
+        except (json.JSONDecodeError, ValueError, TypeError) as e:
+            raise HearthError(f"{p}: not a usable student config ({e})") from None
+        torch.manual_seed(seed)
+        model = Transformer(cfg)
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if param.dim() >= 2:
+                    torch.nn.init.normal_(param, std=0.02)
+        model = model.to(device=device, dtype=dtype)
+    else:
+        model = load(ref, device=str(device), dtype=str(dtype).removeprefix("torch.")).model
+    if model.config.vocab_size != teacher.config.vocab_size:
+        raise HearthError(f"the student's vocabulary ({model.config.vocab_size}) differs from the teacher's "
+                          f"({teacher.config.vocab_size}); a student must use the teacher's tokenizer")
+    for prm in model.parameters():
+        prm.requires_grad_(True)
+    return model
+
+
+def distill(
+    teacher_ref: str, student_ref: str, data_path: str | Path, out_dir: str | Path, cfg: TrainConfig, *,
+    temperature: float = 2.0, alpha: float = 0.5, data: DataOptions | None = None, device: str = "cpu",
+    dtype: str = "auto", resume: bool = False, progress: bool = True, memory_limit: int | None = None, teacher=None,
+) -> Outcome:
+    """Train a student on the teacher's softened logits (alpha > 0) mixed with the LM loss; alpha=0 is plain
+    training from the same start (the baseline). Writes OUT/model (a HF directory with the teacher's tokenizer)."""
+    import copy
+
+    from hearth.loader import load
+    from hearth.tune.export import write_model
+
+    data = data or DataOptions()
+    if teacher is None:
+        teacher = load(teacher_ref, device=device, dtype=train_dtype(dtype, device), progress=progress)
+    for p in teacher.model.parameters():
+        p.requires_grad_(False)
+    max_len = _max_len(cfg, teacher.model)
+    ds = D.load_dataset(data_path, teacher.tokenizer, teacher.chat_template, "lm", max_len, data.overlong,
+                        data.on_bad_line, data.use_template)
+    train_items, val_items = D.split(ds.items, cfg.val_fraction, cfg.seed)
+    student = student_from(student_ref, teacher.model, teacher.device, teacher.dtype, cfg.seed)
+    max_len = min(max_len, student.config.max_seq_len)
+    check_memory(estimate(student, cfg.batch_size, max_len, cfg.grad_checkpointing, teacher.device, extra_models=1), memory_limit)
+    cfg = dataclasses.replace(cfg, method="full", max_len=max_len)
+    objective = Distill(teacher.model, teacher.device, temperature, alpha, _pad_id(teacher.tokenizer))
+    result = train(student, objective, train_items, val_items, cfg, out_dir, resume=resume, progress=progress)
+    out = Path(out_dir)
+    student_loaded = copy.copy(teacher)
+    student_loaded.model = student
+    target = out / "model"
+    if target.exists():
+        import shutil
+
+        shutil.rmtree(target)
+    write_model(student_loaded, "safetensors", target, note=f"Distilled by hearth from {teacher_ref} (T={temperature}, alpha={alpha}).")
+    outcome = Outcome(out, result, len(train_items), len(val_items), len(ds.bad_lines), ds.truncated, ds.dropped)
+    (out / "summary.json").write_text(json.dumps({"teacher": teacher_ref, "student": student_ref, **outcome.summary()}, indent=2) + "\n")
+    return outcome

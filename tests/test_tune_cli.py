@@ -1,0 +1,107 @@
+"""`hearth tune`, `distill`, `export-weights` and `--adapter` as real subprocesses on a tiny model: the happy
+path end to end, and bad inputs as one `error:` line with a non-zero exit."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+import tune_kit
+
+TIMEOUT = 240
+
+
+def _run(*args: str, home=None) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    if home is not None:
+        env["HEARTH_HOME"] = str(home)
+    return subprocess.run([sys.executable, "-m", "hearth.cli", *args], capture_output=True, text=True, timeout=TIMEOUT, env=env)
+
+
+def _one_error_line(r: subprocess.CompletedProcess) -> str:
+    assert r.returncode != 0, r.stdout
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip() and not ln.startswith("hearth: ")]
+    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tune_cli")
+    mdir = tune_kit.model_dir(str(root))
+    data = tune_kit.write_jsonl(root / "chat.jsonl", tune_kit.chat_records(24))
+    bad = tune_kit.write_jsonl(root / "bad.jsonl", tune_kit.chat_records(5), {4: "{not json"})
+    return root, mdir, data, bad
+
+
+@pytest.fixture(scope="module")
+def trained(env):
+    """tune with --merge into a fresh store; returns the output directory."""
+    root, mdir, data, _ = env
+    out = root / "adapter"
+    r = _run("tune", str(mdir), "--data", str(data), "-o", str(out), "--max-steps", "4", "--batch-size", "4", "--lr", "0.01",
+             "--save-every", "2", "--merge", "tiny-tuned", "--quiet", home=root / "store")
+    assert r.returncode == 0, r.stderr
+    assert "adapter in" in r.stdout and "merged into the store as tiny-tuned" in r.stdout
+    return out
+
+
+def test_tune_then_run_with_adapter_merged_model_and_exports_agree(env, trained):
+    root, mdir, _, _ = env
+    assert json.loads((trained / "adapter_config.json").read_text())["peft_type"] == "LORA"
+    assert json.loads((trained / "summary.json").read_text())["steps"] == 4
+    gen = ["--temperature", "0", "--max-tokens", "8", "--json"]
+    with ThreadPoolExecutor(4) as pool:
+        jobs = {
+            "adapter": pool.submit(_run, "generate", str(mdir), "The", *gen, "--adapter", str(trained), home=root / "store"),
+            "merged": pool.submit(_run, "generate", "tiny-tuned", "The", *gen, home=root / "store"),
+            "gguf": pool.submit(_run, "export-weights", str(mdir), "--adapter", str(trained), "--format", "gguf", "-o", str(root / "t.gguf")),
+            "hf": pool.submit(_run, "export-weights", "tiny-tuned", "-o", str(root / "hfout"), home=root / "store"),
+        }
+        res = {k: j.result() for k, j in jobs.items()}
+    for k, r in res.items():
+        assert r.returncode == 0, (k, r.stderr)
+    ids = json.loads(res["adapter"].stdout)["token_ids"]
+    assert len(ids) == 8 and json.loads(res["merged"].stdout)["token_ids"] == ids
+    back = _run("generate", str(root / "t.gguf"), "The", *gen, "--dtype", "float32")
+    assert back.returncode == 0 and json.loads(back.stdout)["token_ids"] == ids
+    assert (root / "hfout" / "config.json").is_file()
+
+
+def test_resume_continues_and_refuses_to_overwrite(env, trained):
+    root, mdir, data, _ = env
+    again = _run("tune", str(mdir), "--data", str(data), "-o", str(trained), "--max-steps", "4", "--quiet")
+    assert "already holds a checkpoint; continue it with --resume" in _one_error_line(again)
+    r = _run("tune", str(mdir), "--data", str(data), "-o", str(trained), "--max-steps", "4", "--batch-size", "4", "--lr", "0.01",
+             "--save-every", "2", "--resume", "--quiet")
+    assert r.returncode == 0 and "4 steps" in r.stdout, r.stderr
+
+
+@pytest.mark.parametrize("case", ["bad_line", "method", "target", "empty", "incompatible", "memory", "format", "missing"])
+def test_bad_inputs_are_one_line_errors(env, trained, case, tmp_path):
+    root, mdir, data, bad = env
+    base = ["tune", str(mdir), "-o", str(tmp_path / "o"), "--quiet"]
+    if case == "bad_line":
+        args, want = base + ["--data", str(bad)], r"bad.jsonl:4: not valid JSON"
+    elif case == "method":
+        args, want = base + ["--data", str(data), "--method", "rlhf"], "--method must be one of lora, qlora, full, dpo"
+    elif case == "target":
+        args, want = base + ["--data", str(data), "--target-modules", "q_proj,wq"], "unknown LoRA target module(s) ['wq']"
+    elif case == "empty":
+        (tmp_path / "e.jsonl").write_text("")
+        args, want = base + ["--data", str(tmp_path / "e.jsonl")], "empty dataset"
+    elif case == "incompatible":
+        other = tune_kit.model_dir(str(tmp_path), "llama2_mha")
+        args, want = ["generate", str(other), "hi", "--adapter", str(trained)], "does not fit this model"
+    elif case == "memory":
+        args, want = base + ["--data", str(data), "--memory-limit", "0.0001"], "training would need about"
+    elif case == "format":
+        args, want = ["export-weights", str(mdir), "--format", "onnx", "-o", str(tmp_path / "x")], "--format must be safetensors or gguf"
+    else:
+        args, want = ["run", str(mdir), "hi", "--adapter", str(tmp_path / "nowhere")], "is not a directory"
+    assert want in _one_error_line(_run(*args))
