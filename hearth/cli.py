@@ -45,6 +45,7 @@ Stop = Annotated[Optional[list[str]], typer.Option(help="Stop when this text app
 Device = Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")]
 DType = Annotated[str, typer.Option(help="auto (fp32 on CPU, bf16 on CUDA), float32, bfloat16 or float16.")]
 Json = Annotated[bool, typer.Option("--json", help="Print prompt/generated token ids and text as JSON.")]
+Adapter = Annotated[Optional[Path], typer.Option(help="A LoRA adapter directory (PEFT format, e.g. from `hearth tune`) applied to the model unmerged.")]
 
 
 def _params(max_tokens, temperature, top_p, top_k, min_p, repeat_penalty, seed, stop):
@@ -56,10 +57,19 @@ def _params(max_tokens, temperature, top_p, top_k, min_p, repeat_penalty, seed, 
     )
 
 
-def _load(model: str, device: str, dtype: str):
+def _load(model: str, device: str, dtype: str, adapter: Path | None = None):
     from hearth.loader import load
 
+    if adapter is not None and dtype == "auto":
+        # An adapter wraps the plain projections: load them unfused (fp32 on CPU, bf16 on CUDA), not the fast path.
+        from hearth.tune.recipes import train_dtype
+
+        dtype = train_dtype(dtype, device)
     lm = load(model, device=device, dtype=dtype, progress=sys.stderr.isatty())
+    if adapter is not None:
+        from hearth.tune.peft_io import load_adapter
+
+        load_adapter(lm.model, adapter, dtype=lm.dtype)
     logging.getLogger("hearth").info("loaded %s in %.2fs", lm.checkpoint.path.name, lm.load_seconds)
     return lm
 
@@ -92,13 +102,14 @@ def generate(
     device: Device = "cpu",
     dtype: DType = "auto",
     json_out: Json = False,
+    adapter: Adapter = None,
 ):
     """Raw completion: continue PROMPT with no chat template.
 
     Example: hearth generate smollm2 "The capital of France is" --temperature 0 --max-tokens 16
     """
     params = _params(max_tokens, temperature, top_p, top_k, min_p, repeat_penalty, seed, stop)
-    lm = _load(model, device, dtype)
+    lm = _load(model, device, dtype, adapter)
     from hearth.engine.generate import Generator
 
     ids = lm.tokenizer.encode(prompt)
@@ -127,6 +138,7 @@ def run(
     device: Device = "cpu",
     dtype: DType = "auto",
     json_out: Json = False,
+    adapter: Adapter = None,
 ):
     """Chat with a model using its own chat template. Type /bye to quit, /clear to forget the conversation.
 
@@ -135,7 +147,7 @@ def run(
     Example: hearth run smollm2 "Name three rivers in Europe."
     """
     params = _params(max_tokens, temperature, top_p, top_k, min_p, repeat_penalty, seed, stop)
-    lm = _load(model, device, dtype)
+    lm = _load(model, device, dtype, adapter)
     from hearth.engine.chat import ChatSession
 
     session = ChatSession(lm, params, system=system)
@@ -233,6 +245,106 @@ def serve(
     finally:
         engine.shutdown()
         sock.close()
+
+
+# ---------------------------------------------------------------- quality and size (hearth/eval/perplexity.py, hearth/quantize.py)
+
+
+def _ppl_text(text_file: Optional[Path], corpus: Optional[str], book: Optional[str]) -> tuple[str, str]:
+    """(text, a label for it) from --text FILE or --corpus austen [--book NAME]."""
+    if text_file is not None and (corpus is not None or book is not None):
+        raise HearthError("give either --text FILE or --corpus austen [--book NAME], not both")
+    if text_file is not None:
+        try:
+            return text_file.read_text(encoding="utf-8"), str(text_file)
+        except FileNotFoundError:
+            raise HearthError(f"text file not found: {text_file}") from None
+        except UnicodeDecodeError as e:
+            raise HearthError(f"{text_file} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+        except OSError as e:
+            raise HearthError(f"cannot read {text_file}: {e.strerror or e}") from None
+    corpus = corpus or "austen"
+    if corpus != "austen":
+        raise HearthError(f"unknown --corpus {corpus!r}; the corpus hearth knows is: austen (or pass --text FILE)")
+    from hearth.eval.corpus import austen_text
+
+    return austen_text(book), f"austen:{book}" if book else "austen (six novels)"
+
+
+@app.command()
+def perplexity(
+    model: ModelArg,
+    text_file: Annotated[Optional[Path], typer.Option("--text", help="Score this UTF-8 text file.")] = None,
+    corpus: Annotated[Optional[str], typer.Option(help="A text hearth knows: austen (Jane Austen's six novels, "
+                                                       "Debian package r-cran-janeaustenr). The default.")] = None,
+    book: Annotated[Optional[str], typer.Option(help="With --corpus austen: one novel only (emma, persuasion, prideprejudice, "
+                                                     "sensesensibility, mansfieldpark, northangerabbey).")] = None,
+    ctx: Annotated[int, typer.Option(help="Tokens per chunk (llama-perplexity's -c).", min=4)] = 512,
+    max_chunks: Annotated[Optional[int], typer.Option(help="Score at most this many chunks (default: all).", min=1)] = None,
+    device: Device = "cpu",
+    dtype: DType = "auto",
+    json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+):
+    """Perplexity of MODEL on a text, measured exactly as llama.cpp's llama-perplexity does.
+
+    The text is cut into non-overlapping --ctx-token chunks, each run from an empty cache; the second half
+    of each chunk is scored (PPL, the number llama-perplexity prints) and also every prediction (PPL all).
+
+    Example: hearth perplexity smollm2 --corpus austen --max-chunks 20
+    """
+    import dataclasses
+
+    from hearth.eval.perplexity import check_args, text_perplexity
+
+    check_args(ctx, max_chunks)
+    text, label = _ppl_text(text_file, corpus, book)
+    lm = _load(model, device, dtype)
+    r = text_perplexity(lm, text, n_ctx=ctx, max_chunks=max_chunks, progress=sys.stderr.isatty())
+    if json_out:
+        print(json.dumps({"model": model, "text": label, **dataclasses.asdict(r)}))
+        return
+    print(f"{model} on {label}: {r.n_chunks} of {r.n_tokens // ctx} chunks of {ctx} tokens ({r.n_tokens} tokens in the text), "
+          f"{r.seconds:.1f} s, {r.tokens_per_second:.0f} tokens/s")
+    print(f"PPL = {r.ppl:.4f} +/- {r.ppl_err:.5f}  (second half of each chunk, {r.count} predictions: llama-perplexity's estimate)")
+    print(f"PPL all = {r.ppl_all:.4f} +/- {r.ppl_all_err:.5f}  (every prediction, {r.count_all})")
+
+
+@app.command()
+def quantize(
+    model: ModelArg,
+    to: Annotated[str, typer.Option("--to", help="int8 (GGUF Q8_0) or int4 (GGUF Q4_1); q4_0 for symmetric 4-bit.")],
+    group_size: Annotated[int, typer.Option(help="Weights per quantization group; GGUF blocks hold exactly 32.")] = 32,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write the GGUF file here (then it is not "
+                                                                        "added to the store unless --name is given).")] = None,
+    name: Annotated[Optional[str], typer.Option(help="Store it under this name (default: MODEL-int8 / MODEL-int4).")] = None,
+    ppl_chunks: Annotated[int, typer.Option(help="Austen chunks for the perplexity before/after (0: skip).", min=0)] = 3,
+    ctx: Annotated[int, typer.Option(help="Tokens per perplexity chunk.", min=4)] = 512,
+    decode_tokens: Annotated[int, typer.Option(help="Tokens to time decoding over, before/after (0: skip).", min=0)] = 64,
+):
+    """Re-quantize MODEL's weights to 8 or 4 bits (GGUF Q8_0 / Q4_1), add it to the store, and report size,
+    perplexity and decode speed before and after.
+
+    Example: hearth quantize smollm2 --to int8   (then: hearth run smollm2-int8)
+    """
+    from hearth.eval.perplexity import check_args
+    from hearth.quantize import compare, qtype_for, report_table
+
+    qtype_for(to, group_size)  # bad values fail before anything is read
+    if ppl_chunks:
+        check_args(ctx, ppl_chunks)
+        from hearth.eval.corpus import austen_books
+
+        austen_books()  # a missing corpus fails now, not after quantizing
+    from hearth.quantize import quantize_model
+
+    q = quantize_model(model, to=to, group_size=group_size, output=output, name=name,
+                       store=output is None or name is not None, progress=sys.stderr.isatty())
+    where = f"{q.path}" + (f", stored as {q.name}" if q.name else "")
+    print(f"quantized {model} to {q.qtype} in {q.seconds:.1f} s ({q.n_quantized} weight matrices): {where}")
+    rows = compare(model, str(q.path), ppl_chunks=ppl_chunks, n_ctx=ctx, decode_tokens=decode_tokens, progress=sys.stderr.isatty())
+    from rich.console import Console
+
+    Console(highlight=False).print(report_table(rows, ppl_chunks, ctx))
 
 
 # ---------------------------------------------------------------- the model store (hearth/store)
@@ -361,6 +473,180 @@ def import_bundle(
 ):
     """Add a model from a bundle. Every digest is checked before anything becomes visible."""
     _done("imported", _store().import_bundle(file, name=name, progress=_progress()))
+
+
+# ---------------------------------------------------------------- customize (hearth/tune)
+
+DataFile = Annotated[Path, typer.Option("--data", help="Training data, JSONL: {\"messages\": [...]} or {\"prompt\", \"completion\"} per line ({\"prompt\", \"chosen\", \"rejected\"} for dpo).")]
+OutDir = Annotated[Path, typer.Option("--output", "-o", help="Output directory: adapter/model, log.jsonl, loss.png, checkpoint/.")]
+Lr = Annotated[float, typer.Option(help="Peak learning rate (AdamW).", min=0.0)]
+Steps = Annotated[int, typer.Option(help="Optimizer steps (0: --epochs passes over the data).", min=0)]
+Epochs = Annotated[float, typer.Option(help="Passes over the training split when --max-steps is 0.", min=0.0)]
+BatchSize = Annotated[int, typer.Option(help="Sequences (or packed rows) per micro-batch.", min=1)]
+GradAccum = Annotated[int, typer.Option(help="Micro-batches per optimizer step.", min=1)]
+MaxLen = Annotated[int, typer.Option(help="Longest sequence in tokens (capped at the model's context).", min=2)]
+Warmup = Annotated[int, typer.Option(help="Linear warm-up steps before the cosine decay.", min=0)]
+ValFraction = Annotated[float, typer.Option(help="Share of the examples held out for the validation loss.", min=0.0, max=0.99)]
+EvalEvery = Annotated[int, typer.Option(help="Validation loss every N steps (0: at the end only).", min=0)]
+SaveEvery = Annotated[int, typer.Option(help="Checkpoint every N steps (and at the end).", min=1)]
+TrainSeed = Annotated[int, typer.Option(help="Seed of the split, the data order, the adapter's init and dropout.", min=0)]
+GradClip = Annotated[float, typer.Option(help="Clip the gradient norm to this (0: off).", min=0.0)]
+GradCkpt = Annotated[bool, typer.Option("--grad-checkpointing", help="Recompute each block in backward: less memory, ~30% slower.")]
+Pack = Annotated[bool, typer.Option("--pack", help="Pack several examples into each row (each attends only to itself).")]
+OnBadLine = Annotated[str, typer.Option(help="Malformed JSONL lines: stop (error naming the line) or skip (warn with their numbers).")]
+Overlong = Annotated[str, typer.Option(help="Examples longer than --max-len: truncate or drop (a warning counts them).")]
+Resume = Annotated[bool, typer.Option("--resume", help="Continue the run in --output from its last checkpoint, exactly.")]
+MemLimit = Annotated[Optional[float], typer.Option(help="Refuse to start if the estimated memory exceeds this many GiB (default: what is free).", min=0.0)]
+Quiet = Annotated[bool, typer.Option("--quiet", help="No progress bar.")]
+
+
+def _data_options(on_bad_line: str, overlong: str, template: bool):
+    from hearth.tune.recipes import DataOptions
+
+    if on_bad_line not in ("stop", "skip"):
+        raise HearthError(f"--on-bad-line must be stop or skip, not {on_bad_line!r}")
+    if overlong not in ("truncate", "drop"):
+        raise HearthError(f"--overlong must be truncate or drop, not {overlong!r}")
+    return DataOptions(on_bad_line=on_bad_line, overlong=overlong, use_template=template)
+
+
+def _gib(x: float | None) -> int | None:
+    return None if x is None else int(x * (1 << 30))
+
+
+def _report(outcome, what: str) -> None:
+    s = outcome.summary()
+    val = f", validation loss {s['val_loss']:.4f}" if s["val_loss"] is not None else ""
+    print(f"{what} in {outcome.out_dir}: {s['steps']} steps, {s['tokens']:,} tokens, final loss "
+          f"{s['final_loss']:.4f}{val} ({s['seconds']:.1f}s); log.jsonl, loss.png, checkpoint/")
+
+
+@app.command()
+def tune(
+    model: ModelArg,
+    data: DataFile,
+    output: OutDir,
+    method: Annotated[str, typer.Option(help="lora, qlora (4-bit NF4 frozen base), full, or dpo (LoRA on {prompt, chosen, rejected}).")] = "lora",
+    lora_r: Annotated[int, typer.Option(help="LoRA rank.", min=1)] = 8,
+    lora_alpha: Annotated[float, typer.Option(help="LoRA alpha (the update is scaled by alpha / r).", min=0.0)] = 16.0,
+    lora_dropout: Annotated[float, typer.Option(help="Dropout on the LoRA input.", min=0.0, max=0.99)] = 0.05,
+    target_modules: Annotated[str, typer.Option(help="Comma-separated PEFT names: q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj, or all.")] = "all",
+    lr: Lr = 2e-4,
+    warmup_steps: Warmup = 10,
+    max_steps: Steps = 0,
+    epochs: Epochs = 1.0,
+    batch_size: BatchSize = 4,
+    grad_accum: GradAccum = 1,
+    max_len: MaxLen = 1024,
+    pack: Pack = False,
+    grad_clip: GradClip = 1.0,
+    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay on matrices.", min=0.0)] = 0.0,
+    grad_checkpointing: GradCkpt = False,
+    val_fraction: ValFraction = 0.05,
+    eval_every: EvalEvery = 0,
+    save_every: SaveEvery = 50,
+    seed: TrainSeed = 0,
+    beta: Annotated[float, typer.Option(help="DPO: strength of the pull towards the reference model.", min=0.0)] = 0.1,
+    template: Annotated[bool, typer.Option(help="Render prompt/completion pairs with the chat template (--no-template: raw prompt + completion + EOS).")] = True,
+    on_bad_line: OnBadLine = "stop",
+    overlong: Overlong = "truncate",
+    resume: Resume = False,
+    merge: Annotated[Optional[str], typer.Option(help="Also write the model with the adapter merged into the store under this name.")] = None,
+    memory_limit: MemLimit = None,
+    device: Device = "cpu",
+    dtype: Annotated[str, typer.Option(help="auto (fp32 on CPU, bf16 on CUDA), float32 or bfloat16.")] = "auto",
+    quiet: Quiet = False,
+):
+    """Fine-tune MODEL on chat or prompt/completion data (loss on the assistant tokens only).
+
+    Writes a PEFT adapter (lora, qlora, dpo) or a HF model directory (full) into --output.
+
+    Example: hearth tune smollm2 --data chats.jsonl -o my-adapter --epochs 2 --lora-r 16
+    """
+    from hearth.tune.lora import LoraConfig
+    from hearth.tune.recipes import tune as run_tune
+    from hearth.tune.train import TrainConfig
+
+    logging.getLogger("hearth").setLevel(logging.INFO)
+    targets = tuple(t.strip() for t in target_modules.split(",") if t.strip())
+    cfg = TrainConfig(
+        method=method, lora=LoraConfig(lora_r, lora_alpha, lora_dropout, targets), lr=lr, warmup_steps=warmup_steps,
+        max_steps=max_steps, epochs=epochs, batch_size=batch_size, grad_accum=grad_accum, max_len=max_len, pack=pack,
+        grad_clip=grad_clip, weight_decay=weight_decay, grad_checkpointing=grad_checkpointing, val_fraction=val_fraction,
+        eval_every=eval_every, save_every=save_every, seed=seed, dpo_beta=beta,
+    )
+    outcome = run_tune(model, data, output, cfg, data=_data_options(on_bad_line, overlong, template), device=device, dtype=dtype,
+                       resume=resume, progress=not quiet and sys.stderr.isatty(), merge=merge, memory_limit=_gib(memory_limit))
+    _report(outcome, "adapter" if method != "full" else "model")
+    if outcome.merged is not None:
+        _done("merged into the store as", outcome.merged)
+
+
+@app.command()
+def distill(
+    teacher: Annotated[str, typer.Option(help="The teacher model (store name, .gguf, HF directory, smollm2).")],
+    student: Annotated[str, typer.Option(help="A JSON file of model-config fields (a fresh student) or a model to start from; it must use the teacher's vocabulary.")],
+    data: Annotated[Path, typer.Option("--data", help="JSONL: {\"text\"}, {\"messages\"} or {\"prompt\", \"completion\"} per line.")],
+    output: OutDir,
+    temperature: Annotated[float, typer.Option(help="Softmax temperature of teacher and student logits.", min=0.01)] = 2.0,
+    alpha: Annotated[float, typer.Option(help="Weight of the KL term; 1 - alpha weighs the LM loss (0: no teacher).", min=0.0, max=1.0)] = 0.5,
+    lr: Lr = 1e-3,
+    warmup_steps: Warmup = 10,
+    max_steps: Steps = 0,
+    epochs: Epochs = 1.0,
+    batch_size: BatchSize = 8,
+    grad_accum: GradAccum = 1,
+    max_len: MaxLen = 512,
+    grad_clip: GradClip = 1.0,
+    val_fraction: ValFraction = 0.05,
+    eval_every: EvalEvery = 0,
+    save_every: SaveEvery = 50,
+    seed: TrainSeed = 0,
+    on_bad_line: OnBadLine = "stop",
+    overlong: Overlong = "truncate",
+    resume: Resume = False,
+    memory_limit: MemLimit = None,
+    device: Device = "cpu",
+    quiet: Quiet = False,
+):
+    """Distill a teacher into a smaller student (KL on temperature-softened logits mixed with the LM loss).
+
+    Example: hearth distill --teacher smollm2 --student student.json --data corpus.jsonl -o student-out
+    """
+    from hearth.tune.recipes import distill as run_distill
+    from hearth.tune.train import TrainConfig
+
+    cfg = TrainConfig(method="full", lr=lr, warmup_steps=warmup_steps, max_steps=max_steps, epochs=epochs, batch_size=batch_size,
+                      grad_accum=grad_accum, max_len=max_len, grad_clip=grad_clip, val_fraction=val_fraction,
+                      eval_every=eval_every, save_every=save_every, seed=seed)
+    outcome = run_distill(teacher, student, data, output, cfg, temperature=temperature, alpha=alpha,
+                          data=_data_options(on_bad_line, overlong, True), device=device, resume=resume,
+                          progress=not quiet and sys.stderr.isatty(), memory_limit=_gib(memory_limit))
+    _report(outcome, "student")
+
+
+@app.command("export-weights")
+def export_weights(
+    model: ModelArg,
+    output: Annotated[Path, typer.Option("--output", "-o", help="A directory (safetensors) or a .gguf file path.")],
+    fmt: Annotated[str, typer.Option("--format", help="safetensors (a Hugging Face directory) or gguf (llama.cpp).")] = "safetensors",
+    adapter: Annotated[Optional[Path], typer.Option(help="Merge this LoRA adapter (PEFT format) into the weights first.")] = None,
+    dtype: Annotated[str, typer.Option(help="float32, bfloat16 or float16 weights.")] = "float32",
+):
+    """Write a model's weights for other tools: a HF directory (transformers) or a GGUF file (llama.cpp).
+
+    Quantized models are dequantized. Example: hearth export-weights my-tuned --format gguf -o my-tuned.gguf
+    """
+    from hearth.loader import DTYPES
+    from hearth.tune.export import FORMATS, write_model
+
+    if fmt not in FORMATS:
+        raise HearthError(f"--format must be safetensors or gguf, not {fmt!r}")
+    if dtype not in DTYPES:
+        raise HearthError(f"unknown dtype {dtype!r}; use float32, bfloat16 or float16")
+    lm = _load(model, "cpu", "float32", adapter)
+    path = write_model(lm, fmt, output, dtype=DTYPES[dtype])
+    print(f"wrote {path} ({fmt})")
 
 
 def main(argv: list[str] | None = None) -> int:

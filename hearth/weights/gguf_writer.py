@@ -20,6 +20,7 @@ import dataclasses
 import json
 import math
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -284,12 +285,14 @@ def write_gguf(
     metadata: dict[str, Any] | None = None,
     *,
     pre: str | None = None,
+    on_tensor: Callable[[str], None] | None = None,
 ) -> Path:
     """Write `state_dict` (hearth names, rotate-half q/k) as a llama.cpp-compatible GGUF file.
 
     `tokenizer`: a hearth `Tokenizer` or a `TokenizerData` (None: no vocabulary, llama.cpp cannot
     then tokenize). `qtype`: storage of the 2-D weights, one of QTYPES. `metadata`: extra keys
-    (str, bool, int, float or lists of them). `pre`: override the pre-tokenizer name.
+    (str, bool, int, float or lists of them). `pre`: override the pre-tokenizer name. `on_tensor`:
+    called with each tensor's hearth name once it is converted (for a progress bar).
     """
     import gguf
     from gguf import quants
@@ -321,16 +324,17 @@ def write_gguf(
         gname = hearth_to_gguf(name)
         if arr.ndim == 1 or ggml_type == gguf.GGMLQuantizationType.F32:
             arrays.append((gname, arr, None))
-            continue
-        if arr.shape[-1] % block:
+        elif arr.shape[-1] % block:
             raise HearthError(
                 f"cannot store {name} as {qtype}: its rows of {arr.shape[-1]} are not a multiple of the "
                 f"block size {block}; use F16 or F32"
             )
-        if ggml_type == gguf.GGMLQuantizationType.F16:
+        elif ggml_type == gguf.GGMLQuantizationType.F16:
             arrays.append((gname, arr.astype(np.float16), None))
         else:
             arrays.append((gname, quants.quantize(arr, ggml_type), ggml_type))
+        if on_tensor is not None:
+            on_tensor(name)
     if cfg.rope_freq_factors is not None:
         factors: list[float] | None = list(cfg.rope_freq_factors)
     elif cfg.rope_scaling is not None and cfg.rope_scaling.kind == "llama3":
