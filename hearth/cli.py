@@ -250,6 +250,17 @@ def serve(
 # ---------------------------------------------------------------- quality and size (hearth/eval/perplexity.py, hearth/quantize.py)
 
 
+Threads = Annotated[Optional[int], typer.Option(help="CPU threads for torch (default: torch's choice, one per core). "
+                                                  "On a busy machine 1 can be much faster.", min=1)]
+
+
+def _threads(n: int | None) -> None:
+    if n is not None:
+        import torch
+
+        torch.set_num_threads(n)
+
+
 def _ppl_text(text_file: Optional[Path], corpus: Optional[str], book: Optional[str]) -> tuple[str, str]:
     """(text, a label for it) from --text FILE or --corpus austen [--book NAME]."""
     if text_file is not None and (corpus is not None or book is not None):
@@ -283,6 +294,7 @@ def perplexity(
     max_chunks: Annotated[Optional[int], typer.Option(help="Score at most this many chunks (default: all).", min=1)] = None,
     device: Device = "cpu",
     dtype: DType = "auto",
+    threads: Threads = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ):
     """Perplexity of MODEL on a text, measured exactly as llama.cpp's llama-perplexity does.
@@ -296,6 +308,7 @@ def perplexity(
 
     from hearth.eval.perplexity import check_args, text_perplexity
 
+    _threads(threads)
     check_args(ctx, max_chunks)
     text, label = _ppl_text(text_file, corpus, book)
     lm = _load(model, device, dtype)
@@ -317,9 +330,10 @@ def quantize(
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write the GGUF file here (then it is not "
                                                                         "added to the store unless --name is given).")] = None,
     name: Annotated[Optional[str], typer.Option(help="Store it under this name (default: MODEL-int8 / MODEL-int4).")] = None,
-    ppl_chunks: Annotated[int, typer.Option(help="Austen chunks for the perplexity before/after (0: skip).", min=0)] = 3,
+    ppl_chunks: Annotated[int, typer.Option(help="Austen chunks for the perplexity before/after (0: skip).", min=0)] = 2,
     ctx: Annotated[int, typer.Option(help="Tokens per perplexity chunk.", min=4)] = 512,
-    decode_tokens: Annotated[int, typer.Option(help="Tokens to time decoding over, before/after (0: skip).", min=0)] = 64,
+    decode_tokens: Annotated[int, typer.Option(help="Tokens to time decoding over (best of 3 runs), before/after (0: skip).", min=0)] = 32,
+    threads: Threads = None,
 ):
     """Re-quantize MODEL's weights to 8 or 4 bits (GGUF Q8_0 / Q4_1), add it to the store, and report size,
     perplexity and decode speed before and after.
@@ -329,6 +343,7 @@ def quantize(
     from hearth.eval.perplexity import check_args
     from hearth.quantize import compare, qtype_for, report_table
 
+    _threads(threads)
     qtype_for(to, group_size)  # bad values fail before anything is read
     if ppl_chunks:
         check_args(ctx, ppl_chunks)
