@@ -70,7 +70,10 @@ def test_round_trip_through_hearths_reader(tiny_gguf, original, tmp_path, to, qt
     assert ckpt.quantization == qtype
     assert set(ckpt.tensors) == set(original)
     for name, t in original.items():
-        assert ckpt.tensor_types[name] == (qtype if t.dim() == 2 else "F32"), name
+        want = qtype if t.dim() == 2 else "F32"
+        if qtype.startswith("Q4") and name in ("tok_embeddings.weight", "output.weight"):
+            want = "Q8_0"  # 4-bit mixes keep the embedding/output matrix at 8 bits, as llama.cpp's do
+        assert ckpt.tensor_types[name] == want, name
         back = ckpt.tensors[name]().numpy()
         w = t.numpy()
         assert back.shape == w.shape, name
@@ -78,7 +81,7 @@ def test_round_trip_through_hearths_reader(tiny_gguf, original, tmp_path, to, qt
             assert np.array_equal(back, w), name
             continue
         err = np.abs(back - w)
-        assert (err <= block_bound(w, qtype)).all(), f"{name}: error {err.max():.3g} beyond its block's bound"
+        assert (err <= block_bound(w, want)).all(), f"{name}: error {err.max():.3g} beyond its block's bound"
         assert err.max() > 0  # it really was quantized
     assert ckpt.metadata.get("general.quantized_by") == "hearth"
     assert open_checkpoint(tiny_gguf).tokenizer.gguf.tokens == ckpt.tokenizer.gguf.tokens

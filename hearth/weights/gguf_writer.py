@@ -286,13 +286,15 @@ def write_gguf(
     *,
     pre: str | None = None,
     on_tensor: Callable[[str], None] | None = None,
+    tensor_qtypes: dict[str, str] | None = None,
 ) -> Path:
     """Write `state_dict` (hearth names, rotate-half q/k) as a llama.cpp-compatible GGUF file.
 
     `tokenizer`: a hearth `Tokenizer` or a `TokenizerData` (None: no vocabulary, llama.cpp cannot
     then tokenize). `qtype`: storage of the 2-D weights, one of QTYPES. `metadata`: extra keys
     (str, bool, int, float or lists of them). `pre`: override the pre-tokenizer name. `on_tensor`:
-    called with each tensor's hearth name once it is converted (for a progress bar).
+    called with each tensor's hearth name once it is converted (for a progress bar). `tensor_qtypes`: per-tensor
+    exceptions to `qtype` (hearth name → type), e.g. a 4-bit model keeping its embedding at Q8_0 as llama.cpp does.
     """
     import gguf
     from gguf import quants
@@ -322,11 +324,16 @@ def write_gguf(
             t = permute_rope(t, cfg.n_kv_heads)
         arr = np.ascontiguousarray(t.numpy())
         gname = hearth_to_gguf(name)
+        own = (tensor_qtypes or {}).get(name, qtype).upper()
+        if own not in QTYPES:
+            raise HearthError(f"cannot write GGUF type {own!r} for {name}; choose one of {', '.join(QTYPES)}")
+        ggml_type = gguf.GGMLQuantizationType[own]
+        block = gguf.GGML_QUANT_SIZES[ggml_type][0]
         if arr.ndim == 1 or ggml_type == gguf.GGMLQuantizationType.F32:
             arrays.append((gname, arr, None))
         elif arr.shape[-1] % block:
             raise HearthError(
-                f"cannot store {name} as {qtype}: its rows of {arr.shape[-1]} are not a multiple of the "
+                f"cannot store {name} as {own}: its rows of {arr.shape[-1]} are not a multiple of the "
                 f"block size {block}; use F16 or F32"
             )
         elif ggml_type == gguf.GGMLQuantizationType.F16:
