@@ -177,8 +177,9 @@ def load(ref: str = DEFAULT_MODEL, device: str = "cpu", dtype: str = "auto", pro
     if template.is_fallback:
         log.warning("%s has no chat template; using ChatML", ckpt.path.name)
     model = build_model(ckpt, dev, dt, progress=progress, native=dtype == "auto")
-    if dtype == "auto":  # the fast inference path; an explicit dtype keeps the plain reference modules
+    if dtype == "auto" and dev.type == "cpu":  # the fast path; an explicit dtype keeps the plain reference modules
         from hearth.kernels import gguf_ops
 
-        model.use_fast_path(gguf_ops() if dev.type == "cpu" else None)
+        # (CUDA keeps the unfused modules: the fused path has not been measured on a GPU yet)
+        model.use_fast_path(gguf_ops())
     return LoadedModel(model, tokenizer, template, ckpt, dev, dt, time.perf_counter() - t0)
