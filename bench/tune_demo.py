@@ -89,8 +89,8 @@ def distill_demo(a) -> None:
     cfg = TrainConfig(method="full", lr=3e-3, warmup_steps=10, epochs=a.epochs, batch_size=16, max_len=128,
                       val_fraction=0.1, save_every=1000, seed=0)
     results = {}
-    for name, alpha in (("scratch", 0.0), ("distilled", 0.7)):
-        res = distill("smollm2", str(out / "student.json"), data, out / name, cfg, alpha=alpha, temperature=2.0,
+    for name, alpha in (("scratch", 0.0), ("distilled", a.alpha)):
+        res = distill("smollm2", str(out / "student.json"), data, out / name, cfg, alpha=alpha, temperature=a.temperature,
                       teacher=teacher, progress=sys.stderr.isatty())
         results[name] = res.result.val_loss
         print(f"{name}: {res.result.steps} steps, {res.result.tokens} tokens, validation loss {res.result.val_loss:.4f}", flush=True)
@@ -107,6 +107,8 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--rank", type=int, default=16)
     ap.add_argument("--lr", type=float, default=2e-4)
+    ap.add_argument("--alpha", type=float, default=0.5, help="distill: weight of the KL term (1 - alpha: LM loss)")
+    ap.add_argument("--temperature", type=float, default=1.0, help="distill: softening temperature")
     a = ap.parse_args()
     torch.manual_seed(0)
     arc(a) if a.demo == "arc" else distill_demo(a)

@@ -107,12 +107,12 @@ class Distill:
     def loss(self, model, rows, grad_checkpointing: bool = False) -> tuple[torch.Tensor, int]:
         b = collate(rows, False, self.pad_id).to(self.device)
         sel = b.targets != IGNORE
-        with torch.no_grad():
-            t_logits = self.teacher.output(hidden_states(self.teacher, b.tokens)[sel]).float()
         s_logits = model.output(hidden_states(model, b.tokens, None, grad_checkpointing)[sel]).float()
         ce = F.cross_entropy(s_logits, b.targets[sel], reduction="sum")
-        if self.alpha == 0:
+        if self.alpha == 0:  # plain language modelling: the teacher is not consulted
             return ce, b.n_tokens
+        with torch.no_grad():
+            t_logits = self.teacher.output(hidden_states(self.teacher, b.tokens)[sel]).float()
         kl = F.kl_div(
             F.log_softmax(s_logits / self.t, dim=-1), F.log_softmax(t_logits / self.t, dim=-1),
             log_target=True, reduction="sum",
