@@ -52,7 +52,9 @@ def items():
 def loaded():
     from hearth.loader import load
 
-    return load(MODEL)
+    # the exact fp32 path: scoring paths (shared contexts, full forwards, the server's chunked prefill) then agree
+    # to rounding; the native 8-bit-activation path would move them by up to ~1e-2 (see test_quant_kernels.py)
+    return load(MODEL, dtype="float32")
 
 
 def _score(items_, loaded_, mode="shared"):
@@ -76,7 +78,7 @@ def setup(tmp_path_factory, items, loaded):
         "lm-eval's API models need tenacity (and aiohttp, requests): install lm-eval[api]"
     )
     tmp = tmp_path_factory.mktemp("lm_eval")
-    server = ServerProcess(tmp, "lm-eval", threads=THREADS)
+    server = ServerProcess(tmp, "lm-eval", "--dtype", "float32", threads=THREADS)
     try:
         task_dir = arc.write_task(tmp / "task", items)
         tok_dir = harness.write_tokenizer(loaded.tokenizer, tmp / "tokenizer")
