@@ -103,7 +103,7 @@ def main() -> None:
     ap.add_argument("--out", default="/tmp/hearth-tune-demo")
     ap.add_argument("--train-examples", type=int, default=600)
     ap.add_argument("--limit", type=int, default=500, help="ARC-Easy test items scored before and after")
-    ap.add_argument("--epochs", type=float, default=1.0)
+    ap.add_argument("--epochs", type=float, default=1.0, help="passes over the data (the distill figures in the notes used 3)")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--rank", type=int, default=16)
     ap.add_argument("--lr", type=float, default=2e-4)
