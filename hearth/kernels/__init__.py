@@ -52,9 +52,16 @@ def gguf_ops():
 
         if not any(build.glob("*.so")):
             log.warning("compiling hearth's quantized CPU kernels (once, about a minute)")
+        # build from a copy inside the build directory: ninja rebuilds whenever the source *path* changes, so
+        # building from each checkout's own path would recompile on every switch between checkouts
+        src = build / _SRC.name
+        if not src.exists() or src.read_bytes() != _SRC.read_bytes():
+            tmp = build / f".{_SRC.name}.{os.getpid()}"
+            tmp.write_bytes(_SRC.read_bytes())
+            os.replace(tmp, src)
         load(
             name="hearth_gguf_cpu",
-            sources=[str(_SRC)],
+            sources=[str(src)],
             build_directory=str(build),
             # OpenMP so at::parallel_for uses torch's thread pool (libgomp.so.1 is already loaded by torch,
             # so no second runtime is started)

@@ -345,18 +345,11 @@ at::Tensor silu_mul(const at::Tensor& gu_in) {
 // One query per sequence against its cached keys: q [B, H, D]; k, v [B, KVH, Lmax, D] (first L positions used).
 // Grouped-query: query head h reads kv head h / (H / KVH). Softmax in fp32 with the max subtracted. The G query
 // heads sharing a kv head are done together, so each cached key and value row is read from memory once.
-at::Tensor decode_attention(const at::Tensor& q_in, const at::Tensor& k, const at::Tensor& v, int64_t L, double scale) {
-  const at::Tensor q = q_in.contiguous();
-  TORCH_CHECK(q.scalar_type() == at::kFloat && k.scalar_type() == at::kFloat && v.scalar_type() == at::kFloat,
-              "decode_attention: fp32 only");
-  TORCH_CHECK(k.stride(-1) == 1 && v.stride(-1) == 1 && k.stride(-2) == k.size(-1) && v.stride(-2) == v.size(-1),
-              "decode_attention: cache rows must be contiguous");
-  const int64_t B = q.size(0), H = q.size(1), D = q.size(2), KVH = k.size(1), G = H / KVH;
-  TORCH_CHECK(L >= 1 && L <= k.size(2) && H % KVH == 0, "decode_attention: bad length or head counts");
-  at::Tensor out = at::empty_like(q);
-  const float *qp = q.data_ptr<float>(), *kp = k.data_ptr<float>(), *vp = v.data_ptr<float>();
-  float* op = out.data_ptr<float>();
-  const int64_t ksb = k.stride(0), ksh = k.stride(1), vsb = v.stride(0), vsh = v.stride(1);
+// The attention of one query row per sequence; q rows at qp + b * q_bstride ([H, D] each); out [B, H, D].
+void attend_core(const float* qp, int64_t q_bstride, const float* kp, const float* vp, int64_t ksb, int64_t ksh,
+                 int64_t vsb, int64_t vsh, int64_t B, int64_t H, int64_t KVH, int64_t D, int64_t L, double scale,
+                 float* op) {
+  const int64_t G = H / KVH;
   const bool vec = D % 8 == 0;
   at::parallel_for(0, B * KVH, 1, [&](int64_t j0, int64_t j1) {
     std::vector<float> p(G * L);
@@ -364,7 +357,7 @@ at::Tensor decode_attention(const at::Tensor& q_in, const at::Tensor& k, const a
       const int64_t b = j / KVH, g = j % KVH;
       const float* kr = kp + b * ksb + g * ksh;
       const float* vr = vp + b * vsb + g * vsh;
-      const float* q0 = qp + (b * H + g * G) * D;  // the G query heads of this kv head, contiguous
+      const float* q0 = qp + b * q_bstride + g * G * D;  // the G query heads of this kv head, contiguous
       float* o0 = op + (b * H + g * G) * D;
       // scores: one pass over the keys for all G heads
       for (int64_t l = 0; l < L; l++) {
@@ -432,6 +425,45 @@ at::Tensor decode_attention(const at::Tensor& q_in, const at::Tensor& k, const a
       }
     }
   });
+}
+
+at::Tensor decode_attention(const at::Tensor& q_in, const at::Tensor& k, const at::Tensor& v, int64_t L, double scale) {
+  const at::Tensor q = q_in.contiguous();
+  TORCH_CHECK(q.scalar_type() == at::kFloat && k.scalar_type() == at::kFloat && v.scalar_type() == at::kFloat,
+              "decode_attention: fp32 only");
+  TORCH_CHECK(k.stride(-1) == 1 && v.stride(-1) == 1 && k.stride(-2) == k.size(-1) && v.stride(-2) == v.size(-1),
+              "decode_attention: cache rows must be contiguous");
+  const int64_t B = q.size(0), H = q.size(1), D = q.size(2), KVH = k.size(1);
+  TORCH_CHECK(L >= 1 && L <= k.size(2) && H % KVH == 0, "decode_attention: bad length or head counts");
+  at::Tensor out = at::empty_like(q);
+  attend_core(q.data_ptr<float>(), H * D, k.data_ptr<float>(), v.data_ptr<float>(), k.stride(0), k.stride(1),
+              v.stride(0), v.stride(1), B, H, KVH, D, L, scale, out.data_ptr<float>());
+  return out;
+}
+
+// One decode step of one layer's attention in a single call: qkv [B, (H + 2 KVH) * D] (RoPE applied) has its k and
+// v written into the caches k, v [n_layers, B, KVH, Lmax, D] at `pos`, then its q attends over positions 0..pos.
+at::Tensor attend_decode(const at::Tensor& qkv, at::Tensor& k, at::Tensor& v, int64_t layer, int64_t pos, int64_t H,
+                         int64_t KVH, double scale) {
+  TORCH_CHECK(qkv.scalar_type() == at::kFloat && qkv.dim() == 2 && qkv.stride(1) == 1, "attend_decode: fp32 [B, C] rows");
+  TORCH_CHECK(k.scalar_type() == at::kFloat && v.scalar_type() == at::kFloat && k.dim() == 5 && k.is_contiguous() &&
+              v.is_contiguous() && k.sizes() == v.sizes(), "attend_decode: caches must be contiguous fp32 [n_layers, B, KVH, Lmax, D]");
+  const int64_t B = qkv.size(0), D = k.size(4), Lmax = k.size(3);
+  TORCH_CHECK(qkv.size(1) == (H + 2 * KVH) * D && k.size(1) == B && k.size(2) == KVH && H % KVH == 0,
+              "attend_decode: shapes do not match the cache");
+  TORCH_CHECK(layer >= 0 && layer < k.size(0) && pos >= 0 && pos < Lmax, "attend_decode: position ", pos,
+              " outside the cache of ", Lmax);
+  const int64_t ld = qkv.stride(0);
+  const float* src = qkv.data_ptr<float>();
+  float *kc = k.data_ptr<float>() + layer * k.stride(0), *vc = v.data_ptr<float>() + layer * v.stride(0);
+  const int64_t sb = k.stride(1), sh = k.stride(2);
+  for (int64_t b = 0; b < B; b++)
+    for (int64_t g = 0; g < KVH; g++) {
+      std::memcpy(kc + b * sb + g * sh + pos * D, src + b * ld + (H + g) * D, D * sizeof(float));
+      std::memcpy(vc + b * sb + g * sh + pos * D, src + b * ld + (H + KVH + g) * D, D * sizeof(float));
+    }
+  at::Tensor out = at::empty({B, H * D}, qkv.options());
+  attend_core(src, ld, kc, vc, sb, sh, sb, sh, B, H, KVH, D, pos + 1, scale, out.data_ptr<float>());
   return out;
 }
 
@@ -444,6 +476,7 @@ TORCH_LIBRARY(hearth, m) {
   m.def("rope_(Tensor(a!) x, Tensor cos, Tensor sin, int n_heads, int head_dim) -> ()");
   m.def("silu_mul(Tensor gu) -> Tensor");
   m.def("decode_attention(Tensor q, Tensor k, Tensor v, int length, float scale) -> Tensor");
+  m.def("attend_decode(Tensor qkv, Tensor(a!) k, Tensor(b!) v, int layer, int pos, int n_heads, int n_kv_heads, float scale) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(hearth, CPU, m) {
@@ -453,6 +486,7 @@ TORCH_LIBRARY_IMPL(hearth, CPU, m) {
   m.impl("rope_", &rope_);
   m.impl("silu_mul", &silu_mul);
   m.impl("decode_attention", &decode_attention);
+  m.impl("attend_decode", &attend_decode);
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {}

@@ -127,6 +127,14 @@ class Attention(nn.Module):
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, start: int, cache: KVCache | None) -> Tensor:
         b, t, _ = x.shape
+        if t == 1 and cache is not None and self.wqkv is not None and self.ops is not None and x.dtype == torch.float32:
+            # The decode step, in four calls: q|k|v product, RoPE in place, cache write + attention, output product.
+            qkv = self.wqkv(x.view(b, -1))
+            c, s_ = (cos.view(1, -1), sin.view(1, -1)) if b == 1 else (cos.view(1, -1).expand(b, -1), sin.view(1, -1).expand(b, -1))
+            self.ops.rope_(qkv, c, s_, self.n_heads + self.n_kv_heads, self.head_dim)
+            y = self.ops.attend_decode(qkv, cache.k, cache.v, self.layer, start, self.n_heads, self.n_kv_heads,
+                                       1.0 / math.sqrt(self.head_dim))
+            return self.wo(y).view(b, 1, -1)  # y is (b, H*D): wo takes the 2-D fast path
         if self.wqkv is not None:
             flat_cos = cos.reshape(t, -1).repeat(b, 1) if b > 1 else cos.reshape(t, -1)
             flat_sin = sin.reshape(t, -1).repeat(b, 1) if b > 1 else sin.reshape(t, -1)
@@ -141,12 +149,6 @@ class Attention(nn.Module):
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:
             k, v = cache.update(self.layer, start, k, v)
-            if t == 1 and self.ops is not None and q.dtype == torch.float32 and q.device.type == "cpu":
-                y = self.ops.decode_attention(
-                    q.reshape(b, self.n_heads, self.head_dim), cache.k[self.layer], cache.v[self.layer],
-                    start + 1, 1.0 / math.sqrt(self.head_dim),
-                )
-                return self.wo(y.view(b, 1, self.n_heads * self.head_dim))
         if start == 0 or t == 1:
             # Whole prompt from an empty cache (plain causal) or one new token (sees everything).
             mask, causal = None, t > 1

@@ -34,14 +34,23 @@ class GGUFLinear(nn.Module):
         self.in_features = qs[0].shape[1]
         self.out_features = sum(q.shape[0] for q in qs)
         self._ops = ops
+        self._ws = self.qweights  # the block tensors, as the kernel takes them
 
     @property
     def qweights(self) -> list[Tensor]:
         return [getattr(self, f"qweight{i}") for i in range(len(self.parts))]
 
     def forward(self, x: Tensor) -> Tensor:
-        y = self._ops.gguf_mm(x.reshape(-1, self.in_features), self.qweights, self.qtype)
+        # (a decode step makes ~90 of these calls: the common 2-D fp32 case skips every reshape and cast)
+        if x.dim() == 2 and x.dtype == torch.float32:
+            return self._ops.gguf_mm(x, self._ws, self.qtype)
+        y = self._ops.gguf_mm(x.reshape(-1, self.in_features), self._ws, self.qtype)
         return y.view(*x.shape[:-1], self.out_features).to(x.dtype)
+
+    def _apply(self, fn, recurse=True):  # .to()/.cpu() replace buffers: refresh the cached list with them
+        out = super()._apply(fn, recurse)
+        self._ws = self.qweights
+        return out
 
     def dequantized(self) -> Tensor:
         """The weight as fp32 (out_features, in_features), bit-identical to ggml's dequantization."""
