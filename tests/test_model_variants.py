@@ -39,13 +39,7 @@ TEXT = tiny.CORPUS.read_text()[:3000] + "\n\n  42. naïve café — 日本語 <|
 _BUILT: dict[str, SimpleNamespace] = {}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """These models are tiny: one torch thread is faster, and much faster when the cores are shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="session")

@@ -21,12 +21,7 @@ needs_austen = pytest.mark.skipif(not (corpus.PACKAGE_DIR / "data" / "Rdata.rdb"
                                   reason=f"the Austen corpus is not installed: {corpus.INSTALL_HINT}")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ---------------------------------------------------------------- the protocol, by hand, on a tiny model

@@ -21,17 +21,12 @@ from hearth.weights.gguf_writer import write_gguf
 from hearth.weights.types import QuantizedTensor
 
 ops = gguf_ops()
-pytestmark = pytest.mark.skipif(ops is None, reason="hearth's native CPU kernels are not available here")
+pytestmark = [
+    pytest.mark.skipif(ops is None, reason="hearth's native CPU kernels are not available here"),
+    pytest.mark.usefixtures("one_thread"),
+]
 
 QTYPES = {"Q4_0": 2, "Q4_1": 3, "Q8_0": 8}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _blocks(name: str, n: int, k: int, seed: int = 0) -> tuple[torch.Tensor, np.ndarray]:

@@ -26,12 +26,7 @@ from hearth.tune.recipes import DataOptions, distill, tune
 from hearth.tune.train import TrainConfig, lr_at, train
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

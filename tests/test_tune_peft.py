@@ -26,12 +26,7 @@ TOL = 1e-4
 VARIANT = "tinyllama_gqa"  # GQA, untied output, 2 layers, dim 256
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
