@@ -43,7 +43,8 @@ Seed = Annotated[Optional[int], typer.Option(help="Random seed, for reproducible
 MaxTokens = Annotated[int, typer.Option(help="Most tokens to generate.", min=0)]
 Stop = Annotated[Optional[list[str]], typer.Option(help="Stop when this text appears (repeatable); it is not printed.")]
 Device = Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")]
-DType = Annotated[str, typer.Option(help="auto (fp32 on CPU, bf16 on CUDA), float32, bfloat16 or float16.")]
+DType = Annotated[str, typer.Option(help="auto (on CPU a GGUF's own 4/8-bit blocks where hearth's kernels run, else fp32; bf16 on CUDA), float32, bfloat16 or float16.")]
+Compile = Annotated[bool, typer.Option("--compile", help="On a GPU: also torch.compile the CUDA-graph decode step (about a minute once per context size; faster tokens).")]
 Json = Annotated[bool, typer.Option("--json", help="Print prompt/generated token ids and text as JSON.")]
 Adapter = Annotated[Optional[Path], typer.Option(help="A LoRA adapter directory (PEFT format, e.g. from `hearth tune`) applied to the model unmerged.")]
 
@@ -103,6 +104,7 @@ def generate(
     dtype: DType = "auto",
     json_out: Json = False,
     adapter: Adapter = None,
+    compile: Compile = False,
 ):
     """Raw completion: continue PROMPT with no chat template.
 
@@ -113,7 +115,7 @@ def generate(
     from hearth.engine.generate import Generator
 
     ids = lm.tokenizer.encode(prompt)
-    gen = Generator(lm.model, lm.tokenizer)
+    gen = Generator(lm.model, lm.tokenizer, compile=compile)
     if json_out:
         c = gen.complete(ids, params)
         print(json.dumps({"prompt_token_ids": ids, "token_ids": c.token_ids, "text": c.text, "finish_reason": c.finish_reason}, ensure_ascii=False))
@@ -139,6 +141,7 @@ def run(
     dtype: DType = "auto",
     json_out: Json = False,
     adapter: Adapter = None,
+    compile: Compile = False,
 ):
     """Chat with a model using its own chat template. Type /bye to quit, /clear to forget the conversation.
 
@@ -150,7 +153,7 @@ def run(
     lm = _load(model, device, dtype, adapter)
     from hearth.engine.chat import ChatSession
 
-    session = ChatSession(lm, params, system=system)
+    session = ChatSession(lm, params, system=system, compile=compile)
     if prompt is None and not sys.stdin.isatty():
         prompt = sys.stdin.read().strip()
         if not prompt:

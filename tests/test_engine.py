@@ -70,9 +70,14 @@ def test_native_batch_mostly_equals_alone():
     assert eng.blocks.num_used == 0
 
 
-def test_batch_of_32_equals_each_request_alone(lm, alone):
-    # small token budget: prompts are prefilled in chunks while other sequences decode
-    eng = LLMEngine(lm, EngineConfig(max_num_seqs=32, max_num_batched_tokens=48, kv_cache_bytes=256 << 20))
+@pytest.mark.parametrize("padded", [False, True], ids=["eager", "padded-decode"])
+def test_batch_of_32_equals_each_request_alone(lm, alone, padded):
+    # small token budget: prompts are prefilled in chunks while other sequences decode. padded: all-decode steps
+    # take the CUDA-graph route (batch padded to a bucket, block tables to a width, scratch-block writes), here
+    # run on the CPU without recording a graph
+    eng = LLMEngine(lm, EngineConfig(max_num_seqs=32, max_num_batched_tokens=48, kv_cache_bytes=256 << 20,
+                                     cuda_graphs=padded))
+    assert (eng.runner.graphs is not None) == padded
     for i in range(32):
         eng.add_request(EngineRequest(f"r{i}", lm.tokenizer.encode(PROMPTS[i % len(PROMPTS)]), GREEDY))
     res = drain(eng)
@@ -80,11 +85,14 @@ def test_batch_of_32_equals_each_request_alone(lm, alone):
         ref = alone[PROMPTS[i % len(PROMPTS)]]
         assert res[f"r{i}"]["ids"] == ref.token_ids and res[f"r{i}"]["text"] == ref.text
     assert eng.blocks.num_used == 0
+    assert not padded or eng.runner.graphs.steps > 0
 
 
-def test_preemption_under_kv_pressure_gives_same_output(lm, alone):
+@pytest.mark.parametrize("padded", [False, True], ids=["eager", "padded-decode"])
+def test_preemption_under_kv_pressure_gives_same_output(lm, alone, padded):
     # 12 blocks of 4 tokens for 6 sequences of ~17 tokens each: the scheduler must preempt and recompute
-    eng = LLMEngine(lm, EngineConfig(max_num_seqs=8, max_num_batched_tokens=64, block_size=4, num_blocks=12))
+    eng = LLMEngine(lm, EngineConfig(max_num_seqs=8, max_num_batched_tokens=64, block_size=4, num_blocks=12,
+                                     cuda_graphs=padded))
     for i, p in enumerate(PROMPTS[:6]):
         eng.add_request(EngineRequest(f"p{i}", lm.tokenizer.encode(p), GREEDY))
     res = drain(eng)

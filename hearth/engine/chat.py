@@ -9,11 +9,11 @@ from hearth.engine.sampling import SamplingParams
 
 
 class ChatSession:
-    def __init__(self, lm, params: SamplingParams, system: str | None = None):
+    def __init__(self, lm, params: SamplingParams, system: str | None = None, compile: bool = False):
         self.lm = lm
         self.params = params
         self.system = system
-        self.generator = Generator(lm.model, lm.tokenizer)
+        self.generator = Generator(lm.model, lm.tokenizer, compile=compile)
         self.reset()
 
     def reset(self) -> None:

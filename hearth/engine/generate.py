@@ -6,6 +6,7 @@ faster path (batched engine, compiled decode) is tested against.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -14,6 +15,7 @@ import torch
 from hearth.errors import ContextLengthError
 from hearth.engine.sampling import Sampler, SamplingParams
 from hearth.model import Transformer
+from hearth.model.static_decode import StaticDecoder, cache_bucket
 from hearth.tokenizer import Tokenizer
 
 
@@ -79,11 +81,26 @@ class _StopMatcher:
 
 
 class Generator:
-    """Runs one prompt at a time through a model with a preallocated KV cache."""
+    """Runs one prompt at a time through a model with a preallocated KV cache.
 
-    def __init__(self, model: Transformer, tokenizer: Tokenizer):
+    On a GPU each decode step is a CUDA-graph replay of the fixed-shape step (hearth/model/static_decode.py), one
+    recorded per cache size (powers of two); `compile=True` also compiles it with torch.compile. HEARTH_NO_CUDA_GRAPHS=1
+    (or graphs=False) keeps the plain per-layer path, for debugging.
+    """
+
+    def __init__(self, model: Transformer, tokenizer: Tokenizer, graphs: bool | None = None, compile: bool = False):
         self.model = model
         self.tokenizer = tokenizer
+        if graphs is None:
+            graphs = model.device.type == "cuda" and os.environ.get("HEARTH_NO_CUDA_GRAPHS") != "1"
+        self.graphs, self.compile = graphs, compile
+        self._decoders: dict[int, StaticDecoder] = {}
+
+    def _decoder(self, n_tokens: int) -> StaticDecoder:
+        size = min(cache_bucket(n_tokens), self.model.config.max_seq_len)
+        if size not in self._decoders:
+            self._decoders[size] = StaticDecoder(self.model, 1, size, compile=self.compile)  # graphs on CUDA
+        return self._decoders[size]
 
     @property
     def device(self) -> torch.device:
@@ -97,15 +114,27 @@ class Generator:
         if params.max_tokens == 0:
             yield StreamChunk("", None, "length")
             return
-        cache = self.model.new_cache(1, len(prompt_ids) + params.max_tokens)
         sampler = Sampler(params)
         decoder = self.tokenizer.stream()
         stops = _StopMatcher(params.stop)
         context = torch.tensor(prompt_ids, dtype=torch.long)
         generated: list[int] = []
         tokens = torch.tensor([prompt_ids], dtype=torch.long, device=self.device)
-        logits = self.model(tokens, 0, cache, last_only=True)[0, -1]
-        pos = len(prompt_ids)
+        if self.graphs:
+            dec = self._decoder(len(prompt_ids) + params.max_tokens)
+            logits = dec.prefill(tokens)[0]
+
+            def step(token: int) -> torch.Tensor:
+                return dec.step(torch.tensor([[token]], device=self.device))[0]
+        else:
+            cache = self.model.new_cache(1, len(prompt_ids) + params.max_tokens)
+            logits = self.model(tokens, 0, cache, last_only=True)[0, -1]
+            pos = len(prompt_ids)
+
+            def step(token: int) -> torch.Tensor:
+                nonlocal pos
+                pos += 1
+                return self.model(torch.tensor([[token]], device=self.device), pos - 1, cache)[0, -1]
         while True:
             nxt = sampler(logits, context if not generated else torch.cat([context, torch.tensor(generated)]))
             generated.append(nxt)
@@ -121,8 +150,7 @@ class Generator:
                 yield StreamChunk(text + tail + ("" if stopped else stops.flush()), nxt, "stop" if stopped else "length")
                 return
             yield StreamChunk(text, nxt)
-            logits = self.model(torch.tensor([[nxt]], device=self.device), pos, cache)[0, -1]
-            pos += 1
+            logits = step(nxt)
 
     def complete(self, prompt_ids: list[int], params: SamplingParams) -> Completion:
         out = Completion(prompt_ids=list(prompt_ids))

@@ -29,6 +29,7 @@ class EngineConfig:
     kv_cache_bytes: int = 1 << 30  # KV memory when num_blocks is not given
     max_waiting: int = 256  # queued requests beyond this are refused (HTTP 429)
     max_model_len: int | None = None  # None: the model's context length
+    cuda_graphs: bool | None = None  # decode steps as CUDA graphs; None: on when the model is on a GPU
 
 
 @dataclass
@@ -61,7 +62,8 @@ class LLMEngine:
         )
         self.blocks = BlockManager(num_blocks, config.block_size)
         self.scheduler = Scheduler(self.blocks, config.max_num_seqs, config.max_num_batched_tokens)
-        self.runner = ModelRunner(lm.model, num_blocks, config.block_size)
+        self.runner = ModelRunner(lm.model, num_blocks, config.block_size, config.max_num_seqs, self.max_model_len,
+                                  graphs=config.cuda_graphs)
         self.seqs: dict[str, Sequence] = {}
 
     # -- requests -----------------------------------------------------------------------------------
@@ -122,22 +124,25 @@ class LLMEngine:
         result = self.runner.execute(plan, want_all)
         self.scheduler.after_step(plan)
         now = time.monotonic()
-        for s, last, all_rows in zip(plan.scheduled, result.last, result.all):
+        for s, row, span in zip(plan.scheduled, result.last, result.all):
             seq, st = s.seq, s.seq.data
-            if all_rows is not None:
-                self._collect_prompt_logprobs(seq, s.num_tokens, all_rows)
-            if last is None:
+            if span is not None:
+                self._collect_prompt_logprobs(seq, s.num_tokens, result.rows(*span))
+            if row is None:
                 continue
             if seq.num_generated >= seq.max_tokens:  # max_tokens == 0: prompt scored, nothing to generate
                 outputs.append(self._finish(seq, FinishReason.LENGTH, [], st.stops.flush()))
                 continue
-            context = torch.tensor(seq.token_ids, dtype=torch.long)
-            token = st.sampler(last, context)
+            lps = None
+            if st.sampler.plain_greedy and st.req.logprobs is None:
+                token = result.greedy[row]  # chosen on the device: no row of logits comes back
+            else:
+                last = result.row(row)
+                token = st.sampler(last, torch.tensor(seq.token_ids, dtype=torch.long))
+                if st.req.logprobs is not None:
+                    lps = [_logprob_entry(torch.log_softmax(last.float(), -1), token, st.req.logprobs)]
             seq.token_ids.append(token)
             st.first_token_time = st.first_token_time or now
-            lps = None
-            if st.req.logprobs is not None:
-                lps = [_logprob_entry(torch.log_softmax(last.float(), -1), token, st.req.logprobs)]
             if token in self.tokenizer.eos_ids and not st.req.params.ignore_eos:
                 text = st.stops.feed(st.decoder.flush())[0] + st.stops.flush()
                 outputs.append(self._finish(seq, FinishReason.STOP, [token], text, lps))

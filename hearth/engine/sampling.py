@@ -97,6 +97,12 @@ class Sampler:
         self.generator = torch.Generator()
         self.generator.manual_seed(params.seed if params.seed is not None else torch.seed())
 
+    @property
+    def plain_greedy(self) -> bool:
+        """Greedy with no penalties: the next token is the argmax of the raw logits (computable on the device)."""
+        p = self.params
+        return p.greedy and p.repetition_penalty == 1.0 and not p.presence_penalty and not p.frequency_penalty
+
     def __call__(self, logits: Tensor, context: Tensor) -> int:
         p = self.params
         logits = apply_penalties(logits.float().cpu(), context.cpu(), p)

@@ -125,8 +125,10 @@ class Attention(nn.Module):
         q, k = apply_rope(q, cos[:, None], sin[:, None]), apply_rope(k, cos[:, None], sin[:, None])
         return q, k, v.view(n, self.n_kv_heads, hd)
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, start: int, cache: KVCache | None) -> Tensor:
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, start: int | Tensor, cache: KVCache | None) -> Tensor:
         b, t, _ = x.shape
+        if isinstance(start, Tensor):
+            return self._forward_static(x, cos, sin, start, cache)
         if t == 1 and cache is not None and self.wqkv is not None and self.ops is not None and x.dtype == torch.float32:
             # The decode step, in four calls: q|k|v product, RoPE in place, cache write + attention, output product.
             qkv = self.wqkv(x.view(b, -1))
@@ -162,6 +164,28 @@ class Attention(nn.Module):
         )
         return self.wo(y.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim))
 
+
+    def _forward_static(self, x: Tensor, cos: Tensor, sin: Tensor, pos: Tensor, cache: KVCache) -> Tensor:
+        """One new token per sequence at position `pos` (a (1,) tensor on the device, not a Python int), attending over
+        the whole preallocated cache under a mask. Shapes never change from step to step and nothing reads a device
+        value on the host, so the step can be captured as a CUDA graph and compiled (hearth/model/static_decode.py)."""
+        b, hd, kvh = x.shape[0], self.head_dim, self.n_kv_heads
+        x2 = x.view(b, -1)
+        if self.wqkv is not None:
+            q, k, v = self.wqkv(x2).split((self.n_heads * hd, kvh * hd, kvh * hd), dim=-1)
+        else:
+            q, k, v = self.wq(x2), self.wk(x2), self.wv(x2)
+        q = apply_rope(q.view(b, self.n_heads, 1, hd), cos, sin)
+        k = apply_rope(k.view(b, kvh, 1, hd), cos, sin)
+        kc, vc = cache.k[self.layer], cache.v[self.layer]  # (B, KVH, S, D) views of the cache
+        kc[:, :, pos] = k
+        vc[:, :, pos] = v.view(b, kvh, 1, hd)
+        mask = (torch.arange(kc.shape[2], device=x.device) <= pos).view(1, 1, 1, -1)
+        # grouped-query attention without repeating K/V: each kv head's group of query heads are its query rows
+        # (query head h uses kv head h // group, as in the reference repeat_interleave)
+        # (written out as matmul + softmax instead, it ran ~5% slower compiled on an H100: bench/README.md)
+        y = F.scaled_dot_product_attention(q.view(b, kvh, self.n_heads // kvh, hd), kc, vc, attn_mask=mask)
+        return self.wo(y.reshape(b, self.n_heads * hd)).view(b, 1, -1)
 
     def forward_paged(self, x: Tensor, cos: Tensor, sin: Tensor, cache: PagedKVCache, meta: BatchMeta) -> Tensor:
         """x: (N, dim) tokens of many sequences flattened; cos/sin: (N, head_dim)."""
@@ -252,13 +276,16 @@ class Transformer(nn.Module):
     def new_cache(self, batch_size: int = 1, max_seq_len: int | None = None) -> KVCache:
         return KVCache(self.config, batch_size, max_seq_len or self.config.max_seq_len, self.device, self.dtype)
 
-    def rope(self, start: int, t: int, device) -> tuple[Tensor, Tensor]:
-        pos = torch.arange(start, start + t, device=device, dtype=torch.float32)
+    def rope(self, start: int | Tensor, t: int, device) -> tuple[Tensor, Tensor]:
+        if isinstance(start, Tensor):  # a position held on the device (static decode)
+            pos = (start + torch.arange(t, device=device)).float()
+        else:
+            pos = torch.arange(start, start + t, device=device, dtype=torch.float32)
         freqs = torch.outer(pos, self.inv_freq.to(device))
         emb = torch.cat((freqs, freqs), dim=-1)[None, None]
         return emb.cos(), emb.sin()
 
-    def forward_paged(self, tokens: Tensor, cache: PagedKVCache, meta: BatchMeta, logit_rows: Tensor) -> Tensor:
+    def forward_paged(self, tokens: Tensor, cache: PagedKVCache, meta: BatchMeta, logit_rows: Tensor | None) -> Tensor:
         """One engine step: tokens (N,) of many sequences; returns logits (len(logit_rows), vocab) fp32."""
         x = self.tok_embeddings(tokens)
         freqs = torch.outer(meta.positions.float(), self.inv_freq)
@@ -267,13 +294,17 @@ class Transformer(nn.Module):
         for layer in self.layers:
             h = x + layer.attention.forward_paged(layer.attention_norm(x), cos, sin, cache, meta)
             x = h + layer.feed_forward(layer.ffn_norm(h))
-        return self.output(self.norm(x[logit_rows])).float()
+        if logit_rows is not None:  # None: every row (the CUDA-graph decode step, one row per sequence)
+            x = x[logit_rows]
+        return self.output(self.norm(x)).float()
 
     def forward(
-        self, tokens: Tensor, start: int = 0, cache: KVCache | None = None, last_only: bool = False
+        self, tokens: Tensor, start: int | Tensor = 0, cache: KVCache | None = None, last_only: bool = False
     ) -> Tensor:
+        """`start` is the position of tokens[:, 0]: a Python int, or a (1,) tensor on the model's device for one-token
+        steps over a preallocated cache (the CUDA-graph path, which cannot check bounds on the host)."""
         b, t = tokens.shape
-        if cache is not None and start + t > cache.max_seq_len:
+        if cache is not None and isinstance(start, int) and start + t > cache.max_seq_len:
             raise ValueError(f"sequence of {start + t} tokens exceeds the cache's {cache.max_seq_len}")
         x = self.tok_embeddings(tokens)
         cos, sin = self.rope(start, t, tokens.device)

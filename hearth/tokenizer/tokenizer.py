@@ -40,6 +40,16 @@ class Tokenizer:
             raise ModelFormatError("the model has no tokenizer")
         return cls(backend, data)
 
+    @classmethod
+    def placeholder(cls, vocab_size: int) -> "Tokenizer":
+        """Token i is the word "t{i}": for random-weight models of a given shape (benchmarks, tests), which have no
+        tokenizer of their own. No BOS/EOS."""
+        from tokenizers import models, pre_tokenizers
+
+        backend = HFTokenizer(models.WordLevel({f"t{i}": i for i in range(vocab_size)}, unk_token="t0"))
+        backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+        return cls(backend, TokenizerData(add_bos=False))
+
     def encode(self, text: str, add_bos: bool | None = None, add_eos: bool = False) -> list[int]:
         """Token ids of `text`. Special-token text (e.g. "<|im_start|>") becomes its special id.
 
