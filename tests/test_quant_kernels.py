@@ -222,3 +222,92 @@ def test_without_kernels_auto_falls_back_to_dequantized_weights(tiny_gguf, monke
     plain = load(str(paths["Q4_1"]), dtype="float32")
     torch.testing.assert_close(tiny.hearth_logits(lm.model, ids), tiny.hearth_logits(plain.model, ids),
                                rtol=1e-4, atol=1e-4)
+
+
+def test_decode_attention_over_several_chunks():
+    """Decode attention runs in chunks of 64 positions merged afterwards (hearth/kernels/gguf_cpu.cpp)."""
+    h, kvh, d, cap = 6, 2, 64, 200
+    q = torch.randn(1, h, d)
+    k, v = torch.randn(1, kvh, cap, d) * 3, torch.randn(1, kvh, cap, d)
+    for length in (1, 63, 64, 65, 129, 200):
+        ref = torch.nn.functional.scaled_dot_product_attention(
+            q[:, :, None], k[:, :, :length], v[:, :, :length], enable_gqa=True
+        )[:, :, 0]
+        torch.testing.assert_close(ops.decode_attention(q, k, v, length, 1 / math.sqrt(d)), ref, rtol=1e-5, atol=1e-5)
+
+
+@torch.inference_mode()
+def _decode(model, ids, prompt, steps, batch=1, whole_step=True):
+    """Logits of a prompt's last position and of `steps` greedy decode steps (batch copies of the prompt, row r
+    starting from token ids[r]), with the whole-step kernel or the per-layer path; and the cache."""
+    dec = model.__dict__["_cpu_decoder"]
+    model._cpu_decoder = dec if whole_step else None
+    try:
+        cache = model.new_cache(batch, prompt + steps)
+        rows = torch.tensor([ids[r : r + prompt] for r in range(batch)])
+        logits = [model(rows, 0, cache, last_only=True)[:, -1]]
+        for i in range(steps):
+            tok = logits[-1].argmax(-1, keepdim=True)
+            logits.append(model(tok, prompt + i, cache)[:, -1])
+        return torch.stack(logits, 1), cache
+    finally:
+        model._cpu_decoder = dec
+
+
+@pytest.mark.parametrize("name", list(QTYPES))
+def test_whole_decode_step_is_the_per_layer_path(tiny_gguf, name):
+    """CPUDecoder (one native call per token) gives bit-identical logits, caches and greedy tokens to the per-layer
+    fast path it replaces."""
+    _, paths = tiny_gguf
+    model = load(str(paths[name])).model
+    assert model._cpu_decoder is not None
+    ids = list(tiny.corpus_ids(40))
+    whole, cache_w = _decode(model, ids, 20, 12)
+    layers, cache_l = _decode(model, ids, 20, 12, whole_step=False)
+    assert torch.equal(whole, layers)
+    assert torch.equal(cache_w.k, cache_l.k) and torch.equal(cache_w.v, cache_l.v)
+    assert torch.equal(whole.argmax(-1), layers.argmax(-1))
+
+
+def test_whole_decode_step_on_two_threads_and_a_batch(tiny_gguf):
+    """Threads split rows and attention chunks without changing any sum: 2 threads give the 1-thread numbers; a batch
+    of 2 gives each row's numbers alone."""
+    _, paths = tiny_gguf
+    model = load(str(paths["Q4_1"])).model
+    ids = list(tiny.corpus_ids(120))
+    one, _ = _decode(model, ids, 70, 10, whole_step=False)  # past 64 positions: two attention chunks
+    torch.set_num_threads(2)
+    try:
+        two, _ = _decode(model, ids, 70, 10)
+        pair, _ = _decode(model, ids, 70, 10, batch=2)
+    finally:
+        torch.set_num_threads(1)
+    assert torch.equal(two, one)
+    assert torch.equal(pair[:1], one)
+    alone, _ = _decode(model, ids[1:], 70, 10)
+    assert torch.equal(pair[1:], alone)
+
+
+def test_whole_decode_step_past_its_first_rope_table(tiny_gguf):
+    """The RoPE tables start at 256 positions and grow: rows on both sides equal Transformer.rope's."""
+    _, paths = tiny_gguf
+    model = load(str(paths["Q4_0"])).model
+    ids = list(tiny.corpus_ids(300))
+    whole, _ = _decode(model, ids, 250, 12)
+    layers, _ = _decode(model, ids, 250, 12, whole_step=False)
+    assert model._cpu_decoder._cos.shape[0] >= 262 and torch.equal(whole, layers)
+
+
+def test_whole_decode_step_only_where_it_applies(tiny_gguf):
+    ref, paths = tiny_gguf
+    assert load(str(ref.checkpoint.path)).model._cpu_decoder is None  # float weights: the per-layer fast path
+    assert load(str(paths["Q8_0"]), dtype="float32").model.__dict__.get("_cpu_decoder") is None  # plain modules
+    model = load(str(paths["Q8_0"])).model
+    cache = model.new_cache(1, 8)
+    with torch.inference_mode():
+        model(torch.tensor([[5, 6, 7]]), 0, cache)
+        with pytest.raises(ValueError, match="exceeds"):
+            model(torch.tensor([[5]]), 8, cache)
+        with pytest.raises(RuntimeError, match="cache does not fit"):  # a batch of 2 against a cache for 1
+            cos, sin = model._cpu_decoder._tables(model, 3)
+            model._cpu_decoder._plan.step(torch.zeros(2, model.config.dim), cache.k, cache.v, cos, sin, 3)

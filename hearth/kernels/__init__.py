@@ -1,10 +1,12 @@
 """Native kernels, compiled on first use and cached.
 
 `gguf_cpu.cpp` multiplies by GGUF Q4_0/Q4_1/Q8_0 weights in place on x86 CPUs with AVX2 (see the file for why it
-is hand-written). It is built with PyTorch's C++-extension machinery the first time it is needed (~1 min on two
-cores) into ``$HEARTH_HOME/kernels`` (default ``~/.cache/hearth/kernels``) keyed by the source hash, so later
-processes load it in milliseconds. Where it cannot be built (no AVX2, no compiler), `gguf_ops()` returns None and
-callers fall back to dequantized weights; set ``HEARTH_NO_KERNELS=1`` to force that path.
+is hand-written); it also holds the fp32 glue of the fast path and `torch.classes.hearth.DecodePlan`, a whole
+one-token step in one call (hearth/model/cpu_decode.py). It is built with PyTorch's C++-extension machinery the
+first time it is needed (~1 min on two cores) into ``$HEARTH_HOME/kernels`` (default ``~/.cache/hearth/kernels``)
+keyed by the source hash, so later processes load it in milliseconds. Where it cannot be built (no AVX2, no
+compiler), `gguf_ops()` returns None and callers fall back to dequantized weights; set ``HEARTH_NO_KERNELS=1`` to
+force that path.
 """
 
 from __future__ import annotations

@@ -12,8 +12,13 @@
 // Ops (registered as torch.ops.hearth.*):
 //   gguf_mm(x[M,K] f32, ws: list of [N_i,row_bytes] u8, qtype) -> [M,sum N_i] f32     x @ dequant(cat(ws)).T
 //   gguf_dequant(w[N,row_bytes] u8, qtype, K) -> [N,K] f32         exact dequantization (for large-M products)
+//   rms_norm, rope_, silu_mul, decode_attention, attend_decode        the fp32 glue of the per-layer fast path
+// and a class, torch.classes.hearth.DecodePlan(tensors, meta, eps).step(x, k_cache, v_cache, cos, sin, pos) ->
+// logits: a whole one-token step of a Llama model in one call (see "a whole decode step" below).
 #include <torch/extension.h>
+#include <torch/custom_class.h>
 #include <ATen/Parallel.h>
+#include <omp.h>
 #include <immintrin.h>
 #include <cmath>
 #include <cstdint>
@@ -117,14 +122,19 @@ template <> struct Blk<Q8_0> {
 // FMA latency chains overlap and each weight block is decoded once for all RA activation rows.
 // out[a * ldo + r] = dot(w row r, act row a).
 template <int64_t T, int RW, int RA>
-inline void tile(const uint8_t* w, int64_t rb, const BlockQ8A* act, int64_t nb, float* out, int64_t ldo) {
+inline void tile(const uint8_t* w, int64_t rb, const BlockQ8A* act, int64_t nb, float* out, int64_t ldo,
+                 int64_t pf = 0) {
   using K = Blk<T>;
   using B = typename K::B;
   __m256 acc[RW][RA];
   float summs[RW][RA];
   for (int r = 0; r < RW; r++)
     for (int a = 0; a < RA; a++) { acc[r][a] = _mm256_setzero_ps(); summs[r][a] = 0.f; }
+  // pf > 0: prefetch the RW rows lying pf bytes ahead (a later tile), a few cache lines per block
+  const int64_t lines = (RW * rb + nb * 64 - 1) / (nb * 64);
   for (int64_t i = 0; i < nb; i++) {
+    if (pf)
+      for (int64_t j = 0; j < lines; j++) _mm_prefetch((const char*)w + pf + (i * lines + j) * 64, _MM_HINT_T0);
     __m256i qx[RA];
     for (int a = 0; a < RA; a++) qx[a] = _mm256_loadu_si256((const __m256i*)act[a * nb + i].qs);
     for (int r = 0; r < RW; r++) {
@@ -143,6 +153,11 @@ inline void tile(const uint8_t* w, int64_t rb, const BlockQ8A* act, int64_t nb, 
     for (int a = 0; a < RA; a++) out[a * ldo + r] = hsum_ps(acc[r][a]) + summs[r][a];
 }
 
+// A one-row product (decode) streams each weight byte once, and the hardware prefetcher alone leaves the loads
+// waiting on memory (measured: ~47 -> ~72 tok/s for SmolLM2-135M Q4_1 on 2 cores): each tile also prefetches the
+// rows of the tile kPrefetchTiles ahead. Its rows are contiguous, so this covers the whole weight in order.
+constexpr int64_t kPrefetchTiles = 2;
+
 // Rows [n0, n1) of W against all M activation rows: tiles of 4 weight rows x 2 activation rows, then edges.
 template <int64_t T>
 void mm_rows(const uint8_t* w, int64_t rb, const BlockQ8A* act, int64_t M, int64_t nb, float* out, int64_t N,
@@ -152,7 +167,7 @@ void mm_rows(const uint8_t* w, int64_t rb, const BlockQ8A* act, int64_t M, int64
     const uint8_t* wr = w + n * rb;
     int64_t m = 0;
     for (; m + 2 <= M; m += 2) tile<T, 4, 2>(wr, rb, act + m * nb, nb, out + m * N + n, N);
-    for (; m < M; m++) tile<T, 4, 1>(wr, rb, act + m * nb, nb, out + m * N + n, N);
+    for (; m < M; m++) tile<T, 4, 1>(wr, rb, act + m * nb, nb, out + m * N + n, N, M == 1 ? kPrefetchTiles * 4 * rb : 0);
   }
   for (; n < n1; n++)
     for (int64_t m = 0; m < M; m++) tile<T, 1, 1>(w + n * rb, rb, act + m * nb, nb, out + m * N + n, N);
@@ -175,6 +190,48 @@ void check_weight(const at::Tensor& w, int64_t qtype, int64_t K) {
               K / QK * block_bytes(qtype), " for ", K, " columns");
 }
 
+// Several weights of one type side by side (q|k|v, gate|up) as one product: output columns are the weights' rows
+// in order. The work unit is a tile of 4 rows of one weight; a thread takes a contiguous range of tiles.
+struct QLin {
+  int64_t qtype = 0, K = 0, nb = 0, rb = 0, N = 0;
+  std::vector<const uint8_t*> w;
+  std::vector<int64_t> rows, tiles_before{0};
+
+  QLin() = default;
+  QLin(at::TensorList ws, int64_t qtype_, int64_t K_) : qtype(qtype_), K(K_), nb(K_ / QK) {
+    TORCH_CHECK(!ws.empty(), "hearth gguf kernels: a product needs at least one weight");
+    for (const auto& t : ws) {
+      check_weight(t, qtype, K);
+      w.push_back(t.data_ptr<uint8_t>());
+      rows.push_back(t.size(0));
+      rb = t.size(1);
+      N += t.size(0);
+      tiles_before.push_back(tiles_before.back() + (t.size(0) + 3) / 4);
+    }
+  }
+  int64_t tiles() const { return tiles_before.back(); }
+
+  // f(part, first output column of the part, n0, n1) for the rows [n0, n1) of each part that tiles [t0, t1) cover
+  template <class F> void parts(int64_t t0, int64_t t1, F f) const {
+    int64_t col0 = 0;
+    for (size_t i = 0; i < w.size(); i++) {
+      const int64_t a = std::max(t0, tiles_before[i]) - tiles_before[i];
+      const int64_t b = std::min(t1, tiles_before[i + 1]) - tiles_before[i];
+      if (a < b) f(i, col0, a * 4, std::min(rows[i], b * 4));
+      col0 += rows[i];
+    }
+  }
+
+  // out[m * ldo + column] for the columns of tiles [t0, t1) and all M rows of act (M x nb blocks)
+  void run(const BlockQ8A* act, int64_t M, float* out, int64_t ldo, int64_t t0, int64_t t1) const {
+    parts(t0, t1, [&](size_t i, int64_t col0, int64_t n0, int64_t n1) {
+      if (qtype == Q4_1) mm_rows<Q4_1>(w[i], rb, act, M, nb, out + col0, ldo, n0, n1);
+      else if (qtype == Q4_0) mm_rows<Q4_0>(w[i], rb, act, M, nb, out + col0, ldo, n0, n1);
+      else mm_rows<Q8_0>(w[i], rb, act, M, nb, out + col0, ldo, n0, n1);
+    });
+  }
+};
+
 // x @ cat(ws).T: several weights of one type side by side (q|k|v, gate|up) share one activation quantization
 // and one call, without copying the memory-mapped blocks into one tensor.
 at::Tensor gguf_mm(const at::Tensor& x_in, at::TensorList ws, int64_t qtype) {
@@ -182,67 +239,48 @@ at::Tensor gguf_mm(const at::Tensor& x_in, at::TensorList ws, int64_t qtype) {
   TORCH_CHECK(!ws.empty(), "gguf_mm: no weights");
   const at::Tensor x = x_in.to(at::kFloat).contiguous();
   const int64_t M = x.size(0), K = x.size(1), nb = K / QK;
-  int64_t N = 0;
-  for (const auto& w : ws) { check_weight(w, qtype, K); N += w.size(0); }
-  at::Tensor out = at::empty({M, N}, x.options());
+  const QLin lin(ws, qtype, K);
+  at::Tensor out = at::empty({M, lin.N}, x.options());
   std::vector<BlockQ8A> act(M * nb);
   const float* xp = x.data_ptr<float>();
   for (int64_t m = 0; m < M; m++) quantize_row(xp + m * K, act.data() + m * nb, nb);
-  const BlockQ8A* ap = act.data();
   float* op = out.data_ptr<float>();
   // Rows of W are independent; each thread takes a contiguous range of 4-row tiles across all the weights and
   // streams it once for all M rows of x.
-  std::vector<int64_t> tiles_before(ws.size() + 1, 0);
-  for (size_t i = 0; i < ws.size(); i++) tiles_before[i + 1] = tiles_before[i] + (ws[i].size(0) + 3) / 4;
-  at::parallel_for(0, tiles_before.back(), 4, [&](int64_t t0, int64_t t1) {
-    int64_t col0 = 0;
-    for (size_t i = 0; i < ws.size(); i++) {
-      const int64_t Ni = ws[i].size(0);
-      const int64_t a = std::max(t0, tiles_before[i]) - tiles_before[i];
-      const int64_t b = std::min(t1, tiles_before[i + 1]) - tiles_before[i];
-      if (a < b) {
-        const uint8_t* wp = ws[i].data_ptr<uint8_t>();
-        const int64_t rb = ws[i].size(1), n0 = a * 4, n1 = std::min(Ni, b * 4);
-        float* oc = op + col0;  // column offset of this weight in the output; row stride stays N
-        if (qtype == Q4_1) mm_rows<Q4_1>(wp, rb, ap, M, nb, oc, N, n0, n1);
-        else if (qtype == Q4_0) mm_rows<Q4_0>(wp, rb, ap, M, nb, oc, N, n0, n1);
-        else mm_rows<Q8_0>(wp, rb, ap, M, nb, oc, N, n0, n1);
-      }
-      col0 += Ni;
-    }
-  });
+  at::parallel_for(0, lin.tiles(), 4, [&](int64_t t0, int64_t t1) { lin.run(act.data(), M, op, lin.N, t0, t1); });
   return out;
+}
+
+// One row of K values from its blocks (ggml: Q4_1 is q*d + m, Q4_0 is (q - 8)*d, Q8_0 is q*d).
+__attribute__((noinline)) void dequant_row(const uint8_t* row, int64_t qtype, int64_t K, float* y) {
+  for (int64_t i = 0; i < K / QK; i++, y += QK) {
+    const uint8_t* blk = row + i * block_bytes(qtype);
+    if (qtype == Q8_0) {
+      const BlockQ8_0* b = (const BlockQ8_0*)blk;
+      const float d = h2f(b->d);
+      for (int j = 0; j < QK; j++) y[j] = d * b->qs[j];
+    } else {
+      const uint8_t* qs;
+      float d, m;
+      if (qtype == Q4_1) { auto b = (const BlockQ4_1*)blk; d = h2f(b->d); m = h2f(b->m); qs = b->qs; }
+      else { auto b = (const BlockQ4_0*)blk; d = h2f(b->d); m = 0.f; qs = b->qs; }
+      const int off = qtype == Q4_1 ? 0 : 8;
+      for (int j = 0; j < 16; j++) {
+        y[j] = ((qs[j] & 0x0F) - off) * d + m;
+        y[j + 16] = ((qs[j] >> 4) - off) * d + m;
+      }
+    }
+  }
 }
 
 at::Tensor gguf_dequant(const at::Tensor& w, int64_t qtype, int64_t K) {
   check_weight(w, qtype, K);
-  const int64_t N = w.size(0), nb = K / QK, rb = w.size(1);
+  const int64_t N = w.size(0), rb = w.size(1);
   at::Tensor out = at::empty({N, K}, at::TensorOptions().dtype(at::kFloat));
   const uint8_t* wp = w.data_ptr<uint8_t>();
   float* op = out.data_ptr<float>();
   at::parallel_for(0, N, 16, [&](int64_t n0, int64_t n1) {
-    for (int64_t n = n0; n < n1; n++) {
-      for (int64_t i = 0; i < nb; i++) {
-        const uint8_t* blk = wp + n * rb + i * block_bytes(qtype);
-        float* y = op + n * K + i * QK;
-        if (qtype == Q8_0) {
-          const BlockQ8_0* b = (const BlockQ8_0*)blk;
-          const float d = h2f(b->d);
-          for (int j = 0; j < QK; j++) y[j] = d * b->qs[j];
-        } else {
-          const uint8_t* qs;
-          float d, m;
-          if (qtype == Q4_1) { auto b = (const BlockQ4_1*)blk; d = h2f(b->d); m = h2f(b->m); qs = b->qs; }
-          else { auto b = (const BlockQ4_0*)blk; d = h2f(b->d); m = 0.f; qs = b->qs; }
-          // ggml: Q4_1 is q*d + m, Q4_0 is (q - 8)*d
-          const int off = qtype == Q4_1 ? 0 : 8;
-          for (int j = 0; j < 16; j++) {
-            y[j] = ((qs[j] & 0x0F) - off) * d + m;
-            y[j + 16] = ((qs[j] >> 4) - off) * d + m;
-          }
-        }
-      }
-    }
+    for (int64_t n = n0; n < n1; n++) dequant_row(wp + n * rb, qtype, K, op + n * K);
   });
   return out;
 }
@@ -269,7 +307,163 @@ inline __m256 exp8(__m256 x) {
 
 // ---- fused decode-step glue (fp32) -------------------------------------------------------------------------
 // A decode step of a 135M model is ~10 ms of weight reading; eager PyTorch spends as long again in the dozen
-// small ops around each product (RMSNorm alone is six). These do each of those in one pass.
+// small ops around each product (RMSNorm alone is six). These do each of those in one pass. The row functions
+// are shared by the single ops and by DecodePlan (one whole token in one call), and kept out of line so both
+// run the very same instructions: the two paths give bit-identical results.
+
+// o = w * x / sqrt(mean(x^2) + eps) for one row of D
+__attribute__((noinline)) void rms_row(const float* r, const float* w, float eps, int64_t D, float* o) {
+  __m256 acc = _mm256_setzero_ps();
+  int64_t i = 0;
+  for (; i + 8 <= D; i += 8) {
+    const __m256 v = _mm256_loadu_ps(r + i);
+    acc = _mm256_fmadd_ps(v, v, acc);
+  }
+  float ss = hsum_ps(acc);
+  for (; i < D; i++) ss += r[i] * r[i];
+  const float inv = 1.0f / std::sqrt(ss / D + eps);
+  for (i = 0; i < D; i++) o[i] = w[i] * (r[i] * inv);
+}
+
+// Rotate-half RoPE of one head of D in place
+__attribute__((noinline)) void rope_head(float* v, const float* cr, const float* sr, int64_t D) {
+  const int64_t half = D / 2;
+  for (int64_t i = 0; i < half; i++) {
+    const float a = v[i], b = v[i + half];
+    v[i] = a * cr[i] - b * sr[i];
+    v[i + half] = b * cr[i + half] + a * sr[i + half];
+  }
+}
+
+// o[i] = silu(g[i]) * u[i] for i in [i0, i1); i0 a multiple of 8
+__attribute__((noinline)) void silu_mul_range(const float* g, const float* u, float* o, int64_t i0, int64_t i1) {
+  int64_t i = i0;
+  for (; i + 8 <= i1; i += 8) {
+    const __m256 gv = _mm256_loadu_ps(g + i);
+    const __m256 sig = _mm256_div_ps(gv, _mm256_add_ps(_mm256_set1_ps(1.0f), exp8(_mm256_sub_ps(_mm256_setzero_ps(), gv))));
+    _mm256_storeu_ps(o + i, _mm256_mul_ps(sig, _mm256_loadu_ps(u + i)));
+  }
+  for (; i < i1; i++) o[i] = g[i] / (1.0f + std::exp(-g[i])) * u[i];
+}
+
+// Decode attention is split in chunks of KCH cached positions, whatever the thread count: a work unit is one kv
+// head's chunk for all its query heads (the chunk's keys and values, 2 x 16 KB at head_dim 64, are read from
+// memory once and then from L1 for the other heads of the group), and the chunks of a head are merged in order
+// afterwards. So two threads share the work evenly for any head count and the result does not depend on them.
+constexpr int64_t KCH = 64;
+
+// One query head (q: D) against n cached keys and values (rows of D, contiguous): o = sum_l e^(s_l - m) v_l,
+// unnormalized, with s_l = scale q.k_l, m = max s_l; returns m and sum_l e^(s_l - m). p: n floats of scratch.
+__attribute__((noinline)) void attend_part(const float* q, const float* k, const float* v, int64_t n, int64_t D,
+                                           float scale, float* p, float* o, float* m_out, float* s_out) {
+  // scores: eight keys at a time (eight independent FMA chains in flight), their eight sums reduced together
+  int64_t l = 0;
+  if (D % 8 == 0) {
+    const __m256 sc = _mm256_set1_ps(scale);
+    for (; l + 8 <= n; l += 8) {
+      const float* k0 = k + l * D;
+      __m256 a[8];
+      for (int j = 0; j < 8; j++) a[j] = _mm256_setzero_ps();
+      for (int64_t i = 0; i < D; i += 8) {
+        const __m256 qv = _mm256_loadu_ps(q + i);
+        for (int j = 0; j < 8; j++) a[j] = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k0 + j * D + i), a[j]);
+      }
+      // transpose-and-add: lane j of the result is the sum of a[j]'s eight lanes
+      const __m256 t0 = _mm256_hadd_ps(a[0], a[1]), t1 = _mm256_hadd_ps(a[2], a[3]);
+      const __m256 t2 = _mm256_hadd_ps(a[4], a[5]), t3 = _mm256_hadd_ps(a[6], a[7]);
+      const __m256 u0 = _mm256_hadd_ps(t0, t1), u1 = _mm256_hadd_ps(t2, t3);
+      const __m256 sum = _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
+      _mm256_storeu_ps(p + l, _mm256_mul_ps(sum, sc));
+    }
+    for (; l < n; l++) {
+      __m256 a = _mm256_setzero_ps();
+      for (int64_t i = 0; i < D; i += 8) a = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), _mm256_loadu_ps(k + l * D + i), a);
+      p[l] = hsum_ps(a) * scale;
+    }
+  } else {
+    for (; l < n; l++) {
+      float d = 0.f;
+      for (int64_t i = 0; i < D; i++) d += q[i] * k[l * D + i];
+      p[l] = d * scale;
+    }
+  }
+  float mx = -INFINITY;
+  for (l = 0; l < n; l++) mx = std::max(mx, p[l]);
+  __m256 acc = _mm256_setzero_ps();
+  for (l = 0; l + 8 <= n; l += 8) {
+    const __m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(p + l), _mm256_set1_ps(mx)));
+    _mm256_storeu_ps(p + l, e);
+    acc = _mm256_add_ps(acc, e);
+  }
+  float sum = hsum_ps(acc);
+  for (; l < n; l++) { p[l] = std::exp(p[l] - mx); sum += p[l]; }
+  *m_out = mx;
+  *s_out = sum;
+  // weighted values: 64 (or 32) output columns at a time in registers, each value row read once
+  if (D % 64 == 0) {
+    for (int64_t c = 0; c < D; c += 64) {
+      __m256 a[8];
+      for (int j = 0; j < 8; j++) a[j] = _mm256_setzero_ps();
+      for (l = 0; l < n; l++) {
+        const float* vl = v + l * D + c;
+        const __m256 w = _mm256_set1_ps(p[l]);
+        for (int j = 0; j < 8; j++) a[j] = _mm256_fmadd_ps(w, _mm256_loadu_ps(vl + 8 * j), a[j]);
+      }
+      for (int j = 0; j < 8; j++) _mm256_storeu_ps(o + c + 8 * j, a[j]);
+    }
+  } else if (D % 32 == 0) {
+    for (int64_t c = 0; c < D; c += 32) {
+      __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+      for (l = 0; l < n; l++) {
+        const float* vl = v + l * D + c;
+        const __m256 w = _mm256_set1_ps(p[l]);
+        a0 = _mm256_fmadd_ps(w, _mm256_loadu_ps(vl), a0);
+        a1 = _mm256_fmadd_ps(w, _mm256_loadu_ps(vl + 8), a1);
+        a2 = _mm256_fmadd_ps(w, _mm256_loadu_ps(vl + 16), a2);
+        a3 = _mm256_fmadd_ps(w, _mm256_loadu_ps(vl + 24), a3);
+      }
+      _mm256_storeu_ps(o + c, a0);
+      _mm256_storeu_ps(o + c + 8, a1);
+      _mm256_storeu_ps(o + c + 16, a2);
+      _mm256_storeu_ps(o + c + 24, a3);
+    }
+  } else {
+    for (int64_t i = 0; i < D; i++) o[i] = 0.f;
+    for (l = 0; l < n; l++)
+      for (int64_t i = 0; i < D; i++) o[i] += p[l] * v[l * D + i];
+  }
+}
+
+// The chunks (nc of them: parts o [nc, D], maxima m [nc], sums s [nc]) of one head merged, in order, into out [D].
+__attribute__((noinline)) void merge_head(const float* o, const float* m, const float* s, int64_t nc, int64_t D,
+                                          float* out) {
+  float mx = -INFINITY;
+  for (int64_t c = 0; c < nc; c++) mx = std::max(mx, m[c]);
+  float den = 0.f;
+  for (int64_t i = 0; i < D; i++) out[i] = 0.f;
+  for (int64_t c = 0; c < nc; c++) {
+    const float f = std::exp(m[c] - mx);
+    den += f * s[c];
+    for (int64_t i = 0; i < D; i++) out[i] += f * o[c * D + i];
+  }
+  const float inv = 1.0f / den;
+  for (int64_t i = 0; i < D; i++) out[i] *= inv;
+}
+
+// Work unit j of B * KVH * nc: chunk c of kv head g of sequence b, for the G query heads of the group.
+// q rows of the G heads at q (stride D); parts go to o [B, H, nc, D], m and s [B, H, nc]; p: KCH floats.
+inline void attend_unit(int64_t j, int64_t nc, int64_t KVH, int64_t G, int64_t L, int64_t D, float scale,
+                        const float* qp, int64_t q_bstride, const float* kp, const float* vp, int64_t ksb, int64_t ksh,
+                        int64_t vsb, int64_t vsh, float* p, float* o, float* m, float* s) {
+  const int64_t c = j % nc, g = (j / nc) % KVH, b = j / (nc * KVH);
+  const int64_t l0 = c * KCH, n = std::min(KCH, L - l0), H = KVH * G;
+  const float* k = kp + b * ksb + g * ksh + l0 * D;
+  const float* v = vp + b * vsb + g * vsh + l0 * D;
+  for (int64_t h = g * G; h < (g + 1) * G; h++) {
+    const int64_t u = (b * H + h) * nc + c;
+    attend_part(qp + b * q_bstride + h * D, k, v, n, D, scale, p, o + u * D, m + u, s + u);
+  }
+}
 
 // out[n] = w * x[n] / sqrt(mean(x[n]^2) + eps)   (x: [N, D])
 at::Tensor rms_norm(const at::Tensor& x_in, const at::Tensor& w_in, double eps) {
@@ -280,16 +474,7 @@ at::Tensor rms_norm(const at::Tensor& x_in, const at::Tensor& w_in, double eps) 
   const float *xp = x.data_ptr<float>(), *wp = w.data_ptr<float>();
   float* op = out.data_ptr<float>();
   at::parallel_for(0, N, 8, [&](int64_t n0, int64_t n1) {
-    for (int64_t n = n0; n < n1; n++) {
-      const float* r = xp + n * D;
-      float ss = 0.f;
-#pragma omp simd reduction(+ : ss)
-      for (int64_t i = 0; i < D; i++) ss += r[i] * r[i];
-      const float inv = 1.0f / std::sqrt(ss / D + (float)eps);
-      float* o = op + n * D;
-#pragma omp simd
-      for (int64_t i = 0; i < D; i++) o[i] = wp[i] * (r[i] * inv);
-    }
+    for (int64_t n = n0; n < n1; n++) rms_row(xp + n * D, wp, (float)eps, D, op + n * D);
   });
   return out;
 }
@@ -298,20 +483,13 @@ at::Tensor rms_norm(const at::Tensor& x_in, const at::Tensor& w_in, double eps) 
 void rope_(at::Tensor& x, const at::Tensor& cos_in, const at::Tensor& sin_in, int64_t n_heads, int64_t D) {
   TORCH_CHECK(x.scalar_type() == at::kFloat && x.stride(-1) == 1 && x.dim() == 2, "rope_: fp32 [N, C] rows");
   const at::Tensor c = cos_in.contiguous(), s = sin_in.contiguous();
-  const int64_t N = x.size(0), ld = x.stride(0), half = D / 2;
+  const int64_t N = x.size(0), ld = x.stride(0);
   float* xp = x.data_ptr<float>();
   const float *cp = c.data_ptr<float>(), *sp = s.data_ptr<float>();
   at::parallel_for(0, N * n_heads, 16, [&](int64_t j0, int64_t j1) {
     for (int64_t j = j0; j < j1; j++) {
       const int64_t n = j / n_heads, h = j % n_heads;
-      float* v = xp + n * ld + h * D;
-      const float *cr = cp + n * D, *sr = sp + n * D;
-#pragma omp simd
-      for (int64_t i = 0; i < half; i++) {
-        const float a = v[i], b = v[i + half];
-        v[i] = a * cr[i] - b * sr[i];
-        v[i + half] = b * cr[i + half] + a * sr[i + half];
-      }
+      rope_head(xp + n * ld + h * D, cp + n * D, sp + n * D, D);
     }
   });
 }
@@ -327,104 +505,27 @@ at::Tensor silu_mul(const at::Tensor& gu_in) {
   const float* gp = gu.data_ptr<float>();
   float* op = out.data_ptr<float>();
   at::parallel_for(0, N, 1, [&](int64_t n0, int64_t n1) {
-    for (int64_t n = n0; n < n1; n++) {
-      const float *g = gp + n * 2 * H, *u = g + H;
-      float* o = op + n * H;
-      int64_t i = 0;
-      for (; i + 8 <= H; i += 8) {
-        const __m256 gv = _mm256_loadu_ps(g + i);
-        const __m256 sig = _mm256_div_ps(gv, _mm256_add_ps(_mm256_set1_ps(1.0f), exp8(_mm256_sub_ps(_mm256_setzero_ps(), gv))));
-        _mm256_storeu_ps(o + i, _mm256_mul_ps(sig, _mm256_loadu_ps(u + i)));
-      }
-      for (; i < H; i++) o[i] = g[i] / (1.0f + std::exp(-g[i])) * u[i];
-    }
+    for (int64_t n = n0; n < n1; n++) silu_mul_range(gp + n * 2 * H, gp + n * 2 * H + H, op + n * H, 0, H);
   });
   return out;
 }
 
-// One query per sequence against its cached keys: q [B, H, D]; k, v [B, KVH, Lmax, D] (first L positions used).
-// Grouped-query: query head h reads kv head h / (H / KVH). Softmax in fp32 with the max subtracted. The G query
-// heads sharing a kv head are done together, so each cached key and value row is read from memory once.
-// The attention of one query row per sequence; q rows at qp + b * q_bstride ([H, D] each); out [B, H, D].
+// One query row per sequence against its cached keys: q rows at qp + b * q_bstride ([H, D] each); k, v rows of
+// D at kp + b * ksb + g * ksh (first L positions used); out [B, H, D]. Grouped-query: query head h reads kv
+// head h / (H / KVH).
 void attend_core(const float* qp, int64_t q_bstride, const float* kp, const float* vp, int64_t ksb, int64_t ksh,
                  int64_t vsb, int64_t vsh, int64_t B, int64_t H, int64_t KVH, int64_t D, int64_t L, double scale,
                  float* op) {
-  const int64_t G = H / KVH;
-  const bool vec = D % 8 == 0;
-  at::parallel_for(0, B * KVH, 1, [&](int64_t j0, int64_t j1) {
-    std::vector<float> p(G * L);
-    for (int64_t j = j0; j < j1; j++) {
-      const int64_t b = j / KVH, g = j % KVH;
-      const float* kr = kp + b * ksb + g * ksh;
-      const float* vr = vp + b * vsb + g * vsh;
-      const float* q0 = qp + b * q_bstride + g * G * D;  // the G query heads of this kv head, contiguous
-      float* o0 = op + (b * H + g * G) * D;
-      // scores: one pass over the keys for all G heads
-      for (int64_t l = 0; l < L; l++) {
-        const float* kl = kr + l * D;
-        for (int64_t h = 0; h < G; h++) {
-          const float* qr = q0 + h * D;
-          float d = 0.f;
-          if (vec) {
-            __m256 a = _mm256_setzero_ps();
-            for (int64_t i = 0; i < D; i += 8) a = _mm256_fmadd_ps(_mm256_loadu_ps(qr + i), _mm256_loadu_ps(kl + i), a);
-            d = hsum_ps(a);
-          } else {
-            for (int64_t i = 0; i < D; i++) d += qr[i] * kl[i];
-          }
-          p[h * L + l] = d * (float)scale;
-        }
-      }
-      std::vector<float> inv(G);
-      for (int64_t h = 0; h < G; h++) {
-        float* ph = p.data() + h * L;
-        float mx = -INFINITY;
-        for (int64_t l = 0; l < L; l++) mx = std::max(mx, ph[l]);
-        int64_t l = 0;
-        __m256 acc = _mm256_setzero_ps();
-        for (; l + 8 <= L; l += 8) {
-          const __m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(ph + l), _mm256_set1_ps(mx)));
-          _mm256_storeu_ps(ph + l, e);
-          acc = _mm256_add_ps(acc, e);
-        }
-        float sum = hsum_ps(acc);
-        for (; l < L; l++) { ph[l] = std::exp(ph[l] - mx); sum += ph[l]; }
-        inv[h] = 1.0f / sum;
-      }
-      // weighted values: 32 output columns at a time for up to 3 heads in registers, each value row read once
-      if (vec && D % 32 == 0 && G <= 3) {
-        for (int64_t c = 0; c < D; c += 32) {
-          __m256 acc[3][4];
-          for (int64_t h = 0; h < G; h++)
-            for (int u = 0; u < 4; u++) acc[h][u] = _mm256_setzero_ps();
-          for (int64_t l = 0; l < L; l++) {
-            const float* vl = vr + l * D + c;
-            const __m256 v0 = _mm256_loadu_ps(vl), v1 = _mm256_loadu_ps(vl + 8), v2 = _mm256_loadu_ps(vl + 16),
-                         v3 = _mm256_loadu_ps(vl + 24);
-            for (int64_t h = 0; h < G; h++) {
-              const __m256 w = _mm256_set1_ps(p[h * L + l]);
-              acc[h][0] = _mm256_fmadd_ps(w, v0, acc[h][0]);
-              acc[h][1] = _mm256_fmadd_ps(w, v1, acc[h][1]);
-              acc[h][2] = _mm256_fmadd_ps(w, v2, acc[h][2]);
-              acc[h][3] = _mm256_fmadd_ps(w, v3, acc[h][3]);
-            }
-          }
-          for (int64_t h = 0; h < G; h++)
-            for (int u = 0; u < 4; u++)
-              _mm256_storeu_ps(o0 + h * D + c + 8 * u, _mm256_mul_ps(acc[h][u], _mm256_set1_ps(inv[h])));
-        }
-      } else {
-        for (int64_t h = 0; h < G; h++) {
-          float* o = o0 + h * D;
-          for (int64_t i = 0; i < D; i++) o[i] = 0.f;
-          for (int64_t l = 0; l < L; l++) {
-            const float w = p[h * L + l] * inv[h];
-            for (int64_t i = 0; i < D; i++) o[i] += w * vr[l * D + i];
-          }
-        }
-      }
-    }
+  const int64_t G = H / KVH, nc = (L + KCH - 1) / KCH;
+  std::vector<float> o(B * H * nc * D), m(B * H * nc), s(B * H * nc);
+  at::parallel_for(0, B * KVH * nc, 1, [&](int64_t j0, int64_t j1) {
+    float p[KCH];
+    for (int64_t j = j0; j < j1; j++)
+      attend_unit(j, nc, KVH, G, L, D, (float)scale, qp, q_bstride, kp, vp, ksb, ksh, vsb, vsh, p, o.data(), m.data(),
+                  s.data());
   });
+  for (int64_t u = 0; u < B * H; u++)
+    merge_head(o.data() + u * nc * D, m.data() + u * nc, s.data() + u * nc, nc, D, op + u * D);
 }
 
 at::Tensor decode_attention(const at::Tensor& q_in, const at::Tensor& k, const at::Tensor& v, int64_t L, double scale) {
@@ -441,13 +542,18 @@ at::Tensor decode_attention(const at::Tensor& q_in, const at::Tensor& k, const a
   return out;
 }
 
+void check_caches(const at::Tensor& k, const at::Tensor& v) {
+  TORCH_CHECK(k.device().is_cpu() && k.scalar_type() == at::kFloat && v.scalar_type() == at::kFloat && k.dim() == 5 &&
+              k.is_contiguous() && v.is_contiguous() && k.sizes() == v.sizes(),
+              "caches must be contiguous fp32 CPU tensors [n_layers, B, KVH, Lmax, D]");
+}
+
 // One decode step of one layer's attention in a single call: qkv [B, (H + 2 KVH) * D] (RoPE applied) has its k and
 // v written into the caches k, v [n_layers, B, KVH, Lmax, D] at `pos`, then its q attends over positions 0..pos.
 at::Tensor attend_decode(const at::Tensor& qkv, at::Tensor& k, at::Tensor& v, int64_t layer, int64_t pos, int64_t H,
                          int64_t KVH, double scale) {
   TORCH_CHECK(qkv.scalar_type() == at::kFloat && qkv.dim() == 2 && qkv.stride(1) == 1, "attend_decode: fp32 [B, C] rows");
-  TORCH_CHECK(k.scalar_type() == at::kFloat && v.scalar_type() == at::kFloat && k.dim() == 5 && k.is_contiguous() &&
-              v.is_contiguous() && k.sizes() == v.sizes(), "attend_decode: caches must be contiguous fp32 [n_layers, B, KVH, Lmax, D]");
+  check_caches(k, v);
   const int64_t B = qkv.size(0), D = k.size(4), Lmax = k.size(3);
   TORCH_CHECK(qkv.size(1) == (H + 2 * KVH) * D && k.size(1) == B && k.size(2) == KVH && H % KVH == 0,
               "attend_decode: shapes do not match the cache");
@@ -467,6 +573,210 @@ at::Tensor attend_decode(const at::Tensor& qkv, at::Tensor& k, at::Tensor& v, in
   return out;
 }
 
+// ---- a whole decode step ---------------------------------------------------------------------------------------
+// One token per sequence through every layer, the final norm and the output product in ONE OpenMP parallel region,
+// as llama.cpp does: the threads split the rows of each product and the heads of attention and meet at a barrier
+// between dependent steps (6 per layer); small row work (RMSNorm, activation quantization) is done by every thread
+// on its own copy instead of costing a barrier. Same row functions and products as the per-op path above, so the
+// logits are bit-identical to it. A plan holds the weights' addresses, built once per model (DecodePlan in Python:
+// hearth/model/cpu_decode.py).
+
+struct LayerPlan {
+  const float *attn_norm = nullptr, *ffn_norm = nullptr;
+  QLin qkv, wo, w13, w2;
+};
+
+inline void split(int64_t n, int nt, int tid, int64_t& a, int64_t& b) {
+  a = n * tid / nt;
+  b = n * (tid + 1) / nt;
+}
+
+struct DecodePlan : torch::CustomClassHolder {
+  std::vector<at::Tensor> keep;  // the tensors whose memory the plan points into
+  std::vector<LayerPlan> layers;
+  const float* norm = nullptr;
+  QLin out;
+  const uint8_t* emb = nullptr;  // the token embedding's blocks, when the plan embeds token ids itself
+  int64_t emb_qtype = 0, emb_rows = 0, emb_rb = 0;
+  int64_t dim = 0, H = 0, KVH = 0, D = 0, hidden = 0, vocab = 0;
+  double eps = 0;
+
+  // tensors: per layer attention_norm, the q|k|v parts, the wo parts, ffn_norm, the gate|up parts, the down parts;
+  // then the final norm, the output parts and, optionally, the token embedding's blocks. meta: n_layers, dim,
+  // n_heads, n_kv_heads, head_dim, hidden, then per layer (qtype, number of parts) for qkv, wo, w13, w2, then for
+  // the output, then (qtype, 1) for the embedding or (0, 0) for none.
+  DecodePlan(std::vector<at::Tensor> tensors, std::vector<int64_t> meta, double eps_) : keep(std::move(tensors)), eps(eps_) {
+    TORCH_CHECK(meta.size() >= 6, "DecodePlan: short meta");
+    const int64_t n_layers = meta[0];
+    dim = meta[1], H = meta[2], KVH = meta[3], D = meta[4], hidden = meta[5];
+    TORCH_CHECK(n_layers >= 1 && H % KVH == 0 && (int64_t)meta.size() == 6 + 8 * n_layers + 4, "DecodePlan: bad meta");
+    size_t ti = 0, mi = 6;
+    auto next = [&]() -> const at::Tensor& {
+      TORCH_CHECK(ti < keep.size(), "DecodePlan: too few tensors");
+      return keep[ti++];
+    };
+    auto vec = [&](int64_t n) {
+      const at::Tensor& t = next();
+      TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == at::kFloat && t.is_contiguous() && t.numel() == n,
+                  "DecodePlan: norm weights must be contiguous fp32 CPU vectors of ", n);
+      return t.data_ptr<float>();
+    };
+    auto lin = [&](int64_t K, int64_t N) {
+      const int64_t qtype = meta[mi], parts = meta[mi + 1];
+      mi += 2;
+      TORCH_CHECK(parts >= 1 && ti + parts <= keep.size(), "DecodePlan: too few tensors");
+      QLin q(at::TensorList(keep.data() + ti, parts), qtype, K);
+      ti += parts;
+      TORCH_CHECK(N < 0 || q.N == N, "DecodePlan: a product has ", q.N, " outputs, expected ", N);
+      return q;
+    };
+    for (int64_t i = 0; i < n_layers; i++) {
+      LayerPlan L;
+      L.attn_norm = vec(dim);
+      L.qkv = lin(dim, (H + 2 * KVH) * D);
+      L.wo = lin(H * D, dim);
+      L.ffn_norm = vec(dim);
+      L.w13 = lin(dim, 2 * hidden);
+      L.w2 = lin(hidden, dim);
+      layers.push_back(std::move(L));
+    }
+    norm = vec(dim);
+    out = lin(dim, -1);
+    vocab = out.N;
+    if (meta[mi + 1] == 1) {
+      const at::Tensor& e = next();
+      emb_qtype = meta[mi];
+      check_weight(e, emb_qtype, dim);
+      emb = e.data_ptr<uint8_t>(), emb_rows = e.size(0), emb_rb = e.size(1);
+    }
+    TORCH_CHECK(ti == keep.size(), "DecodePlan: ", keep.size() - ti, " tensors left over");
+  }
+
+  // x: the embedded tokens at position pos, [B, dim] fp32, or (a plan with the embedding) their ids, [B] int64;
+  // caches [n_layers, B, KVH, Lmax, D]; cos/sin [>pos, D] tables by position. Writes each layer's k, v at pos and
+  // returns the logits [B, vocab].
+  at::Tensor step(at::Tensor x_in, at::Tensor k, at::Tensor v, at::Tensor cos, at::Tensor sin, int64_t pos) {
+    const at::Tensor x0 = x_in.contiguous();
+    TORCH_CHECK(x0.device().is_cpu(), "DecodePlan.step: x must be on the CPU");
+    const bool ids = x0.scalar_type() == at::kLong;
+    TORCH_CHECK(ids ? (emb != nullptr && x0.dim() == 1) : (x0.scalar_type() == at::kFloat && x0.dim() == 2 && x0.size(1) == dim),
+                "DecodePlan.step: x must be fp32 [B, ", dim, "] or, with an embedding in the plan, int64 token ids [B]");
+    check_caches(k, v);
+    const int64_t B = x0.size(0), Lmax = k.size(3);
+    TORCH_CHECK(k.size(0) == (int64_t)layers.size() && k.size(1) == B && k.size(2) == KVH && k.size(4) == D,
+                "DecodePlan.step: the cache does not fit the model or the batch");
+    TORCH_CHECK(pos >= 0 && pos < Lmax, "DecodePlan.step: position ", pos, " outside the cache of ", Lmax);
+    TORCH_CHECK(cos.scalar_type() == at::kFloat && sin.scalar_type() == at::kFloat && cos.is_contiguous() &&
+                sin.is_contiguous() && cos.dim() == 2 && cos.sizes() == sin.sizes() && cos.size(1) == D && pos < cos.size(0),
+                "DecodePlan.step: cos/sin must be contiguous fp32 [> pos, head_dim] tables");
+    const float* cr = cos.data_ptr<float>() + pos * D;
+    const float* sr = sin.data_ptr<float>() + pos * D;
+    const int64_t Nqkv = (H + 2 * KVH) * D, HD = H * D, L = pos + 1, G = H / KVH;
+    const int64_t nbd = dim / QK, nbo = HD / QK, nbh = hidden / QK, nba = std::max(nbd, nbo);
+    const float scale = 1.0f / std::sqrt((float)D);
+    at::Tensor logits = at::empty({B, vocab}, at::TensorOptions().dtype(at::kFloat));
+    float* lp = logits.data_ptr<float>();
+    float *kc = k.data_ptr<float>(), *vc = v.data_ptr<float>();
+    const int64_t sl = k.stride(0), sb = k.stride(1), sh = k.stride(2);
+
+    const int nth = std::max(1, at::get_num_threads());
+    std::vector<float> xw(B * dim);  // the residual stream
+    if (ids) {
+      const int64_t* tp = x0.data_ptr<int64_t>();
+      for (int64_t r = 0; r < B; r++) {
+        TORCH_CHECK(tp[r] >= 0 && tp[r] < emb_rows, "DecodePlan.step: token id ", tp[r], " outside the embedding of ", emb_rows);
+        dequant_row(emb + tp[r] * emb_rb, emb_qtype, dim, xw.data() + r * dim);
+      }
+    } else {
+      std::memcpy(xw.data(), x0.data_ptr<float>(), B * dim * sizeof(float));
+    }
+    std::vector<float> qkv(B * Nqkv), y(B * dim), gu(B * 2 * hidden), hb(B * hidden);
+    const int64_t nc = (L + KCH - 1) / KCH;
+    std::vector<float> xn((size_t)nth * B * dim), p((size_t)nth * KCH), att_own((size_t)nth * B * HD);
+    std::vector<float> ao(B * H * nc * D), am(B * H * nc), as(B * H * nc);
+    std::vector<BlockQ8A> act_own((size_t)nth * B * nba), act_h(B * nbh);
+    float* xs = xw.data();
+
+#pragma omp parallel num_threads(nth)
+    {
+      const int tid = omp_get_thread_num(), nt = omp_get_num_threads();
+      BlockQ8A* my = act_own.data() + (size_t)tid * B * nba;
+      float* xt = xn.data() + (size_t)tid * B * dim;
+      float* pt = p.data() + (size_t)tid * KCH;
+      float* at_own = att_own.data() + (size_t)tid * B * HD;
+      int64_t a, b;
+      // every thread: normalize the residual rows and quantize them into its own activation blocks
+      auto norm_quant = [&](const float* w) {
+        for (int64_t r = 0; r < B; r++) {
+          rms_row(xs + r * dim, w, (float)eps, dim, xt + r * dim);
+          quantize_row(xt + r * dim, my + r * nbd, nbd);
+        }
+      };
+      // this thread's tiles of a product whose dim outputs are added to the residual stream
+      auto product_add = [&](const QLin& lin, const BlockQ8A* act) {
+        split(lin.tiles(), nt, tid, a, b);
+        lin.run(act, B, y.data(), dim, a, b);
+        lin.parts(a, b, [&](size_t, int64_t col0, int64_t n0, int64_t n1) {
+          for (int64_t r = 0; r < B; r++)
+            for (int64_t n = col0 + n0; n < col0 + n1; n++) xs[r * dim + n] += y[r * dim + n];
+        });
+      };
+      for (size_t li = 0; li < layers.size(); li++) {
+        const LayerPlan& Lp = layers[li];
+        float *kl = kc + li * sl, *vl = vc + li * sl;
+        norm_quant(Lp.attn_norm);
+        split(Lp.qkv.tiles(), nt, tid, a, b);
+        Lp.qkv.run(my, B, qkv.data(), Nqkv, a, b);
+#pragma omp barrier
+        // RoPE on q and k, then k and v into the caches at pos
+        split(B * (H + KVH), nt, tid, a, b);
+        for (int64_t j = a; j < b; j++) {
+          const int64_t r = j / (H + KVH), h = j % (H + KVH);
+          float* hp = qkv.data() + r * Nqkv + h * D;
+          rope_head(hp, cr, sr, D);
+          if (h >= H) {
+            const int64_t g = h - H;
+            std::memcpy(kl + r * sb + g * sh + pos * D, hp, D * sizeof(float));
+            std::memcpy(vl + r * sb + g * sh + pos * D, hp + KVH * D, D * sizeof(float));
+          }
+        }
+#pragma omp barrier
+        // attention by (kv head, chunk of positions)
+        split(B * KVH * nc, nt, tid, a, b);
+        for (int64_t j = a; j < b; j++)
+          attend_unit(j, nc, KVH, G, L, D, scale, qkv.data(), Nqkv, kl, vl, sb, sh, sb, sh, pt, ao.data(), am.data(),
+                      as.data());
+#pragma omp barrier
+        // every thread merges the chunks into its own copy of the attention output
+        for (int64_t u = 0; u < B * H; u++)
+          merge_head(ao.data() + u * nc * D, am.data() + u * nc, as.data() + u * nc, nc, D, at_own + u * D);
+        for (int64_t r = 0; r < B; r++) quantize_row(at_own + r * HD, my + r * nbo, nbo);
+        product_add(Lp.wo, my);
+#pragma omp barrier
+        norm_quant(Lp.ffn_norm);
+        split(Lp.w13.tiles(), nt, tid, a, b);
+        Lp.w13.run(my, B, gu.data(), 2 * hidden, a, b);
+#pragma omp barrier
+        // silu(gate) * up and its quantization, by blocks of 32
+        split(B * nbh, nt, tid, a, b);
+        for (int64_t j = a; j < b; j++) {
+          const int64_t r = j / nbh, c = (j % nbh) * QK;
+          const float* g = gu.data() + r * 2 * hidden;
+          silu_mul_range(g, g + hidden, hb.data() + r * hidden, c, c + QK);
+          quantize_row(hb.data() + r * hidden + c, act_h.data() + j, 1);
+        }
+#pragma omp barrier
+        product_add(Lp.w2, act_h.data());
+#pragma omp barrier
+      }
+      norm_quant(norm);
+      split(out.tiles(), nt, tid, a, b);
+      out.run(my, B, lp, vocab, a, b);
+    }
+    return logits;
+  }
+};
+
 }  // namespace
 
 TORCH_LIBRARY(hearth, m) {
@@ -477,6 +787,9 @@ TORCH_LIBRARY(hearth, m) {
   m.def("silu_mul(Tensor gu) -> Tensor");
   m.def("decode_attention(Tensor q, Tensor k, Tensor v, int length, float scale) -> Tensor");
   m.def("attend_decode(Tensor qkv, Tensor(a!) k, Tensor(b!) v, int layer, int pos, int n_heads, int n_kv_heads, float scale) -> Tensor");
+  m.class_<DecodePlan>("DecodePlan")
+      .def(torch::init<std::vector<at::Tensor>, std::vector<int64_t>, double>())
+      .def("step", &DecodePlan::step);
 }
 
 TORCH_LIBRARY_IMPL(hearth, CPU, m) {

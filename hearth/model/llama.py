@@ -263,6 +263,10 @@ class Transformer(nn.Module):
                 del ff.w1, ff.w3
             att.ops = ff.ops = layer.attention_norm.ops = layer.ffn_norm.ops = ops
         self.norm.ops = ops
+        # GGUF block weights on the CPU: one-token steps run the whole model in one native call (forward)
+        from hearth.model.cpu_decode import CPUDecoder
+
+        self._cpu_decoder = CPUDecoder.build(self, ops)
 
     @property
     def device(self) -> torch.device:
@@ -306,6 +310,9 @@ class Transformer(nn.Module):
         b, t = tokens.shape
         if cache is not None and isinstance(start, int) and start + t > cache.max_seq_len:
             raise ValueError(f"sequence of {start + t} tokens exceeds the cache's {cache.max_seq_len}")
+        dec = self.__dict__.get("_cpu_decoder")  # hearth/model/cpu_decode.py, set by use_fast_path
+        if t == 1 and dec is not None and isinstance(start, int) and dec.usable(tokens, cache):
+            return dec(self, tokens, start, cache)
         x = self.tok_embeddings(tokens)
         cos, sin = self.rope(start, t, tokens.device)
         for layer in self.layers:

@@ -1,0 +1,107 @@
+"""A whole one-token decode step in one native call, for GGUF block weights on the CPU.
+
+The per-layer fast path (hearth/model/llama.py with hearth's kernels) makes ~12 small calls per layer; for a 135M
+model that is as much time in Python and in starting and stopping OpenMP thread teams as in the products. Here
+every layer, the final norm and the output product run inside one parallel region of hearth's C++ kernels
+(`DecodePlan.step` in hearth/kernels/gguf_cpu.cpp), as llama.cpp runs a token. The arithmetic is the per-layer
+path's own (the same row functions and products), so the logits are bit-identical to it.
+
+`CPUDecoder.build(model)` packs the weights' addresses once (when the fast path is enabled); the model's forward
+hands one-token steps with a contiguous fp32 `KVCache` to it and keeps the per-layer path for everything else.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from hearth.model.llama import KVCache
+from hearth.model.quant import GGUFEmbedding, GGUFLinear
+
+
+class CPUDecoder:
+    """The packed weights of one fast-path Transformer, and RoPE tables by position."""
+
+    def __init__(self, model, plan, embeds: bool):
+        self._plan = plan
+        self._embeds = embeds  # the plan reads the token embedding's blocks itself (token ids in, no Python op)
+        self._norm = model.norm.weight  # to notice the weights being moved or converted after packing
+        self._norm_ptr = model.norm.weight.data_ptr()
+        self._cos = self._sin = torch.empty(0, model.config.head_dim)
+
+    @classmethod
+    def build(cls, model, ops) -> CPUDecoder | None:
+        """None unless every product of `model` (after Transformer.use_fast_path) is a GGUF block weight that
+        hearth's kernels read, and the rest is fp32 on the CPU."""
+        if ops is None or not hasattr(torch.classes.hearth, "DecodePlan"):
+            return None
+        cfg = model.config
+        norms = [model.norm] + [n for layer in model.layers for n in (layer.attention_norm, layer.ffn_norm)]
+        if any(n.weight.dtype != torch.float32 or n.weight.device.type != "cpu" or n.eps != model.norm.eps
+               for n in norms):
+            return None
+        tensors: list[Tensor] = []
+        meta = [cfg.n_layers, cfg.dim, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.hidden_dim]
+
+        def add(lin) -> bool:
+            if not isinstance(lin, GGUFLinear) or any(w.device.type != "cpu" for w in lin.qweights):
+                return False
+            tensors.extend(lin.qweights)
+            meta.extend((lin.qtype, len(lin.qweights)))
+            return True
+
+        for layer in model.layers:
+            att, ff = layer.attention, layer.feed_forward
+            tensors.append(layer.attention_norm.weight.detach())
+            if not (add(att.wqkv) and add(att.wo)):
+                return None
+            tensors.append(layer.ffn_norm.weight.detach())
+            if not (add(ff.w13) and add(ff.w2)):
+                return None
+        tensors.append(model.norm.weight.detach())
+        if not add(model.output):
+            return None
+        emb = model.tok_embeddings
+        embeds = isinstance(emb, GGUFEmbedding) and emb.qweight.device.type == "cpu" and emb.dtype == torch.float32
+        if embeds:
+            tensors.append(emb.qweight)
+        meta.extend((emb.qtype, 1) if embeds else (0, 0))
+        plan = torch.classes.hearth.DecodePlan(tensors, meta, float(model.norm.eps))
+        return cls(model, plan, embeds)
+
+    def usable(self, tokens: Tensor, cache) -> bool:
+        return (
+            type(cache) is KVCache
+            and tokens.device.type == "cpu"
+            and cache.k.dtype == torch.float32
+            and cache.k.device.type == "cpu"
+            and cache.k.shape[1] == tokens.shape[0]
+            and self._norm.data_ptr() == self._norm_ptr
+            and self._norm.dtype == torch.float32
+            and not (torch.is_grad_enabled() and self._norm.requires_grad)
+        )
+
+    def _tables(self, model, pos: int) -> tuple[Tensor, Tensor]:
+        """cos/sin tables (> pos rows, head_dim), row p bit-identical to Transformer.rope(p, 1): built by that same
+        code, in chunks small enough that torch evaluates them on one thread with the same vector loop. They grow
+        by doubling as positions are reached (a 128K-token context would need 128 MB of them at once)."""
+        have = self._cos.shape[0]
+        if pos >= have:
+            d, n = self._cos.shape[1], max(pos + 1, 2 * have, 256)
+            rows = max(1, 16384 // d)
+            cs, ss = [self._cos], [self._sin]
+            for s in range(have, n, rows):
+                c, s_ = model.rope(s, min(rows, n - s), torch.device("cpu"))
+                cs.append(c.reshape(-1, d))
+                ss.append(s_.reshape(-1, d))
+            self._cos, self._sin = torch.cat(cs).contiguous(), torch.cat(ss).contiguous()
+        return self._cos, self._sin
+
+    def __call__(self, model, tokens: Tensor, start: int, cache) -> Tensor:
+        """Logits (B, 1, vocab) of tokens (B, 1) at position `start`; writes each layer's k and v into the cache."""
+        cos, sin = self._tables(model, start)
+        if self._embeds:
+            x = tokens.reshape(-1).long()
+        else:
+            x = model.tok_embeddings(tokens).reshape(tokens.shape[0], -1).float()
+        return self._plan.step(x, cache.k, cache.v, cos, sin, start).unsqueeze(1)
