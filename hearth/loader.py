@@ -86,8 +86,8 @@ class LoadedModel:
 
 
 def native_quantized(ckpt: Checkpoint, device: torch.device) -> dict:
-    """The tensors to keep in their GGUF block format (Q4_0/Q4_1/Q8_0) and multiply natively: all of them on a CPU
-    where hearth's kernels run, none elsewhere (CUDA, or no AVX2) — those are dequantized instead."""
+    """The tensors to keep in their GGUF storage format (Q4_0/Q4_1/Q8_0 blocks, F16 matrices) and multiply natively:
+    all of them on a CPU where hearth's kernels run, none elsewhere (CUDA, or no AVX2) — those are converted instead."""
     if device.type != "cpu" or not ckpt.quantized:
         return {}
     from hearth.kernels import gguf_ops
@@ -100,8 +100,8 @@ def build_model(
 ) -> Transformer:
     """Create the module on the meta device and assign each tensor as it is read: weights are never held twice.
 
-    native: keep Q4_0/Q4_1/Q8_0 weights in their block format (memory-mapped, read by hearth's CPU kernels)
-    instead of dequantizing them to `dtype`; everything else (norms, F16/F32 and K-quant tensors) becomes `dtype`.
+    native: keep Q4_0/Q4_1/Q8_0/F16 weight matrices as stored (memory-mapped, read by hearth's CPU kernels)
+    instead of converting them to `dtype`; everything else (norms, F32, BF16 and K-quant tensors) becomes `dtype`.
     """
     quantized = native_quantized(ckpt, device) if native else {}
     with torch.device("meta"):
@@ -165,8 +165,8 @@ def _stderr():
 def load(ref: str = DEFAULT_MODEL, device: str = "cpu", dtype: str = "auto", progress: bool = False) -> LoadedModel:
     """Load a model by path or packaged name, ready to generate. Raises HearthError on bad input.
 
-    dtype "auto" runs the file as stored where hearth can: on a CPU, GGUF Q4_0/Q4_1/Q8_0 weights stay 4/8-bit
-    (llama.cpp's arithmetic) with fp32 activations; on CUDA, bf16. An explicit dtype dequantizes every weight
+    dtype "auto" runs the file as stored where hearth can: on a CPU, GGUF Q4_0/Q4_1/Q8_0 weights stay 4/8-bit and
+    F16 weights fp16 (llama.cpp's arithmetic) with fp32 activations; on CUDA, bf16. An explicit dtype dequantizes every weight
     to it (the exact reference path)."""
     t0 = time.perf_counter()
     dev = resolve_device(device)

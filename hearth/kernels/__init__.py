@@ -1,7 +1,7 @@
 """Native kernels, compiled on first use and cached.
 
-`gguf_cpu.cpp` multiplies by GGUF Q4_0/Q4_1/Q8_0 weights in place on x86 CPUs with AVX2 (see the file for why it
-is hand-written); it also holds the fp32 glue of the fast path and `torch.classes.hearth.DecodePlan`, a whole
+`gguf_cpu.cpp` multiplies by GGUF Q4_0/Q4_1/Q8_0 and F16 weights in place on x86 CPUs with AVX2 (see the file for
+why it is hand-written); it also holds the fp32 glue of the fast path and `torch.classes.hearth.DecodePlan`, a whole
 one-token step in one call (hearth/model/cpu_decode.py). It is built with PyTorch's C++-extension machinery the
 first time it is needed (~1 min on two cores) into ``$HEARTH_HOME/kernels`` (default ``~/.cache/hearth/kernels``)
 keyed by the source hash, so later processes load it in milliseconds. Where it cannot be built (no AVX2, no
@@ -22,8 +22,8 @@ import torch
 log = logging.getLogger(__name__)
 
 _SRC = Path(__file__).with_name("gguf_cpu.cpp")
-# GGML type ids the kernel reads natively
-NATIVE_TYPES = {2: "Q4_0", 3: "Q4_1", 8: "Q8_0"}
+# GGML type ids the kernel reads natively (F16: fp16 rows, activations rounded to fp16 as ggml does)
+NATIVE_TYPES = {1: "F16", 2: "Q4_0", 3: "Q4_1", 8: "Q8_0"}
 
 
 def _cpu_has_avx2() -> bool:

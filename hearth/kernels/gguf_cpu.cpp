@@ -1,4 +1,4 @@
-// Matrix products that read GGUF's quantized blocks in place (Q4_0, Q4_1, Q8_0), for CPUs with AVX2/FMA/F16C.
+// Matrix products that read GGUF's weights in place (Q4_0, Q4_1, Q8_0 blocks and F16), for CPUs with AVX2/FMA/F16C.
 //
 // Why hand-written: PyTorch's own weight-only kernels (_weight_int8pack_mm, _weight_int4pack_mm_for_cpu) need
 // their own repacked layouts and, on AVX2, run a 1-row product 5-20x slower than reading the bytes llama.cpp
@@ -9,8 +9,15 @@
 // Activation rounding follows ggml's quantize_row_q8_0 / q8_1 (scale = amax/127, round to nearest, scale and
 // sum stored as fp16), so results match llama.cpp's up to fp32 summation order.
 //
+// F16 weights (GGML type 1) are read as fp16 rows, 32 values (64 bytes) counted as one "block" so the shape checks
+// are shared. As ggml does (F16's vec_dot_type is F16), each activation row is first rounded to fp16; the product
+// is then fp32: per output one 8-wide FMA accumulator over the row in order, summed across lanes at the end
+// (llamafile's tinyBLAS order for F16 on AVX2). Each output is one chain whatever the tiling, so results do not
+// depend on the batch either. Weights stay fp16 in the memory map: half the bytes of an fp32 copy per token.
+//
 // Ops (registered as torch.ops.hearth.*):
 //   gguf_mm(x[M,K] f32, ws: list of [N_i,row_bytes] u8, qtype) -> [M,sum N_i] f32     x @ dequant(cat(ws)).T
+//     (F16: x rounded to fp16 first; from kF16MmRows rows on, torch's fp32 mm on converted weight chunks)
 //   gguf_dequant(w[N,row_bytes] u8, qtype, K) -> [N,K] f32         exact dequantization (for large-M products)
 //   rms_norm, rope_, silu_mul, decode_attention, attend_decode        the fp32 glue of the per-layer fast path
 // and a class, torch.classes.hearth.DecodePlan(tensors, meta, eps).step(x, k_cache, v_cache, cos, sin, pos) ->
@@ -30,7 +37,7 @@ namespace {
 
 constexpr int QK = 32;
 // GGML type ids
-constexpr int64_t Q4_0 = 2, Q4_1 = 3, Q8_0 = 8;
+constexpr int64_t F16 = 1, Q4_0 = 2, Q4_1 = 3, Q8_0 = 8;
 
 struct BlockQ4_0 { uint16_t d; uint8_t qs[16]; };
 struct BlockQ4_1 { uint16_t d, m; uint8_t qs[16]; };
@@ -173,13 +180,65 @@ void mm_rows(const uint8_t* w, int64_t rb, const BlockQ8A* act, int64_t M, int64
     for (int64_t m = 0; m < M; m++) tile<T, 1, 1>(w + n * rb, rb, act + m * nb, nb, out + m * N + n, N);
 }
 
+// ---- F16 weights ----
+// Activation rows rounded to fp16 (kept as fp32 values): y = fp32(fp16(x)), K % 8 == 0.
+void round_row_f16(const float* x, float* y, int64_t K) {
+  for (int64_t i = 0; i < K; i += 8)
+    _mm256_storeu_ps(y + i, _mm256_cvtph_ps(_mm256_cvtps_ph(_mm256_loadu_ps(x + i), _MM_FROUND_TO_NEAREST_INT)));
+}
+
+// RW fp16 weight rows (K halves each, row stride rs halves) x RA activation rows (stride K):
+// out[a * ldo + r] = hsum(sum over k-steps of 8 of w * x), one accumulator per output.
+template <int RW, int RA>
+inline void tile_f16(const uint16_t* w, int64_t rs, const float* act, int64_t K, float* out, int64_t ldo,
+                     int64_t pf = 0) {
+  __m256 acc[RW][RA];
+  for (int r = 0; r < RW; r++)
+    for (int a = 0; a < RA; a++) acc[r][a] = _mm256_setzero_ps();
+  for (int64_t k = 0; k < K; k += 8) {
+    if (pf && k % 32 == 0)
+      for (int r = 0; r < RW; r++) _mm_prefetch((const char*)(w + r * rs + k) + pf, _MM_HINT_T0);
+    __m256 xv[RA];
+    for (int a = 0; a < RA; a++) xv[a] = _mm256_loadu_ps(act + a * K + k);
+    for (int r = 0; r < RW; r++) {
+      const __m256 wv = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(w + r * rs + k)));
+      for (int a = 0; a < RA; a++) acc[r][a] = _mm256_fmadd_ps(wv, xv[a], acc[r][a]);
+    }
+  }
+  for (int r = 0; r < RW; r++)
+    for (int a = 0; a < RA; a++) out[a * ldo + r] = hsum_ps(acc[r][a]);
+}
+
+// Rows [n0, n1) of an F16 weight (rb bytes a row) against all M activation rows (fp16-rounded, stride K)
+void mm_rows_f16(const uint8_t* wb, int64_t rb, const float* act, int64_t M, int64_t K, float* out, int64_t N,
+                 int64_t n0, int64_t n1) {
+  const uint16_t* w = (const uint16_t*)wb;
+  const int64_t rs = rb / 2;
+  int64_t n = n0;
+  for (; n + 4 <= n1; n += 4) {
+    const uint16_t* wr = w + n * rs;
+    int64_t m = 0;
+    for (; m + 2 <= M; m += 2) tile_f16<4, 2>(wr, rs, act + m * K, K, out + m * N + n, N);
+    for (; m < M; m++) tile_f16<4, 1>(wr, rs, act + m * K, K, out + m * N + n, N, M == 1 ? kPrefetchTiles * 4 * rb : 0);
+  }
+  for (; n < n1; n++)
+    for (int64_t m = 0; m < M; m++) tile_f16<1, 1>(w + n * rs, rs, act + m * K, K, out + m * N + n, N);
+}
+
+// The activations of a product: 8-bit blocks (q, M x nb) for the block types, fp16-rounded rows (f, M x K) for F16
+struct Act {
+  const BlockQ8A* q = nullptr;
+  const float* f = nullptr;
+};
+
 int64_t block_bytes(int64_t qtype) {
   switch (qtype) {
+    case F16: return 2 * QK;
     case Q4_0: return sizeof(BlockQ4_0);
     case Q4_1: return sizeof(BlockQ4_1);
     case Q8_0: return sizeof(BlockQ8_0);
   }
-  TORCH_CHECK(false, "hearth gguf kernels: unsupported GGML type ", qtype, " (Q4_0=2, Q4_1=3, Q8_0=8)");
+  TORCH_CHECK(false, "hearth gguf kernels: unsupported GGML type ", qtype, " (F16=1, Q4_0=2, Q4_1=3, Q8_0=8)");
 }
 
 void check_weight(const at::Tensor& w, int64_t qtype, int64_t K) {
@@ -222,15 +281,22 @@ struct QLin {
     }
   }
 
-  // out[m * ldo + column] for the columns of tiles [t0, t1) and all M rows of act (M x nb blocks)
-  void run(const BlockQ8A* act, int64_t M, float* out, int64_t ldo, int64_t t0, int64_t t1) const {
+  // out[m * ldo + column] for the columns of tiles [t0, t1) and all M rows of act (M x nb blocks, or for F16
+  // M x K fp16-rounded floats)
+  void run(Act act, int64_t M, float* out, int64_t ldo, int64_t t0, int64_t t1) const {
     parts(t0, t1, [&](size_t i, int64_t col0, int64_t n0, int64_t n1) {
-      if (qtype == Q4_1) mm_rows<Q4_1>(w[i], rb, act, M, nb, out + col0, ldo, n0, n1);
-      else if (qtype == Q4_0) mm_rows<Q4_0>(w[i], rb, act, M, nb, out + col0, ldo, n0, n1);
-      else mm_rows<Q8_0>(w[i], rb, act, M, nb, out + col0, ldo, n0, n1);
+      if (qtype == F16) mm_rows_f16(w[i], rb, act.f, M, K, out + col0, ldo, n0, n1);
+      else if (qtype == Q4_1) mm_rows<Q4_1>(w[i], rb, act.q, M, nb, out + col0, ldo, n0, n1);
+      else if (qtype == Q4_0) mm_rows<Q4_0>(w[i], rb, act.q, M, nb, out + col0, ldo, n0, n1);
+      else mm_rows<Q8_0>(w[i], rb, act.q, M, nb, out + col0, ldo, n0, n1);
     });
   }
 };
+
+void dequant_row(const uint8_t* row, int64_t qtype, int64_t K, float* y);
+
+// F16 products with at least kF16MmRows activation rows use torch's fp32 mm on converted chunks of weight rows
+constexpr int64_t kF16MmRows = 16, kF16MmChunk = 512;
 
 // x @ cat(ws).T: several weights of one type side by side (q|k|v, gate|up) share one activation quantization
 // and one call, without copying the memory-mapped blocks into one tensor.
@@ -241,18 +307,54 @@ at::Tensor gguf_mm(const at::Tensor& x_in, at::TensorList ws, int64_t qtype) {
   const int64_t M = x.size(0), K = x.size(1), nb = K / QK;
   const QLin lin(ws, qtype, K);
   at::Tensor out = at::empty({M, lin.N}, x.options());
-  std::vector<BlockQ8A> act(M * nb);
   const float* xp = x.data_ptr<float>();
-  for (int64_t m = 0; m < M; m++) quantize_row(xp + m * K, act.data() + m * nb, nb);
+  std::vector<BlockQ8A> q;
+  std::vector<float> f;
+  if (qtype == F16) {
+    f.resize(M * K);
+    for (int64_t m = 0; m < M; m++) round_row_f16(xp + m * K, f.data() + m * K, K);
+  } else {
+    q.resize(M * nb);
+    for (int64_t m = 0; m < M; m++) quantize_row(xp + m * K, q.data() + m * nb, nb);
+  }
+  if (qtype == F16 && M >= kF16MmRows) {
+    // Many rows (prefill): the fp16-rounded activations times fp32 copies of kF16MmChunk weight rows at a time
+    // (exact conversions, a few MB, made in parallel) with torch's fp32 matrix product, ~2x the tiles' speed here.
+    // Same products as the tiles, summed in another order: these rows may differ in the last bits from the same
+    // rows computed in a batch under kF16MmRows (as with fp32 weights).
+    const at::Tensor xr = at::from_blob(f.data(), {M, K}, at::TensorOptions().dtype(at::kFloat));
+    int64_t col0 = 0;
+    for (size_t i = 0; i < lin.w.size(); i++) {
+      for (int64_t c = 0; c < lin.rows[i]; c += kF16MmChunk) {
+        const int64_t n = std::min(kF16MmChunk, lin.rows[i] - c);
+        at::Tensor wf = at::empty({n, K}, at::TensorOptions().dtype(at::kFloat));
+        const uint8_t* wp = lin.w[i] + c * lin.rb;
+        float* fp = wf.data_ptr<float>();
+        at::parallel_for(0, n, 16, [&](int64_t r0, int64_t r1) {
+          for (int64_t r = r0; r < r1; r++) dequant_row(wp + r * lin.rb, F16, K, fp + r * K);
+        });
+        at::Tensor dst = out.narrow(1, col0 + c, n);
+        at::mm_out(dst, xr, wf.t());
+      }
+      col0 += lin.rows[i];
+    }
+    return out;
+  }
+  const Act act{q.data(), f.data()};
   float* op = out.data_ptr<float>();
   // Rows of W are independent; each thread takes a contiguous range of 4-row tiles across all the weights and
   // streams it once for all M rows of x.
-  at::parallel_for(0, lin.tiles(), 4, [&](int64_t t0, int64_t t1) { lin.run(act.data(), M, op, lin.N, t0, t1); });
+  at::parallel_for(0, lin.tiles(), 4, [&](int64_t t0, int64_t t1) { lin.run(act, M, op, lin.N, t0, t1); });
   return out;
 }
 
-// One row of K values from its blocks (ggml: Q4_1 is q*d + m, Q4_0 is (q - 8)*d, Q8_0 is q*d).
+// One row of K values from its blocks (ggml: Q4_1 is q*d + m, Q4_0 is (q - 8)*d, Q8_0 is q*d; F16 exactly).
 __attribute__((noinline)) void dequant_row(const uint8_t* row, int64_t qtype, int64_t K, float* y) {
+  if (qtype == F16) {
+    const uint16_t* h = (const uint16_t*)row;
+    for (int64_t i = 0; i < K; i += 8) _mm256_storeu_ps(y + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(h + i))));
+    return;
+  }
   for (int64_t i = 0; i < K / QK; i++, y += QK) {
     const uint8_t* blk = row + i * block_bytes(qtype);
     if (qtype == Q8_0) {
@@ -672,7 +774,7 @@ struct DecodePlan : torch::CustomClassHolder {
     const float* cr = cos.data_ptr<float>() + pos * D;
     const float* sr = sin.data_ptr<float>() + pos * D;
     const int64_t Nqkv = (H + 2 * KVH) * D, HD = H * D, L = pos + 1, G = H / KVH;
-    const int64_t nbd = dim / QK, nbo = HD / QK, nbh = hidden / QK, nba = std::max(nbd, nbo);
+    const int64_t nbh = hidden / QK, nba = std::max(dim, HD) / QK;
     const float scale = 1.0f / std::sqrt((float)D);
     at::Tensor logits = at::empty({B, vocab}, at::TensorOptions().dtype(at::kFloat));
     float* lp = logits.data_ptr<float>();
@@ -695,25 +797,35 @@ struct DecodePlan : torch::CustomClassHolder {
     std::vector<float> xn((size_t)nth * B * dim), p((size_t)nth * KCH), att_own((size_t)nth * B * HD);
     std::vector<float> ao(B * H * nc * D), am(B * H * nc), as(B * H * nc);
     std::vector<BlockQ8A> act_own((size_t)nth * B * nba), act_h(B * nbh);
+    // F16 products take fp16-rounded fp32 rows instead of 8-bit blocks
+    std::vector<float> actf_own((size_t)nth * B * nba * QK), actf_h(B * hidden);
     float* xs = xw.data();
 
 #pragma omp parallel num_threads(nth)
     {
       const int tid = omp_get_thread_num(), nt = omp_get_num_threads();
       BlockQ8A* my = act_own.data() + (size_t)tid * B * nba;
+      float* myf = actf_own.data() + (size_t)tid * B * nba * QK;
+      const Act mine{my, myf}, hid{act_h.data(), actf_h.data()};
+      // this thread's activations of `lin` from its rows xr (B x K, as lin.K)
+      auto prepare = [&](const QLin& lin, const float* xr) {
+        const int64_t K = lin.K;
+        for (int64_t r = 0; r < B; r++) {
+          if (lin.qtype == F16) round_row_f16(xr + r * K, myf + r * K, K);
+          else quantize_row(xr + r * K, my + r * lin.nb, lin.nb);
+        }
+      };
       float* xt = xn.data() + (size_t)tid * B * dim;
       float* pt = p.data() + (size_t)tid * KCH;
       float* at_own = att_own.data() + (size_t)tid * B * HD;
       int64_t a, b;
       // every thread: normalize the residual rows and quantize them into its own activation blocks
-      auto norm_quant = [&](const float* w) {
-        for (int64_t r = 0; r < B; r++) {
-          rms_row(xs + r * dim, w, (float)eps, dim, xt + r * dim);
-          quantize_row(xt + r * dim, my + r * nbd, nbd);
-        }
+      auto norm_quant = [&](const float* w, const QLin& lin) {
+        for (int64_t r = 0; r < B; r++) rms_row(xs + r * dim, w, (float)eps, dim, xt + r * dim);
+        prepare(lin, xt);
       };
       // this thread's tiles of a product whose dim outputs are added to the residual stream
-      auto product_add = [&](const QLin& lin, const BlockQ8A* act) {
+      auto product_add = [&](const QLin& lin, Act act) {
         split(lin.tiles(), nt, tid, a, b);
         lin.run(act, B, y.data(), dim, a, b);
         lin.parts(a, b, [&](size_t, int64_t col0, int64_t n0, int64_t n1) {
@@ -724,9 +836,9 @@ struct DecodePlan : torch::CustomClassHolder {
       for (size_t li = 0; li < layers.size(); li++) {
         const LayerPlan& Lp = layers[li];
         float *kl = kc + li * sl, *vl = vc + li * sl;
-        norm_quant(Lp.attn_norm);
+        norm_quant(Lp.attn_norm, Lp.qkv);
         split(Lp.qkv.tiles(), nt, tid, a, b);
-        Lp.qkv.run(my, B, qkv.data(), Nqkv, a, b);
+        Lp.qkv.run(mine, B, qkv.data(), Nqkv, a, b);
 #pragma omp barrier
         // RoPE on q and k, then k and v into the caches at pos
         split(B * (H + KVH), nt, tid, a, b);
@@ -750,12 +862,12 @@ struct DecodePlan : torch::CustomClassHolder {
         // every thread merges the chunks into its own copy of the attention output
         for (int64_t u = 0; u < B * H; u++)
           merge_head(ao.data() + u * nc * D, am.data() + u * nc, as.data() + u * nc, nc, D, at_own + u * D);
-        for (int64_t r = 0; r < B; r++) quantize_row(at_own + r * HD, my + r * nbo, nbo);
-        product_add(Lp.wo, my);
+        prepare(Lp.wo, at_own);
+        product_add(Lp.wo, mine);
 #pragma omp barrier
-        norm_quant(Lp.ffn_norm);
+        norm_quant(Lp.ffn_norm, Lp.w13);
         split(Lp.w13.tiles(), nt, tid, a, b);
-        Lp.w13.run(my, B, gu.data(), 2 * hidden, a, b);
+        Lp.w13.run(mine, B, gu.data(), 2 * hidden, a, b);
 #pragma omp barrier
         // silu(gate) * up and its quantization, by blocks of 32
         split(B * nbh, nt, tid, a, b);
@@ -763,15 +875,16 @@ struct DecodePlan : torch::CustomClassHolder {
           const int64_t r = j / nbh, c = (j % nbh) * QK;
           const float* g = gu.data() + r * 2 * hidden;
           silu_mul_range(g, g + hidden, hb.data() + r * hidden, c, c + QK);
-          quantize_row(hb.data() + r * hidden + c, act_h.data() + j, 1);
+          if (Lp.w2.qtype == F16) round_row_f16(hb.data() + r * hidden + c, actf_h.data() + r * hidden + c, QK);
+          else quantize_row(hb.data() + r * hidden + c, act_h.data() + j, 1);
         }
 #pragma omp barrier
-        product_add(Lp.w2, act_h.data());
+        product_add(Lp.w2, hid);
 #pragma omp barrier
       }
-      norm_quant(norm);
+      norm_quant(norm, out);
       split(out.tiles(), nt, tid, a, b);
-      out.run(my, B, lp, vocab, a, b);
+      out.run(mine, B, lp, vocab, a, b);
     }
     return logits;
   }

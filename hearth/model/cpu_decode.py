@@ -1,4 +1,4 @@
-"""A whole one-token decode step in one native call, for GGUF block weights on the CPU.
+"""A whole one-token decode step in one native call, for GGUF block (or F16) weights on the CPU.
 
 The per-layer fast path (hearth/model/llama.py with hearth's kernels) makes ~12 small calls per layer; for a 135M
 model that is as much time in Python and in starting and stopping OpenMP thread teams as in the products. Here

@@ -1,10 +1,11 @@
-"""Linear and embedding layers that keep GGUF Q4_0 / Q4_1 / Q8_0 weights in their block format.
+"""Linear and embedding layers that keep GGUF Q4_0 / Q4_1 / Q8_0 (and F16) weights in their stored format.
 
 They are drop-in replacements for `nn.Linear` / `nn.Embedding` in the Llama modules: the loader swaps them in
 for tensors stored in those types when hearth's native CPU kernels are available (hearth/kernels), so a 4-bit
 file runs in 4 bits, straight from the memory map. Products follow llama.cpp's arithmetic: each activation row is
 quantized to 8 bits in blocks of 32 and multiplied with integer dot products; the result does not depend on how
-many rows are in the batch, so a request gives the same tokens alone or batched.
+many rows are in the batch, so a request gives the same tokens alone or batched. F16 weights (GGML type 1) are
+held the same way, as uint8 rows of fp16 values: activations are rounded to fp16 as ggml does, products in fp32.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from hearth.weights.types import QuantizedTensor
 
 
 class GGUFLinear(nn.Module):
-    """y = x @ W.T with W in a GGUF block format (no bias: Llama has none).
+    """y = x @ W.T with W in a GGUF block format or F16 (no bias: Llama has none).
 
     Several weights of one type can sit side by side (`fuse`): q|k|v or gate|up then cost one call and one
     quantization of x, and the memory-mapped blocks are not copied into one tensor.

@@ -159,8 +159,9 @@ def dequantize(f: GGUFFile, info: GGUFTensorInfo) -> torch.Tensor:
     return torch.from_numpy(np.array(arr))  # own copy: the mmap stays read-only
 
 
-# Block formats hearth's native kernels multiply by in place (hearth/kernels): GGML type id -> name.
-BLOCK_TYPES = {2: "Q4_0", 3: "Q4_1", 8: "Q8_0"}
+# Formats hearth's native kernels multiply by in place (hearth/kernels): GGML type id -> name. F16 counts as
+# blocks of 32 values (64 bytes), so its rows must hold a multiple of 32.
+BLOCK_TYPES = {1: "F16", 2: "Q4_0", 3: "Q4_1", 8: "Q8_0"}
 
 
 def _quantized(f: GGUFFile, info: GGUFTensorInfo, n_rot: int) -> QuantizedTensor:
@@ -205,7 +206,7 @@ def read_gguf(path: Path) -> Checkpoint:
 
         tensors[hname] = load
         types[hname] = f.type_name(info)
-        if info.type_id in BLOCK_TYPES and len(info.shape) == 2:
+        if info.type_id in BLOCK_TYPES and len(info.shape) == 2 and info.shape[1] % 32 == 0:
             quantized[hname] = functools.partial(_quantized, f, info, n_rot)
     return Checkpoint(
         path=path,

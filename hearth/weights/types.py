@@ -21,7 +21,7 @@ class QuantizedTensor:
     """A 2-D weight kept in its GGUF block format: `data` is uint8 (rows, row_bytes), usually a view of the mmap."""
 
     data: torch.Tensor
-    type_id: int  # GGML type id (Q4_0=2, Q4_1=3, Q8_0=8)
+    type_id: int  # GGML type id (F16=1, Q4_0=2, Q4_1=3, Q8_0=8)
     type_name: str
     shape: tuple[int, int]  # logical (rows, cols)
 
