@@ -177,9 +177,10 @@ def load(ref: str = DEFAULT_MODEL, device: str = "cpu", dtype: str = "auto", pro
     if template.is_fallback:
         log.warning("%s has no chat template; using ChatML", ckpt.path.name)
     model = build_model(ckpt, dev, dt, progress=progress, native=dtype == "auto")
-    if dtype == "auto" and dev.type == "cpu":  # the fast path; an explicit dtype keeps the plain reference modules
+    if dtype == "auto":  # the fast path; an explicit dtype keeps the plain reference modules
         from hearth.kernels import gguf_ops
 
-        # (CUDA keeps the unfused modules: the fused path has not been measured on a GPU yet)
-        model.use_fast_path(gguf_ops())
+        # CPU: fused projections + hearth's kernels; CUDA: fused projections only (one GEMV for q|k|v, one for
+        # gate|up: fewer, larger kernels in the decode graph, as bench/gpu.py measures)
+        model.use_fast_path(gguf_ops() if dev.type == "cpu" else None)
     return LoadedModel(model, tokenizer, template, ckpt, dev, dt, time.perf_counter() - t0)

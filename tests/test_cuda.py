@@ -100,3 +100,24 @@ def test_cuda_engine_batch_equals_each_request_alone(hf_dir):
             got[o.request_id] += o.new_token_ids
     assert [got[str(i)] for i in range(len(prompts))] == alone
     assert eng.blocks.num_used == 0
+
+
+@torch.inference_mode()
+def test_cuda_default_dtype_fuses_projections_and_matches_plain_bf16(hf_dir):
+    """dtype auto on CUDA: bf16 with q|k|v and gate|up fused; generation through the CUDA-graph decoder equals the
+    plain unfused bf16 model's logits closely and its greedy tokens."""
+    path, _ = hf_dir
+    ids = list(tiny.corpus_ids(40))
+    auto = load(str(path), device="cuda")
+    plain = load(str(path), device="cuda", dtype="bfloat16")
+    assert auto.dtype == torch.bfloat16 and auto.model.layers[0].attention.wqkv is not None
+    assert plain.model.layers[0].attention.wqkv is None
+    x = torch.tensor([ids], device="cuda")
+    a, b = auto.model(x)[0].float(), plain.model(x)[0].float()
+    assert (a - b).abs().max().item() <= 0.05 * b.abs().max().item()
+    params = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True)
+    gen = Generator(auto.model, auto.tokenizer)
+    out = gen.complete(ids, params).token_ids
+    assert gen._decoders  # the CUDA-graph route was taken
+    ref = Generator(plain.model, plain.tokenizer, graphs=False).complete(ids, params).token_ids
+    assert sum(x == y for x, y in zip(out, ref)) >= 10, (out, ref)
