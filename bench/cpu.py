@@ -410,7 +410,7 @@ def main(argv=None) -> None:
     ap.add_argument("--threads", type=int, default=2, help="threads for both runners (torch.set_num_threads; "
                     "llama.cpp n_threads and n_threads_batch); default 2")
     ap.add_argument("--dtype", action="append", metavar="DTYPE[,DTYPE]",
-                    help="hearth dtype(s): native (default: the file's Q4_0/Q4_1/Q8_0 blocks run as stored, "
+                    help="hearth dtype(s): native (default: the file's Q4_0/Q4_1/Q8_0/F16 weights run as stored, "
                          "fp32 activations), fp32, bf16, fp16 (weights dequantized to that dtype); comma-separated "
                          "or repeated, e.g. --dtype native,fp32 runs both as separate runners; 'none' runs "
                          "llama.cpp only")
