@@ -5,6 +5,8 @@ Two ways to run a step:
   * CUDA graph (GPU only): steps where every sequence decodes one token. The batch is padded to a bucket size and
     each sequence's block table to a bucket width, so a handful of shapes cover every step; each is recorded once
     and replayed (one launch instead of hundreds). Padded rows write their K/V to a scratch block nobody owns.
+  * native (CPU, GGUF block weights): the same all-decode steps as one whole-token call into hearth's kernels
+    (DecodePlan.step_paged via CPUDecoder.paged), reading and writing the paged cache through the block tables.
 The greedy choice of every row (argmax) is made on the device, so the engine copies back one id per sequence, not a
 row of logits, for sequences that sample greedily without penalties or logprobs.
 """
@@ -137,6 +139,13 @@ class ModelRunner:
             DecodeGraphs(model, self.cache, max_num_seqs, -(-max_len // block_size), self.scratch_block)
             if use_graphs else None
         )
+        # On the CPU, with GGUF block weights: all-decode steps run the whole token in one native call
+        # (CPUDecoder.paged, hearth/model/cpu_decode.py), as `hearth run` does; everything else stays eager.
+        dec = model.__dict__.get("_cpu_decoder")
+        with torch.no_grad():  # steps run under inference mode (execute)
+            native = self.graphs is None and self.device.type == "cpu" and dec is not None and dec.usable_paged(self.cache)
+        self.cpu_decoder = dec if native else None
+        self.native_steps = 0  # steps run that way (for tests and logs)
 
     def _slots(self, table: list[int], start: int, end: int) -> np.ndarray:
         pos = np.arange(start, end)
@@ -145,14 +154,31 @@ class ModelRunner:
     @torch.inference_mode()
     def execute(self, plan: SchedulerOutput, want_all: list[bool]) -> StepResult:
         scheduled = plan.scheduled
-        if (self.graphs is not None and not any(want_all)
-                and all(s.num_tokens == 1 and s.seq.num_computed > 0 and s.samples for s in scheduled)):
+        all_decode = (bool(scheduled) and not any(want_all)
+                      and all(s.num_tokens == 1 and s.seq.num_computed > 0 and s.samples for s in scheduled))
+        if all_decode and self.cpu_decoder is not None and self.cpu_decoder.usable_paged(self.cache):
+            return self._execute_native(scheduled)
+        if all_decode and self.graphs is not None:
             seqs = [s.seq for s in scheduled]
             logits, greedy = self.graphs.run([q.token_ids[q.num_computed] for q in seqs],
                                              [q.num_computed for q in seqs], [q.block_table for q in seqs])
             rows = list(range(len(seqs)))
             return StepResult(logits, greedy.tolist(), rows, [None] * len(seqs))
         return self._execute_eager(plan, want_all)
+
+    def _execute_native(self, scheduled) -> StepResult:
+        seqs = [s.seq for s in scheduled]
+        n = len(seqs)
+        tokens = np.fromiter((q.token_ids[q.num_computed] for q in seqs), dtype=np.int64, count=n)
+        positions = np.fromiter((q.num_computed for q in seqs), dtype=np.int64, count=n)
+        width = max(len(q.block_table) for q in seqs)
+        tables = np.full((n, width), self.scratch_block, dtype=np.int64)
+        for i, q in enumerate(seqs):
+            tables[i, : len(q.block_table)] = q.block_table
+        logits = self.cpu_decoder.paged(self.model, torch.from_numpy(tokens), torch.from_numpy(positions), self.cache,
+                                        torch.from_numpy(tables))
+        self.native_steps += 1
+        return StepResult(logits, logits.argmax(-1).tolist(), list(range(n)), [None] * n)
 
     def _execute_eager(self, plan: SchedulerOutput, want_all: list[bool]) -> StepResult:
         tokens, positions, slots = [], [], []

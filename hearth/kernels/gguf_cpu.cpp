@@ -21,7 +21,8 @@
 //   gguf_dequant(w[N,row_bytes] u8, qtype, K) -> [N,K] f32         exact dequantization (for large-M products)
 //   rms_norm, rope_, silu_mul, decode_attention, attend_decode        the fp32 glue of the per-layer fast path
 // and a class, torch.classes.hearth.DecodePlan(tensors, meta, eps).step(x, k_cache, v_cache, cos, sin, pos) ->
-// logits: a whole one-token step of a Llama model in one call (see "a whole decode step" below).
+// logits: a whole one-token step of a Llama model in one call (see "a whole decode step" below), and
+// .step_paged(x, positions, k_pool, v_pool, block_tables, block_size, cos, sin), the same for the engine's paged cache.
 #include <torch/extension.h>
 #include <torch/custom_class.h>
 #include <ATen/Parallel.h>
@@ -754,32 +755,117 @@ struct DecodePlan : torch::CustomClassHolder {
     TORCH_CHECK(ti == keep.size(), "DecodePlan: ", keep.size() - ti, " tensors left over");
   }
 
+  // Where a step's k and v rows lie. Contiguous: caches [n_layers, B, KVH, Lmax, D], row (b, g, l) at
+  // b * sb + g * sh + l * D of a layer. Paged (the serving engine's pools [n_layers, slots, KVH, D]): position l of
+  // sequence b is in slot tab[b * W + l / bs] * bs + l % bs, its (slot, g) row at slot * KVH * D + g * D; a chunk of
+  // attention is gathered from those rows into a contiguous buffer first, so attend_part does the same arithmetic.
+  struct CacheView {
+    float *k = nullptr, *v = nullptr;
+    int64_t sl = 0;       // layer stride
+    int64_t sb = 0, sh = 0;  // contiguous
+    const int64_t* tab = nullptr;  // paged: block tables [B, W]
+    int64_t W = 0, bs = 0;
+  };
+
+  // the checks shared by both steps: x0 are ids [B] or fp32 rows [B, dim]; cos/sin hold rows up to max_pos
+  bool check_x(const at::Tensor& x0, const char* what) const {
+    TORCH_CHECK(x0.device().is_cpu(), what, ": x must be on the CPU");
+    const bool ids = x0.scalar_type() == at::kLong;
+    TORCH_CHECK(ids ? (emb != nullptr && x0.dim() == 1) : (x0.scalar_type() == at::kFloat && x0.dim() == 2 && x0.size(1) == dim),
+                what, ": x must be fp32 [B, ", dim, "] or, with an embedding in the plan, int64 token ids [B]");
+    return ids;
+  }
+  void check_tables(const at::Tensor& cos, const at::Tensor& sin, int64_t max_pos, const char* what) const {
+    TORCH_CHECK(cos.scalar_type() == at::kFloat && sin.scalar_type() == at::kFloat && cos.is_contiguous() &&
+                sin.is_contiguous() && cos.dim() == 2 && cos.sizes() == sin.sizes() && cos.size(1) == D && max_pos < cos.size(0),
+                what, ": cos/sin must be contiguous fp32 [> pos, head_dim] tables");
+  }
+
   // x: the embedded tokens at position pos, [B, dim] fp32, or (a plan with the embedding) their ids, [B] int64;
   // caches [n_layers, B, KVH, Lmax, D]; cos/sin [>pos, D] tables by position. Writes each layer's k, v at pos and
   // returns the logits [B, vocab].
   at::Tensor step(at::Tensor x_in, at::Tensor k, at::Tensor v, at::Tensor cos, at::Tensor sin, int64_t pos) {
     const at::Tensor x0 = x_in.contiguous();
-    TORCH_CHECK(x0.device().is_cpu(), "DecodePlan.step: x must be on the CPU");
-    const bool ids = x0.scalar_type() == at::kLong;
-    TORCH_CHECK(ids ? (emb != nullptr && x0.dim() == 1) : (x0.scalar_type() == at::kFloat && x0.dim() == 2 && x0.size(1) == dim),
-                "DecodePlan.step: x must be fp32 [B, ", dim, "] or, with an embedding in the plan, int64 token ids [B]");
+    const bool ids = check_x(x0, "DecodePlan.step");
     check_caches(k, v);
     const int64_t B = x0.size(0), Lmax = k.size(3);
     TORCH_CHECK(k.size(0) == (int64_t)layers.size() && k.size(1) == B && k.size(2) == KVH && k.size(4) == D,
                 "DecodePlan.step: the cache does not fit the model or the batch");
     TORCH_CHECK(pos >= 0 && pos < Lmax, "DecodePlan.step: position ", pos, " outside the cache of ", Lmax);
-    TORCH_CHECK(cos.scalar_type() == at::kFloat && sin.scalar_type() == at::kFloat && cos.is_contiguous() &&
-                sin.is_contiguous() && cos.dim() == 2 && cos.sizes() == sin.sizes() && cos.size(1) == D && pos < cos.size(0),
-                "DecodePlan.step: cos/sin must be contiguous fp32 [> pos, head_dim] tables");
-    const float* cr = cos.data_ptr<float>() + pos * D;
-    const float* sr = sin.data_ptr<float>() + pos * D;
-    const int64_t Nqkv = (H + 2 * KVH) * D, HD = H * D, L = pos + 1, G = H / KVH;
+    check_tables(cos, sin, pos, "DecodePlan.step");
+    CacheView c;
+    c.k = k.data_ptr<float>(), c.v = v.data_ptr<float>();
+    c.sl = k.stride(0), c.sb = k.stride(1), c.sh = k.stride(2);
+    std::vector<int64_t> positions(B, pos);
+    return run<false>(x0, ids, positions, c, cos, sin);
+  }
+
+  // The same step for the serving engine's paged cache: tokens x as for step, one position per sequence
+  // (positions [B] int64), pools k, v [n_layers, slots, KVH, D] and block tables [B, W] int64 of block_size slots
+  // each. Writes each layer's k, v into the slot of positions[b] and attends over positions 0..positions[b].
+  at::Tensor step_paged(at::Tensor x_in, at::Tensor positions_in, at::Tensor k, at::Tensor v, at::Tensor tables_in,
+                        int64_t block_size, at::Tensor cos, at::Tensor sin) {
+    const at::Tensor x0 = x_in.contiguous();
+    const bool ids = check_x(x0, "DecodePlan.step_paged");
+    const int64_t B = x0.size(0);
+    TORCH_CHECK(k.device().is_cpu() && k.scalar_type() == at::kFloat && v.scalar_type() == at::kFloat && k.dim() == 4 &&
+                k.is_contiguous() && v.is_contiguous() && k.sizes() == v.sizes(),
+                "DecodePlan.step_paged: pools must be contiguous fp32 CPU tensors [n_layers, slots, KVH, D]");
+    TORCH_CHECK(k.size(0) == (int64_t)layers.size() && k.size(2) == KVH && k.size(3) == D,
+                "DecodePlan.step_paged: the pools do not fit the model");
+    const at::Tensor pos_t = positions_in.contiguous(), tab = tables_in.contiguous();
+    TORCH_CHECK(pos_t.device().is_cpu() && pos_t.scalar_type() == at::kLong && pos_t.dim() == 1 && pos_t.size(0) == B,
+                "DecodePlan.step_paged: positions must be int64 [B]");
+    TORCH_CHECK(tab.device().is_cpu() && tab.scalar_type() == at::kLong && tab.dim() == 2 && tab.size(0) == B,
+                "DecodePlan.step_paged: block tables must be int64 [B, W]");
+    TORCH_CHECK(block_size >= 1 && k.size(1) % block_size == 0, "DecodePlan.step_paged: bad block size ", block_size);
+    const int64_t W = tab.size(1), nblocks = k.size(1) / block_size;
+    const int64_t* pp = pos_t.data_ptr<int64_t>();
+    const int64_t* tp = tab.data_ptr<int64_t>();
+    std::vector<int64_t> positions(pp, pp + B);
+    int64_t max_pos = 0;
+    for (int64_t b = 0; b < B; b++) {
+      TORCH_CHECK(pp[b] >= 0 && pp[b] < W * block_size, "DecodePlan.step_paged: position ", pp[b],
+                  " outside the block table of ", W * block_size);
+      for (int64_t i = 0; i <= pp[b] / block_size; i++)
+        TORCH_CHECK(tp[b * W + i] >= 0 && tp[b * W + i] < nblocks, "DecodePlan.step_paged: block ", tp[b * W + i],
+                    " outside the pool of ", nblocks);
+      max_pos = std::max(max_pos, pp[b]);
+    }
+    check_tables(cos, sin, max_pos, "DecodePlan.step_paged");
+    CacheView c;
+    c.k = k.data_ptr<float>(), c.v = v.data_ptr<float>();
+    c.sl = k.stride(0), c.tab = tp, c.W = W, c.bs = block_size;
+    return run<true>(x0, ids, positions, c, cos, sin);
+  }
+
+  template <bool Paged>
+  at::Tensor run(const at::Tensor& x0, bool ids, const std::vector<int64_t>& positions, const CacheView& c,
+                 const at::Tensor& cos, const at::Tensor& sin) {
+    const int64_t B = x0.size(0);
+    const float* cosp = cos.data_ptr<float>();
+    const float* sinp = sin.data_ptr<float>();
+    const int64_t Nqkv = (H + 2 * KVH) * D, HD = H * D, G = H / KVH;
     const int64_t nbh = hidden / QK, nba = std::max(dim, HD) / QK;
     const float scale = 1.0f / std::sqrt((float)D);
     at::Tensor logits = at::empty({B, vocab}, at::TensorOptions().dtype(at::kFloat));
     float* lp = logits.data_ptr<float>();
-    float *kc = k.data_ptr<float>(), *vc = v.data_ptr<float>();
-    const int64_t sl = k.stride(0), sb = k.stride(1), sh = k.stride(2);
+    const int64_t rs = KVH * D;  // paged: a slot's row stride
+
+    // attention work units (sequence, kv head, chunk of KCH positions) and each sequence's chunk count; the
+    // chunk parts are stored with a stride of the longest sequence's count
+    std::vector<int64_t> ncs(B);
+    int64_t nc = 1;
+    for (int64_t b = 0; b < B; b++) {
+      ncs[b] = (positions[b] + 1 + KCH - 1) / KCH;
+      nc = std::max(nc, ncs[b]);
+    }
+    std::vector<int64_t> units;  // b * KVH * nc + g * nc + c, in the order of the contiguous step
+    units.reserve(B * KVH * nc);
+    for (int64_t b = 0; b < B; b++)
+      for (int64_t g = 0; g < KVH; g++)
+        for (int64_t ci = 0; ci < ncs[b]; ci++) units.push_back((b * KVH + g) * nc + ci);
+    const int64_t n_units = units.size();
 
     const int nth = std::max(1, at::get_num_threads());
     std::vector<float> xw(B * dim);  // the residual stream
@@ -793,9 +879,9 @@ struct DecodePlan : torch::CustomClassHolder {
       std::memcpy(xw.data(), x0.data_ptr<float>(), B * dim * sizeof(float));
     }
     std::vector<float> qkv(B * Nqkv), y(B * dim), gu(B * 2 * hidden), hb(B * hidden);
-    const int64_t nc = (L + KCH - 1) / KCH;
     std::vector<float> xn((size_t)nth * B * dim), p((size_t)nth * KCH), att_own((size_t)nth * B * HD);
     std::vector<float> ao(B * H * nc * D), am(B * H * nc), as(B * H * nc);
+    std::vector<float> kvbuf(Paged ? (size_t)nth * 2 * KCH * D : 0);  // paged: each thread's gathered chunk
     std::vector<BlockQ8A> act_own((size_t)nth * B * nba), act_h(B * nbh);
     // F16 products take fp16-rounded fp32 rows instead of 8-bit blocks
     std::vector<float> actf_own((size_t)nth * B * nba * QK), actf_h(B * hidden);
@@ -818,6 +904,8 @@ struct DecodePlan : torch::CustomClassHolder {
       float* xt = xn.data() + (size_t)tid * B * dim;
       float* pt = p.data() + (size_t)tid * KCH;
       float* at_own = att_own.data() + (size_t)tid * B * HD;
+      float* kbuf = Paged ? kvbuf.data() + (size_t)tid * 2 * KCH * D : nullptr;
+      float* vbuf = Paged ? kbuf + KCH * D : nullptr;
       int64_t a, b;
       // every thread: normalize the residual rows and quantize them into its own activation blocks
       auto norm_quant = [&](const float* w, const QLin& lin) {
@@ -833,35 +921,59 @@ struct DecodePlan : torch::CustomClassHolder {
             for (int64_t n = col0 + n0; n < col0 + n1; n++) xs[r * dim + n] += y[r * dim + n];
         });
       };
+      // paged: the slot of position l of sequence r
+      auto slot = [&](int64_t r, int64_t l) { return c.tab[r * c.W + l / c.bs] * c.bs + l % c.bs; };
       for (size_t li = 0; li < layers.size(); li++) {
         const LayerPlan& Lp = layers[li];
-        float *kl = kc + li * sl, *vl = vc + li * sl;
+        float *kl = c.k + li * c.sl, *vl = c.v + li * c.sl;
         norm_quant(Lp.attn_norm, Lp.qkv);
         split(Lp.qkv.tiles(), nt, tid, a, b);
         Lp.qkv.run(mine, B, qkv.data(), Nqkv, a, b);
 #pragma omp barrier
-        // RoPE on q and k, then k and v into the caches at pos
+        // RoPE on q and k, then k and v into the caches at each sequence's position
         split(B * (H + KVH), nt, tid, a, b);
         for (int64_t j = a; j < b; j++) {
-          const int64_t r = j / (H + KVH), h = j % (H + KVH);
+          const int64_t r = j / (H + KVH), h = j % (H + KVH), pos = positions[r];
           float* hp = qkv.data() + r * Nqkv + h * D;
-          rope_head(hp, cr, sr, D);
+          rope_head(hp, cosp + pos * D, sinp + pos * D, D);
           if (h >= H) {
             const int64_t g = h - H;
-            std::memcpy(kl + r * sb + g * sh + pos * D, hp, D * sizeof(float));
-            std::memcpy(vl + r * sb + g * sh + pos * D, hp + KVH * D, D * sizeof(float));
+            const int64_t off = Paged ? slot(r, pos) * rs + g * D : r * c.sb + g * c.sh + pos * D;
+            std::memcpy(kl + off, hp, D * sizeof(float));
+            std::memcpy(vl + off, hp + KVH * D, D * sizeof(float));
           }
         }
 #pragma omp barrier
-        // attention by (kv head, chunk of positions)
-        split(B * KVH * nc, nt, tid, a, b);
-        for (int64_t j = a; j < b; j++)
-          attend_unit(j, nc, KVH, G, L, D, scale, qkv.data(), Nqkv, kl, vl, sb, sh, sb, sh, pt, ao.data(), am.data(),
-                      as.data());
+        // attention by (sequence, kv head, chunk of positions)
+        split(n_units, nt, tid, a, b);
+        for (int64_t j = a; j < b; j++) {
+          const int64_t u = units[j];
+          const int64_t ci = u % nc, g = (u / nc) % KVH, r = u / (nc * KVH);
+          const int64_t l0 = ci * KCH, n = std::min(KCH, positions[r] + 1 - l0);
+          const float *kp, *vp;
+          if (Paged) {
+            for (int64_t l = 0; l < n; l++) {
+              const int64_t off = slot(r, l0 + l) * rs + g * D;
+              std::memcpy(kbuf + l * D, kl + off, D * sizeof(float));
+              std::memcpy(vbuf + l * D, vl + off, D * sizeof(float));
+            }
+            kp = kbuf, vp = vbuf;
+          } else {
+            kp = kl + r * c.sb + g * c.sh + l0 * D;
+            vp = vl + r * c.sb + g * c.sh + l0 * D;
+          }
+          for (int64_t h = g * G; h < (g + 1) * G; h++) {
+            const int64_t w = (r * H + h) * nc + ci;
+            attend_part(qkv.data() + r * Nqkv + h * D, kp, vp, n, D, scale, pt, ao.data() + w * D, am.data() + w,
+                        as.data() + w);
+          }
+        }
 #pragma omp barrier
         // every thread merges the chunks into its own copy of the attention output
-        for (int64_t u = 0; u < B * H; u++)
-          merge_head(ao.data() + u * nc * D, am.data() + u * nc, as.data() + u * nc, nc, D, at_own + u * D);
+        for (int64_t u = 0; u < B * H; u++) {
+          const int64_t nr = ncs[u / H];
+          merge_head(ao.data() + u * nc * D, am.data() + u * nc, as.data() + u * nc, nr, D, at_own + u * D);
+        }
         prepare(Lp.wo, at_own);
         product_add(Lp.wo, mine);
 #pragma omp barrier
@@ -872,11 +984,11 @@ struct DecodePlan : torch::CustomClassHolder {
         // silu(gate) * up and its quantization, by blocks of 32
         split(B * nbh, nt, tid, a, b);
         for (int64_t j = a; j < b; j++) {
-          const int64_t r = j / nbh, c = (j % nbh) * QK;
+          const int64_t r = j / nbh, cc = (j % nbh) * QK;
           const float* g = gu.data() + r * 2 * hidden;
-          silu_mul_range(g, g + hidden, hb.data() + r * hidden, c, c + QK);
-          if (Lp.w2.qtype == F16) round_row_f16(hb.data() + r * hidden + c, actf_h.data() + r * hidden + c, QK);
-          else quantize_row(hb.data() + r * hidden + c, act_h.data() + j, 1);
+          silu_mul_range(g, g + hidden, hb.data() + r * hidden, cc, cc + QK);
+          if (Lp.w2.qtype == F16) round_row_f16(hb.data() + r * hidden + cc, actf_h.data() + r * hidden + cc, QK);
+          else quantize_row(hb.data() + r * hidden + cc, act_h.data() + j, 1);
         }
 #pragma omp barrier
         product_add(Lp.w2, hid);
@@ -902,7 +1014,8 @@ TORCH_LIBRARY(hearth, m) {
   m.def("attend_decode(Tensor qkv, Tensor(a!) k, Tensor(b!) v, int layer, int pos, int n_heads, int n_kv_heads, float scale) -> Tensor");
   m.class_<DecodePlan>("DecodePlan")
       .def(torch::init<std::vector<at::Tensor>, std::vector<int64_t>, double>())
-      .def("step", &DecodePlan::step);
+      .def("step", &DecodePlan::step)
+      .def("step_paged", &DecodePlan::step_paged);
 }
 
 TORCH_LIBRARY_IMPL(hearth, CPU, m) {

@@ -8,6 +8,9 @@ path's own (the same row functions and products), so the logits are bit-identica
 
 `CPUDecoder.build(model)` packs the weights' addresses once (when the fast path is enabled); the model's forward
 hands one-token steps with a contiguous fp32 `KVCache` to it and keeps the per-layer path for everything else.
+The serving engine's all-decode steps call `CPUDecoder.paged` (hearth/engine/runner.py): the same step over its
+paged cache (`DecodePlan.step_paged`), each sequence at its own position, its K/V read and written through its
+block table; per sequence bit-identical to the contiguous step on the same cache contents.
 """
 
 from __future__ import annotations
@@ -105,3 +108,25 @@ class CPUDecoder:
         else:
             x = model.tok_embeddings(tokens).reshape(tokens.shape[0], -1).float()
         return self._plan.step(x, cache.k, cache.v, cos, sin, start).unsqueeze(1)
+
+    def usable_paged(self, cache) -> bool:
+        """Whether the engine's paged cache (hearth/model/paged.py) can take whole-token steps here."""
+        return (
+            cache.k.dtype == torch.float32
+            and cache.k.device.type == "cpu"
+            and cache.k.is_contiguous()
+            and cache.v.is_contiguous()
+            and self._norm.data_ptr() == self._norm_ptr
+            and self._norm.dtype == torch.float32
+            and not (torch.is_grad_enabled() and self._norm.requires_grad)
+        )
+
+    def paged(self, model, tokens: Tensor, positions: Tensor, cache, tables: Tensor) -> Tensor:
+        """Logits (B, vocab) of one token per sequence of the engine: tokens (B,) int64 at positions (B,) int64, block
+        tables (B, W) int64 into the PagedKVCache `cache`; writes each layer's k and v into the sequences' slots."""
+        cos, sin = self._tables(model, int(positions.max()))
+        if self._embeds:
+            x = tokens.reshape(-1).long()
+        else:
+            x = model.tok_embeddings(tokens.reshape(-1, 1)).reshape(tokens.shape[0], -1).float()
+        return self._plan.step_paged(x, positions, cache.k, cache.v, tables, cache.block_size, cos, sin)

@@ -1,0 +1,138 @@
+"""The whole-token native decode step over the engine's paged KV cache (DecodePlan.step_paged, CPUDecoder.paged) and
+the engine's use of it for all-decode steps on the CPU (ModelRunner's native route)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import tiny
+from hearth.engine.generate import Generator
+from hearth.engine.llm_engine import EngineConfig, LLMEngine
+from hearth.engine.request import EngineRequest
+from hearth.kernels import gguf_ops
+from hearth.loader import load
+from hearth.model.paged import PagedKVCache
+from test_engine import GREEDY, PROMPTS, drain
+from test_quant_kernels import tiny_gguf  # noqa: F401  (the tiny GGUF models, a module fixture)
+
+pytestmark = [
+    pytest.mark.skipif(gguf_ops() is None, reason="hearth's native CPU kernels are not available here"),
+    pytest.mark.usefixtures("one_thread"),
+]
+
+
+def _contiguous(model, ids: list[int], n: int):
+    """A B=1 contiguous cache holding the first n tokens' k/v (a prompt prefilled), with room for one more."""
+    cache = model.new_cache(1, n + 1)
+    with torch.inference_mode():
+        model(torch.tensor([ids[:n]]), 0, cache)
+    return cache
+
+
+def _paged_step(model, lengths: list[int], block_size: int = 4, seed: int = 0):
+    """Sequences of `lengths` cached tokens copied into a paged pool with shuffled blocks; one step_paged for all of
+    them against one contiguous step per sequence. Returns (paged logits, contiguous logits, pool, the pool as the
+    contiguous steps wrote it)."""
+    dec = model._cpu_decoder
+    ids = list(tiny.corpus_ids(max(lengths) + 8))
+    need = [-(-(n + 1) // block_size) for n in lengths]
+    num_blocks = sum(need) + 3
+    perm = torch.randperm(num_blocks, generator=torch.Generator().manual_seed(seed)).tolist()
+    tables, used = [], 0
+    for k in need:
+        tables.append(perm[used : used + k])
+        used += k
+    width = max(need) + 1
+    pool = PagedKVCache(model.config, num_blocks, block_size, torch.device("cpu"), torch.float32)
+    want = PagedKVCache(model.config, num_blocks, block_size, torch.device("cpu"), torch.float32)
+    pool.k.normal_(), pool.v.normal_()  # stale contents in slots nobody reads
+    want.k.copy_(pool.k), want.v.copy_(pool.v)
+    ref_logits = []
+    tokens = [ids[n + b] for b, n in enumerate(lengths)]  # each row's next token (different rows, different tokens)
+    for b, n in enumerate(lengths):
+        cache = _contiguous(model, ids[b:], n)
+        slots = torch.tensor([tables[b][p // block_size] * block_size + p % block_size for p in range(n + 1)])
+        pool.k[:, slots[:n]] = cache.k[:, 0, :, :n].transpose(1, 2)
+        pool.v[:, slots[:n]] = cache.v[:, 0, :, :n].transpose(1, 2)
+        with torch.inference_mode():
+            cos, sin = dec._tables(model, n)
+            ref_logits.append(dec._plan.step(torch.tensor([tokens[b]]), cache.k, cache.v, cos, sin, n)[0])
+        want.k[:, slots] = cache.k[:, 0].transpose(1, 2)
+        want.v[:, slots] = cache.v[:, 0].transpose(1, 2)
+    table = torch.full((len(lengths), width), num_blocks - 1, dtype=torch.long)
+    for b, t in enumerate(tables):
+        table[b, : len(t)] = torch.tensor(t)
+    with torch.inference_mode():
+        got = dec.paged(model, torch.tensor(tokens), torch.tensor(lengths), pool, table)
+    return got, torch.stack(ref_logits), pool, want
+
+
+@pytest.mark.parametrize("name", ["Q4_1", "Q8_0"])
+@pytest.mark.parametrize("lengths", [[37], [5, 70, 33]], ids=["B1", "B3"])
+def test_paged_step_is_the_contiguous_step(tiny_gguf, name, lengths):  # noqa: F811
+    """Through shuffled blocks, the same logits to the bit and the same k/v written, as the contiguous whole step
+    gives each sequence alone (past 64 positions: two attention chunks)."""
+    _, paths = tiny_gguf
+    model = load(str(paths[name])).model
+    assert model._cpu_decoder is not None
+    got, ref, pool, want = _paged_step(model, lengths)
+    assert torch.equal(got, ref)
+    assert torch.equal(pool.k, want.k) and torch.equal(pool.v, want.v)
+
+
+def test_paged_step_on_two_threads(tiny_gguf):  # noqa: F811
+    _, paths = tiny_gguf
+    model = load(str(paths["Q4_1"])).model
+    one, *_ = _paged_step(model, [5, 70, 33], seed=1)
+    torch.set_num_threads(2)
+    try:
+        two, ref, pool, want = _paged_step(model, [5, 70, 33], seed=1)
+    finally:
+        torch.set_num_threads(1)
+    assert torch.equal(two, one) and torch.equal(two, ref)
+    assert torch.equal(pool.k, want.k)
+
+
+def test_paged_step_refuses_bad_tables(tiny_gguf):  # noqa: F811
+    _, paths = tiny_gguf
+    model = load(str(paths["Q8_0"])).model
+    dec = model._cpu_decoder
+    pool = PagedKVCache(model.config, 4, 4, torch.device("cpu"), torch.float32)
+    with torch.inference_mode():
+        with pytest.raises(RuntimeError, match="outside the block table"):
+            dec.paged(model, torch.tensor([5]), torch.tensor([8]), pool, torch.tensor([[0, 1]]))
+        with pytest.raises(RuntimeError, match="outside the pool"):
+            dec.paged(model, torch.tensor([5]), torch.tensor([3]), pool, torch.tensor([[4]]))
+
+
+def test_engine_native_decode_mostly_equals_alone():
+    """The default model (SmolLM2-135M Q4_1) through the engine: all-decode steps take the native route and the
+    greedy outputs agree with the Generator alone on each prompt (a near-tie may flip in 4-bit, as in
+    test_engine.test_native_batch_mostly_equals_alone)."""
+    native = load("smollm2")
+    assert native.model._cpu_decoder is not None
+    gen = Generator(native.model, native.tokenizer)
+    eng = LLMEngine(native, EngineConfig(max_num_seqs=8, max_num_batched_tokens=48, kv_cache_bytes=64 << 20))
+    assert eng.runner.cpu_decoder is not None
+    for i, p in enumerate(PROMPTS):
+        eng.add_request(EngineRequest(f"r{i}", native.tokenizer.encode(p), GREEDY))
+    res = drain(eng)
+    assert eng.runner.native_steps >= GREEDY.max_tokens - 2
+    same_prefix = []
+    for i, p in enumerate(PROMPTS):
+        ref = gen.complete(native.tokenizer.encode(p), GREEDY).token_ids
+        got = res[f"r{i}"]["ids"]
+        assert len(got) == len(ref)
+        same_prefix.append(next((j for j, (a, b) in enumerate(zip(got, ref)) if a != b), len(ref)))
+    assert sum(same_prefix) >= 0.75 * len(PROMPTS) * GREEDY.max_tokens, same_prefix
+    assert eng.blocks.num_used == 0
+
+
+def test_engine_keeps_the_padded_route_when_asked(tiny_gguf):  # noqa: F811
+    """cuda_graphs=True on a CPU keeps the padded (graph-shaped) route; the native one is not used alongside it."""
+    _, paths = tiny_gguf
+    lm = load(str(paths["Q4_1"]))
+    eng = LLMEngine(lm, EngineConfig(max_num_seqs=4, max_num_batched_tokens=32, kv_cache_bytes=8 << 20,
+                                     cuda_graphs=True))
+    assert eng.runner.graphs is not None and eng.runner.cpu_decoder is None
