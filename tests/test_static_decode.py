@@ -172,3 +172,22 @@ def test_generator_fixed_shape_route_equals_plain_route():
 @torch.inference_mode()
 def test_cuda_generator_graph_route_equals_plain_route():
     _generator_runs("cuda")
+
+
+@torch.inference_mode()
+def test_compiled_step_equals_plain_path_on_cpu():
+    """The torch.compile'd fixed-shape step (what `--compile` runs on a GPU, here through inductor's CPU backend)."""
+    m = tiny(seed=11)
+    ids = torch.randint(0, 97, (1, 6), generator=torch.Generator().manual_seed(6))
+    ref, ref_toks = reference(m, ids, 5)
+    dec = StaticDecoder(m, 1, 64, graphs=False, compile=True)
+    logits = dec.prefill(ids)
+    got, nxt, toks = [logits], logits.argmax(-1, keepdim=True), [logits.argmax(-1, keepdim=True)]
+    for _ in range(5):
+        logits = dec.step(nxt).clone()
+        got.append(logits)
+        nxt = logits.argmax(-1, keepdim=True)
+        toks.append(nxt)
+    for a, b in zip(ref, got):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4)
+    assert torch.equal(torch.cat(toks, 1), ref_toks)
