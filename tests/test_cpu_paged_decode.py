@@ -7,13 +7,10 @@ import pytest
 import torch
 
 import tiny
-from hearth.engine.generate import Generator
 from hearth.engine.llm_engine import EngineConfig, LLMEngine
-from hearth.engine.request import EngineRequest
 from hearth.kernels import gguf_ops
 from hearth.loader import load
 from hearth.model.paged import PagedKVCache
-from test_engine import GREEDY, PROMPTS, drain
 from test_quant_kernels import tiny_gguf  # noqa: F401  (the tiny GGUF models, a module fixture)
 
 pytestmark = [
@@ -104,29 +101,6 @@ def test_paged_step_refuses_bad_tables(tiny_gguf):  # noqa: F811
             dec.paged(model, torch.tensor([5]), torch.tensor([8]), pool, torch.tensor([[0, 1]]))
         with pytest.raises(RuntimeError, match="outside the pool"):
             dec.paged(model, torch.tensor([5]), torch.tensor([3]), pool, torch.tensor([[4]]))
-
-
-def test_engine_native_decode_mostly_equals_alone():
-    """The default model (SmolLM2-135M Q4_1) through the engine: all-decode steps take the native route and the
-    greedy outputs agree with the Generator alone on each prompt (a near-tie may flip in 4-bit, as in
-    test_engine.test_native_batch_mostly_equals_alone)."""
-    native = load("smollm2")
-    assert native.model._cpu_decoder is not None
-    gen = Generator(native.model, native.tokenizer)
-    eng = LLMEngine(native, EngineConfig(max_num_seqs=8, max_num_batched_tokens=48, kv_cache_bytes=64 << 20))
-    assert eng.runner.cpu_decoder is not None
-    for i, p in enumerate(PROMPTS):
-        eng.add_request(EngineRequest(f"r{i}", native.tokenizer.encode(p), GREEDY))
-    res = drain(eng)
-    assert eng.runner.native_steps >= GREEDY.max_tokens - 2
-    same_prefix = []
-    for i, p in enumerate(PROMPTS):
-        ref = gen.complete(native.tokenizer.encode(p), GREEDY).token_ids
-        got = res[f"r{i}"]["ids"]
-        assert len(got) == len(ref)
-        same_prefix.append(next((j for j, (a, b) in enumerate(zip(got, ref)) if a != b), len(ref)))
-    assert sum(same_prefix) >= 0.75 * len(PROMPTS) * GREEDY.max_tokens, same_prefix
-    assert eng.blocks.num_used == 0
 
 
 def test_engine_keeps_the_padded_route_when_asked(tiny_gguf):  # noqa: F811

@@ -54,12 +54,17 @@ def drain(eng: LLMEngine) -> dict[str, dict]:
 
 
 def test_native_batch_mostly_equals_alone():
+    # The default native path: all-decode steps take the whole-token native route over the paged cache
+    # (hearth/engine/runner.py, tests/test_cpu_paged_decode.py for its exactness)
     native = load("smollm2")
+    assert native.model._cpu_decoder is not None
     gen = Generator(native.model, native.tokenizer)
     eng = LLMEngine(native, EngineConfig(max_num_seqs=8, max_num_batched_tokens=48, kv_cache_bytes=64 << 20))
+    assert eng.runner.cpu_decoder is not None
     for i, p in enumerate(PROMPTS):
         eng.add_request(EngineRequest(f"r{i}", native.tokenizer.encode(p), GREEDY))
     res = drain(eng)
+    assert eng.runner.native_steps >= GREEDY.max_tokens - 2
     same_prefix = []
     for i, p in enumerate(PROMPTS):
         ref = gen.complete(native.tokenizer.encode(p), GREEDY).token_ids

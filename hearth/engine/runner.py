@@ -22,6 +22,7 @@ from torch import Tensor
 from hearth.engine.scheduler import SchedulerOutput
 from hearth.model import Transformer
 from hearth.model.paged import BatchMeta, PagedKVCache, PrefillChunk
+from hearth.model.static_decode import record_graph
 
 
 @dataclass
@@ -47,6 +48,14 @@ class StepResult:
 
 def _bucket(n: int, sizes: list[int]) -> int:
     return next(s for s in sizes if s >= n)
+
+
+def _padded_tables(tables: list[list[int]], rows: int, width: int, fill: int) -> np.ndarray:
+    """Block tables as one (rows, width) array; missing entries and rows point at block `fill` (the scratch block)."""
+    out = np.full((rows, width), fill, dtype=np.int64)
+    for i, t in enumerate(tables):
+        out[i, : len(t)] = t
+    return out
 
 
 class DecodeGraphs:
@@ -93,9 +102,7 @@ class DecodeGraphs:
         self.steps += 1
         b = _bucket(n, self.batch_sizes)
         w = _bucket(max(len(t) for t in tables), self.widths)
-        table = np.full((b, w), self.scratch_block, dtype=np.int64)
-        for i, t in enumerate(tables):
-            table[i, : len(t)] = t
+        table = _padded_tables(tables, b, w, self.scratch_block)
         pos = np.zeros(b, dtype=np.int64)
         pos[:n] = positions  # padded rows: position 0 of the scratch block
         tok = np.zeros(b, dtype=np.int64)
@@ -113,14 +120,7 @@ class DecodeGraphs:
         return logits[:n], greedy[:n]
 
     def _record(self, b: int, w: int) -> None:
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            self._forward(b, w)  # warm-up: cuBLAS picks its kernels outside the capture
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool):
-            logits, greedy = self._forward(b, w)
+        graph, (logits, greedy) = record_graph(lambda: self._forward(b, w), pool=self.pool)
         self.graphs[(b, w)] = (graph, logits, greedy)
 
 
@@ -172,9 +172,7 @@ class ModelRunner:
         tokens = np.fromiter((q.token_ids[q.num_computed] for q in seqs), dtype=np.int64, count=n)
         positions = np.fromiter((q.num_computed for q in seqs), dtype=np.int64, count=n)
         width = max(len(q.block_table) for q in seqs)
-        tables = np.full((n, width), self.scratch_block, dtype=np.int64)
-        for i, q in enumerate(seqs):
-            tables[i, : len(q.block_table)] = q.block_table
+        tables = _padded_tables([q.block_table for q in seqs], n, width, self.scratch_block)
         logits = self.cpu_decoder.paged(self.model, torch.from_numpy(tokens), torch.from_numpy(positions), self.cache,
                                         torch.from_numpy(tables))
         self.native_steps += 1

@@ -170,15 +170,9 @@ class Attention(nn.Module):
         the whole preallocated cache under a mask. Shapes never change from step to step and nothing reads a device
         value on the host, so the step can be captured as a CUDA graph and compiled (hearth/model/static_decode.py)."""
         b, hd, kvh = x.shape[0], self.head_dim, self.n_kv_heads
-        x2 = x.view(b, -1)
-        if self.wqkv is not None:
-            q, k, v = self.wqkv(x2).split((self.n_heads * hd, kvh * hd, kvh * hd), dim=-1)
-        else:
-            q, k, v = self.wq(x2), self.wk(x2), self.wv(x2)
-        q = apply_rope(q.view(b, self.n_heads, 1, hd), cos, sin)
-        k = apply_rope(k.view(b, kvh, 1, hd), cos, sin)
+        q, k, v = self._qkv(x.view(b, -1), cos.view(1, hd).expand(b, hd), sin.view(1, hd).expand(b, hd))
         kc, vc = cache.k[self.layer], cache.v[self.layer]  # (B, KVH, S, D) views of the cache
-        kc[:, :, pos] = k
+        kc[:, :, pos] = k.view(b, kvh, 1, hd)
         vc[:, :, pos] = v.view(b, kvh, 1, hd)
         mask = (torch.arange(kc.shape[2], device=x.device) <= pos).view(1, 1, 1, -1)
         # grouped-query attention without repeating K/V: each kv head's group of query heads are its query rows

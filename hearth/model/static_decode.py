@@ -80,15 +80,21 @@ class StaticDecoder:
         return out
 
     def _capture(self) -> None:
-        # Warm up on a side stream (compiles, lets cuBLAS pick its kernels), then record. The warm-up writes this
-        # position's K/V from the same token the real step writes, so it leaves the cache as the step would.
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(2):
-                self._fn(self.tokens, self.pos)
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            self._out = self._fn(self.tokens, self.pos)
-        self._graph = graph
+        # The warm-up writes this position's K/V from the same token the real step writes, so it leaves the cache as
+        # the step would.
+        self._graph, self._out = record_graph(lambda: self._fn(self.tokens, self.pos), warmup=2)
+
+
+def record_graph(fn, warmup: int = 1, pool=None):
+    """Run `fn` `warmup` times on a side stream (compiles, lets cuBLAS pick its kernels), then record it as a CUDA
+    graph; returns (graph, fn's output tensors, which every replay overwrites)."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(warmup):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, pool=pool):
+        out = fn()
+    return graph, out
