@@ -173,9 +173,11 @@ void mm_rows(const uint8_t* w, int64_t rb, const BlockQ8A* act, int64_t M, int64
   int64_t n = n0;
   for (; n + 4 <= n1; n += 4) {
     const uint8_t* wr = w + n * rb;
+    // the first pass over this tile of weight rows brings in the tiles ahead; later passes find it in cache
+    const int64_t pf = kPrefetchTiles * 4 * rb;
     int64_t m = 0;
-    for (; m + 2 <= M; m += 2) tile<T, 4, 2>(wr, rb, act + m * nb, nb, out + m * N + n, N);
-    for (; m < M; m++) tile<T, 4, 1>(wr, rb, act + m * nb, nb, out + m * N + n, N, M == 1 ? kPrefetchTiles * 4 * rb : 0);
+    for (; m + 2 <= M; m += 2) tile<T, 4, 2>(wr, rb, act + m * nb, nb, out + m * N + n, N, m == 0 ? pf : 0);
+    for (; m < M; m++) tile<T, 4, 1>(wr, rb, act + m * nb, nb, out + m * N + n, N, m == 0 ? pf : 0);
   }
   for (; n < n1; n++)
     for (int64_t m = 0; m < M; m++) tile<T, 1, 1>(w + n * rb, rb, act + m * nb, nb, out + m * N + n, N);
