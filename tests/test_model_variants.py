@@ -151,6 +151,18 @@ def test_kv_cache_paths_equal_full_forward(variant):
     cuts = [0, 150, 151, 260, n]
     chunks = [model(torch.tensor([full[a:b]]), a, cache)[0] for a, b in zip(cuts, cuts[1:])]
     assert (torch.cat(chunks) - ref).abs().max().item() < 1e-4
+    # a prompt longer than model.prefill_chunk is cut into chunks by forward itself (all logits, or the last row)
+    model.prefill_chunk = 48
+    try:
+        cache = model.new_cache(1, n)
+        every = model(torch.tensor([full]), 0, cache)[0]
+        assert every.shape == ref.shape and (every - ref).abs().max().item() < 1e-4
+        cache = model.new_cache(1, n)
+        last = model(torch.tensor([full[:-5]]), 0, cache, last_only=True)[0]
+        assert last.shape == (1, ref.shape[1]) and (last[0] - ref[n - 6]).abs().max().item() < 1e-4
+        assert (model(torch.tensor([full[-5:]]), n - 5, cache)[0] - ref[n - 5 :]).abs().max().item() < 1e-4
+    finally:
+        model.prefill_chunk = 512
 
 
 def test_llama3_rope_scaling_matters(root):
