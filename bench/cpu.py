@@ -17,8 +17,9 @@ hearth.loader.resolve_model). The protocol follows ../shared/bench/peers/bench_l
 Runners:
   hearth-<dtype>  hearth.loader.load(MODEL, dtype=...) on the CPU, torch.set_num_threads(--threads),
                   under torch.inference_mode(); model(ids, 0, cache, last_only=True), then
-                  model([[tok]], pos, cache); the KV cache (new_cache(1, n_prompt + n_gen)) is
-                  allocated before each timed repetition
+                  model([[tok]], pos, cache); the KV cache (new_cache(1, n_prompt + n_gen); fp16 on the
+                  native path unless --kv-cache f32, as llama.cpp's default f16 cache) is allocated before
+                  each timed repetition; prompts over 512 tokens go through in 512-token chunks (both runners)
   llama.cpp       llama_cpp.Llama(n_threads=n_threads_batch=--threads, n_ctx=--n-ctx,
                   n_batch=n_ubatch=512, flash_attn=False unless --flash-attn); Llama.eval(ids)
                   after Llama.reset(), then Llama.eval([tok])
@@ -155,7 +156,7 @@ def sha256_prefix(path: Path, n: int = 16) -> str:
 # {"cmd": "done"} -> {"rss_peak_mib": ...} and exit.
 
 class HearthRunner:
-    def __init__(self, model: str, dtype: str, threads: int, n_ctx: int):
+    def __init__(self, model: str, dtype: str, threads: int, n_ctx: int, kv_cache: str = "auto"):
         t0 = time.perf_counter()
         import torch
 
@@ -166,10 +167,11 @@ class HearthRunner:
         self.import_s = time.perf_counter() - t0
         torch.set_num_threads(threads)
         t0 = time.perf_counter()
-        self.lm = load(model, device="cpu", dtype="auto" if dtype == "native" else dtype)
+        self.lm = load(model, device="cpu", dtype="auto" if dtype == "native" else dtype, kv_cache=kv_cache)
         self.load_s = time.perf_counter() - t0
         self.model = self.lm.model
         self.info = dict(torch=torch.__version__, dtype=str(self.lm.dtype).replace("torch.", ""),
+                         kv_cache=str(self.model.cache_dtype).replace("torch.", ""),
                          torch_threads=torch.get_num_threads(), eos=list(self.lm.tokenizer.eos_ids))
 
     def tokenize(self, text: str) -> list[int]:
@@ -267,7 +269,7 @@ def runner_main(args) -> None:
         if args.runner == "llama.cpp":
             r = LlamaCppRunner(args.model, args.threads, args.n_ctx, args.flash_attn)
         else:
-            r = HearthRunner(args.model, args.runner.split("-", 1)[1], args.threads, args.n_ctx)
+            r = HearthRunner(args.model, args.runner.split("-", 1)[1], args.threads, args.n_ctx, args.kv_cache)
         text = open(args.text, encoding="utf-8").read()
         ids = r.tokenize(text)
         rss_load, _ = rss_mib()
@@ -292,7 +294,7 @@ class Child:
     def __init__(self, name: str, args, model_path: Path, text_path: str):
         cmd = [sys.executable, str(Path(__file__).resolve()), str(model_path), "--runner", name,
                "--threads", str(args.threads), "--n-ctx", str(args.n_ctx), "--n-prompt", str(args.n_prompt),
-               "--text", text_path] + (["--flash-attn"] if args.flash_attn else [])
+               "--text", text_path, "--kv-cache", args.kv_cache] + (["--flash-attn"] if args.flash_attn else [])
         env = dict(os.environ, TQDM_DISABLE="1", HF_HUB_OFFLINE="1")
         self.name = name
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, bufsize=1)
@@ -422,6 +424,8 @@ def main(argv=None) -> None:
     ap.add_argument("--reps", type=int, default=5, help="timed rounds after the warm-up round (default 5)")
     ap.add_argument("--warmup", type=int, default=1, help="untimed warm-up rounds, full prefill + 16 decode "
                     "steps each (default 1)")
+    ap.add_argument("--kv-cache", default="auto", choices=["auto", "f16", "f32"],
+                    help="hearth's KV cache type (default auto: f16 on the native path, as llama.cpp's default)")
     ap.add_argument("--n-prompt", type=int, default=512, help="prompt length in tokens for prefill (default 512)")
     ap.add_argument("--n-gen", type=int, default=128, help="decode steps after the prompt (default 128)")
     ap.add_argument("--n-ctx", type=int, default=2048, help="llama.cpp context size (default 2048); hearth's "

@@ -44,6 +44,7 @@ MaxTokens = Annotated[int, typer.Option(help="Most tokens to generate.", min=0)]
 Stop = Annotated[Optional[list[str]], typer.Option(help="Stop when this text appears (repeatable); it is not printed.")]
 Device = Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")]
 DType = Annotated[str, typer.Option(help="auto (on CPU a GGUF's own 4/8-bit blocks where hearth's kernels run, else fp32; bf16 on CUDA), float32, bfloat16 or float16.")]
+KVCacheType = Annotated[str, typer.Option("--kv-cache", help="What the KV cache holds on the CPU: auto (f16 where the whole decode step runs natively, as llama.cpp; else the compute dtype), f16 or f32.")]
 Compile = Annotated[bool, typer.Option("--compile", help="On a GPU: also torch.compile the CUDA-graph decode step (about a minute once per context size; faster tokens).")]
 Json = Annotated[bool, typer.Option("--json", help="Print prompt/generated token ids and text as JSON.")]
 Adapter = Annotated[Optional[Path], typer.Option(help="A LoRA adapter directory (PEFT format, e.g. from `hearth tune`) applied to the model unmerged.")]
@@ -58,7 +59,7 @@ def _params(max_tokens, temperature, top_p, top_k, min_p, repeat_penalty, seed, 
     )
 
 
-def _load(model: str, device: str, dtype: str, adapter: Path | None = None):
+def _load(model: str, device: str, dtype: str, adapter: Path | None = None, kv_cache: str = "auto"):
     from hearth.loader import load
 
     if adapter is not None and dtype == "auto":
@@ -66,7 +67,7 @@ def _load(model: str, device: str, dtype: str, adapter: Path | None = None):
         from hearth.tune.recipes import train_dtype
 
         dtype = train_dtype(dtype, device)
-    lm = load(model, device=device, dtype=dtype, progress=sys.stderr.isatty())
+    lm = load(model, device=device, dtype=dtype, progress=sys.stderr.isatty(), kv_cache=kv_cache)
     if adapter is not None:
         from hearth.tune.peft_io import load_adapter
 
@@ -102,6 +103,7 @@ def generate(
     stop: Stop = None,
     device: Device = "cpu",
     dtype: DType = "auto",
+    kv_cache: KVCacheType = "auto",
     json_out: Json = False,
     adapter: Adapter = None,
     compile: Compile = False,
@@ -111,7 +113,7 @@ def generate(
     Example: hearth generate smollm2 "The capital of France is" --temperature 0 --max-tokens 16
     """
     params = _params(max_tokens, temperature, top_p, top_k, min_p, repeat_penalty, seed, stop)
-    lm = _load(model, device, dtype, adapter)
+    lm = _load(model, device, dtype, adapter, kv_cache)
     from hearth.engine.generate import Generator
 
     ids = lm.tokenizer.encode(prompt)
@@ -139,6 +141,7 @@ def run(
     stop: Stop = None,
     device: Device = "cpu",
     dtype: DType = "auto",
+    kv_cache: KVCacheType = "auto",
     json_out: Json = False,
     adapter: Adapter = None,
     compile: Compile = False,
@@ -150,7 +153,7 @@ def run(
     Example: hearth run smollm2 "Name three rivers in Europe."
     """
     params = _params(max_tokens, temperature, top_p, top_k, min_p, repeat_penalty, seed, stop)
-    lm = _load(model, device, dtype, adapter)
+    lm = _load(model, device, dtype, adapter, kv_cache)
     from hearth.engine.chat import ChatSession
 
     session = ChatSession(lm, params, system=system, compile=compile)
@@ -199,9 +202,12 @@ def serve(
     served_model_name: Annotated[Optional[str], typer.Option(help="The model name clients use (default: MODEL).")] = None,
     device: Device = "cpu",
     dtype: DType = "auto",
+    kv_cache: KVCacheType = "auto",
     max_num_seqs: Annotated[int, typer.Option(help="Most sequences decoded together.", min=1)] = 64,
     max_batched_tokens: Annotated[int, typer.Option(help="Token budget of one engine step (prefill chunk).", min=1)] = 512,
     max_waiting: Annotated[int, typer.Option(help="Queued requests beyond this get HTTP 429.", min=0)] = 256,
+    kv_cache_gib: Annotated[float, typer.Option(help="Memory for the paged KV cache, in GiB: how many tokens all "
+                                                     "running requests can hold together (logged at start).", min=0.001)] = 1.0,
     max_body_bytes: Annotated[int, typer.Option(help="Largest request body accepted (HTTP 413 above).", min=1)] = 1 << 20,
 ):
     """Serve MODEL over an OpenAI-compatible HTTP API (/v1/chat/completions, /v1/completions, ...).
@@ -225,8 +231,9 @@ def serve(
     except OSError as e:
         sock.close()
         raise HearthError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
-    lm = _load(model, device, dtype)
-    config = EngineConfig(max_num_seqs=max_num_seqs, max_num_batched_tokens=max_batched_tokens, max_waiting=max_waiting)
+    lm = _load(model, device, dtype, kv_cache=kv_cache)
+    config = EngineConfig(max_num_seqs=max_num_seqs, max_num_batched_tokens=max_batched_tokens, max_waiting=max_waiting,
+                          kv_cache_bytes=int(kv_cache_gib * (1 << 30)))
     name = served_model_name or model
     engine = AsyncEngine(lm, config, model_name=name)
     web = build_app(engine, api_key=api_key, served_model_name=name, max_body_bytes=max_body_bytes)
@@ -297,6 +304,7 @@ def perplexity(
     max_chunks: Annotated[Optional[int], typer.Option(help="Score at most this many chunks (default: all).", min=1)] = None,
     device: Device = "cpu",
     dtype: DType = "auto",
+    kv_cache: KVCacheType = "auto",
     threads: Threads = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ):
@@ -314,7 +322,7 @@ def perplexity(
     _threads(threads)
     check_args(ctx, max_chunks)
     text, label = _ppl_text(text_file, corpus, book)
-    lm = _load(model, device, dtype)
+    lm = _load(model, device, dtype, kv_cache=kv_cache)
     r = text_perplexity(lm, text, n_ctx=ctx, max_chunks=max_chunks, progress=sys.stderr.isatty())
     if json_out:
         print(json.dumps({"model": model, "text": label, **dataclasses.asdict(r)}))

@@ -29,6 +29,7 @@ DTYPES = {
     "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
     "float16": torch.float16, "fp16": torch.float16,
 }
+KV_CACHE_TYPES = {"auto": None, "f16": torch.float16, "f32": torch.float32}  # llama.cpp's --cache-type names
 
 
 def resolve_model(ref: str) -> Path:
@@ -162,15 +163,25 @@ def _stderr():
     return Console(stderr=True)
 
 
-def load(ref: str = DEFAULT_MODEL, device: str = "cpu", dtype: str = "auto", progress: bool = False) -> LoadedModel:
+def load(
+    ref: str = DEFAULT_MODEL, device: str = "cpu", dtype: str = "auto", progress: bool = False, kv_cache: str = "auto"
+) -> LoadedModel:
     """Load a model by path or packaged name, ready to generate. Raises HearthError on bad input.
 
     dtype "auto" runs the file as stored where hearth can: on a CPU, GGUF Q4_0/Q4_1/Q8_0 weights stay 4/8-bit and
     F16 weights fp16 (llama.cpp's arithmetic) with fp32 activations; on CUDA, bf16. An explicit dtype dequantizes every weight
-    to it (the exact reference path)."""
+    to it (the exact reference path).
+
+    kv_cache: what KV caches hold on the CPU. "auto": fp16 where the whole decode step runs natively (dtype auto, GGUF
+    block or F16 weights; llama.cpp's default cache type: half the memory and the bytes attention reads per token),
+    else the compute dtype; "f16" or "f32" to choose. On CUDA the cache holds the compute dtype."""
     t0 = time.perf_counter()
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
+    if kv_cache not in KV_CACHE_TYPES:
+        raise HearthError(f"unknown KV cache type {kv_cache!r}; use {', '.join(KV_CACHE_TYPES)}")
+    if kv_cache != "auto" and dev.type != "cpu":
+        raise HearthError(f"--kv-cache {kv_cache} applies to the CPU; on {dev.type} the cache holds the compute dtype (use auto)")
     ckpt = open_checkpoint(resolve_model(ref))
     tokenizer = Tokenizer.from_data(ckpt.tokenizer)
     template = ChatTemplate(ckpt.tokenizer.chat_template, ckpt.tokenizer.special_tokens)
@@ -183,4 +194,9 @@ def load(ref: str = DEFAULT_MODEL, device: str = "cpu", dtype: str = "auto", pro
         # CPU: fused projections + hearth's kernels; CUDA: fused projections only (one GEMV for q|k|v, one for
         # gate|up: fewer, larger kernels in the decode graph, as bench/gpu.py measures)
         model.use_fast_path(gguf_ops() if dev.type == "cpu" else None)
+    if kv_cache == "auto":
+        native = dev.type == "cpu" and model.__dict__.get("_cpu_decoder") is not None
+        model.kv_dtype = torch.float16 if native else None
+    else:
+        model.kv_dtype = KV_CACHE_TYPES[kv_cache]
     return LoadedModel(model, tokenizer, template, ckpt, dev, dt, time.perf_counter() - t0)

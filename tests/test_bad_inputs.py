@@ -230,6 +230,7 @@ CASES: dict[str, tuple[list[str], list[str], int]] = {
     "device_cuda_without_gpu": (["generate", "smollm2", "hi", "--device", "cuda"], ["cuda", "no CUDA GPU"], 1),
     "device_cuda_index_without_gpu": (["run", "smollm2", "hi", "--device", "cuda:1"], ["no CUDA GPU"], 1),
     "dtype_unknown": (["generate", "smollm2", "hi", "--dtype", "int3"], ["int3", "dtype"], 1),
+    "kv_cache_unknown": (["run", "smollm2", "hi", "--kv-cache", "q4_0"], ["q4_0", "KV cache", "f16"], 1),
 }
 
 XFAIL: dict[str, str] = {}

@@ -41,8 +41,8 @@ def _paged_step(model, lengths: list[int], block_size: int = 4, seed: int = 0):
         tables.append(perm[used : used + k])
         used += k
     width = max(need) + 1
-    pool = PagedKVCache(model.config, num_blocks, block_size, torch.device("cpu"), torch.float32)
-    want = PagedKVCache(model.config, num_blocks, block_size, torch.device("cpu"), torch.float32)
+    pool = PagedKVCache(model.config, num_blocks, block_size, torch.device("cpu"), model.cache_dtype)
+    want = PagedKVCache(model.config, num_blocks, block_size, torch.device("cpu"), model.cache_dtype)
     pool.k.normal_(), pool.v.normal_()  # stale contents in slots nobody reads
     want.k.copy_(pool.k), want.v.copy_(pool.v)
     ref_logits = []
@@ -65,14 +65,16 @@ def _paged_step(model, lengths: list[int], block_size: int = 4, seed: int = 0):
     return got, torch.stack(ref_logits), pool, want
 
 
+@pytest.mark.parametrize("kv", ["f16", "f32"])
 @pytest.mark.parametrize("name", ["Q4_1", "Q8_0"])
 @pytest.mark.parametrize("lengths", [[37], [5, 70, 33]], ids=["B1", "B3"])
-def test_paged_step_is_the_contiguous_step(tiny_gguf, name, lengths):  # noqa: F811
+def test_paged_step_is_the_contiguous_step(tiny_gguf, name, lengths, kv):  # noqa: F811
     """Through shuffled blocks, the same logits to the bit and the same k/v written, as the contiguous whole step
-    gives each sequence alone (past 64 positions: two attention chunks)."""
+    gives each sequence alone (past 64 positions: two attention chunks), with fp16 (the default) or fp32 caches."""
     _, paths = tiny_gguf
-    model = load(str(paths[name])).model
+    model = load(str(paths[name]), kv_cache=kv).model
     assert model._cpu_decoder is not None
+    assert model.cache_dtype == {"f16": torch.float16, "f32": torch.float32}[kv]
     got, ref, pool, want = _paged_step(model, lengths)
     assert torch.equal(got, ref)
     assert torch.equal(pool.k, want.k) and torch.equal(pool.v, want.v)
@@ -95,7 +97,7 @@ def test_paged_step_refuses_bad_tables(tiny_gguf):  # noqa: F811
     _, paths = tiny_gguf
     model = load(str(paths["Q8_0"])).model
     dec = model._cpu_decoder
-    pool = PagedKVCache(model.config, 4, 4, torch.device("cpu"), torch.float32)
+    pool = PagedKVCache(model.config, 4, 4, torch.device("cpu"), model.cache_dtype)
     with torch.inference_mode():
         with pytest.raises(RuntimeError, match="outside the block table"):
             dec.paged(model, torch.tensor([5]), torch.tensor([8]), pool, torch.tensor([[0, 1]]))

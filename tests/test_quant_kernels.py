@@ -215,6 +215,12 @@ def test_native_model_runs_the_blocks_and_agrees_with_dequantized_model(tiny_ggu
     # the KV-cache decode path (fused attention) agrees with a full forward on the same prefix; not to the bit:
     # attention sums in another order, and an 8-bit rounding boundary can amplify that (exactness is checked on
     # float weights below)
+    # The native path's cache holds fp16 (llama.cpp's default): keys and values rounded to fp16 on the way in
+    assert native.model.cache_dtype == torch.float16
+    step = _stepwise(native.model, ids, 30)
+    assert ((step - a[30:]).norm() / a[30:].norm()).item() < 0.05
+    assert (step.argmax(-1) == a[30:].argmax(-1)).float().mean().item() > 0.9
+    native.model.kv_dtype = torch.float32  # (--kv-cache f32) only the order of summation differs
     step = _stepwise(native.model, ids, 30)
     assert ((step - a[30:]).norm() / a[30:].norm()).item() < 0.01
     assert torch.equal(step.argmax(-1), a[30:].argmax(-1))
@@ -301,6 +307,12 @@ def test_decode_attention_over_several_chunks():
             q[:, :, None], k[:, :, :length], v[:, :, :length], enable_gqa=True
         )[:, :, 0]
         torch.testing.assert_close(ops.decode_attention(q, k, v, length, 1 / math.sqrt(d)), ref, rtol=1e-5, atol=1e-5)
+        # fp16 caches (the native path's default) are read as the fp32 values they hold
+        kh, vh = k.half(), v.half()
+        ref = torch.nn.functional.scaled_dot_product_attention(
+            q[:, :, None], kh[:, :, :length].float(), vh[:, :, :length].float(), enable_gqa=True
+        )[:, :, 0]
+        torch.testing.assert_close(ops.decode_attention(q, kh, vh, length, 1 / math.sqrt(d)), ref, rtol=1e-5, atol=1e-5)
 
 
 @torch.inference_mode()
@@ -321,12 +333,13 @@ def _decode(model, ids, prompt, steps, batch=1, whole_step=True):
         model._cpu_decoder = dec
 
 
+@pytest.mark.parametrize("kv", ["f16", "f32"])
 @pytest.mark.parametrize("name", MODEL_QTYPES)
-def test_whole_decode_step_is_the_per_layer_path(tiny_gguf, name):
+def test_whole_decode_step_is_the_per_layer_path(tiny_gguf, name, kv):
     """CPUDecoder (one native call per token) gives bit-identical logits, caches and greedy tokens to the per-layer
-    fast path it replaces."""
+    fast path it replaces, over fp16 (the default) or fp32 KV caches."""
     _, paths = tiny_gguf
-    model = load(str(paths[name])).model
+    model = load(str(paths[name]), kv_cache=kv).model
     assert model._cpu_decoder is not None
     ids = list(tiny.corpus_ids(40))
     whole, cache_w = _decode(model, ids, 20, 12)

@@ -5,6 +5,7 @@ Synchronous and single-threaded; `AsyncEngine` drives it from a background threa
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 
@@ -18,6 +19,8 @@ from hearth.engine.sampling import Sampler
 from hearth.engine.scheduler import Scheduler, Sequence
 from hearth.errors import ContextLengthError, HearthError
 from hearth.model.paged import PagedKVCache
+
+log = logging.getLogger("hearth")
 
 
 @dataclass
@@ -58,13 +61,16 @@ class LLMEngine:
         self.tokenizer = lm.tokenizer
         self.max_model_len = min(config.max_model_len or lm.model.config.max_seq_len, lm.model.config.max_seq_len)
         num_blocks = config.num_blocks or max(
-            config.kv_cache_bytes // PagedKVCache.bytes_per_block(lm.model.config, config.block_size, lm.dtype), 1
+            config.kv_cache_bytes // PagedKVCache.bytes_per_block(lm.model.config, config.block_size, lm.model.cache_dtype), 1
         )
         self.blocks = BlockManager(num_blocks, config.block_size)
         self.scheduler = Scheduler(self.blocks, config.max_num_seqs, config.max_num_batched_tokens)
         self.runner = ModelRunner(lm.model, num_blocks, config.block_size, config.max_num_seqs, self.max_model_len,
                                   graphs=config.cuda_graphs)
         self.seqs: dict[str, Sequence] = {}
+        log.info("KV cache: %d blocks of %d tokens (%d tokens, %s, %.0f MiB)", num_blocks, config.block_size,
+                 num_blocks * config.block_size, str(lm.model.cache_dtype).replace("torch.", ""),
+                 self.runner.cache.k.nbytes * 2 / 2**20)
 
     # -- requests -----------------------------------------------------------------------------------
     def validate(self, req: EngineRequest) -> None:

@@ -132,7 +132,7 @@ class ModelRunner:
         self.device = model.device
         # one block more than the scheduler hands out: the scratch block that padded graph rows write to
         self.scratch_block = num_blocks
-        self.cache = PagedKVCache(model.config, num_blocks + 1, block_size, model.device, model.dtype)
+        self.cache = PagedKVCache(model.config, num_blocks + 1, block_size, model.device, model.cache_dtype)
         use_graphs = self.device.type == "cuda" if graphs is None else graphs
         max_len = max_model_len or model.config.max_seq_len
         self.graphs = (

@@ -457,6 +457,28 @@ __attribute__((noinline)) void silu_mul_range(const float* g, const float* u, fl
 // afterwards. So two threads share the work evenly for any head count and the result does not depend on them.
 constexpr int64_t KCH = 64;
 
+// KV caches hold fp32 rows or, llama.cpp's default, fp16 rows: half the memory and half the bytes attention reads
+// per token. A row is stored rounded to nearest-even (as torch's fp32 -> fp16 copy_, so the per-layer path's writes
+// agree) and converted back to fp32, a chunk at a time, before attention reads it.
+inline void store_kv(void* dst, bool half, const float* src, int64_t D) {
+  if (!half) {
+    std::memcpy(dst, src, D * sizeof(float));
+    return;
+  }
+  uint16_t* h = (uint16_t*)dst;
+  int64_t i = 0;
+  for (; i + 8 <= D; i += 8)
+    _mm_storeu_si128((__m128i*)(h + i), _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT));
+  for (; i < D; i++) h[i] = _cvtss_sh(src[i], _MM_FROUND_TO_NEAREST_INT);
+}
+
+// n fp16 values to fp32
+inline void load_kv(const uint16_t* h, float* dst, int64_t n) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(h + i))));
+  for (; i < n; i++) dst[i] = _cvtsh_ss(h[i]);
+}
+
 // One query head (q: D) against n cached keys and values (rows of D, contiguous): o = sum_l e^(s_l - m) v_l,
 // unnormalized, with s_l = scale q.k_l, m = max s_l; returns m and sum_l e^(s_l - m). p: n floats of scratch.
 __attribute__((noinline)) void attend_part(const float* q, const float* k, const float* v, int64_t n, int64_t D,
@@ -557,13 +579,22 @@ __attribute__((noinline)) void merge_head(const float* o, const float* m, const 
 
 // Work unit j of B * KVH * nc: chunk c of kv head g of sequence b, for the G query heads of the group.
 // q rows of the G heads at q (stride D); parts go to o [B, H, nc, D], m and s [B, H, nc]; p: KCH floats.
+// Caches of fp32 (half = false) or fp16 elements, strides in elements; fp16 chunks are converted into kvbuf
+// (2 * KCH * D floats) first.
 inline void attend_unit(int64_t j, int64_t nc, int64_t KVH, int64_t G, int64_t L, int64_t D, float scale,
-                        const float* qp, int64_t q_bstride, const float* kp, const float* vp, int64_t ksb, int64_t ksh,
-                        int64_t vsb, int64_t vsh, float* p, float* o, float* m, float* s) {
+                        const float* qp, int64_t q_bstride, const void* kp, const void* vp, bool half, int64_t ksb,
+                        int64_t ksh, int64_t vsb, int64_t vsh, float* p, float* kvbuf, float* o, float* m, float* s) {
   const int64_t c = j % nc, g = (j / nc) % KVH, b = j / (nc * KVH);
   const int64_t l0 = c * KCH, n = std::min(KCH, L - l0), H = KVH * G;
-  const float* k = kp + b * ksb + g * ksh + l0 * D;
-  const float* v = vp + b * vsb + g * vsh + l0 * D;
+  const int64_t ko = b * ksb + g * ksh + l0 * D, vo = b * vsb + g * vsh + l0 * D;
+  const float *k, *v;
+  if (half) {
+    load_kv((const uint16_t*)kp + ko, kvbuf, n * D);
+    load_kv((const uint16_t*)vp + vo, kvbuf + KCH * D, n * D);
+    k = kvbuf, v = kvbuf + KCH * D;
+  } else {
+    k = (const float*)kp + ko, v = (const float*)vp + vo;
+  }
   for (int64_t h = g * G; h < (g + 1) * G; h++) {
     const int64_t u = (b * H + h) * nc + c;
     attend_part(qp + b * q_bstride + h * D, k, v, n, D, scale, p, o + u * D, m + u, s + u);
@@ -616,18 +647,19 @@ at::Tensor silu_mul(const at::Tensor& gu_in) {
 }
 
 // One query row per sequence against its cached keys: q rows at qp + b * q_bstride ([H, D] each); k, v rows of
-// D at kp + b * ksb + g * ksh (first L positions used); out [B, H, D]. Grouped-query: query head h reads kv
-// head h / (H / KVH).
-void attend_core(const float* qp, int64_t q_bstride, const float* kp, const float* vp, int64_t ksb, int64_t ksh,
-                 int64_t vsb, int64_t vsh, int64_t B, int64_t H, int64_t KVH, int64_t D, int64_t L, double scale,
-                 float* op) {
+// D at kp + b * ksb + g * ksh (first L positions used; fp32 or, half, fp16 elements); out [B, H, D]. Grouped-query:
+// query head h reads kv head h / (H / KVH).
+void attend_core(const float* qp, int64_t q_bstride, const void* kp, const void* vp, bool half, int64_t ksb,
+                 int64_t ksh, int64_t vsb, int64_t vsh, int64_t B, int64_t H, int64_t KVH, int64_t D, int64_t L,
+                 double scale, float* op) {
   const int64_t G = H / KVH, nc = (L + KCH - 1) / KCH;
   std::vector<float> o(B * H * nc * D), m(B * H * nc), s(B * H * nc);
   at::parallel_for(0, B * KVH * nc, 1, [&](int64_t j0, int64_t j1) {
     float p[KCH];
+    std::vector<float> kvbuf(half ? 2 * KCH * D : 0);
     for (int64_t j = j0; j < j1; j++)
-      attend_unit(j, nc, KVH, G, L, D, (float)scale, qp, q_bstride, kp, vp, ksb, ksh, vsb, vsh, p, o.data(), m.data(),
-                  s.data());
+      attend_unit(j, nc, KVH, G, L, D, (float)scale, qp, q_bstride, kp, vp, half, ksb, ksh, vsb, vsh, p, kvbuf.data(),
+                  o.data(), m.data(), s.data());
   });
   for (int64_t u = 0; u < B * H; u++)
     merge_head(o.data() + u * nc * D, m.data() + u * nc, s.data() + u * nc, nc, D, op + u * D);
@@ -635,22 +667,24 @@ void attend_core(const float* qp, int64_t q_bstride, const float* kp, const floa
 
 at::Tensor decode_attention(const at::Tensor& q_in, const at::Tensor& k, const at::Tensor& v, int64_t L, double scale) {
   const at::Tensor q = q_in.contiguous();
-  TORCH_CHECK(q.scalar_type() == at::kFloat && k.scalar_type() == at::kFloat && v.scalar_type() == at::kFloat,
-              "decode_attention: fp32 only");
+  TORCH_CHECK(q.scalar_type() == at::kFloat && (k.scalar_type() == at::kFloat || k.scalar_type() == at::kHalf) &&
+                  v.scalar_type() == k.scalar_type(),
+              "decode_attention: fp32 queries, fp32 or fp16 caches");
   TORCH_CHECK(k.stride(-1) == 1 && v.stride(-1) == 1 && k.stride(-2) == k.size(-1) && v.stride(-2) == v.size(-1),
               "decode_attention: cache rows must be contiguous");
   const int64_t B = q.size(0), H = q.size(1), D = q.size(2), KVH = k.size(1);
   TORCH_CHECK(L >= 1 && L <= k.size(2) && H % KVH == 0, "decode_attention: bad length or head counts");
   at::Tensor out = at::empty_like(q);
-  attend_core(q.data_ptr<float>(), H * D, k.data_ptr<float>(), v.data_ptr<float>(), k.stride(0), k.stride(1),
-              v.stride(0), v.stride(1), B, H, KVH, D, L, scale, out.data_ptr<float>());
+  attend_core(q.data_ptr<float>(), H * D, k.data_ptr(), v.data_ptr(), k.scalar_type() == at::kHalf, k.stride(0),
+              k.stride(1), v.stride(0), v.stride(1), B, H, KVH, D, L, scale, out.data_ptr<float>());
   return out;
 }
 
 void check_caches(const at::Tensor& k, const at::Tensor& v) {
-  TORCH_CHECK(k.device().is_cpu() && k.scalar_type() == at::kFloat && v.scalar_type() == at::kFloat && k.dim() == 5 &&
-              k.is_contiguous() && v.is_contiguous() && k.sizes() == v.sizes(),
-              "caches must be contiguous fp32 CPU tensors [n_layers, B, KVH, Lmax, D]");
+  TORCH_CHECK(k.device().is_cpu() && (k.scalar_type() == at::kFloat || k.scalar_type() == at::kHalf) &&
+                  v.scalar_type() == k.scalar_type() && k.dim() == 5 && k.is_contiguous() && v.is_contiguous() &&
+                  k.sizes() == v.sizes(),
+              "caches must be contiguous fp32 or fp16 CPU tensors [n_layers, B, KVH, Lmax, D]");
 }
 
 // One decode step of one layer's attention in a single call: qkv [B, (H + 2 KVH) * D] (RoPE applied) has its k and
@@ -666,15 +700,17 @@ at::Tensor attend_decode(const at::Tensor& qkv, at::Tensor& k, at::Tensor& v, in
               " outside the cache of ", Lmax);
   const int64_t ld = qkv.stride(0);
   const float* src = qkv.data_ptr<float>();
-  float *kc = k.data_ptr<float>() + layer * k.stride(0), *vc = v.data_ptr<float>() + layer * v.stride(0);
+  const bool half = k.scalar_type() == at::kHalf;
+  const int64_t es = k.element_size();
+  char *kc = (char*)k.data_ptr() + layer * k.stride(0) * es, *vc = (char*)v.data_ptr() + layer * v.stride(0) * es;
   const int64_t sb = k.stride(1), sh = k.stride(2);
   for (int64_t b = 0; b < B; b++)
     for (int64_t g = 0; g < KVH; g++) {
-      std::memcpy(kc + b * sb + g * sh + pos * D, src + b * ld + (H + g) * D, D * sizeof(float));
-      std::memcpy(vc + b * sb + g * sh + pos * D, src + b * ld + (H + KVH + g) * D, D * sizeof(float));
+      store_kv(kc + (b * sb + g * sh + pos * D) * es, half, src + b * ld + (H + g) * D, D);
+      store_kv(vc + (b * sb + g * sh + pos * D) * es, half, src + b * ld + (H + KVH + g) * D, D);
     }
   at::Tensor out = at::empty({B, H * D}, qkv.options());
-  attend_core(src, ld, kc, vc, sb, sh, sb, sh, B, H, KVH, D, pos + 1, scale, out.data_ptr<float>());
+  attend_core(src, ld, kc, vc, half, sb, sh, sb, sh, B, H, KVH, D, pos + 1, scale, out.data_ptr<float>());
   return out;
 }
 
@@ -762,7 +798,9 @@ struct DecodePlan : torch::CustomClassHolder {
   // sequence b is in slot tab[b * W + l / bs] * bs + l % bs, its (slot, g) row at slot * KVH * D + g * D; a chunk of
   // attention is gathered from those rows into a contiguous buffer first, so attend_part does the same arithmetic.
   struct CacheView {
-    float *k = nullptr, *v = nullptr;
+    char *k = nullptr, *v = nullptr;
+    bool half = false;    // fp16 elements (else fp32)
+    int64_t es = 4;       // bytes per element
     int64_t sl = 0;       // layer stride
     int64_t sb = 0, sh = 0;  // contiguous
     const int64_t* tab = nullptr;  // paged: block tables [B, W]
@@ -796,7 +834,7 @@ struct DecodePlan : torch::CustomClassHolder {
     TORCH_CHECK(pos >= 0 && pos < Lmax, "DecodePlan.step: position ", pos, " outside the cache of ", Lmax);
     check_tables(cos, sin, pos, "DecodePlan.step");
     CacheView c;
-    c.k = k.data_ptr<float>(), c.v = v.data_ptr<float>();
+    c.k = (char*)k.data_ptr(), c.v = (char*)v.data_ptr(), c.half = k.scalar_type() == at::kHalf, c.es = k.element_size();
     c.sl = k.stride(0), c.sb = k.stride(1), c.sh = k.stride(2);
     std::vector<int64_t> positions(B, pos);
     return run<false>(x0, ids, positions, c, cos, sin);
@@ -810,9 +848,10 @@ struct DecodePlan : torch::CustomClassHolder {
     const at::Tensor x0 = x_in.contiguous();
     const bool ids = check_x(x0, "DecodePlan.step_paged");
     const int64_t B = x0.size(0);
-    TORCH_CHECK(k.device().is_cpu() && k.scalar_type() == at::kFloat && v.scalar_type() == at::kFloat && k.dim() == 4 &&
-                k.is_contiguous() && v.is_contiguous() && k.sizes() == v.sizes(),
-                "DecodePlan.step_paged: pools must be contiguous fp32 CPU tensors [n_layers, slots, KVH, D]");
+    TORCH_CHECK(k.device().is_cpu() && (k.scalar_type() == at::kFloat || k.scalar_type() == at::kHalf) &&
+                    v.scalar_type() == k.scalar_type() && k.dim() == 4 && k.is_contiguous() && v.is_contiguous() &&
+                    k.sizes() == v.sizes(),
+                "DecodePlan.step_paged: pools must be contiguous fp32 or fp16 CPU tensors [n_layers, slots, KVH, D]");
     TORCH_CHECK(k.size(0) == (int64_t)layers.size() && k.size(2) == KVH && k.size(3) == D,
                 "DecodePlan.step_paged: the pools do not fit the model");
     const at::Tensor pos_t = positions_in.contiguous(), tab = tables_in.contiguous();
@@ -836,7 +875,7 @@ struct DecodePlan : torch::CustomClassHolder {
     }
     check_tables(cos, sin, max_pos, "DecodePlan.step_paged");
     CacheView c;
-    c.k = k.data_ptr<float>(), c.v = v.data_ptr<float>();
+    c.k = (char*)k.data_ptr(), c.v = (char*)v.data_ptr(), c.half = k.scalar_type() == at::kHalf, c.es = k.element_size();
     c.sl = k.stride(0), c.tab = tp, c.W = W, c.bs = block_size;
     return run<true>(x0, ids, positions, c, cos, sin);
   }
@@ -883,7 +922,9 @@ struct DecodePlan : torch::CustomClassHolder {
     std::vector<float> qkv(B * Nqkv), y(B * dim), gu(B * 2 * hidden), hb(B * hidden);
     std::vector<float> xn((size_t)nth * B * dim), p((size_t)nth * KCH), att_own((size_t)nth * B * HD);
     std::vector<float> ao(B * H * nc * D), am(B * H * nc), as(B * H * nc);
-    std::vector<float> kvbuf(Paged ? (size_t)nth * 2 * KCH * D : 0);  // paged: each thread's gathered chunk
+    // paged or fp16: each thread's chunk of k and v, gathered and converted to fp32
+    const bool gather = Paged || c.half;
+    std::vector<float> kvbuf(gather ? (size_t)nth * 2 * KCH * D : 0);
     std::vector<BlockQ8A> act_own((size_t)nth * B * nba), act_h(B * nbh);
     // F16 products take fp16-rounded fp32 rows instead of 8-bit blocks
     std::vector<float> actf_own((size_t)nth * B * nba * QK), actf_h(B * hidden);
@@ -906,8 +947,8 @@ struct DecodePlan : torch::CustomClassHolder {
       float* xt = xn.data() + (size_t)tid * B * dim;
       float* pt = p.data() + (size_t)tid * KCH;
       float* at_own = att_own.data() + (size_t)tid * B * HD;
-      float* kbuf = Paged ? kvbuf.data() + (size_t)tid * 2 * KCH * D : nullptr;
-      float* vbuf = Paged ? kbuf + KCH * D : nullptr;
+      float* kbuf = gather ? kvbuf.data() + (size_t)tid * 2 * KCH * D : nullptr;
+      float* vbuf = gather ? kbuf + KCH * D : nullptr;
       int64_t a, b;
       // every thread: normalize the residual rows and quantize them into its own activation blocks
       auto norm_quant = [&](const float* w, const QLin& lin) {
@@ -927,7 +968,7 @@ struct DecodePlan : torch::CustomClassHolder {
       auto slot = [&](int64_t r, int64_t l) { return c.tab[r * c.W + l / c.bs] * c.bs + l % c.bs; };
       for (size_t li = 0; li < layers.size(); li++) {
         const LayerPlan& Lp = layers[li];
-        float *kl = c.k + li * c.sl, *vl = c.v + li * c.sl;
+        char *kl = c.k + li * c.sl * c.es, *vl = c.v + li * c.sl * c.es;
         norm_quant(Lp.attn_norm, Lp.qkv);
         split(Lp.qkv.tiles(), nt, tid, a, b);
         Lp.qkv.run(mine, B, qkv.data(), Nqkv, a, b);
@@ -941,8 +982,8 @@ struct DecodePlan : torch::CustomClassHolder {
           if (h >= H) {
             const int64_t g = h - H;
             const int64_t off = Paged ? slot(r, pos) * rs + g * D : r * c.sb + g * c.sh + pos * D;
-            std::memcpy(kl + off, hp, D * sizeof(float));
-            std::memcpy(vl + off, hp + KVH * D, D * sizeof(float));
+            store_kv(kl + off * c.es, c.half, hp, D);
+            store_kv(vl + off * c.es, c.half, hp + KVH * D, D);
           }
         }
 #pragma omp barrier
@@ -955,14 +996,24 @@ struct DecodePlan : torch::CustomClassHolder {
           const float *kp, *vp;
           if (Paged) {
             for (int64_t l = 0; l < n; l++) {
-              const int64_t off = slot(r, l0 + l) * rs + g * D;
-              std::memcpy(kbuf + l * D, kl + off, D * sizeof(float));
-              std::memcpy(vbuf + l * D, vl + off, D * sizeof(float));
+              const int64_t off = (slot(r, l0 + l) * rs + g * D) * c.es;
+              if (c.half) {
+                load_kv((const uint16_t*)(kl + off), kbuf + l * D, D);
+                load_kv((const uint16_t*)(vl + off), vbuf + l * D, D);
+              } else {
+                std::memcpy(kbuf + l * D, kl + off, D * sizeof(float));
+                std::memcpy(vbuf + l * D, vl + off, D * sizeof(float));
+              }
             }
             kp = kbuf, vp = vbuf;
+          } else if (c.half) {  // a contiguous chunk of n rows
+            const int64_t off = (r * c.sb + g * c.sh + l0 * D) * c.es;
+            load_kv((const uint16_t*)(kl + off), kbuf, n * D);
+            load_kv((const uint16_t*)(vl + off), vbuf, n * D);
+            kp = kbuf, vp = vbuf;
           } else {
-            kp = kl + r * c.sb + g * c.sh + l0 * D;
-            vp = vl + r * c.sb + g * c.sh + l0 * D;
+            kp = (const float*)kl + r * c.sb + g * c.sh + l0 * D;
+            vp = (const float*)vl + r * c.sb + g * c.sh + l0 * D;
           }
           for (int64_t h = g * G; h < (g + 1) * G; h++) {
             const int64_t w = (r * H + h) * nc + ci;

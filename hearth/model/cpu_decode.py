@@ -21,6 +21,8 @@ from torch import Tensor
 from hearth.model.llama import KVCache
 from hearth.model.quant import GGUFEmbedding, GGUFLinear
 
+_CACHE_DTYPES = (torch.float32, torch.float16)  # KV caches the native step reads and writes
+
 
 class CPUDecoder:
     """The packed weights of one fast-path Transformer, and RoPE tables by position."""
@@ -76,7 +78,7 @@ class CPUDecoder:
         return (
             type(cache) is KVCache
             and tokens.device.type == "cpu"
-            and cache.k.dtype == torch.float32
+            and cache.k.dtype in _CACHE_DTYPES
             and cache.k.device.type == "cpu"
             and cache.k.shape[1] == tokens.shape[0]
             and self._norm.data_ptr() == self._norm_ptr
@@ -112,7 +114,7 @@ class CPUDecoder:
     def usable_paged(self, cache) -> bool:
         """Whether the engine's paged cache (hearth/model/paged.py) can take whole-token steps here."""
         return (
-            cache.k.dtype == torch.float32
+            cache.k.dtype in _CACHE_DTYPES
             and cache.k.device.type == "cpu"
             and cache.k.is_contiguous()
             and cache.v.is_contiguous()

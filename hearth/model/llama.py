@@ -89,10 +89,12 @@ class KVCache(nn.Module):
         self.max_seq_len = max_seq_len
 
     def update(self, layer: int, start: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Store k, v (B, KVH, T, D) at positions start..; the layer's keys and values 0..start+T in k's dtype (an fp16
+        cache under fp32 compute: the stored, rounded values, as every later step reads them)."""
         end = start + k.shape[2]
         self.k[layer, :, :, start:end] = k
         self.v[layer, :, :, start:end] = v
-        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+        return self.k[layer, :, :, :end].to(k.dtype), self.v[layer, :, :, :end].to(v.dtype)
 
 
 class Attention(nn.Module):
@@ -175,6 +177,7 @@ class Attention(nn.Module):
         kc[:, :, pos] = k.view(b, kvh, 1, hd)
         vc[:, :, pos] = v.view(b, kvh, 1, hd)
         mask = (torch.arange(kc.shape[2], device=x.device) <= pos).view(1, 1, 1, -1)
+        kc, vc = kc.to(q.dtype), vc.to(q.dtype)  # no-ops unless the cache type differs (fp16 cache, fp32 compute)
         # grouped-query attention without repeating K/V: each kv head's group of query heads are its query rows
         # (query head h uses kv head h // group, as in the reference repeat_interleave)
         # (written out as matmul + softmax instead, it ran ~5% slower compiled on an H100: bench/README.md)
@@ -240,6 +243,7 @@ class Transformer(nn.Module):
             inv_freq = rope_frequencies(cfg)
         self.register_buffer("inv_freq", inv_freq, persistent=False)
         self.prefill_chunk = 512  # tokens per pass of a long prompt into a KV cache (forward)
+        self.kv_dtype: torch.dtype | None = None  # KV cache element type; None: the compute dtype (see cache_dtype)
 
     def use_fast_path(self, ops=None) -> None:
         """Inference only: fuse q|k|v and gate|up into single products and, given hearth's CPU kernels (`ops`),
@@ -272,8 +276,14 @@ class Transformer(nn.Module):
         """The compute dtype (weights may be stored quantized: see hearth/model/quant.py)."""
         return self.norm.weight.dtype
 
+    @property
+    def cache_dtype(self) -> torch.dtype:
+        """What KV caches hold: `kv_dtype` if set (the loader sets fp16 for hearth's native CPU path, as llama.cpp's
+        default cache type), else the compute dtype."""
+        return self.kv_dtype or self.dtype
+
     def new_cache(self, batch_size: int = 1, max_seq_len: int | None = None) -> KVCache:
-        return KVCache(self.config, batch_size, max_seq_len or self.config.max_seq_len, self.device, self.dtype)
+        return KVCache(self.config, batch_size, max_seq_len or self.config.max_seq_len, self.device, self.cache_dtype)
 
     def rope(self, start: int | Tensor, t: int, device) -> tuple[Tensor, Tensor]:
         if isinstance(start, Tensor):  # a position held on the device (static decode)

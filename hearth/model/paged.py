@@ -54,20 +54,20 @@ class BatchMeta:
 def paged_attention(q: Tensor, k: Tensor, v: Tensor, layer: int, cache: PagedKVCache, meta: BatchMeta) -> Tensor:
     """q (N, H, D), k/v (N, KVH, D) for the step's tokens → attention output (N, H, D)."""
     kc, vc = cache.k[layer], cache.v[layer]
-    kc.index_copy_(0, meta.slot_mapping, k)
-    vc.index_copy_(0, meta.slot_mapping, v)
+    kc.index_copy_(0, meta.slot_mapping, k.to(kc.dtype))
+    vc.index_copy_(0, meta.slot_mapping, v.to(vc.dtype))
     gqa = q.shape[1] != k.shape[1]
     out = torch.empty_like(q)
     if meta.decode_rows is not None:
         qd = q[meta.decode_rows].unsqueeze(2)  # (B, H, 1, D)
-        kd = kc[meta.decode_key_slots].transpose(1, 2)  # (B, KVH, L, D)
-        vd = vc[meta.decode_key_slots].transpose(1, 2)
+        kd = kc[meta.decode_key_slots].transpose(1, 2).to(q.dtype)  # (B, KVH, L, D); fp16 pools read as fp32
+        vd = vc[meta.decode_key_slots].transpose(1, 2).to(q.dtype)
         y = F.scaled_dot_product_attention(qd, kd, vd, attn_mask=meta.decode_key_mask, enable_gqa=gqa)
         out[meta.decode_rows] = y.squeeze(2)
     for p in meta.prefills:
         qp = q[p.start : p.start + p.length].transpose(0, 1).unsqueeze(0)  # (1, H, T, D)
-        kp = kc[p.key_slots].transpose(0, 1).unsqueeze(0)  # (1, KVH, L, D)
-        vp = vc[p.key_slots].transpose(0, 1).unsqueeze(0)
+        kp = kc[p.key_slots].transpose(0, 1).unsqueeze(0).to(q.dtype)  # (1, KVH, L, D)
+        vp = vc[p.key_slots].transpose(0, 1).unsqueeze(0).to(q.dtype)
         ctx = p.key_slots.shape[0]
         if ctx == p.length:
             y = F.scaled_dot_product_attention(qp, kp, vp, is_causal=True, enable_gqa=gqa)
