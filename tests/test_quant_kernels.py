@@ -66,7 +66,7 @@ def _ggml_reference(name: str, blocks: torch.Tensor, x: torch.Tensor) -> torch.T
 @pytest.mark.parametrize("name", list(QTYPES))
 def test_product_is_ggml_arithmetic(name):
     blocks, _ = _blocks(name, 37, 256)  # 37 rows: the 4-row tiles and their edge
-    x = torch.randn(5, 256)  # 5 activation rows: the 2-row tiles and their edge
+    x = torch.randn(7, 256)  # 7 activation rows: a 4-row tile, a pair and a single row
     x[1, :32] = 0  # an all-zero block quantizes to scale 0
     got = ops.gguf_mm(x, [blocks], QTYPES[name]).double()
     ref = _ggml_reference(name, blocks, x)
