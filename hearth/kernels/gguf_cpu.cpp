@@ -170,8 +170,9 @@ constexpr int64_t kPrefetchTiles = 2;
 // rows (tile<1, 4>), then pairs, then a single row against 4 weight rows (decode). Measured on this project's
 // 2-core Zen machine, 1 x 4 beats the 4 x 2 tile it replaced by ~25% (batched decode of 32 sequences 260 -> 211 ms
 // a step, a 512-row product 51 -> 41 ms): 4 x 2 needs 8 accumulators and spilled 5 of them to the stack every
-// block; 1 x 4 and 2 x 2 keep theirs in registers (1 x 8 was no faster). Every output is the same chain of blocks
-// whatever the tile, so the results do not depend on M.
+// block; 1 x 4 and 2 x 2 keep theirs in registers (1 x 8 was no faster). Q8_0 blocks need no nibble decoding, and
+// there 1 x 4 was slower than pairs at 32 rows (2.1 vs 1.4 ms for 1536 x 576), so Q8_0 goes by pairs. Every output
+// is the same chain of blocks whatever the tile, so the results do not depend on M.
 template <int64_t T>
 void mm_rows(const uint8_t* w, int64_t rb, const BlockQ8A* act, int64_t M, int64_t nb, float* out, int64_t N,
              int64_t n0, int64_t n1) {
@@ -181,8 +182,9 @@ void mm_rows(const uint8_t* w, int64_t rb, const BlockQ8A* act, int64_t M, int64
     // the first pass over this tile of weight rows brings in the tiles ahead; later passes find it in cache
     const int64_t pf = kPrefetchTiles * 4 * rb;
     int64_t m = 0;
-    for (; m + 4 <= M; m += 4)
-      for (int r = 0; r < 4; r++) tile<T, 1, 4>(wr + r * rb, rb, act + m * nb, nb, out + m * N + n + r, N, m == 0 ? pf : 0);
+    if (T != Q8_0)
+      for (; m + 4 <= M; m += 4)
+        for (int r = 0; r < 4; r++) tile<T, 1, 4>(wr + r * rb, rb, act + m * nb, nb, out + m * N + n + r, N, m == 0 ? pf : 0);
     for (; m + 2 <= M; m += 2) {
       tile<T, 2, 2>(wr, rb, act + m * nb, nb, out + m * N + n, N, m == 0 ? pf : 0);
       tile<T, 2, 2>(wr + 2 * rb, rb, act + m * nb, nb, out + m * N + n + 2, N, m == 0 ? pf : 0);
