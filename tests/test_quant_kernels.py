@@ -378,6 +378,28 @@ def test_whole_decode_step_past_its_first_rope_table(tiny_gguf):
     assert model._cpu_decoder._cos.shape[0] >= 262 and torch.equal(whole, layers)
 
 
+@torch.inference_mode()
+def test_long_prompt_in_chunks_over_the_fp16_cache(tiny_gguf):
+    """A prompt longer than prefill_chunk goes into the (fp16) cache chunk by chunk: the same logits as one pass up to
+    the order of summation, and the same cache contents, so the decode steps after it agree too."""
+    _, paths = tiny_gguf
+    model = load(str(paths["Q4_1"])).model
+    assert model.cache_dtype == torch.float16
+    ids = torch.tensor([list(tiny.corpus_ids(101))])
+    runs = []
+    for chunk in (512, 32):  # one pass; four chunks (32, 32, 32, 4)
+        model.prefill_chunk = chunk
+        cache = model.new_cache(1, 104)
+        every = model(ids[:, :100], 0, cache)[0]
+        runs.append((every, model(ids[:, 100:], 100, cache)[0, -1], cache))
+    model.prefill_chunk = 512
+    (a, step_a, ca), (b, step_b, cb) = runs
+    torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(step_b, step_a, rtol=1e-4, atol=1e-4)
+    assert torch.equal(a.argmax(-1), b.argmax(-1))
+    assert (cb.k.float() - ca.k.float()).abs().max().item() <= 2e-3 * ca.k.float().abs().max().item()
+
+
 def test_whole_decode_step_only_where_it_applies(tiny_gguf):
     ref, paths = tiny_gguf
     assert load(str(ref.checkpoint.path)).model._cpu_decoder is None  # float weights: the per-layer fast path
