@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """CPU throughput of hearth against llama.cpp (llama-cpp-python) on the same GGUF file.
 
-    .venv/bin/python bench/cpu.py [MODEL] [--threads 2] [--dtype fp32[,bf16]] [--reps 5]
+    .venv/bin/python bench/cpu.py [MODEL] [--threads 2] [--dtype fp32[,bf16]] [--hf fp32[,bf16]] [--reps 5]
 
 MODEL is a GGUF path or a packaged model name (default: smollm2, resolved with
 hearth.loader.resolve_model). The protocol follows ../shared/bench/peers/bench_llamacpp.py:
@@ -23,6 +23,9 @@ Runners:
   llama.cpp       llama_cpp.Llama(n_threads=n_threads_batch=--threads, n_ctx=--n-ctx,
                   n_batch=n_ubatch=512, flash_attn=False unless --flash-attn); Llama.eval(ids)
                   after Llama.reset(), then Llama.eval([tok])
+  transformers-<dtype>  (--hf fp32[,bf16]) AutoModelForCausalLM.from_pretrained(dir, gguf_file=...) dequantized
+                  to fp32/bf16; model(ids, use_cache=True, logits_to_keep=1), then one-token calls with
+                  past_key_values (the issue's transformers rows)
 
 Each runner lives in its own subprocess (this script with --runner ..., talking JSON lines over a
 pipe), so its import/load time and peak RSS (VmHWM from /proc/self/status: the GGUF is mmap'ed,
@@ -255,6 +258,61 @@ class LlamaCppRunner:
         return dict(pp=len(ids) / (t1 - t0), tg=n_gen / (t3 - t2), tokens=out)
 
 
+class TransformersRunner:
+    """Hugging Face transformers on the same GGUF, dequantized on load by its own GGUF reader (the issue's peer rows;
+    protocol of ../shared/bench/peers/bench_hf.py's bare forward passes): prefill = model(prompt, use_cache=True,
+    logits_to_keep=1) from an empty cache; decode = one-token forward passes with past_key_values."""
+
+    def __init__(self, model: str, dtype: str, threads: int):
+        t0 = time.perf_counter()
+        import torch
+        import transformers
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        transformers.logging.set_verbosity_error()
+        transformers.logging.disable_progress_bar()
+        self.torch = torch
+        self.import_s = time.perf_counter() - t0
+        torch.set_num_threads(threads)
+        d, name = os.path.split(os.path.abspath(model))
+        t0 = time.perf_counter()
+        self.tok = AutoTokenizer.from_pretrained(d, gguf_file=name)
+        self.model = AutoModelForCausalLM.from_pretrained(
+            d, gguf_file=name, dtype={"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]).eval()
+        self.load_s = time.perf_counter() - t0
+        self.info = dict(transformers=transformers.__version__, torch=torch.__version__, dtype=dtype,
+                         attn=self.model.config._attn_implementation, torch_threads=torch.get_num_threads(),
+                         eos=[self.tok.eos_token_id])
+
+    def tokenize(self, text: str) -> list[int]:
+        return self.tok(text, add_special_tokens=False)["input_ids"]
+
+    def rep(self, ids: list[int], n_gen: int, mask: list[int]) -> dict:
+        torch = self.torch
+        mask_t = torch.tensor(mask, dtype=torch.long)
+
+        def greedy(logits):
+            lg = logits[0, -1].float()
+            if len(mask):
+                lg = lg.clone()
+                lg[mask_t] = float("-inf")
+            return int(lg.argmax())
+
+        with torch.inference_mode():
+            t0 = time.perf_counter()
+            out = self.model(torch.tensor([ids]), use_cache=True, logits_to_keep=1)
+            t1 = time.perf_counter()
+            tok, past = greedy(out.logits), out.past_key_values
+            toks = [tok]
+            t2 = time.perf_counter()
+            for _ in range(n_gen):
+                out = self.model(torch.tensor([[tok]]), past_key_values=past, use_cache=True)
+                tok, past = greedy(out.logits), out.past_key_values
+                toks.append(tok)
+            t3 = time.perf_counter()
+        return dict(pp=len(ids) / (t1 - t0), tg=n_gen / (t3 - t2), tokens=toks)
+
+
 def runner_main(args) -> None:
     # Keep the protocol on a private copy of stdout; anything a library prints goes to stderr.
     proto = os.fdopen(os.dup(1), "w", buffering=1)
@@ -268,6 +326,8 @@ def runner_main(args) -> None:
     try:
         if args.runner == "llama.cpp":
             r = LlamaCppRunner(args.model, args.threads, args.n_ctx, args.flash_attn)
+        elif args.runner.startswith("transformers-"):
+            r = TransformersRunner(args.model, args.runner.split("-", 1)[1], args.threads)
         else:
             r = HearthRunner(args.model, args.runner.split("-", 1)[1], args.threads, args.n_ctx, args.kv_cache)
         text = open(args.text, encoding="utf-8").read()
@@ -421,6 +481,9 @@ def main(argv=None) -> None:
                          "allow_requantize) to TYPE: Q8_0, Q4_0, F16 or F32, cached in --out-dir/models, and bench "
                          "that file: e.g. --as Q8_0 compares hearth int8 with llama.cpp Q8_0")
     ap.add_argument("--no-llamacpp", action="store_true", help="skip the llama.cpp runner (no ratios then)")
+    ap.add_argument("--hf", default="", metavar="fp32[,bf16]", help="also run Hugging Face transformers on the same "
+                    "file, dequantized to these dtypes (the issue's peer rows; needs transformers, the [reference] "
+                    "extra; slow: ~20 tok/s decode)")
     ap.add_argument("--reps", type=int, default=5, help="timed rounds after the warm-up round (default 5)")
     ap.add_argument("--warmup", type=int, default=1, help="untimed warm-up rounds, full prefill + 16 decode "
                     "steps each (default 1)")
@@ -448,7 +511,11 @@ def main(argv=None) -> None:
         return runner_main(args)
 
     dtypes = parse_dtypes(args.dtype)
-    names = [f"hearth-{d}" for d in dtypes] + ([] if args.no_llamacpp else ["llama.cpp"])
+    hf = [d.strip().lower() for d in args.hf.split(",") if d.strip()]
+    if any(d not in ("fp32", "bf16") for d in hf):
+        sys.exit(f"unknown --hf {args.hf!r}; use fp32, bf16 or fp32,bf16")
+    names = ([f"hearth-{d}" for d in dtypes] + ([] if args.no_llamacpp else ["llama.cpp"])
+             + [f"transformers-{d}" for d in hf])
     if not names:
         sys.exit("nothing to run: --dtype none together with --no-llamacpp")
     text_path = args.text or default_text_path()
@@ -577,7 +644,7 @@ def main(argv=None) -> None:
                     "peak RSS MiB", "others' CPU", "greedy = llama.cpp"], rows))
     if "llama.cpp" in names and len(names) > 1:
         print()
-        print("### hearth / llama.cpp (ratio of medians; median of paired per-round ratios)")
+        print("### each runner / llama.cpp (ratio of medians; median of paired per-round ratios)")
         print()
         rrows = []
         for n in names:
@@ -587,6 +654,15 @@ def main(argv=None) -> None:
             rrows.append([n, f"{q['prefill']['of_medians']:.2f}x ({q['prefill']['paired_median']:.2f}x)",
                           f"{q['decode']['of_medians']:.2f}x ({q['decode']['paired_median']:.2f}x)"])
         print(md_table(["runner", "prefill", "decode"], rrows))
+    peers = [n for n in names if n.startswith("transformers-")]
+    if peers:
+        print()
+        print("### hearth / transformers (ratio of medians)")
+        print()
+        trows = [[f"{h} / {t}"] + [f"{out['runners'][h][k]['median'] / out['runners'][t][k]['median']:.2f}x"
+                                   for k in ("prefill", "decode")]
+                 for h in names if h.startswith("hearth-") for t in peers]
+        print(md_table(["runners", "prefill", "decode"], trows))
     notes = [f"{n}: its tokenizer gives different prompt ids than {ref} (all runners were fed {ref}'s ids)"
              for n in names if not tokenizer_agrees[n]]
     ncpu = os.cpu_count() or 1
