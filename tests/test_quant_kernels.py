@@ -110,6 +110,22 @@ def test_f16_product_is_ggml_arithmetic():
     assert torch.equal(ops.gguf_dequant(blocks, F16, 256), w.float())
 
 
+@pytest.mark.parametrize("name", list(QTYPES))
+def test_product_of_many_rows_is_ggml_arithmetic(name):
+    """From 128 rows on (prefill), block products run as torch's fp32 mm on converted weight chunks (512 rows each),
+    with the activations still rounded to 8 bits as ggml does (and, for Q4_1, ggml's fp16-rounded block sums in the
+    min term): the same numbers as the integer tiles up to the order of summation."""
+    a, _ = _blocks(name, 600, 128, seed=7)  # two chunks
+    b, _ = _blocks(name, 37, 128, seed=8)
+    x = torch.randn(150, 128, generator=torch.Generator().manual_seed(0))
+    x[3, :32] = 0
+    got = ops.gguf_mm(x, [a, b], QTYPES[name]).double()
+    ref = torch.cat([_ggml_reference(name, a, x), _ggml_reference(name, b, x)], 1)
+    assert (got - ref).abs().max().item() <= 2e-6 * ref.abs().max().item()
+    tiles = torch.cat([ops.gguf_mm(x[i : i + 50], [a, b], QTYPES[name]) for i in (0, 50, 100)])  # 50 rows: tiles
+    assert (got - tiles.double()).abs().max().item() <= 2e-6 * ref.abs().max().item()
+
+
 def test_f16_product_of_many_rows():
     """From 16 rows on (prefill), F16 products run as torch's fp32 mm on converted weight chunks (512 rows each):
     the same products, summed in another order."""
@@ -355,16 +371,18 @@ def test_whole_decode_step_on_two_threads_and_a_batch(tiny_gguf):
     _, paths = tiny_gguf
     model = load(str(paths["Q4_1"])).model
     ids = list(tiny.corpus_ids(120))
-    one, _ = _decode(model, ids, 70, 10, whole_step=False)  # past 64 positions: two attention chunks
+    # decoding from 60 to 70 crosses 64 positions (two attention chunks); the batch's prompt rows (2 x 60) stay under
+    # the 128 rows from which prefill products switch to fp32 mm (another summation order)
+    one, _ = _decode(model, ids, 60, 10, whole_step=False)
     torch.set_num_threads(2)
     try:
-        two, _ = _decode(model, ids, 70, 10)
-        pair, _ = _decode(model, ids, 70, 10, batch=2)
+        two, _ = _decode(model, ids, 60, 10)
+        pair, _ = _decode(model, ids, 60, 10, batch=2)
     finally:
         torch.set_num_threads(1)
     assert torch.equal(two, one)
     assert torch.equal(pair[:1], one)
-    alone, _ = _decode(model, ids[1:], 70, 10)
+    alone, _ = _decode(model, ids[1:], 60, 10)
     assert torch.equal(pair[1:], alone)
 
 

@@ -17,7 +17,8 @@
 //
 // Ops (registered as torch.ops.hearth.*):
 //   gguf_mm(x[M,K] f32, ws: list of [N_i,row_bytes] u8, qtype) -> [M,sum N_i] f32     x @ dequant(cat(ws)).T
-//     (F16: x rounded to fp16 first; from kF16MmRows rows on, torch's fp32 mm on converted weight chunks)
+//     (F16: x rounded to fp16 first; from kF16MmRows rows on (block types: kBlockMmRows, x still rounded to 8
+//     bits), torch's fp32 mm on converted weight chunks)
 //   gguf_dequant(w[N,row_bytes] u8, qtype, K) -> [N,K] f32         exact dequantization (for large-M products)
 //   rms_norm, rope_, silu_mul, decode_attention, attend_decode        the fp32 glue of the per-layer fast path
 // and a class, torch.classes.hearth.DecodePlan(tensors, meta, eps).step(x, k_cache, v_cache, cos, sin, pos) ->
@@ -310,8 +311,11 @@ struct QLin {
 
 void dequant_row(const uint8_t* row, int64_t qtype, int64_t K, float* y);
 
-// F16 products with at least kF16MmRows activation rows use torch's fp32 mm on converted chunks of weight rows
-constexpr int64_t kF16MmRows = 16, kF16MmChunk = 512;
+// Products with many activation rows (prefill) use torch's fp32 mm on converted chunks of kMmChunk weight rows:
+// from kF16MmRows rows for F16, from kBlockMmRows for the block types. On this project's 2-core Zen machine (128-bit
+// vector units: an 8-bit dot costs as much as fp32 FMAs there) the fp32 mm reaches ~1.4x the integer tiles' rate
+// at 512 rows and breaks even near 64 (bench/cpu.py, Q4_1 pp512: 171 -> 211 tok/s).
+constexpr int64_t kF16MmRows = 16, kBlockMmRows = 128, kMmChunk = 512;
 
 // x @ cat(ws).T: several weights of one type side by side (q|k|v, gate|up) share one activation quantization
 // and one call, without copying the memory-mapped blocks into one tensor.
@@ -332,24 +336,52 @@ at::Tensor gguf_mm(const at::Tensor& x_in, at::TensorList ws, int64_t qtype) {
     q.resize(M * nb);
     for (int64_t m = 0; m < M; m++) quantize_row(xp + m * K, q.data() + m * nb, nb);
   }
-  if (qtype == F16 && M >= kF16MmRows) {
-    // Many rows (prefill): the fp16-rounded activations times fp32 copies of kF16MmChunk weight rows at a time
-    // (exact conversions, a few MB, made in parallel) with torch's fp32 matrix product, ~2x the tiles' speed here.
-    // Same products as the tiles, summed in another order: these rows may differ in the last bits from the same
-    // rows computed in a batch under kF16MmRows (as with fp32 weights).
+  if (M >= (qtype == F16 ? kF16MmRows : kBlockMmRows)) {
+    // Many rows (prefill): the activations as the tiles see them (F16: rounded to fp16; block types: quantized to
+    // 8 bits per block of 32 and converted back, d * q, exactly) times fp32 copies of kMmChunk weight rows at a time
+    // (exact conversions, a few MB, made in parallel) with torch's fp32 matrix product, ~1.4-2x the tiles' speed
+    // here. The same products as the tiles (llama.cpp's rounding of the activations is kept), summed in another
+    // order: these rows may differ in the last bits from the same rows computed in a smaller batch (as with fp32
+    // weights).
+    // Q4_1 (w = d q + m): the product's min term is m * (d_x * sum q_x) exactly, where ggml takes m * s_x with s_x
+    // rounded to fp16; corr (M x nb) = s_x - d_x * sum q_x (exact in fp32) times the blocks' minima restores that.
+    std::vector<float> corr(qtype == Q4_1 ? M * nb : 0);
+    if (qtype != F16) {
+      f.resize(M * K);
+      at::parallel_for(0, M, 16, [&](int64_t m0, int64_t m1) {
+        for (int64_t m = m0; m < m1; m++)
+          for (int64_t b = 0; b < nb; b++) {
+            const BlockQ8A& blk = q[m * nb + b];
+            int32_t sum = 0;
+            for (int j = 0; j < QK; j++) {
+              f[(m * nb + b) * QK + j] = blk.d * (float)blk.qs[j];
+              sum += blk.qs[j];
+            }
+            if (qtype == Q4_1) corr[m * nb + b] = blk.s - blk.d * (float)sum;
+          }
+      });
+    }
     const at::Tensor xr = at::from_blob(f.data(), {M, K}, at::TensorOptions().dtype(at::kFloat));
+    const at::Tensor cr = at::from_blob(corr.data(), {M, nb}, at::TensorOptions().dtype(at::kFloat));
     int64_t col0 = 0;
     for (size_t i = 0; i < lin.w.size(); i++) {
-      for (int64_t c = 0; c < lin.rows[i]; c += kF16MmChunk) {
-        const int64_t n = std::min(kF16MmChunk, lin.rows[i] - c);
+      for (int64_t c = 0; c < lin.rows[i]; c += kMmChunk) {
+        const int64_t n = std::min(kMmChunk, lin.rows[i] - c);
         at::Tensor wf = at::empty({n, K}, at::TensorOptions().dtype(at::kFloat));
         const uint8_t* wp = lin.w[i] + c * lin.rb;
         float* fp = wf.data_ptr<float>();
+        at::Tensor mins = at::empty({qtype == Q4_1 ? n : 0, nb}, at::TensorOptions().dtype(at::kFloat));
+        float* mp = mins.data_ptr<float>();
         at::parallel_for(0, n, 16, [&](int64_t r0, int64_t r1) {
-          for (int64_t r = r0; r < r1; r++) dequant_row(wp + r * lin.rb, F16, K, fp + r * K);
+          for (int64_t r = r0; r < r1; r++) {
+            dequant_row(wp + r * lin.rb, qtype, K, fp + r * K);
+            if (qtype == Q4_1)
+              for (int64_t b = 0; b < nb; b++) mp[r * nb + b] = h2f(((const BlockQ4_1*)(wp + r * lin.rb))[b].m);
+          }
         });
         at::Tensor dst = out.narrow(1, col0 + c, n);
         at::mm_out(dst, xr, wf.t());
+        if (qtype == Q4_1) dst.addmm_(cr, mins.t());
       }
       col0 += lin.rows[i];
     }
