@@ -56,7 +56,10 @@ def _ggml_reference(name: str, blocks: torch.Tensor, x: torch.Tensor) -> torch.T
     xb = x.reshape(x.shape[0], -1, 32)
     amax = xb.abs().amax(-1)
     dx32 = amax / 127
-    qx = torch.round(xb * torch.where(amax > 0, 127 / amax, torch.zeros_like(amax))[..., None]).double()
+    # 127 / amax as one fp32 division, as ggml (a Python scalar over a tensor is reciprocal-then-multiply in torch,
+    # one ulp off at times, which moves a rounding tie)
+    mul = torch.where(amax > 0, torch.full_like(amax, 127.0) / amax, torch.zeros_like(amax))
+    qx = torch.round(xb * mul[..., None]).double()
     dx = dx32.half().double()
     sx = (dx32 * qx.float().sum(-1)).half().double()
     per_block = torch.einsum("nbk,mbk->mnb", qw, qx) * d[None] * dx[:, None] + m[None] * sx[:, None]
