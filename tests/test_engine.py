@@ -176,3 +176,25 @@ def test_shutdown_ends_waiting_consumers_with_an_error(lm):
                 pass
 
     asyncio.run(asyncio.wait_for(main(), 120))
+
+
+def _rss_mib() -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) // 1024 for line in f if line.startswith("VmRSS"))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
+def test_cpu_kv_pool_is_zero_and_costs_memory_only_as_it_fills(dtype):
+    """A server's KV budget (1 GiB by default) is not made resident at start; the pool still reads as zeros and
+    takes writes."""
+    from hearth.config import ModelConfig
+    from hearth.model.paged import PagedKVCache
+
+    cfg = ModelConfig(vocab_size=97, dim=64, n_layers=8, n_heads=4, n_kv_heads=4, hidden_dim=128, max_seq_len=64)
+    before = _rss_mib()
+    pool = PagedKVCache(cfg, num_blocks=4096, block_size=64, device="cpu", dtype=dtype)  # 2 x 256 MiB (fp16), 2 x 512 MiB (fp32)
+    assert pool.k.dtype == dtype and pool.k.shape == (8, 4096 * 64, 4, 16)
+    assert _rss_mib() - before < 64
+    assert torch.count_nonzero(pool.k[:, :5000]) == 0 and torch.count_nonzero(pool.v[-1, -5000:]) == 0
+    pool.k[0, :64] = 1.5
+    assert pool.k[0, :64].float().sum().item() == 1.5 * 64 * 4 * 16

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -24,12 +25,21 @@ class PagedKVCache:
     def __init__(self, cfg: ModelConfig, num_blocks: int, block_size: int, device, dtype):
         self.num_blocks, self.block_size = num_blocks, block_size
         shape = (cfg.n_layers, num_blocks * block_size, cfg.n_kv_heads, cfg.head_dim)
-        self.k = torch.zeros(shape, device=device, dtype=dtype)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.k, self.v = _zeros(shape, device, dtype), _zeros(shape, device, dtype)
 
     @staticmethod
     def bytes_per_block(cfg: ModelConfig, block_size: int, dtype: torch.dtype) -> int:
         return 2 * cfg.n_layers * block_size * cfg.n_kv_heads * cfg.head_dim * torch.empty((), dtype=dtype).element_size()
+
+
+def _zeros(shape: tuple[int, ...], device, dtype: torch.dtype) -> Tensor:
+    """A zero-filled pool. On the CPU through numpy's calloc: the pages are mapped zeroed by the OS and become
+    resident only when written, so a server's KV budget (1 GiB by default) costs memory as it fills, not at start
+    (torch.zeros writes every byte: +1 GiB of RSS at once)."""
+    np_dtype = {torch.float32: np.float32, torch.float16: np.float16}.get(dtype)
+    if torch.device(device).type == "cpu" and np_dtype is not None:
+        return torch.from_numpy(np.zeros(shape, dtype=np_dtype))
+    return torch.zeros(shape, device=device, dtype=dtype)
 
 
 @dataclass
