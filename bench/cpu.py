@@ -158,6 +158,15 @@ def sha256_prefix(path: Path, n: int = 16) -> str:
 # line: {"cmd": "rep", "ids": [...], "n_gen": N, "mask": [...]} -> {"pp": tok/s, "tg": tok/s, "tokens": [...]},
 # {"cmd": "done"} -> {"rss_peak_mib": ...} and exit.
 
+def torch_greedy(logits, mask_t) -> int:
+    """argmax of the last position's logits (B=1) with the ids in mask_t (EOS) excluded."""
+    lg = logits[0, -1].float()
+    if len(mask_t):
+        lg = lg.clone()
+        lg[mask_t] = float("-inf")
+    return int(lg.argmax())
+
+
 class HearthRunner:
     def __init__(self, model: str, dtype: str, threads: int, n_ctx: int, kv_cache: str = "auto"):
         t0 = time.perf_counter()
@@ -188,11 +197,7 @@ class HearthRunner:
             mask_t = torch.tensor(mask, dtype=torch.long)
 
             def greedy(logits):
-                lg = logits[0, -1]
-                if len(mask):
-                    lg = lg.clone()
-                    lg[mask_t] = float("-inf")
-                return int(lg.argmax())
+                return torch_greedy(logits, mask_t)
 
             t0 = time.perf_counter()
             logits = self.model(prompt, 0, cache, last_only=True)
@@ -292,11 +297,7 @@ class TransformersRunner:
         mask_t = torch.tensor(mask, dtype=torch.long)
 
         def greedy(logits):
-            lg = logits[0, -1].float()
-            if len(mask):
-                lg = lg.clone()
-                lg[mask_t] = float("-inf")
-            return int(lg.argmax())
+            return torch_greedy(logits, mask_t)
 
         with torch.inference_mode():
             t0 = time.perf_counter()

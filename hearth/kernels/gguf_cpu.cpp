@@ -516,11 +516,23 @@ inline void store_kv(void* dst, bool half, const float* src, int64_t D) {
   for (; i < D; i++) h[i] = _cvtss_sh(src[i], _MM_FROUND_TO_NEAREST_INT);
 }
 
-// n fp16 values to fp32
-inline void load_kv(const uint16_t* h, float* dst, int64_t n) {
+// n cached values (fp16 if half, else fp32) to fp32
+inline void load_kv(const void* src, bool half, float* dst, int64_t n) {
+  if (!half) {
+    std::memcpy(dst, src, n * sizeof(float));
+    return;
+  }
+  const uint16_t* h = (const uint16_t*)src;
   int64_t i = 0;
   for (; i + 8 <= n; i += 8) _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(h + i))));
   for (; i < n; i++) dst[i] = _cvtsh_ss(h[i]);
+}
+
+// Whether k, v are fp16 caches (else fp32); anything else is refused
+bool kv_half(const at::Tensor& k, const at::Tensor& v, const char* what) {
+  TORCH_CHECK((k.scalar_type() == at::kFloat || k.scalar_type() == at::kHalf) && v.scalar_type() == k.scalar_type(),
+              what, ": caches must be fp32 or fp16, both the same");
+  return k.scalar_type() == at::kHalf;
 }
 
 // One query head (q: D) against n cached keys and values (rows of D, contiguous): o = sum_l e^(s_l - m) v_l,
@@ -633,8 +645,8 @@ inline void attend_unit(int64_t j, int64_t nc, int64_t KVH, int64_t G, int64_t L
   const int64_t ko = b * ksb + g * ksh + l0 * D, vo = b * vsb + g * vsh + l0 * D;
   const float *k, *v;
   if (half) {
-    load_kv((const uint16_t*)kp + ko, kvbuf, n * D);
-    load_kv((const uint16_t*)vp + vo, kvbuf + KCH * D, n * D);
+    load_kv((const uint16_t*)kp + ko, true, kvbuf, n * D);
+    load_kv((const uint16_t*)vp + vo, true, kvbuf + KCH * D, n * D);
     k = kvbuf, v = kvbuf + KCH * D;
   } else {
     k = (const float*)kp + ko, v = (const float*)vp + vo;
@@ -711,23 +723,21 @@ void attend_core(const float* qp, int64_t q_bstride, const void* kp, const void*
 
 at::Tensor decode_attention(const at::Tensor& q_in, const at::Tensor& k, const at::Tensor& v, int64_t L, double scale) {
   const at::Tensor q = q_in.contiguous();
-  TORCH_CHECK(q.scalar_type() == at::kFloat && (k.scalar_type() == at::kFloat || k.scalar_type() == at::kHalf) &&
-                  v.scalar_type() == k.scalar_type(),
-              "decode_attention: fp32 queries, fp32 or fp16 caches");
+  TORCH_CHECK(q.scalar_type() == at::kFloat, "decode_attention: fp32 queries");
+  const bool half = kv_half(k, v, "decode_attention");
   TORCH_CHECK(k.stride(-1) == 1 && v.stride(-1) == 1 && k.stride(-2) == k.size(-1) && v.stride(-2) == v.size(-1),
               "decode_attention: cache rows must be contiguous");
   const int64_t B = q.size(0), H = q.size(1), D = q.size(2), KVH = k.size(1);
   TORCH_CHECK(L >= 1 && L <= k.size(2) && H % KVH == 0, "decode_attention: bad length or head counts");
   at::Tensor out = at::empty_like(q);
-  attend_core(q.data_ptr<float>(), H * D, k.data_ptr(), v.data_ptr(), k.scalar_type() == at::kHalf, k.stride(0),
+  attend_core(q.data_ptr<float>(), H * D, k.data_ptr(), v.data_ptr(), half, k.stride(0),
               k.stride(1), v.stride(0), v.stride(1), B, H, KVH, D, L, scale, out.data_ptr<float>());
   return out;
 }
 
 void check_caches(const at::Tensor& k, const at::Tensor& v) {
-  TORCH_CHECK(k.device().is_cpu() && (k.scalar_type() == at::kFloat || k.scalar_type() == at::kHalf) &&
-                  v.scalar_type() == k.scalar_type() && k.dim() == 5 && k.is_contiguous() && v.is_contiguous() &&
-                  k.sizes() == v.sizes(),
+  kv_half(k, v, "caches");
+  TORCH_CHECK(k.device().is_cpu() && k.dim() == 5 && k.is_contiguous() && v.is_contiguous() && k.sizes() == v.sizes(),
               "caches must be contiguous fp32 or fp16 CPU tensors [n_layers, B, KVH, Lmax, D]");
 }
 
@@ -744,7 +754,7 @@ at::Tensor attend_decode(const at::Tensor& qkv, at::Tensor& k, at::Tensor& v, in
               " outside the cache of ", Lmax);
   const int64_t ld = qkv.stride(0);
   const float* src = qkv.data_ptr<float>();
-  const bool half = k.scalar_type() == at::kHalf;
+  const bool half = kv_half(k, v, "attend_decode");
   const int64_t es = k.element_size();
   char *kc = (char*)k.data_ptr() + layer * k.stride(0) * es, *vc = (char*)v.data_ptr() + layer * v.stride(0) * es;
   const int64_t sb = k.stride(1), sh = k.stride(2);
@@ -849,6 +859,10 @@ struct DecodePlan : torch::CustomClassHolder {
     int64_t sb = 0, sh = 0;  // contiguous
     const int64_t* tab = nullptr;  // paged: block tables [B, W]
     int64_t W = 0, bs = 0;
+
+    CacheView(const at::Tensor& k_, const at::Tensor& v_, const char* what)
+        : k((char*)k_.data_ptr()), v((char*)v_.data_ptr()), half(kv_half(k_, v_, what)), es(k_.element_size()),
+          sl(k_.stride(0)) {}
   };
 
   // the checks shared by both steps: x0 are ids [B] or fp32 rows [B, dim]; cos/sin hold rows up to max_pos
@@ -877,9 +891,8 @@ struct DecodePlan : torch::CustomClassHolder {
                 "DecodePlan.step: the cache does not fit the model or the batch");
     TORCH_CHECK(pos >= 0 && pos < Lmax, "DecodePlan.step: position ", pos, " outside the cache of ", Lmax);
     check_tables(cos, sin, pos, "DecodePlan.step");
-    CacheView c;
-    c.k = (char*)k.data_ptr(), c.v = (char*)v.data_ptr(), c.half = k.scalar_type() == at::kHalf, c.es = k.element_size();
-    c.sl = k.stride(0), c.sb = k.stride(1), c.sh = k.stride(2);
+    CacheView c(k, v, "DecodePlan.step");
+    c.sb = k.stride(1), c.sh = k.stride(2);
     std::vector<int64_t> positions(B, pos);
     return run<false>(x0, ids, positions, c, cos, sin);
   }
@@ -892,9 +905,8 @@ struct DecodePlan : torch::CustomClassHolder {
     const at::Tensor x0 = x_in.contiguous();
     const bool ids = check_x(x0, "DecodePlan.step_paged");
     const int64_t B = x0.size(0);
-    TORCH_CHECK(k.device().is_cpu() && (k.scalar_type() == at::kFloat || k.scalar_type() == at::kHalf) &&
-                    v.scalar_type() == k.scalar_type() && k.dim() == 4 && k.is_contiguous() && v.is_contiguous() &&
-                    k.sizes() == v.sizes(),
+    kv_half(k, v, "DecodePlan.step_paged");
+    TORCH_CHECK(k.device().is_cpu() && k.dim() == 4 && k.is_contiguous() && v.is_contiguous() && k.sizes() == v.sizes(),
                 "DecodePlan.step_paged: pools must be contiguous fp32 or fp16 CPU tensors [n_layers, slots, KVH, D]");
     TORCH_CHECK(k.size(0) == (int64_t)layers.size() && k.size(2) == KVH && k.size(3) == D,
                 "DecodePlan.step_paged: the pools do not fit the model");
@@ -918,9 +930,8 @@ struct DecodePlan : torch::CustomClassHolder {
       max_pos = std::max(max_pos, pp[b]);
     }
     check_tables(cos, sin, max_pos, "DecodePlan.step_paged");
-    CacheView c;
-    c.k = (char*)k.data_ptr(), c.v = (char*)v.data_ptr(), c.half = k.scalar_type() == at::kHalf, c.es = k.element_size();
-    c.sl = k.stride(0), c.tab = tp, c.W = W, c.bs = block_size;
+    CacheView c(k, v, "DecodePlan.step_paged");
+    c.tab = tp, c.W = W, c.bs = block_size;
     return run<true>(x0, ids, positions, c, cos, sin);
   }
 
@@ -1041,19 +1052,14 @@ struct DecodePlan : torch::CustomClassHolder {
           if (Paged) {
             for (int64_t l = 0; l < n; l++) {
               const int64_t off = (slot(r, l0 + l) * rs + g * D) * c.es;
-              if (c.half) {
-                load_kv((const uint16_t*)(kl + off), kbuf + l * D, D);
-                load_kv((const uint16_t*)(vl + off), vbuf + l * D, D);
-              } else {
-                std::memcpy(kbuf + l * D, kl + off, D * sizeof(float));
-                std::memcpy(vbuf + l * D, vl + off, D * sizeof(float));
-              }
+              load_kv(kl + off, c.half, kbuf + l * D, D);
+              load_kv(vl + off, c.half, vbuf + l * D, D);
             }
             kp = kbuf, vp = vbuf;
           } else if (c.half) {  // a contiguous chunk of n rows
             const int64_t off = (r * c.sb + g * c.sh + l0 * D) * c.es;
-            load_kv((const uint16_t*)(kl + off), kbuf, n * D);
-            load_kv((const uint16_t*)(vl + off), vbuf, n * D);
+            load_kv(kl + off, true, kbuf, n * D);
+            load_kv(vl + off, true, vbuf, n * D);
             kp = kbuf, vp = vbuf;
           } else {
             kp = (const float*)kl + r * c.sb + g * c.sh + l0 * D;
