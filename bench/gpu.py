@@ -3,7 +3,8 @@
     python bench/gpu.py [--models llama-3.2-1b llama-3.1-8b] [--prompt 128] [--new 128] [--seqs 64]
 
 Batch 1: decode tokens/s of hearth's plain path (one Python call per layer, as `hearth run` ran before CUDA graphs),
-its fixed-shape step replayed as a CUDA graph, and the same step compiled with torch.compile before recording;
+its fixed-shape step replayed as a CUDA graph, the same step compiled with torch.compile before recording, and
+hearth's Triton kernels for the step (hearth/model/gpu_decode.py, what `hearth run` uses on a GPU) as a CUDA graph;
 transformers' `generate` (eager, default SDPA attention) as the peer; the memory-bandwidth roofline (weights read once
 per token at the measured device-to-device copy rate).
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -85,7 +87,10 @@ def hearth_batch1(m: Transformer, prompt: int, new: int, mode: str) -> tuple[flo
         out = []
         dt = timed(lambda: out.append(run()))
         return new / dt, torch.cat(out[0], 1)[0].tolist(), setup
-    dec = StaticDecoder(m, 1, prompt + new + 1, graphs=True, compile=mode == "compile")
+    # triton_nopdl: the same kernels launched without programmatic dependent launch
+    os.environ["HEARTH_TRITON_PDL"] = "0" if mode == "triton_nopdl" else "1"
+    dec = StaticDecoder(m, 1, prompt + new + 1, graphs=True, compile=mode == "compile",
+                        kernels=mode.startswith("triton"))
     t0 = time.perf_counter()
     nxt = dec.prefill(ids).argmax(-1, keepdim=True)
     dec.step(nxt)  # compile (if asked) and record the graph
@@ -105,7 +110,7 @@ def hearth_batch1(m: Transformer, prompt: int, new: int, mode: str) -> tuple[flo
         dt = timed(run)
         best = dt if best is None else min(best, dt)
         toks = torch.cat(out, 1)[0].tolist()
-    if PROFILE and mode == "compile":
+    if PROFILE and mode != "graph":
         from torch.profiler import ProfilerActivity, profile
 
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
@@ -188,7 +193,7 @@ def main() -> None:
     ap.add_argument("--prompt", type=int, default=128)
     ap.add_argument("--new", type=int, default=128)
     ap.add_argument("--seqs", type=int, default=64, help="concurrent sequences for the engine comparison")
-    ap.add_argument("--modes", default="eager,graph,compile", help="hearth batch-1 modes to run")
+    ap.add_argument("--modes", default="eager,graph,compile,triton", help="hearth batch-1 modes to run")
     ap.add_argument("--tune", action="store_true", help="torch.compile with inductor's coordinate-descent tuning")
     ap.add_argument("--profile", action="store_true", help="print the compiled step's top GPU kernels")
     ap.add_argument("--no-hf", action="store_true", help="skip the transformers peer")

@@ -119,5 +119,11 @@ def test_cuda_default_dtype_fuses_projections_and_matches_plain_bf16(hf_dir):
     gen = Generator(auto.model, auto.tokenizer)
     out = gen.complete(ids, params).token_ids
     assert gen._decoders  # the CUDA-graph route was taken
-    ref = Generator(plain.model, plain.tokenizer, graphs=False).complete(ids, params).token_ids
-    assert sum(x == y for x, y in zip(out, ref)) >= 10, (out, ref)
+    assert all(d.kernels for d in gen._decoders.values())  # through hearth's Triton kernels (gpu_decode.py)
+    # Each token it chose is the plain unfused model's greedy choice on the same prefix, or within a bf16 near-tie of
+    # it (a random tiny model's logits are nearly flat, and free-running greedy parts at the first tie).
+    ref = plain.model(torch.tensor([ids + out[:-1]], device="cuda"))[0, len(ids) - 1 :].float()
+    chosen = ref[torch.arange(len(out), device="cuda"), torch.tensor(out, device="cuda")]
+    gap = ref.max(-1).values - chosen
+    assert gap.max().item() <= 0.03 * ref.abs().max().item(), (out, gap.tolist())
+    assert (gap == 0).sum().item() >= len(out) // 2
