@@ -153,3 +153,5 @@ def test_usable_only_where_it_applies():
     assert GPUDecoder.usable(m, 1, m.new_cache(1, 16)) == (DEV == "cuda")
     assert not GPUDecoder.usable(m, 2, m.new_cache(2, 16))
     assert not GPUDecoder.usable(tiny(dtype=torch.float32), 1, m.new_cache(1, 16))
+    odd = tiny(dim=96, n_heads=2, n_kv_heads=1)  # head_dim 48
+    assert not GPUDecoder.usable(odd, 1, odd.new_cache(1, 16))

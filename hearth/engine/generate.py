@@ -84,8 +84,9 @@ class Generator:
     """Runs one prompt at a time through a model with a preallocated KV cache.
 
     On a GPU each decode step is a CUDA-graph replay of the fixed-shape step (hearth/model/static_decode.py), one
-    recorded per cache size (powers of two); `compile=True` also compiles it with torch.compile. HEARTH_NO_CUDA_GRAPHS=1
-    (or graphs=False) keeps the plain per-layer path, for debugging.
+    recorded per cache size (powers of two): hearth's Triton kernels where they apply (batch 1, bf16/fp16;
+    HEARTH_NO_TRITON=1 turns them off), else the torch ops; `compile=True` compiles the torch ops with torch.compile
+    instead. HEARTH_NO_CUDA_GRAPHS=1 (or graphs=False) keeps the plain per-layer path, for debugging.
     """
 
     def __init__(self, model: Transformer, tokenizer: Tokenizer, graphs: bool | None = None, compile: bool = False):

@@ -168,8 +168,12 @@ class GPUDecoder:
 
     @classmethod
     def usable(cls, model, batch_size: int, cache) -> bool:
-        """Whether this step can run `model`: CUDA, batch 1, bf16/fp16 plain weights fused by use_fast_path."""
+        """Whether this step can run `model`: CUDA, batch 1, bf16/fp16 plain weights fused by use_fast_path, a
+        power-of-two head size."""
         if model.device.type != "cuda" or batch_size != 1 or model.dtype not in _DTYPES or not triton_available():
+            return False
+        hd = model.config.head_dim
+        if hd < 16 or hd & (hd - 1):  # a head is one power-of-two block in the attention kernel
             return False
         if cache.k.dtype != model.dtype or not cache.k.is_contiguous():
             return False
