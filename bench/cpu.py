@@ -34,7 +34,8 @@ round (full prefill, 16 decode steps) and --reps timed rounds run interleaved, t
 every round with a short pause between runners, so machine noise on this shared VM hits all of them
 alike. --time-limit stops starting new rounds on a slow machine (at least one timed round runs).
 
-Reported per runner: min / median / max tokens/s; load time; peak RSS; "others' CPU", the share of
+Reported per runner: min / median / max tokens/s; load time; peak RSS (and, in brackets, above what the
+runner's imports alone took: Python + torch is ~220 MiB, Python + llama_cpp ~40); "others' CPU", the share of
 the machine's CPU time that other processes (or the hypervisor) took during its timed reps, from
 /proc/stat (with as many threads as cores, any competing work stalls every thread barrier and makes
 a rep many times slower: trust only reps where this is near 0); and how many greedy decode tokens
@@ -177,6 +178,7 @@ class HearthRunner:
 
         self.torch = torch
         self.import_s = time.perf_counter() - t0
+        self.rss_import_mib = rss_mib()[0]  # the runtime: Python + the runner's libraries (torch: ~220 MiB)
         torch.set_num_threads(threads)
         t0 = time.perf_counter()
         self.lm = load(model, device="cpu", dtype="auto" if dtype == "native" else dtype, kv_cache=kv_cache)
@@ -225,6 +227,7 @@ class LlamaCppRunner:
 
         self.np, self.ctypes, self.llama_cpp = np, ctypes, llama_cpp
         self.import_s = time.perf_counter() - t0
+        self.rss_import_mib = rss_mib()[0]  # the runtime: Python + the runner's libraries (torch: ~220 MiB)
         t0 = time.perf_counter()
         self.llm = llama_cpp.Llama(model_path=model, n_threads=threads, n_threads_batch=threads, n_ctx=n_ctx,
                                    n_batch=512, n_ubatch=512, flash_attn=flash_attn, verbose=False)
@@ -278,6 +281,7 @@ class TransformersRunner:
         transformers.logging.disable_progress_bar()
         self.torch = torch
         self.import_s = time.perf_counter() - t0
+        self.rss_import_mib = rss_mib()[0]  # the runtime: Python + the runner's libraries (torch: ~220 MiB)
         torch.set_num_threads(threads)
         d, name = os.path.split(os.path.abspath(model))
         t0 = time.perf_counter()
@@ -334,7 +338,7 @@ def runner_main(args) -> None:
         text = open(args.text, encoding="utf-8").read()
         ids = r.tokenize(text)
         rss_load, _ = rss_mib()
-        send(dict(ready=True, import_s=r.import_s, load_s=r.load_s, rss_load_mib=rss_load, ids=ids[: args.n_prompt],
+        send(dict(ready=True, import_s=r.import_s, load_s=r.load_s, rss_load_mib=rss_load, rss_import_mib=r.rss_import_mib, ids=ids[: args.n_prompt],
                   n_text_tokens=len(ids), **r.info))
     except Exception as e:  # report, do not hang the parent
         send(dict(ready=False, error=f"{type(e).__name__}: {e}"))
@@ -632,7 +636,8 @@ def main(argv=None) -> None:
         agree = r["greedy_agree_with_llamacpp"]
         rows.append([n, f"{p['min']:.0f} / {p['median']:.0f} / {p['max']:.0f}",
                      f"{d['min']:.1f} / {d['median']:.1f} / {d['max']:.1f}",
-                     f"{r['load_s']:.2f} (+{r['import_s']:.1f} import)", f"{r['rss_peak_mib']:.0f}",
+                     f"{r['load_s']:.2f} (+{r['import_s']:.1f} import)",
+                     f"{r['rss_peak_mib']:.0f} ({r['rss_peak_mib'] - r['rss_import_mib']:.0f})",
                      "?" if r["foreign_cpu_median"] is None else
                      f"{100 * r['foreign_cpu_median']:.0f}% (max {100 * max(r['foreign_cpu_reps']):.0f}%)",
                      "-" if n == "llama.cpp" or agree is None else f"{agree}/{args.n_gen + 1}"])
@@ -642,7 +647,7 @@ def main(argv=None) -> None:
           f"({model_path.name}, {args.threads} threads, decode at KV depth {args.n_prompt}->{args.n_prompt + args.n_gen})")
     print()
     print(md_table(["runner", f"prefill pp{args.n_prompt}", f"decode tg{args.n_gen}", "load s",
-                    "peak RSS MiB", "others' CPU", "greedy = llama.cpp"], rows))
+                    "peak RSS MiB (above imports)", "others' CPU", "greedy = llama.cpp"], rows))
     if "llama.cpp" in names and len(names) > 1:
         print()
         print("### each runner / llama.cpp (ratio of medians; median of paired per-round ratios)")
