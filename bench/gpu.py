@@ -124,6 +124,25 @@ def hearth_batch1(m: Transformer, prompt: int, new: int, mode: str) -> tuple[flo
 PROFILE = False
 
 
+@torch.inference_mode()
+def hearth_generator(m: Transformer, prompt: int, new: int, sampling: bool) -> float:
+    """Decode tokens/s through `Generator` as `hearth run`/`generate` drive it: the graph step plus, per token, the
+    sampler, detokenization and stop checks on the host (prefill subtracted: time(new) - time(1))."""
+    from hearth.engine.generate import Generator
+    from hearth.engine.sampling import SamplingParams
+    from hearth.tokenizer import Tokenizer
+
+    gen = Generator(m, Tokenizer.placeholder(m.config.vocab_size))
+    ids = torch.randint(0, m.config.vocab_size, (prompt,), generator=torch.Generator().manual_seed(1)).tolist()
+    kw = dict(temperature=0.8, top_p=0.9, seed=0) if sampling else dict(temperature=0)
+
+    def run(n):
+        return timed(lambda: gen.complete(ids, SamplingParams(max_tokens=n, ignore_eos=True, **kw)))
+
+    run(new)  # records the graph
+    return (new - 1) / (run(new) - run(1))
+
+
 def hf_model(shape: dict):
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -197,6 +216,7 @@ def main() -> None:
     ap.add_argument("--tune", action="store_true", help="torch.compile with inductor's coordinate-descent tuning")
     ap.add_argument("--profile", action="store_true", help="print the compiled step's top GPU kernels")
     ap.add_argument("--no-hf", action="store_true", help="skip the transformers peer")
+    ap.add_argument("--generator", action="store_true", help="also time Generator (hearth run's loop) end to end")
     ap.add_argument("--no-engine", action="store_true", help="skip the batched comparison")
     args = ap.parse_args()
     global PROFILE
@@ -220,6 +240,12 @@ def main() -> None:
             row[f"hearth_{mode}"], row[f"setup_{mode}_s"] = tps, setup
             print(f"{name} batch 1 hearth {mode}: {tps:.1f} tok/s ({100 * tps / row['roofline']:.0f}% of roofline "
                   f"{row['roofline']:.0f}), setup {setup:.1f} s", flush=True)
+        if "triton" in args.modes.split(",") or args.generator:
+            for sampling in (False, True):
+                key = "generator_sampling" if sampling else "generator_greedy"
+                row[key] = hearth_generator(m, args.prompt, args.new, sampling)
+                print(f"{name} batch 1 hearth Generator ({'top-p 0.9 sampling' if sampling else 'greedy'}, as hearth "
+                      f"run): {row[key]:.1f} tok/s", flush=True)
         ref = toks.get("eager")
         for mode, t in toks.items():
             row[f"same_tokens_{mode}"] = next((i for i, (a, b) in enumerate(zip(t, ref)) if a != b), len(t)) if ref else None

@@ -265,3 +265,34 @@ def test_higher_temperature_flattens_the_distribution():
     assert top[0.3] > 0.9
     assert top[0.3] > top[1.0] > top[5.0]
     assert top[5.0] < 0.5
+
+
+@pytest.mark.parametrize("params", [
+    dict(top_p=0.9), dict(top_p=0.5, min_p=0.1), dict(top_k=40), dict(top_k=40, top_p=0.95, min_p=0.05),
+    dict(min_p=0.2), dict(), dict(top_k=3000, top_p=0.99),
+])
+@pytest.mark.parametrize("scale", [0.05, 1.0, 8.0])  # flat (the nucleus spans most of the vocabulary) to peaked
+def test_candidate_probs_are_filter_logits_distribution(params, scale):
+    """The sampler's fast path keeps the same tokens with the same probabilities as filter_logits + softmax."""
+    from hearth.engine.sampling import candidate_probs
+
+    g = torch.Generator().manual_seed(3)
+    for v in (50, 5000):
+        logits = torch.randn(v, generator=g) * scale
+        p = SamplingParams(temperature=0.7, **params)
+        ref = filter_logits(logits, p).softmax(-1)
+        idx, probs = candidate_probs(logits, p, candidates=64)  # few candidates: the fallback sort runs too
+        got = torch.zeros(v).scatter(0, idx, probs) if idx is not None else probs.clone()
+        torch.testing.assert_close(got / got.sum(), ref, rtol=1e-4, atol=1e-6)
+
+
+def test_sampling_follows_the_filtered_distribution():
+    """Draws from the fast path land on the kept tokens in proportion to their probabilities."""
+    logits = torch.tensor([3.0, 2.5, 2.0, 1.0, 0.0, -1.0] + [-4.0] * 200)
+    p = SamplingParams(temperature=1.0, top_p=0.9, seed=7)
+    ref = filter_logits(logits, p).softmax(-1)
+    s = Sampler(p)
+    draws = torch.bincount(torch.tensor([s(logits, torch.tensor([], dtype=torch.long)) for _ in range(4000)]),
+                           minlength=logits.numel()).float() / 4000
+    assert set(draws.nonzero().flatten().tolist()) <= set(ref.nonzero().flatten().tolist())
+    torch.testing.assert_close(draws, ref, atol=0.03, rtol=0)

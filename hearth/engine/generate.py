@@ -137,7 +137,10 @@ class Generator:
                 pos += 1
                 return self.model(torch.tensor([[token]], device=self.device), pos - 1, cache)[0, -1]
         while True:
-            nxt = sampler(logits, context if not generated else torch.cat([context, torch.tensor(generated)]))
+            if sampler.uses_context and generated:
+                nxt = sampler(logits, torch.cat([context, torch.tensor(generated)]))
+            else:
+                nxt = sampler(logits, context)
             generated.append(nxt)
             if nxt in self.tokenizer.eos_ids and not params.ignore_eos:
                 yield StreamChunk(stops.feed(decoder.flush())[0] + stops.flush(), nxt, "stop")
