@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from gpu import copy_bandwidth  # bench/gpu.py: the copy rate both scripts compare against
 
 from hearth.model.gpu_decode import GEMV, Attend, gemv_config
 
@@ -32,19 +33,6 @@ SHAPES = {  # name: (rows, cols); each with the prologue/epilogue the step gives
 }
 ROLES = {"qkv": dict(norm=True), "o": dict(residual=True), "gate|up": dict(norm=True, swiglu=True),
          "down": dict(residual=True), "output": dict(norm=True, fp32=True)}
-
-
-def copy_bandwidth() -> float:
-    x = torch.empty(1024**3, dtype=torch.bfloat16, device="cuda")
-    y = torch.empty_like(x)
-    for _ in range(3):
-        y.copy_(x)
-    torch.cuda.synchronize()
-    t = time.perf_counter()
-    for _ in range(20):
-        y.copy_(x)
-    torch.cuda.synchronize()
-    return 2 * x.numel() * 2 * 20 / (time.perf_counter() - t)
 
 
 def graph_time(calls, reps: int = 7) -> float:
@@ -105,7 +93,7 @@ def sweep_gemv(quick: bool, bw: float) -> list[dict]:
             cfg = dict(BLOCK_N=bn, BLOCK_K=bk, num_warps=nw)
             try:
                 t = graph_time([GEMV(w, x, out, config=cfg, **kw) for w in ws])
-            except Exception as e:  # a configuration that does not compile (registers): skip it
+            except Exception as e:  # noqa: BLE001 (a configuration that does not compile, out of registers: skip it)
                 print(f"  {name} {cfg}: {type(e).__name__}")
                 continue
             res["all"].append((bn, bk, nw, round(100 * nbytes / t / bw, 1)))
@@ -153,7 +141,6 @@ def attention(bw: float) -> list[dict]:
             print(f"attention hd {hd} cache {cap:6d} filled {filled:6d}: hearth us by chunk {r['chunks']}  "
                   f"SDPA masked {t_sdpa * 1e6:7.1f} us", flush=True)
             rows.append(r)
-            del kc, vc
     return rows
 
 

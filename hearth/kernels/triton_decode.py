@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import triton
 import triton.language as tl
-import triton.language.extra.cuda  # noqa: F401  (tl.extra.cuda.gdc_*: programmatic dependent launch)
+import triton.language.extra.cuda  # tl.extra.cuda.gdc_*: programmatic dependent launch
 
 
 @triton.jit
