@@ -41,12 +41,15 @@ def pct(xs: list[float], q: float) -> float:
     return xs[min(len(xs) - 1, int(round(q / 100 * (len(xs) - 1))))]
 
 
+SAMPLING = dict(temperature=0)  # --temperature / --top-p
+
+
 async def one_client(client, model: str, prompt: str, max_tokens: int) -> dict:
     t0 = time.perf_counter()
     stamps = []
     usage = None
     stream = await client.completions.create(
-        model=model, prompt=prompt, max_tokens=max_tokens, temperature=0, stream=True,
+        model=model, prompt=prompt, max_tokens=max_tokens, stream=True, **SAMPLING,
         stream_options={"include_usage": True},
     )
     async for chunk in stream:
@@ -85,7 +88,10 @@ def main() -> None:
     ap.add_argument("--url", default=None, help="use a running server (e.g. http://127.0.0.1:8000/v1)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--json-out", default=None)
+    ap.add_argument("--temperature", type=float, default=0.0, help="0 (default): greedy")
+    ap.add_argument("--top-p", type=float, default=1.0)
     args = ap.parse_args()
+    SAMPLING.update(temperature=args.temperature, **({"top_p": args.top_p} if args.top_p < 1 else {}))
 
     proc = None
     url = args.url
