@@ -1,8 +1,8 @@
 """A one-token decode step on the GPU as a short list of Triton kernels (hearth/kernels/triton_decode.py).
 
-Per layer four or five launches: RMSNorm + q|k|v product; RoPE + cache write + attention over the filled part of the
-cache (+ a merge of its ranges on long caches); output product + residual; RMSNorm + gate|up product + SwiGLU;
-down product + residual. Then the final norm + output product, writing fp32 logits. Shapes are fixed and the
+Per layer five or six launches: RMSNorm + q|k|v product; RoPE + cache write + attention over the filled part of the
+cache, in ranges (+ their merge, unless one range covers the cache); output product + residual; RMSNorm + gate|up
+product + SwiGLU; down product + residual. Then the final norm + output product, writing fp32 logits. Shapes are fixed and the
 position is read on the device, so StaticDecoder (hearth/model/static_decode.py) records the whole step as one CUDA
 graph, as it does the plain step. Batch 1 only (what `hearth run` decodes); bf16 or fp16 weights; the fused
 q|k|v and gate|up products of `Transformer.use_fast_path`.
