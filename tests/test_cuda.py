@@ -120,10 +120,35 @@ def test_cuda_default_dtype_fuses_projections_and_matches_plain_bf16(hf_dir):
     out = gen.complete(ids, params).token_ids
     assert gen._decoders  # the CUDA-graph route was taken
     assert all(d.kernels for d in gen._decoders.values())  # through hearth's Triton kernels (gpu_decode.py)
-    # Each token it chose is the plain unfused model's greedy choice on the same prefix, or within a bf16 near-tie of
-    # it (a random tiny model's logits are nearly flat, and free-running greedy parts at the first tie).
-    ref = plain.model(torch.tensor([ids + out[:-1]], device="cuda"))[0, len(ids) - 1 :].float()
+    assert_near_greedy(plain.model, ids, out)
+
+
+def assert_near_greedy(plain, ids: list[int], out: list[int]) -> None:
+    """Each token in `out` is the plain model's greedy choice on the same prefix, or within a bf16 near-tie of it (a
+    random tiny model's logits are nearly flat, and free-running greedy parts at the first tie)."""
+    ref = plain(torch.tensor([ids + out[:-1]], device="cuda"))[0, len(ids) - 1 :].float()
     chosen = ref[torch.arange(len(out), device="cuda"), torch.tensor(out, device="cuda")]
     gap = ref.max(-1).values - chosen
     assert gap.max().item() <= 0.03 * ref.abs().max().item(), (out, gap.tolist())
     assert (gap == 0).sum().item() >= len(out) // 2
+
+
+@torch.inference_mode()
+def test_cuda_engine_lone_sequence_runs_the_triton_step(hf_dir):
+    """A single request through the engine (bf16): its decode steps replay hearth's Triton step over the paged cache."""
+    from hearth.engine.llm_engine import EngineConfig, LLMEngine
+    from hearth.engine.request import EngineRequest
+
+    path, _ = hf_dir
+    lm = load(str(path), device="cuda")
+    plain = load(str(path), device="cuda", dtype="bfloat16")
+    ids = list(tiny.corpus_ids(40))
+    eng = LLMEngine(lm, EngineConfig(max_num_seqs=4, kv_cache_bytes=16 << 20))
+    eng.add_request(EngineRequest("0", ids, SamplingParams(temperature=0, max_tokens=12, ignore_eos=True)))
+    out: list[int] = []
+    while eng.has_work():
+        for o in eng.step():
+            out += o.new_token_ids
+    assert len(out) == 12 and eng.runner.graphs.triton_buckets
+    assert_near_greedy(plain.model, ids, out)
+    assert eng.blocks.num_used == 0

@@ -155,3 +155,35 @@ def test_usable_only_where_it_applies():
     assert not GPUDecoder.usable(tiny(dtype=torch.float32), 1, m.new_cache(1, 16))
     odd = tiny(dim=96, n_heads=2, n_kv_heads=1)  # head_dim 48
     assert not GPUDecoder.usable(odd, 1, odd.new_cache(1, 16))
+
+
+@torch.inference_mode()
+def test_paged_step_reads_and_writes_through_the_block_table(interpreted):
+    """The engine's single-sequence step: K/V in a paged pool, scattered over blocks in table order."""
+    from hearth.model.gpu_decode import GPUDecoder
+    from hearth.model.paged import PagedKVCache
+
+    m = tiny(dtype=torch.float16, seed=4)
+    cfg, bs, prompt = m.config, 4, 9
+    ids = torch.randint(0, cfg.vocab_size, (1, prompt), generator=torch.Generator().manual_seed(5)).to(DEV)
+    cache = m.new_cache(1, 32)
+    logits = m(ids, 0, cache, last_only=True)[:, -1]
+    paged = PagedKVCache(cfg, 12, bs, DEV, torch.float16)
+    table = torch.tensor([7, 2, 11, 0, 5, 9], device=DEV)  # 24 positions in shuffled blocks
+    slots = (table[:, None] * bs + torch.arange(bs, device=DEV)).flatten()
+    paged.k[:, slots[:prompt]] = cache.k[:, 0, :, :prompt].transpose(1, 2)
+    paged.v[:, slots[:prompt]] = cache.v[:, 0, :, :prompt].transpose(1, 2)
+    nxt = logits.argmax(-1, keepdim=True)
+    dec = GPUDecoder(m, paged, nxt.clone(), torch.tensor([prompt], device=DEV), table=table, chunk=8)
+    for i in range(3):
+        ref = m(nxt, prompt + i, cache)[:, -1]
+        dec.tokens.copy_(nxt)
+        dec.pos.fill_(prompt + i)
+        torch.testing.assert_close(dec.step(), ref, rtol=4e-3, atol=8e-3)
+        nxt = ref.argmax(-1, keepdim=True)
+    end = prompt + 3
+    torch.testing.assert_close(paged.k[:, slots[:end]], cache.k[:, 0, :, :end].transpose(1, 2), rtol=2e-3, atol=4e-3)
+    torch.testing.assert_close(paged.v[:, slots[:end]], cache.v[:, 0, :, :end].transpose(1, 2), rtol=2e-3, atol=4e-3)
+    untouched = torch.ones(paged.k.shape[1], dtype=torch.bool, device=DEV)
+    untouched[slots[:end]] = False
+    assert not paged.k[:, untouched].any()  # nothing written outside the sequence's slots

@@ -5,6 +5,7 @@ Two ways to run a step:
   * CUDA graph (GPU only): steps where every sequence decodes one token. The batch is padded to a bucket size and
     each sequence's block table to a bucket width, so a handful of shapes cover every step; each is recorded once
     and replayed (one launch instead of hundreds). Padded rows write their K/V to a scratch block nobody owns.
+    A lone sequence (batch 1, bf16/fp16) runs hearth's Triton step (hearth/model/gpu_decode.py) over its block table.
   * native (CPU, GGUF block weights): the same all-decode steps as one whole-token call into hearth's kernels
     (DecodePlan.step_paged via CPUDecoder.paged), reading and writing the paged cache through the block tables.
 The greedy choice of every row (argmax) is made on the device, so the engine copies back one id per sequence, not a
@@ -21,6 +22,7 @@ from torch import Tensor
 
 from hearth.engine.scheduler import SchedulerOutput
 from hearth.model import Transformer
+from hearth.model.gpu_decode import GPUDecoder
 from hearth.model.paged import BatchMeta, PagedKVCache, PrefillChunk
 from hearth.model.static_decode import record_graph
 
@@ -85,6 +87,7 @@ class DecodeGraphs:
         self.graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, Tensor, Tensor]] = {}
         self.block_size = bs
         self.steps = 0  # steps run this way (for tests and logs)
+        self.triton_buckets: set[tuple[int, int]] = set()  # recorded as hearth's Triton step
 
     def _forward(self, b: int, w: int) -> tuple[Tensor, Tensor]:
         bs = self.block_size
@@ -120,7 +123,19 @@ class DecodeGraphs:
         return logits[:n], greedy[:n]
 
     def _record(self, b: int, w: int) -> None:
-        graph, (logits, greedy) = record_graph(lambda: self._forward(b, w), pool=self.pool)
+        if b == 1 and GPUDecoder.usable(self.model, 1, self.cache):
+            # one sequence decoding (a single client): hearth's Triton step over its block table, as `hearth run`
+            dec = GPUDecoder(self.model, self.cache, self.tokens[:1].view(1, 1), self.positions[:1],
+                             table=self.tables[0, :w])
+
+            def fn():
+                logits = dec.step()
+                return logits, logits.argmax(-1)
+            self.triton_buckets.add((b, w))
+        else:
+            def fn():
+                return self._forward(b, w)
+        graph, (logits, greedy) = record_graph(fn, pool=self.pool)
         self.graphs[(b, w)] = (graph, logits, greedy)
 
 

@@ -107,11 +107,14 @@ def _rope(x, xp, d, half, cos, sin):
 
 
 @triton.jit
-def _attend(QKV, KC, VC, O, PM, PL, PA, POS, INV_FREQ, sm_scale, stride_ch,
+def _attend(QKV, KC, VC, O, PM, PL, PA, POS, INV_FREQ, TABLE, sm_scale, stride_head, stride_row,
             H: tl.constexpr, KVH: tl.constexpr, D: tl.constexpr, G_PAD: tl.constexpr,
-            BLOCK_S: tl.constexpr, CHUNK: tl.constexpr, SPLITS: tl.constexpr, PDL: tl.constexpr):
+            BLOCK_S: tl.constexpr, CHUNK: tl.constexpr, SPLITS: tl.constexpr, PAGED: tl.constexpr,
+            BS: tl.constexpr, PDL: tl.constexpr):
     """One kv head's query group over one range of the cache. QKV: the fused q|k|v product (H + 2 KVH heads of D);
-    KC, VC: this layer's cache (KVH, S, D), row stride stride_ch per head; the new k, v go to position POS.
+    KC, VC: this layer's cache, the row of (position s, kv head h) at h * stride_head + slot(s) * stride_row, where
+    slot(s) = s (a contiguous cache) or, PAGED, TABLE[s // BS] * BS + s % BS (the engine's block table, BS-token
+    blocks); the new k, v go to position POS.
     SPLITS == 1: O (H*D) gets the attention output; else PM, PL (KVH, SPLITS, G_PAD) and PA (.., D) the partial
     max, sum and weighted values of range `split` (positions split*CHUNK ..), for _combine."""
     if PDL:
@@ -132,9 +135,13 @@ def _attend(QKV, KC, VC, O, PM, PL, PA, POS, INV_FREQ, sm_scale, stride_ch,
     kb = QKV + (H + kvh) * D
     k = _rope(tl.load(kb + d).to(tl.float32), tl.load(kb + partner).to(tl.float32), d, HALF, cos, sin).to(dt)
     v = tl.load(QKV + (H + KVH + kvh) * D + d)
+    if PAGED:
+        pslot = tl.load(TABLE + pos // BS) * BS + pos % BS
+    else:
+        pslot = pos
     if split == 0:
-        tl.store(KC + kvh * stride_ch + pos * D + d, k)
-        tl.store(VC + kvh * stride_ch + pos * D + d, v)
+        tl.store(KC + kvh * stride_head + pslot * stride_row + d, k)
+        tl.store(VC + kvh * stride_head + pslot * stride_row + d, v)
 
     g = tl.arange(0, G_PAD)
     gmask = g < GROUP
@@ -152,18 +159,22 @@ def _attend(QKV, KC, VC, O, PM, PL, PA, POS, INV_FREQ, sm_scale, stride_ch,
     acc = tl.zeros((G_PAD, D), dtype=tl.float32)
     lo = split * CHUNK
     hi = tl.minimum(lo + CHUNK, pos)  # the cache holds positions < pos; the new token is added from registers
-    kbase = KC + kvh * stride_ch
-    vbase = VC + kvh * stride_ch
+    kbase = KC + kvh * stride_head
+    vbase = VC + kvh * stride_head
     for s0 in range(lo, hi, BLOCK_S):
         s = s0 + tl.arange(0, BLOCK_S)
         smask = s < hi
-        kt = tl.load(kbase + s[:, None] * D + d[None, :], mask=smask[:, None], other=0.0).to(tl.float32)
+        if PAGED:
+            rows = (tl.load(TABLE + s // BS, mask=smask, other=0) * BS + s % BS) * stride_row
+        else:
+            rows = s * stride_row
+        kt = tl.load(kbase + rows[:, None] + d[None, :], mask=smask[:, None], other=0.0).to(tl.float32)
         sc = tl.dot(qf, tl.trans(kt)) * sm_scale
         sc = tl.where(smask[None, :], sc, float("-inf"))
         m_new = tl.maximum(m, tl.max(sc, 1))
         p = tl.exp(sc - m_new[:, None])
         alpha = tl.exp(m - m_new)
-        vt = tl.load(vbase + s[:, None] * D + d[None, :], mask=smask[:, None], other=0.0).to(tl.float32)
+        vt = tl.load(vbase + rows[:, None] + d[None, :], mask=smask[:, None], other=0.0).to(tl.float32)
         acc = acc * alpha[:, None] + tl.dot(p, vt)
         lsum = lsum * alpha + tl.sum(p, 1)
         m = m_new

@@ -102,14 +102,20 @@ def _pdl_meta(device, pdl: bool | None) -> dict:
 
 
 class Attend:
-    """RoPE, cache write and attention of one layer, over `splits` ranges of the cache merged at the end."""
+    """RoPE, cache write and attention of one layer, over `splits` ranges of the cache merged at the end.
+
+    kc, vc: a contiguous cache's layer (KVH, S, D), or with `table` (the sequence's block ids, int64 on the device)
+    a paged pool's layer (slots, KVH, D) of `block_size`-token blocks (hearth/model/paged.py)."""
 
     def __init__(self, qkv: Tensor, kc: Tensor, vc: Tensor, out: Tensor, pos: Tensor, inv_freq: Tensor,
                  n_heads: int, n_kv_heads: int, head_dim: int, block_s: int = 64, chunk: int | None = None,
-                 pdl: bool | None = None):
+                 pdl: bool | None = None, table: Tensor | None = None, block_size: int = 1):
         from hearth.kernels.triton_decode import _attend, _combine
 
-        s = kc.shape[1]
+        if table is None:
+            s, stride_head, stride_row = kc.shape[1], kc.stride(0), kc.stride(1)
+        else:
+            s, stride_head, stride_row = table.numel() * block_size, kc.stride(1), kc.stride(0)
         if chunk is None:
             chunk = attention_chunk(s, n_kv_heads, qkv.device)
         self.splits = splits = triton_next_pow2(max(1, -(-s // chunk)))
@@ -121,10 +127,11 @@ class Attend:
         self._pl = torch.empty_like(self._pm)
         self._pa = torch.empty(n_kv_heads, splits, g_pad, head_dim, device=dev)
         self._attend, self._combine = _attend, _combine
-        self._args = (qkv, kc, vc, out, self._pm, self._pl, self._pa, pos, inv_freq, 1.0 / math.sqrt(head_dim),
-                      kc.stride(0))
+        self._args = (qkv, kc, vc, out, self._pm, self._pl, self._pa, pos, inv_freq, table if table is not None else pos,
+                      1.0 / math.sqrt(head_dim), stride_head, stride_row)
         self._meta = dict(H=n_heads, KVH=n_kv_heads, D=head_dim, G_PAD=g_pad, BLOCK_S=block_s, CHUNK=chunk,
-                          SPLITS=splits, num_warps=4, **_pdl_meta(qkv.device, pdl))
+                          SPLITS=splits, PAGED=table is not None, BS=block_size, num_warps=4,
+                          **_pdl_meta(qkv.device, pdl))
         self._cargs = (out, self._pm, self._pl, self._pa)
         self._cmeta = dict(H=n_heads, KVH=n_kv_heads, D=head_dim, G_PAD=g_pad, SPLITS=splits, num_warps=4,
                            **_pdl_meta(qkv.device, pdl))
@@ -140,9 +147,11 @@ class GPUDecoder:
     """The whole one-token step of a fast-path Transformer over a batch-1 KVCache, as bound kernel launches.
 
     `step()` reads `tokens` (1, 1) and `pos` (1,) from the device and writes `logits` (1, vocab) fp32, advancing
-    nothing itself (StaticDecoder owns the position)."""
+    nothing itself (StaticDecoder owns the position). With `table` (the sequence's block ids on the device), `cache`
+    is the engine's PagedKVCache and the step reads and writes the sequence's K/V through it."""
 
-    def __init__(self, model, cache, tokens: Tensor, pos: Tensor, chunk: int | None = None):
+    def __init__(self, model, cache, tokens: Tensor, pos: Tensor, chunk: int | None = None,
+                 table: Tensor | None = None):
         cfg = model.config
         dev, dt = model.device, model.dtype
         self.tokens, self.pos, self.model = tokens, pos, model
@@ -155,11 +164,16 @@ class GPUDecoder:
         inv_freq = model.inv_freq.to(dev, torch.float32).contiguous()
         self._keep = (qkv, att, act, inv_freq)
         self._launches = []
+
+        def kv(i: int) -> tuple[Tensor, Tensor]:  # the layer's K and V: (KVH, S, D) contiguous, or paged pools
+            return (cache.k[i, 0], cache.v[i, 0]) if table is None else (cache.k[i], cache.v[i])
+
         for i, layer in enumerate(model.layers):
             a, ff = layer.attention, layer.feed_forward
             self._launches += [
                 GEMV(a.wqkv.weight, self.x, qkv, norm=layer.attention_norm),
-                Attend(qkv, cache.k[i, 0], cache.v[i, 0], att, pos, inv_freq, h, kvh, hd, chunk=chunk),
+                Attend(qkv, *kv(i), att, pos, inv_freq, h, kvh, hd, chunk=chunk, table=table,
+                       block_size=getattr(cache, "block_size", 1)),
                 GEMV(a.wo.weight, att, self.x, residual=self.x),
                 GEMV(ff.w13.weight, self.x, act, norm=layer.ffn_norm, swiglu=True),
                 GEMV(ff.w2.weight, act, self.x, residual=self.x),
