@@ -12,11 +12,14 @@ with the input chunk shared across its rows, and takes the layer's glue into the
   and fp32 output (the logits).
 * `_attend`: RoPE of the new q and k, the cache write of k and v at the position held on the device, and attention
   of the query heads of one kv head (grouped-query attention without repeating K/V) over the filled part of the
-  cache, in `splits` ranges of the sequence whose partial softmax states `_combine` merges (flash-decoding).
+  cache, in `splits` ranges of the sequence whose partial softmax states `_combine` merges (flash-decoding). The
+  cache is contiguous (StaticDecoder) or the serving engine's paged pool, read through the sequence's block table.
+* Programmatic dependent launch (Hopper): each kernel lets the next one start while it runs and waits for it only
+  before reading what it produced, so kernel boundaries cost less than a full drain of the GPU.
 
 Every rounding to the compute dtype happens where the plain path (hearth/model/llama.py) rounds, so logits agree
 with it to within the summation order (tests/test_gpu_decode.py runs these kernels in Triton's interpreter on the
-CPU; tests/test_cuda.py on a GPU).
+CPU, and compiled where a GPU is present).
 """
 
 from __future__ import annotations
