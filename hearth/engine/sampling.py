@@ -108,8 +108,7 @@ class Sampler:
     @property
     def plain_greedy(self) -> bool:
         """Greedy with no penalties: the next token is the argmax of the raw logits (computable on the device)."""
-        p = self.params
-        return p.greedy and p.repetition_penalty == 1.0 and not p.presence_penalty and not p.frequency_penalty
+        return self.params.greedy and not self.uses_context
 
     @property
     def uses_context(self) -> bool:

@@ -77,10 +77,8 @@ class GEMV:
 
         n_all, k = weight.shape
         n = n_all // 2 if swiglu else n_all
-        cfg = dict(config or gemv_config(n, k, swiglu))
-        warps = cfg.pop("num_warps", 4)
-        stages = cfg.pop("num_stages", None)
-        bn, bk = cfg["BLOCK_N"], cfg["BLOCK_K"]
+        cfg = config or gemv_config(n, k, swiglu)
+        bn, bk, warps = cfg["BLOCK_N"], cfg["BLOCK_K"], cfg.get("num_warps", 4)
         self._kernel = _gemv
         self._grid = ((n + bn - 1) // bn,)
         self._args = (weight, x, norm.weight if norm is not None else x, residual if residual is not None else out,
@@ -89,8 +87,6 @@ class GEMV:
                           BLOCK_K=bk, K_POW2=triton_next_pow2(k), EVEN_N=n % bn == 0, EVEN_K=k % bk == 0,
                           num_warps=warps)
         self._meta.update(_pdl_meta(weight.device, pdl))
-        if stages is not None:
-            self._meta["num_stages"] = stages
 
     def __call__(self) -> None:
         self._kernel[self._grid](*self._args, **self._meta)
@@ -127,8 +123,9 @@ class Attend:
         self._pl = torch.empty_like(self._pm)
         self._pa = torch.empty(n_kv_heads, splits, g_pad, head_dim, device=dev)
         self._attend, self._combine = _attend, _combine
-        self._args = (qkv, kc, vc, out, self._pm, self._pl, self._pa, pos, inv_freq, table if table is not None else pos,
-                      1.0 / math.sqrt(head_dim), stride_head, stride_row)
+        unused = pos  # TABLE of a contiguous cache: never read (PAGED is off), any pointer will do
+        self._args = (qkv, kc, vc, out, self._pm, self._pl, self._pa, pos, inv_freq,
+                      table if table is not None else unused, 1.0 / math.sqrt(head_dim), stride_head, stride_row)
         self._meta = dict(H=n_heads, KVH=n_kv_heads, D=head_dim, G_PAD=g_pad, BLOCK_S=block_s, CHUNK=chunk,
                           SPLITS=splits, PAGED=table is not None, BS=block_size, num_warps=4,
                           **_pdl_meta(qkv.device, pdl))
@@ -162,7 +159,6 @@ class GPUDecoder:
         act = torch.empty(1, cfg.hidden_dim, device=dev, dtype=dt)
         self.logits = torch.empty(1, cfg.vocab_size, device=dev, dtype=torch.float32)
         inv_freq = model.inv_freq.to(dev, torch.float32).contiguous()
-        self._keep = (qkv, att, act, inv_freq)
         self._launches = []
 
         def kv(i: int) -> tuple[Tensor, Tensor]:  # the layer's K and V: (KVH, S, D) contiguous, or paged pools
