@@ -182,6 +182,10 @@ def load(
         raise HearthError(f"unknown KV cache type {kv_cache!r}; use {', '.join(KV_CACHE_TYPES)}")
     if kv_cache != "auto" and dev.type != "cpu":
         raise HearthError(f"--kv-cache {kv_cache} applies to the CPU; on {dev.type} the cache holds the compute dtype (use auto)")
+    if dev.type == "cpu":
+        from hearth.runtime import return_large_frees
+
+        return_large_frees()  # freed prefill activations go back to the OS, not kept in the heap (hearth/runtime.py)
     ckpt = open_checkpoint(resolve_model(ref))
     tokenizer = Tokenizer.from_data(ckpt.tokenizer)
     template = ChatTemplate(ckpt.tokenizer.chat_template, ckpt.tokenizer.special_tokens)

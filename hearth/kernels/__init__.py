@@ -24,6 +24,10 @@ log = logging.getLogger(__name__)
 _SRC = Path(__file__).with_name("gguf_cpu.cpp")
 # GGML type ids the kernel reads natively (F16: fp16 rows, activations rounded to fp16 as ggml does)
 NATIVE_TYPES = {1: "F16", 2: "Q4_0", 3: "Q4_1", 8: "Q8_0"}
+# OpenMP so at::parallel_for uses torch's thread pool (libgomp.so.1 is already loaded by torch, so no second runtime
+# is started)
+_CFLAGS = ("-O3", "-mavx2", "-mfma", "-mf16c", "-fno-math-errno", "-fopenmp")
+_DONE = "BUILT"  # marker file: the build directory holds a complete library
 
 
 def _cpu_has_avx2() -> bool:
@@ -46,8 +50,19 @@ def gguf_ops():
     """torch.ops.hearth with gguf_mm / gguf_dequant, or None when the native kernels are unavailable here."""
     if os.environ.get("HEARTH_NO_KERNELS") == "1" or not _cpu_has_avx2():
         return None
-    digest = hashlib.sha256(_SRC.read_bytes() + torch.__version__.encode()).hexdigest()[:16]
+    digest = hashlib.sha256(_SRC.read_bytes() + torch.__version__.encode() + " ".join(_CFLAGS).encode()).hexdigest()[:16]
     build = cache_dir() / f"gguf_cpu-{digest}"
+    built = build / "hearth_gguf_cpu.so"
+    if built.exists() and (build / _DONE).exists():
+        # Built before: load it directly. torch's cpp_extension.load would do the same after importing setuptools
+        # and running ninja to find nothing to do (~0.3 s and ~10 MiB of modules at every start).
+        try:
+            torch.ops.load_library(str(built))
+            _register_fakes()
+            return torch.ops.hearth
+        except Exception as e:  # a damaged file: rebuild it below
+            log.warning("the cached kernels %s do not load (%s); rebuilding", built, str(e)[:200])
+            (build / _DONE).unlink(missing_ok=True)
     build.mkdir(parents=True, exist_ok=True)
     try:
         from torch.utils.cpp_extension import load
@@ -65,13 +80,12 @@ def gguf_ops():
             name="hearth_gguf_cpu",
             sources=[str(src)],
             build_directory=str(build),
-            # OpenMP so at::parallel_for uses torch's thread pool (libgomp.so.1 is already loaded by torch,
-            # so no second runtime is started)
-            extra_cflags=["-O3", "-mavx2", "-mfma", "-mf16c", "-fno-math-errno", "-fopenmp"],
+            extra_cflags=list(_CFLAGS),
             extra_ldflags=["-fopenmp"],
             is_python_module=False,
             verbose=False,
         )
+        (build / _DONE).touch()  # written after a complete build only (see the fast path above)
     except Exception as e:  # no compiler, no ninja, headers missing: run on dequantized weights instead
         log.warning("hearth's quantized CPU kernels are unavailable (%s); using dequantized weights", str(e)[:200])
         return None
