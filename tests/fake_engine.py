@@ -46,6 +46,7 @@ class FakeEngine:
         self.max_model_len = max_model_len
         self.model_name = model_name
         self.max_waiting = max_waiting
+        self.max_group = 64  # the most requests one HTTP request may start (AsyncEngine: max_num_seqs + max_waiting)
         self.settings = Settings()
         self.requests: list[EngineRequest] = []
         self.aborted: list[str] = []

@@ -154,6 +154,7 @@ def test_async_engine_streams_aborts_and_bounds_its_queue(lm, alone):
             assert eng.stats().running == 0 and eng.stats().kv_blocks_used == 0
             # a full waiting queue refuses new work instead of growing without end
             eng.config.max_waiting = 0  # every slot of the waiting queue "taken"
+            eng.config.max_num_seqs = 0  # and no free batch slot to take the request at the next step
             with pytest.raises(QueueFullError):
                 await eng.generate(EngineRequest("c", [1, 2], GREEDY)).__anext__()
         finally:
@@ -198,3 +199,17 @@ def test_cpu_kv_pool_is_zero_and_costs_memory_only_as_it_fills(dtype):
     assert torch.count_nonzero(pool.k[:, :5000]) == 0 and torch.count_nonzero(pool.v[-1, -5000:]) == 0
     pool.k[0, :64] = 1.5
     assert pool.k[0, :64].float().sum().item() == 1.5 * 64 * 4 * 16
+
+
+def test_context_is_capped_to_what_the_cache_holds(lm, caplog):
+    """A KV cache smaller than the model's context serves the context it holds (and says so), instead of
+    advertising the model's and refusing every request that asks for the rest of it."""
+    with caplog.at_level("WARNING", logger="hearth"):
+        eng = LLMEngine(lm, EngineConfig(num_blocks=4, block_size=16))
+    assert eng.max_model_len == 64 < lm.model.config.max_seq_len
+    assert "serving a context of 64" in caplog.text
+    with pytest.raises(ContextLengthError):
+        eng.add_request(EngineRequest("x", [1] * 60, SamplingParams(max_tokens=5)))
+    eng.add_request(EngineRequest("y", [1] * 60, SamplingParams(max_tokens=4)))  # exactly the whole cache
+    while eng.has_work():
+        eng.step()

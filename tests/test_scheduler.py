@@ -84,3 +84,20 @@ def test_finish_frees_blocks_wherever_the_sequence_is():
     s.finish(a)
     s.finish(b)
     assert bm.num_free == 10 and not s.has_work()
+
+
+def test_long_prefill_leaves_room_for_arrivals():
+    """A short request arriving behind a long prompt starts at the next step, not after the whole prefill."""
+    s = Scheduler(BlockManager(100, 16), max_num_seqs=8, max_num_batched_tokens=64)
+    long = seq("long", 600)
+    s.add(long)
+    plan = run_step(s)
+    assert [(x.seq.request_id, x.num_tokens) for x in plan.scheduled] == [("long", 64)]  # alone: the whole budget
+    short = seq("short", 10)
+    s.add(short)
+    plan = run_step(s)
+    sizes = {x.seq.request_id: x.num_tokens for x in plan.scheduled}
+    assert sizes == {"long": 32, "short": 10}  # half the budget while someone waits; the arrival is admitted
+    assert short.num_generated == 1  # its first token is drawn in this step
+    plan = run_step(s)
+    assert {x.seq.request_id: x.num_tokens for x in plan.scheduled} == {"long": 63, "short": 1}  # nobody waits

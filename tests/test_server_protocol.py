@@ -18,6 +18,7 @@ from fastapi.testclient import TestClient
 
 from fake_engine import FakeEngine
 from hearth.server import build_app
+from hearth.server.common import ServerContext
 
 CHAT = "/v1/chat/completions"
 COMPLETIONS = "/v1/completions"
@@ -161,11 +162,37 @@ def test_chat_logprobs_format(client, engine):
     assert len(content) == 3
     for entry in content:
         assert set(entry) == {"token", "logprob", "bytes", "top_logprobs"}
-        assert entry["bytes"] == list(entry["token"].encode())
         assert len(entry["top_logprobs"]) == 2
         assert entry["top_logprobs"][0]["token"] == entry["token"]
+    # each token's own bytes: together they are the content's, also where a token holds part of a character
+    choice = r.json()["choices"][0]
+    assert b"".join(bytes(e["bytes"]) for e in content).decode("utf-8", errors="replace") == choice["message"]["content"]
     r = client.post(CHAT, json={"messages": HELLO, "max_tokens": 2, "logprobs": True})
     assert all(e["top_logprobs"] == [] for e in r.json()["choices"][0]["logprobs"]["content"])
+
+
+def test_logprob_tokens_that_split_a_character(client, engine):
+    """Byte-level tokens holding part of a UTF-8 character: `bytes` are theirs, their names OpenAI's "bytes:\\x.."
+    form (distinct keys in top_logprobs), and text_offset counts characters of the text."""
+    tok = engine.tokenizer
+    text = "I love 🙂 and 日本語 🦜 too"
+    ids = tok.encode(text)
+    partial = [i for i in ids if "\ufffd" in tok.decode([i])]
+    assert len(partial) >= 2  # the tiny tokenizer splits these characters into byte pieces
+    r = client.post(COMPLETIONS, json={"prompt": ids, "max_tokens": 0, "echo": True, "logprobs": 1})
+    lp = r.json()["choices"][0]["logprobs"]
+    for i, t in zip(ids, lp["tokens"]):
+        if i in partial:
+            raw = tok.token_bytes(i)
+            assert t == "bytes:" + "".join(f"\\x{b:02x}" for b in raw)
+    assert len(set(lp["tokens"][j] for j, i in enumerate(ids) if i in partial)) == len(set(partial))
+    offsets = lp["text_offset"]
+    assert offsets == sorted(offsets) and offsets[-1] < len(text)
+    for n in range(len(ids)):
+        prefix = tok.decode(ids[:n])
+        if "\ufffd" not in prefix:  # a whole number of characters: the offset is exactly its length
+            assert offsets[n] == len(prefix), n
+    assert text[offsets[-1]:] == tok.decode(ids[-1:])
 
 
 def test_finish_reason_stop_on_eos(client, engine):
@@ -257,11 +284,11 @@ def test_echo_logprobs_with_zero_max_tokens_scores_the_prompt(client, engine):
     assert engine.requests[-1].prompt_logprobs == 1
     assert choice["text"] == engine.tokenizer.decode(ids)
     lp = choice["logprobs"]
-    assert lp["tokens"] == [engine.tokenizer.decode([t], skip_special=False) for t in ids]
+    assert lp["tokens"] == [ServerContext(engine, ("m",), None).token_str(t) for t in ids]
     assert lp["token_logprobs"][0] is None and lp["top_logprobs"][0] is None
     assert lp["token_logprobs"][1:] == pytest.approx([-1.0 - 0.01 * i for i in range(4)])
     assert all(lp["tokens"][i] in lp["top_logprobs"][i] for i in range(1, 5))  # the actual token is listed
-    assert lp["text_offset"] == [sum(len(t) for t in lp["tokens"][:i]) for i in range(5)]
+    assert lp["text_offset"] == [len(engine.tokenizer.decode(ids[:i], skip_special=False).rstrip("\ufffd")) for i in range(5)]
     assert body["usage"] == {"prompt_tokens": 5, "completion_tokens": 0, "total_tokens": 5}
 
 
@@ -282,7 +309,7 @@ def test_completion_logprobs_without_echo(client):
     assert all(len(top) == 1 and tok in top for tok, top in zip(lp["tokens"], lp["top_logprobs"]))
 
 
-def test_return_tokens_as_token_ids(client):
+def test_return_tokens_as_token_ids(client, engine):
     body = {"prompt": [5, 6], "max_tokens": 2, "echo": True, "logprobs": 1, "return_tokens_as_token_ids": True}
     lp = client.post(COMPLETIONS, json=body).json()["choices"][0]["logprobs"]
     assert lp["tokens"][:2] == ["token_id:5", "token_id:6"]
@@ -290,7 +317,8 @@ def test_return_tokens_as_token_ids(client):
     r = client.post(CHAT, json={"messages": HELLO, "max_tokens": 2, "logprobs": True, "top_logprobs": 1,
                                 "return_tokens_as_token_ids": True})
     entry = r.json()["choices"][0]["logprobs"]["content"][0]
-    assert entry["token"].startswith("token_id:") and entry["bytes"] == list(entry["token"].encode())
+    assert entry["token"].startswith("token_id:")
+    assert entry["bytes"] == list(engine.tokenizer.token_bytes(int(entry["token"].split(":")[1])))  # the token's own
 
 
 def test_completion_stream_with_echo_and_usage(client, engine):
@@ -372,6 +400,9 @@ def test_bad_request_is_400_naming_the_field(client, engine, path, body, param, 
     (b"[1, 2]", "JSON object"),
     (b'{"prompt": "x", "temperature": NaN}', "NaN"),
     (b'{"prompt": "x", "max_tokens": Infinity}', "Infinity"),
+    (b'{"prompt": "\\ud800 x"}', "surrogate"),  # valid JSON, but no Unicode text
+    (b'{"model": "\\udfff", "prompt": "x"}', "surrogate"),
+    (b'{"prompt": ' + b"[" * 2000 + b"]" * 2000 + b"}", "nested too deeply"),
 ])
 def test_unparseable_bodies_are_400(client, raw, words):
     assert_error(client.post(COMPLETIONS, content=raw, headers={"content-type": "application/json"}), 400, None, words)
@@ -384,7 +415,7 @@ def test_prompt_too_long_says_by_how_much(client, engine):
     assert err["code"] == "context_length_exceeded"
     long_text = "word " * 400
     err = assert_error(client.post(CHAT, json={"messages": [{"role": "user", "content": long_text}]}), 400, "messages",
-                       "tokens too many")
+                       "leaving none to generate")
     assert err["code"] == "context_length_exceeded"
     n = len(engine.tokenizer.encode(engine.chat_template.render(HELLO), add_bos=False))
     assert_error(client.post(CHAT, json={"messages": HELLO, "max_tokens": 256 - n + 1}), 400, "messages", "1 tokens too many")
@@ -424,6 +455,30 @@ def test_queue_full_is_429_with_retry_after(client, engine):
     err = assert_error(r, 429)
     assert err["type"] == "rate_limit_error" and r.headers["retry-after"] == "1"
     engine.max_waiting = 8
+    still_serving(client)
+
+
+def test_null_means_the_default(client, engine):
+    """The openai SDK sends null for every argument passed as None; OpenAI's schema allows it for these."""
+    body = {"messages": HELLO, "max_tokens": 2, "n": None, "stream": None, "presence_penalty": None,
+            "frequency_penalty": None, "logprobs": None, "top_k": None, "min_p": None, "repetition_penalty": None,
+            "ignore_eos": None, "temperature": None, "top_p": None, "seed": None, "stop": None}
+    r = client.post(CHAT, json=body)
+    assert r.status_code == 200, r.text
+    assert len(r.json()["choices"]) == 1 and r.json()["choices"][0]["logprobs"] is None
+    p = engine.requests[-1].params
+    assert (p.temperature, p.top_p, p.top_k, p.min_p, p.repetition_penalty, p.presence_penalty) == (1.0, 1.0, 0, 0.0, 1.0, 0.0)
+    r = client.post(COMPLETIONS, json={"prompt": "x", "max_tokens": 2, "echo": None, "n": None})
+    assert r.status_code == 200, r.text
+    assert_error(client.post(CHAT, json={"messages": None}), 400, "messages")  # required stays required
+
+
+def test_more_sequences_than_the_server_holds_is_400(client, engine):
+    """A request that could never be admitted whole is refused as such, not answered "retry later" (429)."""
+    err = assert_error(client.post(COMPLETIONS, json={"prompt": ["a"] * 40, "n": 2, "max_tokens": 1}), 400, "n",
+                       f"needs 80 sequences")
+    assert str(engine.max_group) in err["message"]
+    assert not engine.requests
     still_serving(client)
 
 

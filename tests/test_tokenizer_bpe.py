@@ -360,3 +360,18 @@ def test_gpt2_regex_pre_tokenizer(l3, tmp_path, pre):
         assert all(same.values()), same
     else:
         assert not same["contractions"] and not same["textwrap_source"] and same["scripts"], same
+
+
+def test_smollm2_token_bytes_are_llama_cpps(smollm2, llama_smollm2):
+    """Every token's own bytes (OpenAI logprobs' `bytes`), partial UTF-8 characters included, as llama.cpp's
+    token_to_piece gives them (llama-cpp-python's buffer holds 32 bytes: longer pieces come back empty there)."""
+    checked = 0
+    for i in range(smollm2.vocab_size):
+        ref = llama_smollm2.detokenize([i], special=True)
+        ours = smollm2.token_bytes(i)
+        if ref or len(ours) <= 32:
+            assert ours == ref, i
+            checked += 1
+    assert checked > smollm2.vocab_size - 100
+    ids = smollm2.encode("I love 🙂 and 日本語 🦜<|im_end|>")
+    assert b"".join(smollm2.token_bytes(i) for i in ids).decode() == "I love 🙂 and 日本語 🦜<|im_end|>"

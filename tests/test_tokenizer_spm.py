@@ -286,3 +286,11 @@ def test_without_space_prefix(m_noprefix, text):
     if "<s>" not in text:
         assert t.encode(text) == [BOS] + sp.encode(text)
         assert t.decode(t.encode(text)) == text
+
+
+def test_token_bytes_are_llama_cpps(m):
+    """SentencePiece pieces as bytes: "▁" a space, <0xNN> one raw byte; llama.cpp's token_to_piece agrees."""
+    for i in range(len(m.vocab.tokens)):
+        ours = m.tok.token_bytes(i)
+        assert ours == m.llama.detokenize([i], special=True), (i, m.vocab.tokens[i])
+    assert m.tok.token_bytes(m.byte_ids[0xE2]) == b"\xe2"

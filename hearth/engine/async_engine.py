@@ -83,6 +83,11 @@ class AsyncEngine:
         return EngineStats(e.num_running, e.num_waiting + pending, e.blocks.num_used, e.blocks.num_blocks)
 
     # -- requests -----------------------------------------------------------------------------------
+    @property
+    def max_group(self) -> int:
+        """The most requests one HTTP request may start (n choices x prompts): a batch plus a full queue."""
+        return self.config.max_num_seqs + self.config.max_waiting
+
     async def generate(self, req: EngineRequest) -> AsyncIterator[RequestOutput]:
         """Stream outputs for one request. Closing the iterator early aborts the request."""
         if not self.alive:
@@ -91,7 +96,10 @@ class AsyncEngine:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
         with self._lock:
-            if self.engine.num_waiting + len(self._inbox) >= self.config.max_waiting:
+            # waiting beyond what the free batch slots will take at the next step (an idle server takes a
+            # group of max_num_seqs at once: they are not "queued")
+            free = max(self.config.max_num_seqs - self.engine.num_running, 0)
+            if self.engine.num_waiting + len(self._inbox) >= self.config.max_waiting + free:
                 raise QueueFullError(f"the server is busy ({self.config.max_waiting} requests waiting); retry later")
             if req.request_id in self._queues:
                 raise HearthError(f"duplicate request id {req.request_id}")

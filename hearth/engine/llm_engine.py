@@ -63,6 +63,11 @@ class LLMEngine:
         num_blocks = config.num_blocks or max(
             config.kv_cache_bytes // PagedKVCache.bytes_per_block(lm.model.config, config.block_size, lm.model.cache_dtype), 1
         )
+        if num_blocks * config.block_size < self.max_model_len:  # vLLM refuses to start; a smaller context serves
+            log.warning("the KV cache holds %d tokens, less than the model's context of %d: serving a context of %d "
+                        "(give more cache memory for the full context)", num_blocks * config.block_size,
+                        self.max_model_len, num_blocks * config.block_size)
+            self.max_model_len = num_blocks * config.block_size
         self.blocks = BlockManager(num_blocks, config.block_size)
         self.scheduler = Scheduler(self.blocks, config.max_num_seqs, config.max_num_batched_tokens)
         self.runner = ModelRunner(lm.model, num_blocks, config.block_size, config.max_num_seqs, self.max_model_len,

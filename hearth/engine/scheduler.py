@@ -1,10 +1,11 @@
 """Continuous batching: which sequences run this step, and how many tokens each.
 
-Each step has a token budget. Running sequences go first (a decode costs one token; a sequence still
-prefilling takes the next chunk of its prompt), then waiting ones are admitted in arrival order while
-the budget, the sequence limit and free KV blocks allow. Long prompts are cut into chunks, so a new
-prompt never stalls running streams for more than one step. When blocks run out, the most recently
-admitted sequence is preempted: its blocks are freed and it is recomputed later (vLLM's policy).
+Each step has a token budget. Running sequences go first, decodes before prefills (a decode costs one token; a
+sequence still prefilling takes the next chunk of its prompt), then waiting ones are admitted in arrival order while
+the budget, the sequence limit and free KV blocks allow. Long prompts are cut into chunks, so a new prompt never
+stalls running streams for more than one step; while others wait, a prefill takes at most half the budget, so a long
+prompt does not hold back the requests that arrive after it. When blocks run out, the most recently admitted
+sequence is preempted: its blocks are freed and it is recomputed later (vLLM's policy).
 No torch: plain data in, a plan out.
 """
 
@@ -98,13 +99,20 @@ class Scheduler:
         budget = self.budget
         out = SchedulerOutput([])
         scheduled_ids = set()
-        # 1. running sequences, oldest first
-        for seq in list(self.running):
+        # While requests wait, a prompt still being prefilled takes at most half the budget (vLLM's
+        # long_prefill_token_threshold): a short request that arrives behind a long prompt starts at the next step
+        # instead of after the whole prefill.
+        chunk = max(self.budget // 2, 1) if self.waiting else self.budget
+        # 1. running sequences, oldest first: decodes (one token each), then the chunks of prompts still prefilling,
+        # so a prefill never holds back the streams already generating
+        decoding = [s for s in self.running if len(s.token_ids) - s.num_computed == 1]
+        prefilling = [s for s in self.running if len(s.token_ids) - s.num_computed != 1]
+        for seq in decoding + prefilling:
             if budget <= 0:
                 break
             if seq.status is not Status.RUNNING:
                 continue  # preempted earlier in this loop
-            n = min(len(seq.token_ids) - seq.num_computed, budget)
+            n = min(len(seq.token_ids) - seq.num_computed, budget, chunk)
             while not self.blocks.grow(seq.block_table, seq.num_computed + n):
                 victim = next((s for s in reversed(self.running) if id(s) not in scheduled_ids), None)
                 if victim is None:

@@ -35,6 +35,7 @@ class ServerContext:
     model_names: tuple[str, ...]
     metrics: Metrics
     _token_str: dict[int, str] = field(default_factory=dict)
+    _token_bytes: dict[int, list[int]] = field(default_factory=dict)
 
     @property
     def model_name(self) -> str:
@@ -52,8 +53,23 @@ class ServerContext:
             return f"token_id:{token_id}"
         s = self._token_str.get(token_id)
         if s is None:
-            s = self._token_str[token_id] = self.engine.tokenizer.decode([token_id], skip_special=False)
+            tok = self.engine.tokenizer
+            s = tok.decode([token_id], skip_special=False)
+            if "\ufffd" in s:  # part of a character: OpenAI's "bytes:\xe6\x97" form, so such tokens stay distinct
+                raw = tok.token_bytes(token_id)
+                try:
+                    raw.decode("utf-8")
+                except UnicodeDecodeError:
+                    s = "bytes:" + "".join(f"\\x{b:02x}" for b in raw)
+            self._token_str[token_id] = s
         return s
+
+    def token_bytes(self, token_id: int) -> list[int]:
+        """The token's UTF-8 bytes (a part of a character for some), as OpenAI's logprob `bytes`."""
+        b = self._token_bytes.get(token_id)
+        if b is None:
+            b = self._token_bytes[token_id] = list(self.engine.tokenizer.token_bytes(token_id))
+        return b
 
     def check_token_ids(self, ids: list[int], param: str) -> None:
         vocab = self.engine.tokenizer.vocab_size
@@ -61,17 +77,21 @@ class ServerContext:
             if not 0 <= t < vocab:
                 raise BadRequest(f"{param}: token id {t} at position {i} is outside the vocabulary [0, {vocab})", param=param)
 
-    def check_fits(self, n_prompt: int, max_tokens: int, what: str) -> None:
+    def check_fits(self, n_prompt: int, max_tokens: int | None, what: str) -> None:
+        """max_tokens None: the caller asked for none (the rest of the context), so at least one must fit."""
         ctx = self.engine.max_model_len
         if n_prompt == 0:
             raise BadRequest(f"the {what} is empty: give at least one token of input", param=what)
-        over = n_prompt + max_tokens - ctx
+        over = n_prompt + (max_tokens or 1) - ctx
         if over > 0:
-            raise BadRequest(
-                f"this model's maximum context length is {ctx} tokens, but the {what} has {n_prompt} tokens and "
-                f"max_tokens is {max_tokens}: {over} tokens too many; shorten the {what} or lower max_tokens",
-                param=what, code="context_length_exceeded",
-            )
+            takes = "take" if what == "messages" else "takes"
+            if max_tokens is None:
+                msg = f"the {what} {takes} {n_prompt} tokens, leaving none to generate: shorten the {what}"
+            else:
+                msg = (f"the {what} {takes} {n_prompt} tokens and max_tokens is {max_tokens}: {over} tokens too many; "
+                       f"shorten the {what} or lower max_tokens")
+            raise BadRequest(f"this model's maximum context length is {ctx} tokens, but {msg}", param=what,
+                             code="context_length_exceeded")
 
 
 def logprob(x: float) -> float:
@@ -112,6 +132,11 @@ class RequestGroup:
 
     async def start(self) -> None:
         """Submit every request and wait until each has produced its first output (or failed)."""
+        cap = getattr(self.engine, "max_group", None)
+        if cap is not None and len(self.requests) > cap:
+            raise BadRequest(f"this request needs {len(self.requests)} sequences (prompts x n) but the server takes at "
+                             f"most {cap} at once (--max-num-seqs + --max-waiting); send fewer prompts or a smaller n",
+                             param="n")
         for i, req in enumerate(self.requests):
             self._tasks.append(asyncio.create_task(self._pump(i, req)))
         seen: set[int] = set()

@@ -10,7 +10,7 @@ reach the sampler; the openai SDK sends them through `extra_body`.
 from __future__ import annotations
 
 import time
-from typing import Any, Literal, Optional, Union
+from typing import Any, Literal, Optional, Union, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, field_validator, model_validator
 
@@ -27,8 +27,23 @@ class FieldError(ValueError):
         self.param = param
 
 
+def _accepts_none(annotation: Any) -> bool:
+    return annotation is None or type(None) in get_args(annotation)
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_means_default(cls, data: Any) -> Any:
+        """`"n": null` is the default, as in OpenAI's schema ("integer or null") and vLLM: the openai SDK sends null
+        for every argument a caller passes as None. Fields where null means something of its own keep it."""
+        if not isinstance(data, dict):
+            return data
+        fields = cls.model_fields
+        return {k: v for k, v in data.items()
+                if not (v is None and k in fields and not _accepts_none(fields[k].annotation))}
 
 
 # ---------------------------------------------------------------------------------------- requests

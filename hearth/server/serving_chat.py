@@ -40,8 +40,7 @@ class ChatService:
         ctx_len = self.ctx.engine.max_model_len
         max_tokens = req.requested_max_tokens()
         if max_tokens is None:  # the rest of the context, as vLLM does
-            if len(ids) >= ctx_len:
-                self.ctx.check_fits(len(ids), 1, "messages")
+            self.ctx.check_fits(len(ids), None, "messages")
             max_tokens = ctx_len - len(ids)
         self.ctx.check_fits(len(ids), max_tokens, "messages")
         rid = random_id("chatcmpl")
@@ -60,7 +59,7 @@ class ChatService:
 
         def top(token_id: int, lp: float) -> TopLogprob:
             s = self.ctx.token_str(token_id, req.return_tokens_as_token_ids)
-            return TopLogprob(token=s, logprob=logprob(lp), bytes=list(s.encode("utf-8")))
+            return TopLogprob(token=s, logprob=logprob(lp), bytes=self.ctx.token_bytes(token_id))
 
         out = []
         for e in entries or []:

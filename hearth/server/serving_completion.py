@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from hearth.engine.request import EngineRequest, RequestOutput, TokenLogprob
+from hearth.tokenizer.tokenizer import TextStreamDecoder
 from hearth.server.common import EventStream, RequestGroup, ServerContext, logprob, random_id, sampling_params
 from hearth.server.errors import error_event
 from hearth.server.protocol import CompletionChoice, CompletionLogprobs, CompletionRequest, CompletionResponse, UsageInfo
@@ -31,7 +32,8 @@ class _Choice:
     prompt: _Prompt
     text: str = ""
     logprobs: CompletionLogprobs | None = None
-    offset: int = 0  # text_offset of the next token
+    offset: int = 0  # text_offset of the next token: characters of text so far
+    decoder: TextStreamDecoder | None = None  # counts them, a character split across tokens where it starts
     started: bool = False
     finish_reason: str | None = None
     generated: int = 0
@@ -81,11 +83,13 @@ class CompletionService:
     # -- logprobs in the legacy format ----------------------------------------------------------------
     def _add_logprobs(self, req: CompletionRequest, c: _Choice, entries: list[TokenLogprob | None], ids: list[int]) -> None:
         lp, k, as_ids = c.logprobs, req.logprobs, req.return_tokens_as_token_ids
+        if c.decoder is None:
+            c.decoder = self.ctx.engine.tokenizer.stream(skip_special=False)
         for token_id, e in zip(ids, entries):
             s = self.ctx.token_str(token_id, as_ids)
             lp.tokens.append(s)
             lp.text_offset.append(c.offset)
-            c.offset += len(s)
+            c.offset += len(c.decoder.push(token_id))
             if e is None:  # the first prompt token: nothing predicts it
                 lp.token_logprobs.append(None)
                 lp.top_logprobs.append(None)

@@ -56,8 +56,15 @@ async def read_json(request: Request, limit: int) -> dict[str, Any]:
         raise BadRequest(f"the request body is not valid JSON: {e.msg} (line {e.lineno}, column {e.colno})") from None
     except ValueError as e:
         raise BadRequest(f"the request body is not valid JSON: {e}") from None
+    except RecursionError:
+        raise BadRequest("the request body is nested too deeply; send a flatter JSON object") from None
     if not isinstance(data, dict):
         raise BadRequest("the request body must be a JSON object")
+    try:  # JSON may escape lone UTF-16 surrogates (\ud800): valid JSON, but no text a tokenizer or a reply can hold
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadRequest("the request body contains an unpaired surrogate escape (\\ud800-\\udfff); "
+                         "strings must be valid Unicode") from None
     return data
 
 

@@ -2,10 +2,28 @@
 
 from __future__ import annotations
 
+import functools
+
 from tokenizers import Tokenizer as HFTokenizer
 
 from hearth.errors import ModelFormatError
 from hearth.weights.types import TokenizerData
+
+
+def _byte_to_unicode() -> dict[int, str]:
+    """GPT-2's byte-level alphabet: each byte as a printable character (as in its encoder.py)."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, map(chr, cs)))
+
+
+_UNICODE_TO_BYTE = {c: b for b, c in _byte_to_unicode().items()}
 
 
 class Tokenizer:
@@ -68,6 +86,35 @@ class Tokenizer:
     def token_text(self, idx: int) -> str:
         """The raw vocabulary entry (byte-level or ▁-escaped), for logprob listings and debugging."""
         return self.backend.id_to_token(idx) or ""
+
+    def token_bytes(self, idx: int) -> bytes:
+        """The token's own bytes: what it adds to the UTF-8 text, also when that is part of a character (a byte-level
+        piece, a SentencePiece <0xNN> fallback), as OpenAI's logprob `bytes` carry them."""
+        piece = self.backend.id_to_token(idx)
+        if piece is None:
+            return b""
+        if idx not in self._added_ids:
+            if self._byte_level:
+                try:
+                    return bytes(_UNICODE_TO_BYTE[c] for c in piece)
+                except KeyError:  # not a byte-level piece: its text as it stands
+                    pass
+            else:
+                if len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">"):
+                    try:
+                        return bytes([int(piece[3:5], 16)])
+                    except ValueError:
+                        pass
+                return piece.replace("▁", " ").encode("utf-8")
+        return self.decode([idx], skip_special=False).encode("utf-8")
+
+    @functools.cached_property
+    def _byte_level(self) -> bool:
+        return "ByteLevel" in type(self.backend.decoder).__name__
+
+    @functools.cached_property
+    def _added_ids(self) -> set[int]:
+        return set(self.backend.get_added_tokens_decoder())
 
     def is_special(self, idx: int) -> bool:
         return idx in self._special_ids
