@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -41,7 +42,7 @@ MinP = Annotated[float, typer.Option(help="Drop tokens less likely than min_p ti
 RepeatPenalty = Annotated[float, typer.Option(help="Penalise tokens already in the context (1.0: off).", min=0.01)]
 Seed = Annotated[Optional[int], typer.Option(help="Random seed, for reproducible sampling.", min=0)]
 MaxTokens = Annotated[int, typer.Option(help="Most tokens to generate.", min=0)]
-Stop = Annotated[Optional[list[str]], typer.Option(help="Stop when this text appears (repeatable); it is not printed.")]
+Stop = Annotated[Optional[list[str]], typer.Option(help="Stop when this text appears (repeatable); it is not printed. \\n, \\t, \\r, \\\\ are the characters.")]
 Device = Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")]
 DType = Annotated[str, typer.Option(help="auto (on CPU a GGUF's own 4/8-bit blocks where hearth's kernels run, else fp32; bf16 on CUDA), float32, bfloat16 or float16.")]
 KVCacheType = Annotated[str, typer.Option("--kv-cache", help="What the KV cache holds on the CPU: auto (f16 where the whole decode step runs natively, as llama.cpp; else the compute dtype), f16 or f32.")]
@@ -50,12 +51,21 @@ Json = Annotated[bool, typer.Option("--json", help="Print prompt/generated token
 Adapter = Annotated[Optional[Path], typer.Option(help="A LoRA adapter directory (PEFT format, e.g. from `hearth tune`) applied to the model unmerged.")]
 
 
+_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\"}
+
+
+def unescape(text: str) -> str:
+    """\\n, \\t, \\r and \\\\ as the characters, as llama.cpp's --escape does: `--stop "\\n\\n"` is typed in a shell without
+    $'...' quoting. Other backslashes stay as they are."""
+    return re.sub(r"\\([ntr\\])", lambda m: _ESCAPES[m[1]], text)
+
+
 def _params(max_tokens, temperature, top_p, top_k, min_p, repeat_penalty, seed, stop):
     from hearth.engine.sampling import SamplingParams
 
     return SamplingParams(
         max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
-        repetition_penalty=repeat_penalty, seed=seed, stop=tuple(stop or ()),
+        repetition_penalty=repeat_penalty, seed=seed, stop=tuple(unescape(s) for s in stop or ()),
     )
 
 
@@ -161,6 +171,8 @@ def run(
         prompt = sys.stdin.read().strip()
         if not prompt:
             raise HearthError("no prompt: stdin was empty; pass PROMPT or pipe some text")
+    elif prompt is not None and not prompt.strip():
+        raise HearthError("the prompt is empty; give some text, or leave PROMPT out to chat")
     if prompt is not None:
         if json_out:
             c = session.complete(prompt)
@@ -190,6 +202,9 @@ def run(
         except HearthError as e:
             print(f"\nerror: {e}", file=sys.stderr)
         print()
+        if session.dropped:
+            print(f"(the conversation outgrew the context: its {session.dropped} oldest exchange(s) were dropped)",
+                  file=sys.stderr)
 
 
 @app.command()
@@ -453,6 +468,10 @@ def rm(names: Annotated[list[str], typer.Argument(help="Model name(s) to remove.
     from hearth.store.store import human_bytes
 
     store = _store()
+    names = list(dict.fromkeys(names))
+    for n in names:  # every name first: a typo among them removes nothing (a damaged manifest can still go)
+        if not store.exists(n):
+            store.get(n)  # raises the "no model named" error
     for n in names:
         print(f"removed {n} (freed {human_bytes(store.remove(n))})")
 
@@ -701,6 +720,10 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
+    except SystemExit as e:  # click turns a closed stdout pipe (`hearth list | head -1`) into exit(1): not an error
+        if type(sys.stdout).__name__ == "PacifyFlushWrapper":
+            return 0
+        raise
     return rv if isinstance(rv, int) else 0  # --help and Ctrl-C (Exit) come back as an exit code
 
 

@@ -104,15 +104,11 @@ def build_model(
     native: keep Q4_0/Q4_1/Q8_0/F16 weight matrices as stored (memory-mapped, read by hearth's CPU kernels)
     instead of converting them to `dtype`; everything else (norms, F32, BF16 and K-quant tensors) becomes `dtype`.
     """
+    ckpt.check_complete()
     quantized = native_quantized(ckpt, device) if native else {}
     with torch.device("meta"):
         model = Transformer(ckpt.config)
     expected = set(model.state_dict().keys())
-    if ckpt.config.tie_embeddings:
-        expected.discard("output.weight")
-    missing = expected - set(ckpt.tensors)
-    if missing:
-        raise ModelFormatError(f"{ckpt.path}: missing tensor {sorted(missing)[0]} ({len(missing)} in all); the file is incomplete")
     state = {}
     items = list(ckpt.tensors.items())
     iterator = items

@@ -16,6 +16,7 @@ and after.
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 import time
@@ -94,7 +95,10 @@ def quantize_model(
     elif output is None:
         raise HearthError("nowhere to put the quantized model: give an output file or let it go into the store")
     t0 = time.perf_counter()
-    ckpt = open_checkpoint(resolve_model(ref))
+    src = resolve_model(ref)
+    if output is not None and output.exists() and src.exists() and os.path.samefile(output, src):
+        raise HearthError(f"-o {output} is the model being quantized; write the result to another file")
+    ckpt = open_checkpoint(src)
     cfg = ckpt.config
     names = [n for n in ckpt.tensors if not (cfg.tie_embeddings and n == "output.weight")]
     metadata = {k: v for k, v in ckpt.metadata.items() if k.startswith("general.") and k not in _OWN_KEYS}
@@ -119,7 +123,8 @@ def quantize_model(
             from hearth.store import Store
             from hearth.store.progress import Progress
 
-            Store().pull(str(target), name=name, progress=Progress(enabled=progress))
+            Store().pull(str(target), name=name, progress=Progress(enabled=progress),
+                         source_label=f"hearth quantize {ref} --to {to} ({ckpt.quantization} -> {qtype})")
             if output is None:
                 path = resolve_model(name)
     except OSError as e:

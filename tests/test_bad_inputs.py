@@ -223,7 +223,7 @@ CASES: dict[str, tuple[list[str], list[str], int]] = {
     "missing_prompt": (["generate", "smollm2"], ["prompt"], 2),
     "extra_argument": (["generate", "smollm2", "hi", "there"], ["there"], 2),
     # values the parser lets through but SamplingParams rejects, before anything is loaded
-    "top_p_zero": (["generate", "smollm2", "hi", "--top-p", "0"], ["top_p"], 1),
+    "repeat_penalty_inf": (["generate", "smollm2", "hi", "--repeat-penalty", "inf"], ["repetition_penalty", "finite"], 1),
     # option values checked when loading (before reading any weights)
     "device_unknown": (["generate", "smollm2", "hi", "--device", "tpu"], ["tpu"], 1),
     "device_garbage": (["run", "smollm2", "hi", "--device", "cuda:x"], ["cuda:x"], 1),

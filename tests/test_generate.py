@@ -267,3 +267,22 @@ def test_chat_session_keeps_history(lm):
 
     session.reset()
     assert session.messages == [{"role": "system", "content": "You are terse."}]
+
+
+def test_chat_session_drops_the_oldest_exchanges_to_fit_the_context(lm):
+    """A conversation that outgrows the context keeps going (as Ollama's and llama.cpp's chats do): the oldest
+    exchanges go, the system message and the newest turns stay."""
+    params = SamplingParams(max_tokens=1, temperature=0)
+    session = ChatSession(lm, params, system="You are terse.")
+    filler = "word " * 1200  # ~1200 tokens a message
+    for i in range(5):
+        session.messages += [{"role": "user", "content": f"question {i}: {filler}"},
+                             {"role": "assistant", "content": f"answer {i}: {filler}"}]
+    assert len(session.prompt_ids(session.messages)) > lm.model.config.max_seq_len
+    c = session.complete("Hi")
+    assert c.finish_reason and session.dropped >= 2
+    kept = session.messages
+    assert kept[0] == {"role": "system", "content": "You are terse."}
+    assert kept[-2] == {"role": "user", "content": "Hi"} and kept[-3]["content"].startswith("answer 4:")
+    assert not any(m["content"].startswith("question 0:") for m in kept)
+    assert len(session.prompt_ids(kept[:-1])) + params.max_tokens <= lm.model.config.max_seq_len

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -31,7 +32,6 @@ BAD = [
     ("temperature", math.inf),
     ("top_k", -1),
     ("top_k", 2.5),
-    ("top_p", 0.0),
     ("top_p", 1.5),
     ("top_p", -0.2),
     ("top_p", math.nan),
@@ -296,3 +296,26 @@ def test_sampling_follows_the_filtered_distribution():
                            minlength=logits.numel()).float() / 4000
     assert set(draws.nonzero().flatten().tolist()) <= set(ref.nonzero().flatten().tolist())
     torch.testing.assert_close(draws, ref, atol=0.03, rtol=0)
+
+
+@pytest.mark.parametrize("params", [
+    SamplingParams(temperature=1e-45, top_k=0, top_p=1.0, min_p=0.0),  # logits / T would overflow to inf and NaN
+    SamplingParams(temperature=1e-300),
+    SamplingParams(temperature=1.0, top_k=40, top_p=1e-300),  # below fp32's smallest number: rounds to 0
+    SamplingParams(temperature=1.0, top_k=0, top_p=0.0),  # llama.cpp's meaning: only the best token
+    SamplingParams(temperature=1.0, top_k=0, top_p=1e-300),
+])
+def test_extreme_settings_pick_the_best_token(params):
+    logits = torch.randn(1000, generator=torch.Generator().manual_seed(0)) * 3
+    best = int(logits.argmax())
+    sampler = Sampler(dataclasses.replace(params, seed=1))
+    assert all(sampler(logits, torch.empty(0, dtype=torch.long)) == best for _ in range(20))
+    if not params.greedy:  # the reference filter keeps exactly the best token too
+        assert survivors(filter_logits(logits, params)) == {best}
+
+
+def test_broken_logits_still_give_a_token():
+    """NaN logits (a broken adapter) must not crash the draw or return an id outside the vocabulary."""
+    logits = torch.full((100,), float("nan"))
+    tok = Sampler(SamplingParams(temperature=1.0, top_k=0, top_p=1.0, seed=0))(logits, torch.empty(0, dtype=torch.long))
+    assert 0 <= tok < 100

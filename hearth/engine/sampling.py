@@ -14,6 +14,8 @@ from torch import Tensor
 
 from hearth.errors import HearthError
 
+GREEDY_BELOW = 1e-5  # temperatures under this sample greedily
+
 
 @dataclass(frozen=True)
 class SamplingParams:
@@ -39,12 +41,12 @@ class SamplingParams:
             raise bad("temperature", self.temperature, "must be between 0 (greedy) and 100")
         if not isinstance(self.top_k, int) or self.top_k < 0:
             raise bad("top_k", self.top_k, "must be an integer >= 0 (0 turns it off)")
-        if not (0 < self.top_p <= 1):
-            raise bad("top_p", self.top_p, "must be in (0, 1]")
+        if not (0 <= self.top_p <= 1):
+            raise bad("top_p", self.top_p, "must be in [0, 1] (0: only the most likely token)")
         if not (0 <= self.min_p <= 1):
             raise bad("min_p", self.min_p, "must be in [0, 1]")
         if not (math.isfinite(self.repetition_penalty) and self.repetition_penalty > 0):
-            raise bad("repetition_penalty", self.repetition_penalty, "must be > 0 (1.0 turns it off)")
+            raise bad("repetition_penalty", self.repetition_penalty, "must be a finite number > 0 (1.0 turns it off)")
         for name in ("presence_penalty", "frequency_penalty"):
             if not (-2 <= getattr(self, name) <= 2):
                 raise bad(name, getattr(self, name), "must be between -2 and 2")
@@ -55,7 +57,8 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0
+        # below this, dividing fp32 logits by the temperature overflows to inf/NaN; the draw would be the argmax anyway
+        return self.temperature < GREEDY_BELOW
 
 
 def apply_penalties(logits: Tensor, context: Tensor, p: SamplingParams) -> Tensor:
@@ -82,6 +85,7 @@ def filter_logits(logits: Tensor, p: SamplingParams) -> Tensor:
         sorted_logits, idx = torch.sort(logits, descending=True)
         cum = sorted_logits.softmax(-1).cumsum(-1)
         remove = cum - sorted_logits.softmax(-1) >= p.top_p  # keep the smallest set reaching top_p
+        remove[0] = False  # and always the best token (top_p 0, or one below fp32's smallest number)
         logits = logits.masked_fill(torch.zeros_like(remove).scatter(0, idx, remove), float("-inf"))
     if p.min_p > 0:
         probs = logits.softmax(-1)
@@ -129,6 +133,8 @@ class Sampler:
         cdf = probs.double().cumsum(-1)
         u = torch.rand(1, generator=self._generator(probs.device), device=probs.device, dtype=torch.float64) * cdf[-1]
         pick = torch.searchsorted(cdf, u, right=True).clamp_max(cdf.numel() - 1)
+        # logits with NaN or all -inf (a broken model or adapter): the argmax, decided on the device (no sync)
+        pick = torch.where(cdf[-1] > 0, pick, torch.argmax(probs))
         return int(idx[pick] if idx is not None else pick)
 
 
@@ -160,7 +166,7 @@ def candidate_probs(logits: Tensor, p: SamplingParams, candidates: int = 1024) -
             n *= 8
     if p.top_p < 1.0:
         before = probs.cumsum(-1) - probs  # mass of the better tokens
-        probs = probs.masked_fill(before >= p.top_p, 0.0)
+        probs = probs.masked_fill((before >= p.top_p) & (before > 0), 0.0)  # the best token always stays
     if p.min_p > 0:  # relative to the best survivor's probability after the filters above (as filter_logits)
         kept = probs / probs.sum()
         probs = probs.masked_fill(kept < p.min_p * kept.max(), 0.0)

@@ -17,7 +17,7 @@ from hearth.errors import HearthError
 from hearth.store.blobs import DIGEST_RE
 
 SCHEMA = 1
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # whole name (fullmatch: "$" would pass "abc\n")
 # weights: the GGUF file or safetensors (+ index); tokenizer: tokenizer.json & co.; template: the chat
 # template; params: config.json / generation_config.json (GGUF: a summary, the real config is in the
 # weights); license: LICENSE, USE_POLICY.md, ...; card: README.md.
@@ -26,7 +26,7 @@ FORMATS = ("gguf", "hf")
 
 
 def check_name(name: str) -> str:
-    if not isinstance(name, str) or not NAME_RE.match(name) or name.endswith((".json", ".tmp")):
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name) or name.endswith((".json", ".tmp")):
         raise HearthError(
             f"invalid model name {name!r}: use up to 100 letters, digits, '.', '_' and '-', starting with a letter or digit"
         )
@@ -54,7 +54,24 @@ def _strict(cls, d: Any, what: str):
     missing = required - set(d)
     if missing:
         raise ValueError(f"{what} lacks {sorted(missing)[0]!r}")
+    for f in dataclasses.fields(cls):  # plain fields: the JSON type they must have (a bundle comes from anyone)
+        check = _PLAIN_TYPES.get(f.type)
+        if check is not None and f.name in d and not check[0](d[f.name]):
+            raise ValueError(f"{what}.{f.name} must be {check[1]}, not {d[f.name]!r}")
     return cls(**d)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+_PLAIN_TYPES = {  # annotation (a string: `from __future__ import annotations`) -> (check, what to say)
+    "str": (lambda v: isinstance(v, str), "a string"),
+    "str | None": (lambda v: v is None or isinstance(v, str), "a string or null"),
+    "int": (_is_int, "an integer"),
+    "float": (lambda v: _is_int(v) or isinstance(v, float), "a number"),
+    "bool": (lambda v: isinstance(v, bool), "true or false"),
+}
 
 
 @dataclass(frozen=True)

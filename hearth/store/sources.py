@@ -191,6 +191,7 @@ def plan(source: Source, license_file: Path | None = None) -> Plan:
     from hearth.weights import open_checkpoint
 
     ckpt = open_checkpoint(source.path)
+    ckpt.check_complete()  # a model the loader would refuse never enters the store
     given = _read_license_file(license_file) if license_file is not None else None
     if source.kind == "gguf":
         layers, info = _gguf_layers(source, ckpt, given)
@@ -203,6 +204,8 @@ def plan(source: Source, license_file: Path | None = None) -> Plan:
 
 def _read_license_file(path: Path) -> tuple[Path, str]:
     path = Path(path).expanduser()
+    if path.is_dir():
+        raise HearthError(f"--license {path} is a directory; give the license file itself (e.g. {path / 'LICENSE'})")
     if not path.is_file():
         raise HearthError(f"license file not found: {path}")
     try:

@@ -177,7 +177,7 @@ class Store:
             raise HearthError(f"the store {self.root} is a file, not a directory; point HEARTH_HOME elsewhere")
 
     def pull(self, source: str, name: str | None = None, license_file: Path | None = None,
-             if_missing: bool = False, progress: Progress | None = None) -> Result:
+             if_missing: bool = False, progress: Progress | None = None, source_label: str | None = None) -> Result:
         """Add a model from SOURCE (see sources.py). Re-pulling a name replaces it; blobs are shared."""
         from hearth.store import sources
 
@@ -192,9 +192,9 @@ class Store:
         if if_missing and self.exists(name):
             return Result(self.get(name), skipped=True)
         plan = sources.plan(src, license_file)
-        return self._add(plan, name, progress or SILENT)
+        return self._add(plan, name, progress or SILENT, source_label)
 
-    def _add(self, plan, name: str, progress: Progress) -> Result:
+    def _add(self, plan, name: str, progress: Progress, source_label: str | None = None) -> Result:
         from hearth.store.blobs import free_bytes
 
         need = sum(p.path.stat().st_size for p in plan.layers if p.path is not None)
@@ -222,7 +222,7 @@ class Store:
                     else:
                         staged.append(s)
                 manifest = Manifest(name=name, format=plan.format, layers=layers, summary=plan.summary,
-                                    license=plan.license, source=plan.source.description, created=_now())
+                                    license=plan.license, source=source_label or plan.source.description, created=_now())
                 replaced = self._commit(manifest, staged)
         except OSError as e:
             raise os_error(e, self.root) from None

@@ -6,7 +6,7 @@ import functools
 
 from tokenizers import Tokenizer as HFTokenizer
 
-from hearth.errors import ModelFormatError
+from hearth.errors import HearthError, ModelFormatError
 from hearth.weights.types import TokenizerData
 
 
@@ -73,7 +73,14 @@ class Tokenizer:
 
         `add_bos=None` follows the model's rule; chat prompts pass False because templates write BOS.
         """
-        ids = self.backend.encode(text, add_special_tokens=False).ids
+        try:
+            ids = self.backend.encode(text, add_special_tokens=False).ids
+        except TypeError:  # lone surrogates: bytes that were not UTF-8, as Python reads them from argv or stdin
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as e:
+                raise HearthError(f"the text is not valid UTF-8 (character {e.start}); re-encode it as UTF-8") from None
+            raise
         if (self.add_bos if add_bos is None else add_bos) and self.bos_id is not None:
             ids = [self.bos_id] + ids
         if add_eos and self.eos_ids:

@@ -74,3 +74,14 @@ def hearth_to_hf(name: str) -> str:
         if m:
             return src.replace("{i}", m.group("i")) if "{i}" in src else src
     raise KeyError(name)
+
+
+def expected_names(n_layers: int, tied_embeddings: bool) -> set[str]:
+    """Every hearth tensor name a Llama model of `n_layers` needs (output.weight only when not tied)."""
+    names = set()
+    for _, hearth in GGUF_NAMES:
+        if "{i}" in hearth:
+            names.update(hearth.format(i=i) for i in range(n_layers))
+        elif not (tied_embeddings and hearth == "output.weight"):
+            names.add(hearth)
+    return names

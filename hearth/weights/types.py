@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from hearth.config import ModelConfig
+from hearth.errors import ModelFormatError
 
 # A tensor that is read (and dequantized) only when called, so loading can stream with a progress
 # bar and convert each tensor to the target dtype before the next is read.
@@ -67,6 +68,17 @@ class Checkpoint:
     tensor_types: dict[str, str] = field(default_factory=dict)  # name -> storage type (Q4_1, F16, ...)
     # name -> the tensor still in its block format, for the types hearth's kernels read in place (GGUF only)
     quantized: dict[str, Callable[[], QuantizedTensor]] = field(default_factory=dict)
+
+    def check_complete(self) -> None:
+        """Raise ModelFormatError when a tensor the configuration calls for is missing (e.g. a block_count that
+        does not match the layers stored): at pull time, before the store accepts a model that cannot load."""
+        from hearth.weights.names import expected_names
+
+        missing = expected_names(self.config.n_layers, self.config.tie_embeddings) - set(self.tensors)
+        if missing:
+            first = min(missing, key=lambda n: (len(n), n))
+            raise ModelFormatError(f"{self.path}: missing tensor {first} ({len(missing)} in all) for the "
+                                   f"{self.config.n_layers} layers its settings declare; the file is incomplete or inconsistent")
 
     @property
     def quantization(self) -> str:

@@ -1,0 +1,102 @@
+"""CLI and store edges found by auditing the commands as a user would: each one error line, nothing lost."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from hearth.cli import unescape
+from hearth.loader import resolve_model
+from hearth.store.manifest import Manifest, check_name
+from store_kit import manifest_json, one_line_error, run_main, write_tiny_gguf
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    h = tmp_path / "hearth-home"
+    monkeypatch.setenv("HEARTH_HOME", str(h))
+    return h
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return write_tiny_gguf(tmp_path_factory.mktemp("edges") / "tiny.gguf", license="mit")
+
+
+def test_prompt_that_is_not_utf8_is_one_line(capsys):
+    # what Python makes of the bytes "Hello \xff world" on the command line (surrogateescape)
+    rc, _, err = run_main(capsys, "generate", "smollm2", "Hello \udcff world", "--max-tokens", "1")
+    one_line_error(rc, err, "not valid UTF-8", "character 6")
+
+
+def test_run_refuses_an_empty_prompt(capsys):
+    rc, _, err = run_main(capsys, "run", "smollm2", "   ")
+    one_line_error(rc, err, "prompt is empty")
+
+
+def test_stop_escapes_are_the_characters():
+    assert unescape(r"\n\n") == "\n\n"
+    assert unescape(r"a\tb\r\\n") == "a\tb\r\\n"  # an escaped backslash stays one backslash before "n"
+    assert unescape(r"C:\path\x") == r"C:\path\x"  # other backslashes as typed
+
+
+def test_names_with_a_trailing_newline_are_refused():
+    with pytest.raises(Exception, match="invalid model name"):
+        check_name("abc\n")
+    assert check_name("abc") == "abc"
+
+
+def test_manifest_fields_must_have_their_types(home, tiny, capsys):
+    assert run_main(capsys, "pull", str(tiny), "--name", "t")[0] == 0
+    d = manifest_json(home, "t")
+    Manifest.from_dict(d)  # as written: valid
+    for path, value, words in [(("summary", "parameters"), "lots", "summary.parameters must be an integer"),
+                               (("summary", "tied_embeddings"), "no", "true or false"),
+                               (("source",), 5, "manifest.source must be a string"),
+                               (("license", "id"), 3, "license.id must be a string or null")]:
+        bad = json.loads(json.dumps(d))
+        bad[path[0]] = value if len(path) == 1 else {**bad[path[0]], path[1]: value}
+        with pytest.raises(ValueError, match=words):
+            Manifest.from_dict(bad)
+
+
+def test_rm_with_a_typo_removes_nothing(home, tiny, capsys):
+    assert run_main(capsys, "pull", str(tiny), "--name", "a")[0] == 0
+    assert run_main(capsys, "cp", "a", "b")[0] == 0
+    rc, _, err = run_main(capsys, "rm", "a", "nosuch", "b")
+    one_line_error(rc, err, "nosuch")
+    assert (home / "manifests" / "a.json").exists() and (home / "manifests" / "b.json").exists()
+
+
+def test_pull_refuses_settings_that_do_not_match_the_tensors(home, tmp_path, capsys):
+    bad = write_tiny_gguf(tmp_path / "bc.gguf", extra={"llama.block_count": 5})  # 2 layers stored
+    rc, _, err = run_main(capsys, "pull", str(bad), "--name", "bc")
+    one_line_error(rc, err, "bc.gguf", "missing tensor layers.2.", "5 layers")
+    assert not (home / "manifests" / "bc.json").exists()
+
+
+def test_pull_license_that_is_a_directory(home, tiny, tmp_path, capsys):
+    rc, _, err = run_main(capsys, "pull", str(tiny), "--license", str(tmp_path))
+    one_line_error(rc, err, "is a directory")
+
+
+def test_quantize_onto_its_own_input_is_refused(tmp_path, capsys):
+    model = tmp_path / "m.gguf"
+    shutil.copy(resolve_model("smollm2"), model)
+    before = model.stat().st_size
+    rc, _, err = run_main(capsys, "quantize", str(model), "--to", "int8", "-o", str(model), "--ppl-chunks", "0",
+                          "--decode-tokens", "0")
+    one_line_error(rc, err, "is the model being quantized")
+    assert model.stat().st_size == before
+
+
+def test_export_into_the_store_is_refused(home, tiny, capsys):
+    assert run_main(capsys, "pull", str(tiny), "--name", "t")[0] == 0
+    blob = next((home / "blobs").iterdir())
+    size = blob.stat().st_size
+    rc, _, err = run_main(capsys, "export", "t", "-o", str(blob))
+    one_line_error(rc, err, "inside the store")
+    assert blob.stat().st_size == size
+    assert run_main(capsys, "verify")[0] == 0
