@@ -95,6 +95,30 @@ def test_rows_do_not_depend_on_the_batch_and_fused_weights_equal_separate():
         assert torch.equal(full[i], ops.gguf_mm(x[i : i + 1], [a, b], 3)[0])
 
 
+@pytest.mark.parametrize("name", [*QTYPES, "F16"])
+def test_prefill_products_reuse_their_scratch_safely(name):
+    """Many-row products (the fp32-mm prefill path) keep their scratch between calls: a call of another shape in
+    between, or one from another thread, must not change a result; and it is ggml's product up to summation order."""
+    import threading
+
+    def weight(n, k, seed):
+        return _f16_rows(n, k, seed)[0] if name == "F16" else _blocks(name, n, k, seed)[0]
+
+    qtype = F16 if name == "F16" else QTYPES[name]
+    big_w, small_w = weight(600, 512, 4), weight(40, 96, 5)  # 600 rows: two conversion chunks of the weight
+    big_x, small_x = torch.randn(200, 512), torch.randn(150, 96)
+    first = ops.gguf_mm(big_x, [big_w], qtype)
+    ops.gguf_mm(small_x, [small_w], qtype)
+    assert torch.equal(ops.gguf_mm(big_x, [big_w], qtype), first)
+    other = []
+    t = threading.Thread(target=lambda: other.append(ops.gguf_mm(big_x, [big_w], qtype)))
+    t.start()
+    t.join()
+    assert torch.equal(other[0], first)
+    rows = torch.cat([ops.gguf_mm(big_x[i : i + 4], [big_w], qtype) for i in range(0, 200, 4)])  # the tile path
+    assert (first - rows).abs().max().item() <= 1e-4 * rows.abs().max().item()
+
+
 def _f16_rows(n: int, k: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """An F16 weight as GGUF holds it (uint8 rows of fp16 values) and the same values as fp16."""
     w = torch.from_numpy(np.random.default_rng(seed).standard_normal((n, k)).astype(np.float16))

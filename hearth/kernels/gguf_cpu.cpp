@@ -327,8 +327,14 @@ at::Tensor gguf_mm(const at::Tensor& x_in, at::TensorList ws, int64_t qtype) {
   const QLin lin(ws, qtype, K);
   at::Tensor out = at::empty({M, lin.N}, x.options());
   const float* xp = x.data_ptr<float>();
-  std::vector<BlockQ8A> q;
-  std::vector<float> f;
+  // Scratch kept per thread and reused: a prefill makes ~200 of these calls, each needing a few MB (activations in
+  // 8 bits and as fp32, converted weight chunks). Allocated afresh, glibc maps and faults them in every time or, once
+  // its mmap threshold has risen, leaves them scattered through the heap, where they stay resident.
+  // (Bound to local references: a lambda run by a worker thread would otherwise name that thread's own instance.)
+  static thread_local std::vector<BlockQ8A> tl_q;
+  static thread_local std::vector<float> tl_f, tl_corr, tl_w, tl_m;
+  std::vector<BlockQ8A>& q = tl_q;
+  std::vector<float>&f = tl_f, &corr = tl_corr, &wbuf = tl_w, &mbuf = tl_m;
   if (qtype == F16) {
     f.resize(M * K);
     for (int64_t m = 0; m < M; m++) round_row_f16(xp + m * K, f.data() + m * K, K);
@@ -345,9 +351,9 @@ at::Tensor gguf_mm(const at::Tensor& x_in, at::TensorList ws, int64_t qtype) {
     // weights).
     // Q4_1 (w = d q + m): the product's min term is m * (d_x * sum q_x) exactly, where ggml takes m * s_x with s_x
     // rounded to fp16; corr (M x nb) = s_x - d_x * sum q_x (exact in fp32) times the blocks' minima restores that.
-    std::vector<float> corr(qtype == Q4_1 ? M * nb : 0);
+    corr.resize(std::max<size_t>(corr.size(), qtype == Q4_1 ? M * nb : 0));
     if (qtype != F16) {
-      f.resize(M * K);
+      f.resize(std::max<size_t>(f.size(), M * K));
       at::parallel_for(0, M, 16, [&](int64_t m0, int64_t m1) {
         for (int64_t m = m0; m < m1; m++)
           for (int64_t b = 0; b < nb; b++) {
@@ -367,11 +373,13 @@ at::Tensor gguf_mm(const at::Tensor& x_in, at::TensorList ws, int64_t qtype) {
     for (size_t i = 0; i < lin.w.size(); i++) {
       for (int64_t c = 0; c < lin.rows[i]; c += kMmChunk) {
         const int64_t n = std::min(kMmChunk, lin.rows[i] - c);
-        at::Tensor wf = at::empty({n, K}, at::TensorOptions().dtype(at::kFloat));
+        wbuf.resize(std::max<size_t>(wbuf.size(), n * K));
+        mbuf.resize(std::max<size_t>(mbuf.size(), qtype == Q4_1 ? n * nb : 0));
+        const at::Tensor wf = at::from_blob(wbuf.data(), {n, K}, at::TensorOptions().dtype(at::kFloat));
+        const at::Tensor mins = at::from_blob(mbuf.data(), {qtype == Q4_1 ? n : 0, nb}, at::TensorOptions().dtype(at::kFloat));
         const uint8_t* wp = lin.w[i] + c * lin.rb;
-        float* fp = wf.data_ptr<float>();
-        at::Tensor mins = at::empty({qtype == Q4_1 ? n : 0, nb}, at::TensorOptions().dtype(at::kFloat));
-        float* mp = mins.data_ptr<float>();
+        float* fp = wbuf.data();
+        float* mp = mbuf.data();
         at::parallel_for(0, n, 16, [&](int64_t r0, int64_t r1) {
           for (int64_t r = r0; r < r1; r++) {
             dequant_row(wp + r * lin.rb, qtype, K, fp + r * K);
