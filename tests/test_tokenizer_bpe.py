@@ -28,6 +28,7 @@ from hf_tokenizer_kit import transformers_gguf_tokenizer
 from hearth.loader import resolve_model
 from hearth.tokenizer import Tokenizer
 from hearth.tokenizer.from_gguf import LLAMA3_SPLIT
+from hearth.tokenizer.tokenizer import byte_to_unicode
 from hearth.weights import open_checkpoint
 from hearth.weights.types import GGUFVocab, TokenizerData
 
@@ -183,19 +184,6 @@ L3_CORPUS = {
 }
 
 
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's byte → printable character table, used by every byte-level BPE vocabulary."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return {b: chr(c) for b, c in zip(bs, cs)}
-
-
 def _llama3_pre():
     return pre_tokenizers.Sequence(
         [
@@ -283,7 +271,7 @@ def l3(tmp_path_factory) -> Llama3Style:
 def test_llama3_vocab_conversion(l3):
     v = l3.vocab
     assert v.tokens[:3] == L3_SPECIALS and v.token_types[:3] == [3, 3, 3]
-    assert set(_bytes_to_unicode().values()) <= set(v.tokens)
+    assert set(byte_to_unicode().values()) <= set(v.tokens)
     assert "Ġt" in v.tokens and all(" " in m for m in v.merges)
     assert json.loads(l3.json_path.read_text())["model"]["ignore_merges"] is True
 
@@ -315,7 +303,7 @@ def test_llama3_matches_llama_cpp(l3, name):
 def test_llama3_ignore_merges(tmp_path):
     """A word that is itself in the vocabulary is one token even when the merges would not reach it
     (Llama 3's tokenizer.json sets ignore_merges; llama.cpp does the same for llama-bpe)."""
-    alphabet = list(_bytes_to_unicode().values())
+    alphabet = list(byte_to_unicode().values())
     tokens = ["<|begin_of_text|>"] + alphabet + ["ab", "bc", "abc"]
     merges = ["a b", "b c", "a bc"]  # "a b" first: merging "abc" gives "ab" "c" and stops
     v = GGUFVocab(model="gpt2", pre="llama-bpe", tokens=tokens, token_types=[3] + [1] * (len(tokens) - 1), merges=merges, scores=[])

@@ -10,7 +10,7 @@ from hearth.errors import HearthError, ModelFormatError
 from hearth.weights.types import TokenizerData
 
 
-def _byte_to_unicode() -> dict[int, str]:
+def byte_to_unicode() -> dict[int, str]:
     """GPT-2's byte-level alphabet: each byte as a printable character (as in its encoder.py)."""
     bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
     cs = bs[:]
@@ -23,7 +23,7 @@ def _byte_to_unicode() -> dict[int, str]:
     return dict(zip(bs, map(chr, cs)))
 
 
-_UNICODE_TO_BYTE = {c: b for b, c in _byte_to_unicode().items()}
+_UNICODE_TO_BYTE = {c: b for b, c in byte_to_unicode().items()}
 
 
 class Tokenizer:
