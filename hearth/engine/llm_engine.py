@@ -65,7 +65,7 @@ class LLMEngine:
         )
         if num_blocks * config.block_size < self.max_model_len:  # vLLM refuses to start; a smaller context serves
             log.warning("the KV cache holds %d tokens, less than the model's context of %d: serving a context of %d "
-                        "(give more cache memory for the full context)", num_blocks * config.block_size,
+                        "(raise --kv-cache-gib for the full context)", num_blocks * config.block_size,
                         self.max_model_len, num_blocks * config.block_size)
             self.max_model_len = num_blocks * config.block_size
         self.blocks = BlockManager(num_blocks, config.block_size)
