@@ -15,7 +15,7 @@ from typing import Annotated, Optional
 import click
 import typer
 
-from hearth.errors import HearthError
+from hearth.errors import HearthError, Interrupted
 
 # typer >= 0.20 vendors its own copy of click (typer._click) and raises its exceptions, not click's.
 try:
@@ -689,6 +689,13 @@ def export_weights(
         raise HearthError(f"--format must be safetensors or gguf, not {fmt!r}")
     if dtype not in DTYPES:
         raise HearthError(f"unknown dtype {dtype!r}; use float32, bfloat16 or float16")
+    from hearth.store.store import default_home
+
+    if output.expanduser().resolve().is_relative_to(default_home().resolve()):
+        raise HearthError(f"-o {output} is inside hearth's store ({default_home()}); write somewhere else "
+                          "(hearth pull adds a model to the store)")
+    if fmt == "gguf" and output.exists() and not output.is_dir():  # before the minutes of loading and merging
+        raise HearthError(f"{output} already exists; remove it or choose another output path")
     lm = _load(model, "cpu", "float32", adapter)
     path = write_model(lm, fmt, output, dtype=DTYPES[dtype])
     print(f"wrote {path} ({fmt})")
@@ -714,7 +721,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except HearthError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 1
+        return 130 if isinstance(e, Interrupted) else 1
     except KeyboardInterrupt:
         print(file=sys.stderr)
         return 130

@@ -16,3 +16,7 @@ class ModelFormatError(HearthError):
 
 class ContextLengthError(HearthError):
     """The prompt plus the requested tokens do not fit in the model's context window."""
+
+
+class Interrupted(HearthError):
+    """The user stopped a long job (Ctrl-C) and it stopped cleanly; the CLI exits 130."""

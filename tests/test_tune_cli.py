@@ -105,3 +105,56 @@ def test_bad_inputs_are_one_line_errors(env, trained, case, tmp_path):
     else:
         args, want = ["run", str(mdir), "hi", "--adapter", str(tmp_path / "nowhere")], "is not a directory"
     assert want in _one_error_line(_run(*args))
+
+
+def test_ctrl_c_finishes_the_step_saves_and_resume_continues(env, tmp_path):
+    """Ctrl-C keeps the progress: the step under way finishes, a checkpoint is written (here long before the next
+    --save-every), the exit is 130 with one line saying how to continue, and --resume does."""
+    import signal
+    import time
+
+    root, mdir, data, _ = env
+    out = tmp_path / "o"
+    args = ["tune", str(mdir), "--data", str(data), "-o", str(out), "--max-steps", "60", "--batch-size", "1",
+            "--save-every", "1000", "--quiet"]
+    p = subprocess.Popen([sys.executable, "-m", "hearth.cli", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True, env=dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1"))
+    log = out / "log.jsonl"
+    deadline = time.monotonic() + TIMEOUT
+    while not (log.exists() and len(log.read_text().splitlines()) >= 2) and p.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=TIMEOUT)
+    r = subprocess.CompletedProcess(args, p.returncode, "", err)
+    assert p.returncode == 130, err
+    line = _one_error_line(r)
+    assert "stopped at step" in line and "--resume" in line
+    step = int(line.split("stopped at step ")[1].split("/")[0])
+    assert 2 <= step < 60 and len(log.read_text().splitlines()) == step
+    assert (out / "checkpoint" / "state.pt").is_file()
+    again = _run(*args[:-1], "--resume", "--quiet")
+    assert again.returncode == 0 and "60 steps" in again.stdout, again.stderr
+    assert len(log.read_text().splitlines()) == 60
+
+
+def test_outputs_that_would_overwrite_are_refused_before_work(env, tmp_path):
+    root, mdir, data, _ = env
+    held = tmp_path / "held"
+    held.mkdir()
+    (held / "adapter_config.json").write_text("{}")  # someone's adapter
+    r = _run("tune", str(mdir), "--data", str(data), "-o", str(held), "--max-steps", "1", "--quiet")
+    assert "already holds adapter_config.json" in _one_error_line(r)
+    assert (held / "adapter_config.json").read_text() == "{}"
+    full = tmp_path / "full"
+    (full / "model").mkdir(parents=True)
+    (full / "model" / "precious.txt").write_text("keep")
+    r = _run("tune", str(mdir), "--data", str(data), "-o", str(full), "--method", "full", "--max-steps", "1", "--quiet")
+    assert "already holds model" in _one_error_line(r)
+    assert (full / "model" / "precious.txt").read_text() == "keep"
+    home = tmp_path / "store"
+    r = _run("tune", str(mdir), "--data", str(data), "-o", str(home / "blobs"), "--max-steps", "1", "--quiet", home=home)
+    assert "inside hearth's store" in _one_error_line(r)
+    existing = tmp_path / "existing.gguf"
+    existing.write_text("keep")
+    r = _run("export-weights", str(mdir), "--format", "gguf", "-o", str(existing))
+    assert "already exists" in _one_error_line(r) and existing.read_text() == "keep"

@@ -54,4 +54,4 @@ def load_checkpoint(out_dir: Path) -> dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # a damaged file from outside hearth (ours are written atomically)
-        raise HearthError(f"the checkpoint {path} cannot be read ({type(e).__name__}); start again without --resume") from None
+        raise HearthError(f"the checkpoint {path} cannot be read ({type(e).__name__}); delete it to start over, or choose another output directory") from None

@@ -54,6 +54,8 @@ def write_model(loaded, fmt: str, path: str | Path, dtype: torch.dtype | None = 
     if fmt == "gguf":
         if path.is_dir():
             raise HearthError(f"{path} is a directory; give the GGUF file's path")
+        if path.exists():
+            raise HearthError(f"{path} already exists; remove it or choose another output path")
         path.parent.mkdir(parents=True, exist_ok=True)
         meta = {"general.name": f"{cfg.name}"}
         if info is not None and info.id:

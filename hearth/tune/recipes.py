@@ -86,6 +86,27 @@ def prepare(loaded, cfg: TrainConfig) -> None:
     apply_lora(model, cfg.lora, dtype=torch.float32)
 
 
+# What a run writes into its output directory (see the module docstring)
+RUN_FILES = ("checkpoint", "adapter_model.safetensors", "adapter_config.json", "model", "log.jsonl", "summary.json")
+
+
+def check_output_dir(out: Path, resume: bool) -> None:
+    """Refuse, before any work, an output that would overwrite something: a file, another run's results (unless
+    resuming it), or a place inside hearth's store."""
+    from hearth.store.store import default_home
+
+    if out.exists() and not out.is_dir():
+        raise HearthError(f"output {out} exists and is not a directory")
+    if out.resolve().is_relative_to(default_home().resolve()):
+        raise HearthError(f"output {out} is inside hearth's store ({default_home()}); choose a directory outside it")
+    if not resume and out.is_dir():
+        if (out / "checkpoint" / "state.pt").exists():
+            raise HearthError(f"{out} already holds a checkpoint; continue it with --resume, or choose another output directory")
+        held = [f for f in RUN_FILES if (out / f).exists()]
+        if held:
+            raise HearthError(f"{out} already holds {held[0]} (from another run); choose another output directory")
+
+
 def tune(
     model_ref: str, data_path: str | Path, out_dir: str | Path, cfg: TrainConfig, *, data: DataOptions | None = None,
     device: str = "cpu", dtype: str = "auto", resume: bool = False, progress: bool = True, merge: str | None = None,
@@ -100,8 +121,7 @@ def tune(
 
         check_name(merge)
     out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise HearthError(f"output {out} exists and is not a directory")
+    check_output_dir(out, resume)
     if loaded is None:
         loaded = load(model_ref, device=device, dtype=train_dtype(dtype, device), progress=progress)
     if cfg.method == "full" and loaded.dtype != torch.float32:
@@ -183,6 +203,7 @@ def distill(
     from hearth.tune.export import write_model
 
     data = data or DataOptions()
+    check_output_dir(Path(out_dir), resume)
     if teacher is None:
         teacher = load(teacher_ref, device=device, dtype=train_dtype(dtype, device), progress=progress)
     for p in teacher.model.parameters():

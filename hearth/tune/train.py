@@ -18,6 +18,9 @@ import dataclasses
 import hashlib
 import math
 import random
+import signal
+import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +28,7 @@ from typing import Any, Callable
 
 import torch
 
-from hearth.errors import HearthError
+from hearth.errors import HearthError, Interrupted
 from hearth.tune.checkpoint import checkpoint_path, load_checkpoint, save_atomic
 from hearth.tune.data import BatchStream, PrefPair
 from hearth.tune.lora import LoraConfig
@@ -133,6 +136,28 @@ def _optimizer(model, cfg: TrainConfig) -> torch.optim.AdamW:
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8)
 
 
+class StopAfterStep:
+    """Ctrl-C during training: the step under way finishes, a checkpoint is saved and the run stops (`Interrupted`),
+    so no progress since the last save is lost. A second Ctrl-C stops at once. Main thread only (signal handlers)."""
+
+    def __init__(self):
+        self.requested = False
+        self._old = None
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGINT, self._handle) or signal.default_int_handler
+
+    def _handle(self, signum, frame) -> None:
+        self.requested = True
+        self.release()
+        print("\nhearth: stopping after this step and saving a checkpoint (Ctrl-C again to stop at once)",
+              file=sys.stderr, flush=True)
+
+    def release(self) -> None:
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+            self._old = None
+
+
 def train(
     model,
     objective,
@@ -194,6 +219,7 @@ def train(
     params = list(trainable.values())
     t_start = time.perf_counter()
     val_loss = None
+    stop = StopAfterStep()
     try:
         model.train()
         while step < total:
@@ -233,7 +259,13 @@ def train(
                 save()
             if on_step is not None:
                 on_step(step)
+            if stop.requested and step < total:
+                if step % cfg.save_every:
+                    save()
+                raise Interrupted(f"stopped at step {step}/{total}; the checkpoint in {out} holds it: run the same "
+                                  "command with --resume to continue")
     finally:
+        stop.release()
         bar.close()
         model.eval()
         plot_loss(history, out / "loss.png", f"{cfg.method}: loss per step")
