@@ -176,8 +176,14 @@ def test_overlong_examples_truncate_or_drop_with_counts(lm, tmp_path, caplog):
     assert f"1 example(s) longer than {short + 5} tokens were truncated" in caplog.text
     ds = D.load_dataset(f, lm.tokenizer, lm.chat_template, max_len=short + 5, overlong="drop")
     assert ds.dropped == 1 and len(ds.items) == 4
-    with pytest.raises(HearthError, match="empty dataset"):
+    with pytest.raises(HearthError, match="every example is longer than --max-len 8 tokens; raise --max-len"):
         D.load_dataset(f, lm.tokenizer, lm.chat_template, max_len=8, overlong="drop")
+    # truncating keeps the first max_len tokens: when the prompt alone fills them, nothing is left to learn
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="hearth"), \
+            pytest.raises(HearthError, match="longer than --max-len 8 tokens in its prompt; raise --max-len"):
+        D.load_dataset(f, lm.tokenizer, lm.chat_template, max_len=8)
+    assert "the prompt alone fills --max-len" in caplog.text
 
 
 def test_packing_keeps_every_target_token(lm, chat_file):

@@ -213,9 +213,14 @@ def load_dataset(
         log.warning("%s: skipped %d bad line(s): %s (first: %s)", path, len(ds.bad_lines), lines, ds.bad_lines[0][1])
     if ds.truncated:
         log.warning("%s: %d example(s) longer than %d tokens were truncated", path, ds.truncated, max_len)
+    why_dropped = ("" if overlong == "drop" else " (the prompt alone fills --max-len, leaving no answer tokens to learn")
     if ds.dropped:
-        log.warning("%s: %d example(s) longer than %d tokens were dropped", path, ds.dropped, max_len)
+        log.warning("%s: %d example(s) longer than %d tokens were dropped%s; raise --max-len to keep them", path,
+                    ds.dropped, max_len, why_dropped + ")" if why_dropped else "")
     if not ds.items:
+        if ds.dropped:
+            raise HearthError(f"{path}: every example is longer than --max-len {max_len} tokens{why_dropped and ' in its prompt'}"
+                              f"; raise --max-len")
         why = "it has no records" if not rows and not bad else "no record was usable"
         raise HearthError(f"{path}: empty dataset ({why}); give at least one example")
     return ds
