@@ -524,7 +524,7 @@ def import_bundle(
 
 DataFile = Annotated[Path, typer.Option("--data", help="Training data, JSONL: {\"messages\": [...]} or {\"prompt\", \"completion\"} per line ({\"prompt\", \"chosen\", \"rejected\"} for dpo).")]
 OutDir = Annotated[Path, typer.Option("--output", "-o", help="Output directory: adapter/model, log.jsonl, loss.png, checkpoint/.")]
-Lr = Annotated[float, typer.Option(help="Peak learning rate (AdamW).", min=0.0)]
+Lr = Annotated[float, typer.Option(help="Peak learning rate (AdamW), > 0.")]
 Steps = Annotated[int, typer.Option(help="Optimizer steps (0: --epochs passes over the data).", min=0)]
 Epochs = Annotated[float, typer.Option(help="Passes over the training split when --max-steps is 0.", min=0.0)]
 BatchSize = Annotated[int, typer.Option(help="Sequences (or packed rows) per micro-batch.", min=1)]

@@ -100,3 +100,12 @@ def test_export_into_the_store_is_refused(home, tiny, capsys):
     one_line_error(rc, err, "inside the store")
     assert blob.stat().st_size == size
     assert run_main(capsys, "verify")[0] == 0
+
+
+@pytest.mark.parametrize("lr", ["0", "-1", "nan"])
+def test_learning_rate_must_be_positive(lr):
+    from hearth.errors import HearthError
+    from hearth.tune.train import TrainConfig
+
+    with pytest.raises(HearthError, match="--lr must be a positive number"):
+        TrainConfig(lr=float(lr))

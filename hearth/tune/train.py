@@ -70,8 +70,10 @@ class TrainConfig:
         for k in ("warmup_steps", "max_steps", "eval_every", "seed"):
             if getattr(self, k) < 0:
                 raise HearthError(f"--{k.replace('_', '-')} must not be negative, got {getattr(self, k)}")
-        if not self.lr > 0 or not 0 <= self.min_lr_ratio <= 1:
-            raise HearthError(f"--lr must be positive (got {self.lr}) and min_lr_ratio in [0, 1]")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise HearthError(f"--lr must be a positive number, got {self.lr}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise HearthError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         if self.epochs <= 0 and self.max_steps == 0:
             raise HearthError("give --epochs > 0 or --max-steps")
         if self.grad_clip < 0 or self.weight_decay < 0:
