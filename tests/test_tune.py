@@ -272,6 +272,11 @@ def test_killed_run_resumes_to_the_identical_adapter(mdir, chat_file, tmp_path):
     assert (tmp_path / "cut" / "adapter_model.safetensors").read_bytes() == (tmp_path / "whole" / "adapter_model.safetensors").read_bytes()
     with pytest.raises(HearthError, match=r"other settings \(lr\)"):
         tune(str(mdir), chat_file, tmp_path / "cut", dataclasses.replace(cfg, lr=1e-3), progress=False, resume=True)
+    other = load(str(mdir), dtype="float32")  # the same shape, other weights (as a merged fine-tune would be)
+    with torch.no_grad():
+        other.model.norm.weight.add_(0.01)
+    with pytest.raises(HearthError, match="made on another base model"):
+        tune(str(mdir), chat_file, tmp_path / "cut", cfg, progress=False, resume=True, loaded=other)
     with pytest.raises(HearthError, match="nothing to resume"):
         tune(str(mdir), chat_file, tmp_path / "fresh", cfg, progress=False, resume=True)
 

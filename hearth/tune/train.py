@@ -104,6 +104,18 @@ def fingerprint(items: list) -> str:
     return h.hexdigest()[:16]
 
 
+def model_fingerprint(model) -> str:
+    """A digest of the base model (a slice of every tensor but LoRA's own), taken before any training: a resume on
+    another model of the same shape (a merged fine-tune, another release) is refused."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        if "lora_" in name:
+            continue
+        head = t.detach().reshape(-1)[:64].cpu()
+        h.update(name.encode() + (head.float() if head.is_floating_point() else head).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
 @dataclass
 class TrainResult:
     steps: int
@@ -186,6 +198,7 @@ def train(
     per_epoch = stream.micro_batches_per_epoch()
     total = cfg.max_steps or max(1, math.ceil(cfg.epochs * per_epoch / cfg.grad_accum))
     data_fp = fingerprint(train_items)
+    model_fp = model_fingerprint(model)
     step, consumed, history, tokens_seen = 0, 0, [], 0
 
     if resume:
@@ -195,6 +208,8 @@ def train(
             raise HearthError(f"the checkpoint in {out} was made with other settings ({', '.join(diff)}); resume with the same options")
         if state["data"] != data_fp:
             raise HearthError(f"the checkpoint in {out} was made on other training data; resume with the same --data")
+        if state.get("model", model_fp) != model_fp:  # (checkpoints from before this check have none)
+            raise HearthError(f"the checkpoint in {out} was made on another base model; resume with the same model")
         if set(state["weights"]) != set(trainable):
             raise HearthError(f"the checkpoint in {out} holds other trainable weights than this model; resume with the same model")
         with torch.no_grad():
@@ -211,7 +226,7 @@ def train(
 
     def save() -> None:
         save_atomic({
-            "config": cfg.to_dict(), "data": data_fp, "step": step, "consumed": consumed, "tokens": tokens_seen,
+            "config": cfg.to_dict(), "data": data_fp, "model": model_fp, "step": step, "consumed": consumed, "tokens": tokens_seen,
             "weights": {n: p.detach().cpu().clone() for n, p in trainable.items()},
             "optimizer": opt.state_dict(), "rng": _rng_state(), "history": history,
         }, ckpt_file)
