@@ -689,11 +689,9 @@ def export_weights(
         raise HearthError(f"--format must be safetensors or gguf, not {fmt!r}")
     if dtype not in DTYPES:
         raise HearthError(f"unknown dtype {dtype!r}; use float32, bfloat16 or float16")
-    from hearth.store.store import default_home
+    from hearth.store.store import check_outside_store
 
-    if output.expanduser().resolve().is_relative_to(default_home().resolve()):
-        raise HearthError(f"-o {output} is inside hearth's store ({default_home()}); write somewhere else "
-                          "(hearth pull adds a model to the store)")
+    check_outside_store(output, "-o")
     if fmt == "gguf" and output.exists() and not output.is_dir():  # before the minutes of loading and merging
         raise HearthError(f"{output} already exists; remove it or choose another output path")
     lm = _load(model, "cpu", "float32", adapter)

@@ -3,8 +3,8 @@
 `return_large_frees()`: glibc's malloc raises its mmap threshold each time a large block is freed (up to 32 MiB), so
 after the first few, the prefill's per-layer activations (1-7 MB each: a 512-token chunk of fp32 rows) are carved out
 of the heap and per-thread arenas instead of mapped, and freed ones stay resident — fragmented between longer-lived
-blocks, never trimmed. On the default model that held ~38 MiB after a 512-token prefill (peak RSS 426 -> 388 MiB with
-a fixed threshold; bench/README.md). A fixed threshold maps every block of 256 KiB and up and unmaps it on free.
+blocks, never trimmed. On the default model that held ~38 MiB after a 512-token prefill (figures in bench/README.md;
+gguf_mm reuses its own scratch, so the mapping costs prefill little). A fixed threshold maps every block of 256 KiB and up and unmaps it on free.
 Decode steps allocate below it (one row of activations; the logits of one token, 192 KiB), so they are unaffected.
 """
 

@@ -132,8 +132,8 @@ class RequestGroup:
 
     async def start(self) -> None:
         """Submit every request and wait until each has produced its first output (or failed)."""
-        cap = getattr(self.engine, "max_group", None)
-        if cap is not None and len(self.requests) > cap:
+        cap = self.engine.max_group
+        if len(self.requests) > cap:
             raise BadRequest(f"this request needs {len(self.requests)} sequences (prompts x n) but the server takes at "
                              f"most {cap} at once (--max-num-seqs + --max-waiting); send fewer prompts or a smaller n",
                              param="n")

@@ -54,8 +54,9 @@ def export_bundle(store, m: Manifest, out: Path, progress: Progress) -> int:
     """Write the bundle to `out` (temp file + fsync + rename). Returns its size in bytes."""
     if out.is_dir():
         raise HearthError(f"{out} is a directory; give the bundle a file name, e.g. -o {out / (m.name + '.hearth')}")
-    if out.resolve().is_relative_to(store.root.resolve()):
-        raise HearthError(f"-o {out} is inside the store ({store.root}); write the bundle somewhere else")
+    from hearth.store.store import check_outside_store
+
+    check_outside_store(out, "-o", store.root)
     if not out.parent.is_dir():
         raise HearthError(f"cannot write {out}: the directory {out.parent} does not exist")
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")

@@ -35,6 +35,15 @@ def default_home() -> Path:
     return Path(os.environ.get("HEARTH_HOME") or "~/.hearth").expanduser()
 
 
+def check_outside_store(path: Path, what: str, root: Path | None = None) -> None:
+    """Refuse to write `path` (an output the user named as `what`) inside the store: blobs and models there are the
+    store's own, and a later `hearth rm` or `verify` would delete or condemn what was written."""
+    root = root if root is not None else default_home()
+    if Path(path).expanduser().resolve().is_relative_to(root.expanduser().resolve()):
+        raise HearthError(f"{what} {path} is inside hearth's store ({root}); what is written inside the store by "
+                          "hand is lost to `hearth rm` and `verify`: write somewhere else")
+
+
 def stored_model_path(ref: str) -> Path | None:
     """The loader's hook: the path of a model in the store named `ref` (verified), or None if there is none.
     Never creates anything when the store or the model does not exist."""

@@ -213,14 +213,16 @@ def load_dataset(
         log.warning("%s: skipped %d bad line(s): %s (first: %s)", path, len(ds.bad_lines), lines, ds.bad_lines[0][1])
     if ds.truncated:
         log.warning("%s: %d example(s) longer than %d tokens were truncated", path, ds.truncated, max_len)
-    why_dropped = ("" if overlong == "drop" else " (the prompt alone fills --max-len, leaving no answer tokens to learn")
+    # truncation drops an example only when its prompt alone fills max_len: no answer token would be left to learn
+    in_prompt = overlong == "truncate"
     if ds.dropped:
+        why = " (the prompt alone fills --max-len, leaving no answer tokens to learn)" if in_prompt else ""
         log.warning("%s: %d example(s) longer than %d tokens were dropped%s; raise --max-len to keep them", path,
-                    ds.dropped, max_len, why_dropped + ")" if why_dropped else "")
+                    ds.dropped, max_len, why)
     if not ds.items:
         if ds.dropped:
-            raise HearthError(f"{path}: every example is longer than --max-len {max_len} tokens{why_dropped and ' in its prompt'}"
-                              f"; raise --max-len")
+            where = " in its prompt" if in_prompt else ""
+            raise HearthError(f"{path}: every example is longer than --max-len {max_len} tokens{where}; raise --max-len")
         why = "it has no records" if not rows and not bad else "no record was usable"
         raise HearthError(f"{path}: empty dataset ({why}); give at least one example")
     return ds

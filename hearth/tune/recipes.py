@@ -93,12 +93,11 @@ RUN_FILES = ("checkpoint", "adapter_model.safetensors", "adapter_config.json", "
 def check_output_dir(out: Path, resume: bool) -> None:
     """Refuse, before any work, an output that would overwrite something: a file, another run's results (unless
     resuming it), or a place inside hearth's store."""
-    from hearth.store.store import default_home
+    from hearth.store.store import check_outside_store
 
     if out.exists() and not out.is_dir():
         raise HearthError(f"output {out} exists and is not a directory")
-    if out.resolve().is_relative_to(default_home().resolve()):
-        raise HearthError(f"output {out} is inside hearth's store ({default_home()}); choose a directory outside it")
+    check_outside_store(out, "output")
     if not resume and out.is_dir():
         if (out / "checkpoint" / "state.pt").exists():
             raise HearthError(f"{out} already holds a checkpoint; continue it with --resume, or choose another output directory")
