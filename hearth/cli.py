@@ -48,6 +48,8 @@ DType = Annotated[str, typer.Option(help="auto (on CPU a GGUF's own 4/8-bit bloc
 KVCacheType = Annotated[str, typer.Option("--kv-cache", help="What the KV cache holds on the CPU: auto (f16 where the whole decode step runs natively, as llama.cpp; else the compute dtype), f16 or f32.")]
 Compile = Annotated[bool, typer.Option("--compile", help="On a GPU: torch.compile the CUDA-graph decode step instead of running hearth's Triton kernels (about a minute once per context size; for comparison and debugging).")]
 Json = Annotated[bool, typer.Option("--json", help="Print prompt/generated token ids and text as JSON.")]
+JsonSchema = Annotated[Optional[str], typer.Option("--json-schema", help="Constrain the output to this JSON schema: inline JSON or a .json file ('{}': any JSON value), as llama.cpp's --json-schema.")]
+Grammar = Annotated[Optional[str], typer.Option(help="Constrain the output to a grammar: GBNF (llama.cpp's grammars/*.gbnf) or Lark text, or a file holding one.")]
 Adapter = Annotated[Optional[Path], typer.Option(help="A LoRA adapter directory (PEFT format, e.g. from `hearth tune`) applied to the model unmerged.")]
 
 
@@ -60,12 +62,40 @@ def unescape(text: str) -> str:
     return re.sub(r"\\([ntr\\])", lambda m: _ESCAPES[m[1]], text)
 
 
-def _params(max_tokens, temperature, top_p, top_k, min_p, repeat_penalty, seed, stop):
+def _text_or_file(value: str, what: str) -> str:
+    """An option that takes text inline or a path to a file holding it (as llama.cpp's --grammar/--grammar-file)."""
+    path = Path(value)
+    try:
+        is_file = "\n" not in value and path.is_file()
+    except OSError:  # text too long to be a file name
+        is_file = False
+    if is_file:
+        try:
+            return path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise HearthError(f"cannot read the {what} file {value}: {e}") from None
+    return value
+
+
+def _structure(json_schema: str | None, grammar: str | None):
+    from hearth.engine.structured import Structure
+
+    if json_schema is not None and grammar is not None:
+        raise HearthError("give --json-schema or --grammar, not both")
+    if json_schema is not None:
+        return Structure.json_schema(_text_or_file(json_schema, "JSON schema"))
+    if grammar is not None:
+        return Structure("grammar", _text_or_file(grammar, "grammar"))
+    return None
+
+
+def _params(max_tokens, temperature, top_p, top_k, min_p, repeat_penalty, seed, stop, json_schema=None, grammar=None):
     from hearth.engine.sampling import SamplingParams
 
     return SamplingParams(
         max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
         repetition_penalty=repeat_penalty, seed=seed, stop=tuple(unescape(s) for s in stop or ()),
+        structure=_structure(json_schema, grammar),
     )
 
 
@@ -115,6 +145,8 @@ def generate(
     dtype: DType = "auto",
     kv_cache: KVCacheType = "auto",
     json_out: Json = False,
+    json_schema: JsonSchema = None,
+    grammar: Grammar = None,
     adapter: Adapter = None,
     compile: Compile = False,
 ):
@@ -122,7 +154,7 @@ def generate(
 
     Example: hearth generate smollm2 "The capital of France is" --temperature 0 --max-tokens 16
     """
-    params = _params(max_tokens, temperature, top_p, top_k, min_p, repeat_penalty, seed, stop)
+    params = _params(max_tokens, temperature, top_p, top_k, min_p, repeat_penalty, seed, stop, json_schema, grammar)
     lm = _load(model, device, dtype, adapter, kv_cache)
     from hearth.engine.generate import Generator
 
@@ -153,6 +185,8 @@ def run(
     dtype: DType = "auto",
     kv_cache: KVCacheType = "auto",
     json_out: Json = False,
+    json_schema: JsonSchema = None,
+    grammar: Grammar = None,
     adapter: Adapter = None,
     compile: Compile = False,
 ):
@@ -162,7 +196,7 @@ def run(
 
     Example: hearth run smollm2 "Name three rivers in Europe."
     """
-    params = _params(max_tokens, temperature, top_p, top_k, min_p, repeat_penalty, seed, stop)
+    params = _params(max_tokens, temperature, top_p, top_k, min_p, repeat_penalty, seed, stop, json_schema, grammar)
     lm = _load(model, device, dtype, adapter, kv_cache)
     from hearth.engine.chat import ChatSession
 

@@ -109,3 +109,23 @@ def test_learning_rate_must_be_positive(lr):
 
     with pytest.raises(HearthError, match="--lr must be a positive number"):
         TrainConfig(lr=float(lr))
+
+
+def test_structured_output_options(tmp_path, capsys):
+    schema = tmp_path / "answer.json"
+    schema.write_text('{"type": "object", "properties": {"answer": {"enum": ["yes", "no"]}}, "required": ["answer"],'
+                      ' "additionalProperties": false}')
+    rc, out, err = run_main(capsys, "run", "smollm2", "Is the sky blue?", "--json-schema", str(schema),
+                            "--temperature", "0", "--json")
+    assert rc == 0, err
+    reply = json.loads(out)
+    assert json.loads(reply["text"]) in ({"answer": "yes"}, {"answer": "no"}) and reply["finish_reason"] == "stop"
+    rc, out, err = run_main(capsys, "generate", "smollm2", "Is the sky blue? Answer:", "--grammar",
+                            'root ::= " yes" | " no"', "--temperature", "1.5", "--seed", "3")
+    assert rc == 0 and out.strip() in ("yes", "no"), (out, err)
+    rc, _, err = run_main(capsys, "generate", "smollm2", "x", "--json-schema", '{"type": ')
+    one_line_error(rc, err, "the JSON schema is not valid JSON")
+    rc, _, err = run_main(capsys, "generate", "smollm2", "x", "--grammar", "root ::= undefined_rule")
+    one_line_error(rc, err, "invalid grammar")
+    rc, _, err = run_main(capsys, "generate", "smollm2", "x", "--grammar", "root ::= \"a\"", "--json-schema", "{}")
+    one_line_error(rc, err, "not both")

@@ -261,3 +261,41 @@ def test_errors_reach_the_sdk(client):
         client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}],
                                        extra_body={"frobnicate": True})
     assert chat_text(client, "hi", max_tokens=2)  # still serving
+
+
+def test_structured_outputs_through_the_sdk(client, url):
+    """`chat.completions.parse` with a pydantic model (OpenAI's response_format json_schema), JSON mode streamed,
+    vLLM's structured_outputs on /v1/completions, and a schema the server cannot use."""
+    import json
+
+    from pydantic import BaseModel
+
+    class City(BaseModel):
+        name: str
+        country: str
+        population_millions: float
+
+    r = client.chat.completions.parse(model=MODEL, messages=chat("Describe Paris."), response_format=City,
+                                      temperature=0.8, seed=3, max_tokens=100)
+    assert r.choices[0].finish_reason == "stop"
+    assert isinstance(r.choices[0].message.parsed, City), r.choices[0].message.content
+    stream = client.chat.completions.create(model=MODEL, messages=chat("Some data, please."), stream=True,
+                                            response_format={"type": "json_object"}, temperature=0, max_tokens=100)
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    if chunks[-1].choices[0].finish_reason == "stop":
+        assert isinstance(json.loads(text), dict)
+    assert text.lstrip().startswith("{")
+    c = client.completions.create(model=MODEL, prompt="The year was", max_tokens=10, temperature=1.2, seed=1, n=2,
+                                  extra_body={"structured_outputs": {"regex": " (19|20)[0-9]{2}"}})
+    assert all(re.fullmatch(r" (19|20)[0-9]{2}", ch.text) for ch in c.choices), [ch.text for ch in c.choices]
+    c = client.completions.create(model=MODEL, prompt="Pick:", max_tokens=5, extra_body={"guided_choice": ["A", "B"]})
+    assert c.choices[0].text in ("A", "B")
+    with pytest.raises(openai.BadRequestError, match="invalid JSON schema: Invalid type: frob"):
+        client.chat.completions.create(model=MODEL, messages=chat("hi"), response_format={
+            "type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "frob"}}})
+    with pytest.raises(openai.BadRequestError, match="needs a json_schema object"):
+        client.chat.completions.create(model=MODEL, messages=chat("hi"), response_format={"type": "json_schema"})
+    with pytest.raises(openai.BadRequestError, match="not response_format and guided_regex"):
+        client.chat.completions.create(model=MODEL, messages=chat("hi"), response_format={"type": "json_object"},
+                                       extra_body={"guided_regex": "a+"})

@@ -294,3 +294,25 @@ def test_token_bytes_are_llama_cpps(m):
         ours = m.tok.token_bytes(i)
         assert ours == m.llama.detokenize([i], special=True), (i, m.vocab.tokens[i])
     assert m.tok.token_bytes(m.byte_ids[0xE2]) == b"\xe2"
+
+
+def test_structured_output_sees_the_same_token_bytes(m):
+    """llguidance (structured output) reads the vocabulary from the same tokenizers JSON: every token's bytes as
+    hearth's token_bytes gives them (but <0xFF>, which llguidance reserves as its special-token marker and which
+    no UTF-8 text contains), so its masks are about the text hearth decodes."""
+    import re
+
+    import torch
+
+    from hearth.engine.sampling import Sampler, SamplingParams
+    from hearth.engine.structured import Structure, ll_tokenizer
+
+    ll = ll_tokenizer(m.tok)
+    differ = [i for i in range(m.tok.vocab_size) if ll.decode_bytes([i]) != m.tok.token_bytes(i)]
+    assert [m.tok.token_bytes(i) for i in differ] == [b"\xff"]
+    sampler = Sampler(SamplingParams(temperature=0, structure=Structure("regex", " ?[a-z]+")), m.tok)
+    allowed = set(torch.nonzero(sampler.constraint.allowed(m.tok.vocab_size, torch.device("cpu"))).flatten().tolist())
+    # the tokens that are a non-empty prefix of a match (" " alone included: letters may follow)
+    expect = {i for i in range(m.tok.vocab_size) if re.fullmatch(rb" ?[a-z]*", m.tok.token_bytes(i))
+              and m.tok.token_bytes(i) and not m.tok.is_special(i)}
+    assert allowed == expect

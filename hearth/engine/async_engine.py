@@ -92,7 +92,10 @@ class AsyncEngine:
         """Stream outputs for one request. Closing the iterator early aborts the request."""
         if not self.alive:
             raise EngineDeadError("the engine is not running (shutting down or failed); retry later")
-        self.engine.validate(req)  # bad requests fail here, before they are queued
+        if req.params.structure is None:
+            self.engine.validate(req)  # bad requests fail here, before they are queued
+        else:  # compiling a grammar can take a while: not on the event loop
+            await asyncio.to_thread(self.engine.validate, req)
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
         with self._lock:

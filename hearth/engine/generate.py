@@ -115,7 +115,7 @@ class Generator:
         if params.max_tokens == 0:
             yield StreamChunk("", None, "length")
             return
-        sampler = Sampler(params)
+        sampler = Sampler(params, self.tokenizer)
         decoder = self.tokenizer.stream()
         stops = _StopMatcher(params.stop)
         context = torch.tensor(prompt_ids, dtype=torch.long)
@@ -142,16 +142,17 @@ class Generator:
             else:
                 nxt = sampler(logits, context)
             generated.append(nxt)
-            if nxt in self.tokenizer.eos_ids and not params.ignore_eos:
+            if nxt in self.tokenizer.eos_ids and (not params.ignore_eos or sampler.done):
                 yield StreamChunk(stops.feed(decoder.flush())[0] + stops.flush(), nxt, "stop")
                 return
             text, stopped = stops.feed(decoder.push(nxt))
             if stopped:
                 yield StreamChunk(text, nxt, "stop")
                 return
-            if len(generated) >= params.max_tokens:
+            if len(generated) >= params.max_tokens or sampler.done:  # or structured output that is complete
                 tail, stopped = stops.feed(decoder.flush())
-                yield StreamChunk(text + tail + ("" if stopped else stops.flush()), nxt, "stop" if stopped else "length")
+                reason = "stop" if stopped or sampler.done else "length"
+                yield StreamChunk(text + tail + ("" if stopped else stops.flush()), nxt, reason)
                 return
             yield StreamChunk(text, nxt)
             logits = step(nxt)

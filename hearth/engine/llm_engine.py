@@ -84,6 +84,8 @@ class LLMEngine:
             bad = next(t for t in req.prompt_ids if not (0 <= t < self.tokenizer.vocab_size))
             raise HearthError(f"invalid token id {bad}: ids must be in [0, {self.tokenizer.vocab_size})")
         check_context(len(req.prompt_ids), req.params.max_tokens, self.max_model_len)
+        if req.params.structure is not None:
+            req.params.structure.check(self.tokenizer)
         need = self.blocks.blocks_for(len(req.prompt_ids) + req.params.max_tokens)
         if need > self.blocks.num_blocks:
             raise ContextLengthError(
@@ -95,7 +97,7 @@ class LLMEngine:
         if req.request_id in self.seqs:
             raise HearthError(f"duplicate request id {req.request_id}")
         seq = Sequence(req.request_id, list(req.prompt_ids), len(req.prompt_ids), req.params.max_tokens)
-        seq.data = _ReqState(req, Sampler(req.params), self.tokenizer.stream(), _StopMatcher(req.params.stop))
+        seq.data = _ReqState(req, Sampler(req.params, self.tokenizer), self.tokenizer.stream(), _StopMatcher(req.params.stop))
         self.seqs[req.request_id] = seq
         self.scheduler.add(seq)
 
@@ -154,12 +156,15 @@ class LLMEngine:
                     lps = [_logprob_entry(torch.log_softmax(last.float(), -1), token, st.req.logprobs)]
             seq.token_ids.append(token)
             st.first_token_time = st.first_token_time or now
-            if token in self.tokenizer.eos_ids and not st.req.params.ignore_eos:
+            if token in self.tokenizer.eos_ids and (not st.req.params.ignore_eos or st.sampler.done):
                 text = st.stops.feed(st.decoder.flush())[0] + st.stops.flush()
                 outputs.append(self._finish(seq, FinishReason.STOP, [token], text, lps))
                 continue
             text, stopped = st.stops.feed(st.decoder.push(token))
-            if stopped:
+            if stopped or st.sampler.done:  # a stop string, or structured output that is complete
+                if not stopped:
+                    tail, stopped = st.stops.feed(st.decoder.flush())
+                    text += tail + ("" if stopped else st.stops.flush())
                 outputs.append(self._finish(seq, FinishReason.STOP, [token], text, lps))
             elif seq.num_generated >= seq.max_tokens:
                 tail, stopped = st.stops.feed(st.decoder.flush())

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from hearth.engine.structured import Constraint, Structure
 from hearth.errors import HearthError
 
 GREEDY_BELOW = 1e-5  # temperatures under this sample greedily
@@ -30,6 +31,7 @@ class SamplingParams:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     ignore_eos: bool = False
+    structure: Structure | None = None  # output constrained to a JSON schema, regex, grammar or choice
 
     def __post_init__(self) -> None:
         def bad(name: str, value, rule: str) -> HearthError:
@@ -94,10 +96,16 @@ def filter_logits(logits: Tensor, p: SamplingParams) -> Tensor:
 
 
 class Sampler:
-    """Chooses next tokens for one sequence; owns its random generator so a seed reproduces a run."""
+    """Chooses next tokens for one sequence; owns its random generator so a seed reproduces a run, and the matcher of
+    its structured output (which needs the tokenizer)."""
 
-    def __init__(self, params: SamplingParams):
+    def __init__(self, params: SamplingParams, tokenizer=None):
         self.params = params
+        self.constraint = None
+        if params.structure is not None:
+            if tokenizer is None:
+                raise ValueError("a Sampler with structured output needs the tokenizer")
+            self.constraint = Constraint(params.structure, tokenizer)
         self.seed = params.seed if params.seed is not None else torch.seed()
         self.generator = torch.Generator()
         self.generator.manual_seed(self.seed)
@@ -112,7 +120,12 @@ class Sampler:
     @property
     def plain_greedy(self) -> bool:
         """Greedy with no penalties: the next token is the argmax of the raw logits (computable on the device)."""
-        return self.params.greedy and not self.uses_context
+        return self.params.greedy and not self.uses_context and self.constraint is None
+
+    @property
+    def done(self) -> bool:
+        """Structured output that is complete: nothing may follow, the sequence ends."""
+        return self.constraint is not None and self.constraint.done
 
     @property
     def uses_context(self) -> bool:
@@ -122,6 +135,14 @@ class Sampler:
 
     def __call__(self, logits: Tensor, context: Tensor) -> int:
         """The next token for (V,) logits on any device (a GPU's logits stay there: one id comes back)."""
+        if self.constraint is None:
+            return self._choose(logits, context)
+        allowed = self.constraint.allowed(logits.shape[-1], logits.device)
+        token = self._choose(logits.float().masked_fill(~allowed, float("-inf")), context)
+        self.constraint.accept(token)
+        return token
+
+    def _choose(self, logits: Tensor, context: Tensor) -> int:
         p = self.params
         if self.plain_greedy:
             return int(torch.argmax(logits))

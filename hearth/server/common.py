@@ -113,6 +113,7 @@ def sampling_params(req: SamplingFields, max_tokens: int, index: int) -> Samplin
         seed=seed,
         stop=req.stop_strings(),
         ignore_eos=req.ignore_eos,
+        structure=req.structure(),
     )
 
 

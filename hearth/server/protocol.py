@@ -2,8 +2,8 @@
 
 Requests are validated strictly (`extra="forbid"`, no type coercion), so a misspelt or unsupported
 field is a 400 that names it instead of being silently ignored. Fields real clients send that change
-nothing here (`user`, `store`, `metadata`, a text `response_format`, an empty `tools` list...) are
-accepted. Extensions that vLLM also accepts (`top_k`, `min_p`, `repetition_penalty`, `ignore_eos`)
+nothing here (`user`, `store`, `metadata`, an empty `tools` list...) are accepted. Structured output comes as
+OpenAI's `response_format` (json_object, json_schema) or vLLM's `structured_outputs` / `guided_*` fields. Extensions that vLLM also accepts (`top_k`, `min_p`, `repetition_penalty`, `ignore_eos`)
 reach the sampler; the openai SDK sends them through `extra_body`.
 """
 
@@ -13,6 +13,8 @@ import time
 from typing import Any, Literal, Optional, Union, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, field_validator, model_validator
+
+from hearth.engine.structured import Structure
 
 MAX_LOGPROBS = 20  # top alternatives per token (OpenAI: 20 for chat, 5 for legacy completions; vLLM: 20)
 MAX_N = 128
@@ -97,6 +99,56 @@ class ChatMessage(Strict):
 Stop = Union[str, list[str], None]
 
 
+class JsonSchemaFormat(Strict):
+    """OpenAI's `response_format.json_schema` (what the SDK's `chat.completions.parse` sends for a pydantic model)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, populate_by_name=True)
+    name: Optional[str] = None
+    description: Optional[str] = None
+    schema_: Optional[dict[str, Any]] = Field(None, alias="schema")  # no schema: any JSON object
+    strict: Optional[StrictBool] = None  # the output always follows the schema here, strict or not
+
+
+class ResponseFormat(Strict):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: Optional[JsonSchemaFormat] = None
+
+    @model_validator(mode="after")
+    def _schema_with_its_type(self):
+        if self.type == "json_schema" and self.json_schema is None:
+            raise FieldError("response_format", "type 'json_schema' needs a json_schema object")
+        if self.type != "json_schema" and self.json_schema is not None:
+            raise FieldError("response_format", f"json_schema is only allowed with type 'json_schema', not {self.type!r}")
+        return self
+
+
+class StructuredOutputs(Strict):
+    """vLLM's `structured_outputs` (also its older `guided_json` / `guided_regex` / `guided_choice` / `guided_grammar`
+    fields): one of a JSON schema, a regular expression, a list of choices or a grammar (GBNF or Lark)."""
+
+    json_: Union[dict[str, Any], str, None] = Field(None, alias="json")
+    regex: Optional[str] = None
+    choice: Optional[list[str]] = None
+    grammar: Optional[str] = None
+    model_config = ConfigDict(extra="forbid", strict=True, populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _exactly_one(self):
+        given = [k for k in ("json_", "regex", "choice", "grammar") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise FieldError("structured_outputs", "give exactly one of json, regex, choice or grammar")
+        return self
+
+    def structure(self) -> Structure:
+        if self.json_ is not None:
+            return Structure.json_schema(self.json_)
+        if self.regex is not None:
+            return Structure("regex", self.regex)
+        if self.choice is not None:
+            return Structure.choice(self.choice)
+        return Structure("grammar", self.grammar)
+
+
 class SamplingFields(Strict):
     """Fields shared by chat and completions requests."""
 
@@ -116,6 +168,13 @@ class SamplingFields(Strict):
     repetition_penalty: float = Field(1.0, gt=0, le=10)
     ignore_eos: StrictBool = False
     return_tokens_as_token_ids: StrictBool = False  # logprob tokens as "token_id:123" (bytes-exact for scorers)
+    # structured output: OpenAI's response_format, vLLM's structured_outputs and its older guided_* fields
+    response_format: Optional[ResponseFormat] = None
+    structured_outputs: Optional[StructuredOutputs] = None
+    guided_json: Union[dict[str, Any], str, None] = None
+    guided_regex: Optional[str] = None
+    guided_choice: Optional[list[str]] = None
+    guided_grammar: Optional[str] = None
     # accepted and ignored: they change nothing about the result
     user: Optional[str] = None
     store: Optional[StrictBool] = None
@@ -144,6 +203,36 @@ class SamplingFields(Strict):
             raise FieldError("stream_options", "stream_options is only allowed when stream is true")
         return self
 
+    @model_validator(mode="after")
+    def _one_structure(self):
+        given = [k for k in ("response_format", "structured_outputs", "guided_json", "guided_regex", "guided_choice",
+                             "guided_grammar") if getattr(self, k) is not None]
+        if self.response_format is not None and self.response_format.type == "text":
+            given.remove("response_format")
+        if len(given) > 1:
+            raise FieldError(given[1], f"give one way of structuring the output, not {' and '.join(given)}")
+        return self
+
+    def structure(self) -> Structure | None:
+        """What the output must match, or None. Invalid JSON in a schema given as text is a HearthError (a 400)."""
+        rf = self.response_format
+        if rf is not None and rf.type == "json_object":
+            return Structure.json_object()
+        if rf is not None and rf.type == "json_schema":
+            schema = rf.json_schema.schema_
+            return Structure.json_object() if schema is None else Structure.json_schema(schema)
+        if self.structured_outputs is not None:
+            return self.structured_outputs.structure()
+        if self.guided_json is not None:
+            return Structure.json_schema(self.guided_json)
+        if self.guided_regex is not None:
+            return Structure("regex", self.guided_regex)
+        if self.guided_choice is not None:
+            return Structure.choice(self.guided_choice)
+        if self.guided_grammar is not None:
+            return Structure("grammar", self.guided_grammar)
+        return None
+
     def stop_strings(self) -> tuple[str, ...]:
         stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
         return tuple(s for s in stops if s)  # an empty stop string would match everywhere: ignore it
@@ -162,7 +251,6 @@ class ChatCompletionRequest(SamplingFields):
     logprobs: StrictBool = False
     top_logprobs: Optional[StrictInt] = Field(None, ge=0, le=MAX_LOGPROBS)
     # accepted only in their harmless form
-    response_format: Optional[dict[str, Any]] = None
     tools: Optional[list[Any]] = None
     tool_choice: Optional[Union[str, dict[str, Any]]] = None
     parallel_tool_calls: Optional[StrictBool] = None
@@ -172,13 +260,6 @@ class ChatCompletionRequest(SamplingFields):
     def _messages(cls, v: list[ChatMessage]) -> list[ChatMessage]:
         if not v:
             raise ValueError("must contain at least one message")
-        return v
-
-    @field_validator("response_format")
-    @classmethod
-    def _text_only(cls, v):
-        if v is not None and v.get("type") != "text":
-            raise ValueError(f"type {v.get('type')!r} is not supported; only 'text'")
         return v
 
     @field_validator("tools")
