@@ -254,6 +254,7 @@ def serve(
     kv_cache: KVCacheType = "auto",
     max_num_seqs: Annotated[int, typer.Option(help="Most sequences decoded together.", min=1)] = 64,
     max_batched_tokens: Annotated[int, typer.Option(help="Token budget of one engine step (prefill chunk).", min=1)] = 512,
+    max_prefill_with_decodes: Annotated[Optional[int], typer.Option(help="Prompt tokens in a step that also decodes other requests: lower keeps streams flowing beside a long prompt, higher finishes the prompt sooner (default: 256 on a CPU, no cap on a GPU; 0: no cap).", min=0)] = None,
     max_waiting: Annotated[int, typer.Option(help="Queued requests beyond this get HTTP 429.", min=0)] = 256,
     kv_cache_gib: Annotated[float, typer.Option(help="Memory for the paged KV cache, in GiB: how many tokens all "
                                                      "running requests can hold together (logged at start).", min=0.001)] = 1.0,
@@ -282,6 +283,7 @@ def serve(
         raise HearthError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
     lm = _load(model, device, dtype, kv_cache=kv_cache)
     config = EngineConfig(max_num_seqs=max_num_seqs, max_num_batched_tokens=max_batched_tokens, max_waiting=max_waiting,
+                          max_prefill_with_decodes=max_prefill_with_decodes,
                           kv_cache_bytes=int(kv_cache_gib * (1 << 30)))
     name = served_model_name or model
     engine = AsyncEngine(lm, config, model_name=name)

@@ -101,3 +101,29 @@ def test_long_prefill_leaves_room_for_arrivals():
     assert short.num_generated == 1  # its first token is drawn in this step
     plan = run_step(s)
     assert {x.seq.request_id: x.num_tokens for x in plan.scheduled} == {"long": 63, "short": 1}  # nobody waits
+
+
+def test_prompt_tokens_are_capped_while_others_decode():
+    """max_prefill_with_decodes: a step that decodes takes at most that many prompt tokens (over all prompts), so a
+    stream beside a long prompt waits for a small step; alone, the prompt gets the whole budget again."""
+    s = Scheduler(BlockManager(200, 16), max_num_seqs=8, max_num_batched_tokens=64, max_prefill_with_decodes=16)
+    a = seq("a", 4, max_tokens=100)
+    s.add(a)
+    run_step(s)  # a decodes from now on
+    long, other = seq("long", 300), seq("other", 40)
+    s.add(long)
+    s.add(other)
+    plan = run_step(s)
+    assert {x.seq.request_id: x.num_tokens for x in plan.scheduled} == {"a": 1, "long": 16}  # all 16 to the first
+    plan = run_step(s)
+    # while "other" waits, the long prompt takes half of the 16 and "other" is admitted with the rest
+    assert {x.seq.request_id: x.num_tokens for x in plan.scheduled} == {"a": 1, "long": 8, "other": 8}
+    s.finish(a)
+    plan = run_step(s)  # nobody decodes and nobody waits: the whole budget again, oldest prompt first
+    assert {x.seq.request_id: x.num_tokens for x in plan.scheduled} == {"long": 64}
+    unlimited = Scheduler(BlockManager(200, 16), max_num_seqs=8, max_num_batched_tokens=64)
+    b = seq("b", 4, max_tokens=100)
+    unlimited.add(b)
+    run_step(unlimited)
+    unlimited.add(seq("long", 300))
+    assert {x.seq.request_id: x.num_tokens for x in run_step(unlimited).scheduled} == {"b": 1, "long": 63}

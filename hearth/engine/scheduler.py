@@ -4,7 +4,9 @@ Each step has a token budget. Running sequences go first, decodes before prefill
 sequence still prefilling takes the next chunk of its prompt), then waiting ones are admitted in arrival order while
 the budget, the sequence limit and free KV blocks allow. Long prompts are cut into chunks, so a new prompt never
 stalls running streams for more than one step; while others wait, a prefill takes at most half the budget, so a long
-prompt does not hold back the requests that arrive after it. When blocks run out, the most recently admitted
+prompt does not hold back the requests that arrive after it. While sequences decode, the prompt tokens of one step
+can be capped lower still (`max_prefill_with_decodes`): on a CPU a step's time grows with its tokens, and every
+stream waits for the whole step. When blocks run out, the most recently admitted
 sequence is preempted: its blocks are freed and it is recomputed later (vLLM's policy).
 No torch: plain data in, a plan out.
 """
@@ -65,10 +67,12 @@ class SchedulerOutput:
 
 
 class Scheduler:
-    def __init__(self, blocks: BlockManager, max_num_seqs: int = 64, max_num_batched_tokens: int = 512):
+    def __init__(self, blocks: BlockManager, max_num_seqs: int = 64, max_num_batched_tokens: int = 512,
+                 max_prefill_with_decodes: int | None = None):
         self.blocks = blocks
         self.max_num_seqs = max_num_seqs
         self.budget = max_num_batched_tokens
+        self.max_prefill_with_decodes = max_prefill_with_decodes  # None: no cap beyond the budget
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
 
@@ -99,20 +103,27 @@ class Scheduler:
         budget = self.budget
         out = SchedulerOutput([])
         scheduled_ids = set()
-        # While requests wait, a prompt still being prefilled takes at most half the budget (vLLM's
-        # long_prefill_token_threshold): a short request that arrives behind a long prompt starts at the next step
-        # instead of after the whole prefill.
-        chunk = max(self.budget // 2, 1) if self.waiting else self.budget
         # 1. running sequences, oldest first: decodes (one token each), then the chunks of prompts still prefilling,
         # so a prefill never holds back the streams already generating
         decoding = [s for s in self.running if len(s.token_ids) - s.num_computed == 1]
         prefilling = [s for s in self.running if len(s.token_ids) - s.num_computed != 1]
+        # prompt tokens this step may take: capped while streams decode (each of them waits for the whole step)
+        prefill_budget = budget
+        if decoding and self.max_prefill_with_decodes is not None:
+            prefill_budget = max(min(self.max_prefill_with_decodes, budget), 1)
+        # While requests wait, a prompt still being prefilled takes at most half of that (vLLM's
+        # long_prefill_token_threshold): a short request that arrives behind a long prompt starts at the next step
+        # instead of after the whole prefill.
+        chunk = max(prefill_budget // 2, 1) if self.waiting else prefill_budget
         for seq in decoding + prefilling:
             if budget <= 0:
                 break
             if seq.status is not Status.RUNNING:
                 continue  # preempted earlier in this loop
-            n = min(len(seq.token_ids) - seq.num_computed, budget, chunk)
+            left = len(seq.token_ids) - seq.num_computed
+            if left > 1 and prefill_budget <= 0:
+                continue
+            n = 1 if left == 1 else min(left, budget, chunk, prefill_budget)
             while not self.blocks.grow(seq.block_table, seq.num_computed + n):
                 victim = next((s for s in reversed(self.running) if id(s) not in scheduled_ids), None)
                 if victim is None:
@@ -126,13 +137,15 @@ class Scheduler:
             out.scheduled.append(ScheduledSeq(seq, n))
             scheduled_ids.add(id(seq))
             budget -= n
+            if left > 1:
+                prefill_budget -= n
         # 2. admit waiting sequences in arrival order (not ones just preempted this step)
         preempted = {id(s) for s in out.preempted}
-        while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
+        while self.waiting and min(budget, prefill_budget) > 0 and len(self.running) < self.max_num_seqs:
             seq = self.waiting[0]
             if id(seq) in preempted:
                 break
-            n = min(len(seq.token_ids) - seq.num_computed, budget)
+            n = min(len(seq.token_ids) - seq.num_computed, budget, prefill_budget)
             if not self.blocks.grow(seq.block_table, seq.num_computed + n):
                 break
             self.waiting.popleft()
@@ -140,6 +153,7 @@ class Scheduler:
             self.running.append(seq)
             out.scheduled.append(ScheduledSeq(seq, n))
             budget -= n
+            prefill_budget -= n
         return out
 
     def after_step(self, plan: SchedulerOutput) -> None:
