@@ -382,6 +382,21 @@ BAD_REQUESTS = [
     (COMPLETIONS, {"prompt": [5, -1]}, "prompt", "outside the vocabulary"),
     (COMPLETIONS, {"prompt": [[5], [384]]}, "prompt.1", "outside the vocabulary"),
     (COMPLETIONS, {"prompt": ""}, "prompt", "empty"),
+    # structured output: malformed specs are refused by the schema (a schema's own validity: test_structured.py)
+    (CHAT, {"messages": HELLO, "response_format": {"type": "xml"}}, "response_format.type", ""),
+    (CHAT, {"messages": HELLO, "response_format": {"type": "json_schema"}}, "response_format", "needs a json_schema"),
+    (CHAT, {"messages": HELLO, "response_format": {"type": "json_object", "json_schema": {"schema": {}}}},
+     "response_format", "only allowed with type 'json_schema'"),
+    (CHAT, {"messages": HELLO, "response_format": {"type": "json_schema", "json_schema": {"schema": [], "name": "x"}}},
+     "response_format.json_schema.schema", ""),
+    (COMPLETIONS, {"prompt": "x", "structured_outputs": {"regex": "a", "choice": ["b"]}}, "structured_outputs",
+     "exactly one"),
+    (COMPLETIONS, {"prompt": "x", "structured_outputs": {"pattern": "a"}}, "structured_outputs.pattern", "unsupported"),
+    (COMPLETIONS, {"prompt": "x", "guided_choice": "a"}, "guided_choice", ""),
+    (COMPLETIONS, {"prompt": "x", "guided_choice": []}, "", "non-empty list"),
+    (COMPLETIONS, {"prompt": "x", "guided_json": "{not json"}, "", "not valid JSON"),
+    (COMPLETIONS, {"prompt": "x", "guided_regex": "a", "guided_grammar": "root ::= \"a\""}, "guided_grammar",
+     "not guided_regex and guided_grammar"),
 ]
 
 

@@ -116,9 +116,9 @@ class ResponseFormat(Strict):
     @model_validator(mode="after")
     def _schema_with_its_type(self):
         if self.type == "json_schema" and self.json_schema is None:
-            raise FieldError("response_format", "type 'json_schema' needs a json_schema object")
+            raise ValueError("type 'json_schema' needs a json_schema object")
         if self.type != "json_schema" and self.json_schema is not None:
-            raise FieldError("response_format", f"json_schema is only allowed with type 'json_schema', not {self.type!r}")
+            raise ValueError(f"json_schema is only allowed with type 'json_schema', not {self.type!r}")
         return self
 
 
@@ -136,17 +136,24 @@ class StructuredOutputs(Strict):
     def _exactly_one(self):
         given = [k for k in ("json_", "regex", "choice", "grammar") if getattr(self, k) is not None]
         if len(given) != 1:
-            raise FieldError("structured_outputs", "give exactly one of json, regex, choice or grammar")
+            raise ValueError("give exactly one of json, regex, choice or grammar")
         return self
 
     def structure(self) -> Structure:
-        if self.json_ is not None:
-            return Structure.json_schema(self.json_)
-        if self.regex is not None:
-            return Structure("regex", self.regex)
-        if self.choice is not None:
-            return Structure.choice(self.choice)
-        return Structure("grammar", self.grammar)
+        return _structure(self.json_, self.regex, self.choice, self.grammar)
+
+
+def _structure(json_schema, regex, choice, grammar) -> Structure | None:
+    """The one of vLLM's four kinds that is given (callers check there is at most one)."""
+    if json_schema is not None:
+        return Structure.json_schema(json_schema)
+    if regex is not None:
+        return Structure("regex", regex)
+    if choice is not None:
+        return Structure.choice(choice)
+    if grammar is not None:
+        return Structure("grammar", grammar)
+    return None
 
 
 class SamplingFields(Strict):
@@ -223,15 +230,7 @@ class SamplingFields(Strict):
             return Structure.json_object() if schema is None else Structure.json_schema(schema)
         if self.structured_outputs is not None:
             return self.structured_outputs.structure()
-        if self.guided_json is not None:
-            return Structure.json_schema(self.guided_json)
-        if self.guided_regex is not None:
-            return Structure("regex", self.guided_regex)
-        if self.guided_choice is not None:
-            return Structure.choice(self.guided_choice)
-        if self.guided_grammar is not None:
-            return Structure("grammar", self.guided_grammar)
-        return None
+        return _structure(self.guided_json, self.guided_regex, self.guided_choice, self.guided_grammar)
 
     def stop_strings(self) -> tuple[str, ...]:
         stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
