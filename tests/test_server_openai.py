@@ -299,3 +299,41 @@ def test_structured_outputs_through_the_sdk(client, url):
     with pytest.raises(openai.BadRequestError, match="not response_format and guided_regex"):
         client.chat.completions.create(model=MODEL, messages=chat("hi"), response_format={"type": "json_object"},
                                        extra_body={"guided_regex": "a+"})
+
+
+def test_tool_calls_through_the_sdk(client):
+    """Forced calls (tool_choice required / named) come back as tool_calls whose arguments follow the tool's schema,
+    streamed or not; the results go back in the history and the conversation continues."""
+    import json
+
+    import jsonschema
+
+    weather = {"type": "object", "properties": {"city": {"type": "string"}, "unit": {"enum": ["celsius", "fahrenheit"]}},
+               "required": ["city"]}
+    tools = [{"type": "function", "function": {"name": "get_weather", "description": "Current weather in a city",
+                                               "parameters": weather}},
+             {"type": "function", "function": {"name": "add", "description": "Add two numbers", "parameters": {
+                 "type": "object", "properties": {"a": {"type": "number"}, "b": {"type": "number"}},
+                 "required": ["a", "b"]}}}]
+    messages = chat("What is the weather in Paris?")
+    r = client.chat.completions.create(model=MODEL, messages=messages, tools=tools, tool_choice="required",
+                                       parallel_tool_calls=False, temperature=0, max_tokens=60)
+    choice = r.choices[0]
+    assert choice.finish_reason == "tool_calls" and choice.message.content is None
+    (call,) = choice.message.tool_calls
+    assert call.function.name in ("get_weather", "add") and call.id
+    jsonschema.validate(json.loads(call.function.arguments), tools[[t["function"]["name"] for t in tools].index(
+        call.function.name)]["function"]["parameters"])
+    named = {"type": "function", "function": {"name": "get_weather"}}
+    stream = client.chat.completions.create(model=MODEL, messages=messages, tools=tools, tool_choice=named,
+                                            temperature=0, max_tokens=60, stream=True)
+    deltas = [c.choices[0] for c in stream if c.choices]
+    assert deltas[-1].finish_reason == "tool_calls"
+    (streamed,) = [tc for d in deltas for tc in d.delta.tool_calls or []]
+    assert streamed.function.name == "get_weather"
+    assert json.loads(streamed.function.arguments)["city"]  # a city, per the schema
+    history = messages + [choice.message.model_dump(exclude_none=True),
+                          {"role": "tool", "tool_call_id": call.id, "content": "18 degrees and sunny"}]
+    r = client.chat.completions.create(model=MODEL, messages=history, tools=tools, tool_choice="none",
+                                       temperature=0, max_tokens=30)
+    assert r.choices[0].message.content and not r.choices[0].message.tool_calls

@@ -23,6 +23,7 @@ from hearth.server.common import ServerContext
 CHAT = "/v1/chat/completions"
 COMPLETIONS = "/v1/completions"
 HELLO = [{"role": "user", "content": "Hello there"}]
+TOOL = {"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {}}}}
 
 
 @pytest.fixture(scope="module")
@@ -364,10 +365,20 @@ BAD_REQUESTS = [
     (CHAT, {"messages": []}, "messages", "at least one message"),
     (CHAT, {"messages": "hello"}, "messages", ""),
     (CHAT, {"messages": [{"role": "user"}]}, "messages.0.content", "content"),
-    (CHAT, {"messages": [{"role": "tool", "content": "x"}]}, "messages.0.role", ""),
+    (CHAT, {"messages": [{"role": "function", "content": "x"}]}, "messages.0.role", ""),
     (CHAT, {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
      "messages.0.content", "only text"),
-    (CHAT, {"messages": HELLO, "tools": [{"type": "function"}]}, "tools", "not supported"),
+    (CHAT, {"messages": HELLO, "tools": [{"type": "function"}]}, "tools.0.function", "required"),
+    (CHAT, {"messages": HELLO, "tools": [{"type": "function", "function": {"name": "a b"}}]}, "tools.0.function.name", ""),
+    (CHAT, {"messages": HELLO, "tools": [TOOL, TOOL]}, "tools", "unique"),
+    (CHAT, {"messages": HELLO, "tool_choice": "required"}, "tool_choice", "needs tools"),
+    (CHAT, {"messages": HELLO, "tools": [TOOL], "tool_choice": {"type": "function", "function": {"name": "g"}}},
+     "tool_choice", "not in tools"),
+    (CHAT, {"messages": HELLO, "tools": [TOOL], "tool_choice": "always"}, "tool_choice", ""),
+    (CHAT, {"messages": HELLO, "tools": [TOOL], "tool_choice": "required", "response_format": {"type": "json_object"}},
+     "tool_choice", "cannot be combined"),
+    (CHAT, {"messages": [{"role": "tool", "content": "5"}]}, "messages.0.tool_call_id", "tool_call_id"),
+    (CHAT, {"messages": [{"role": "user", "content": "x", "tool_calls": []}]}, "messages.0.tool_calls", "assistant"),
     (CHAT, {"messages": HELLO, "logit_bias": {"5": 10}}, "logit_bias", "not supported"),
     (CHAT, {}, "messages", "required"),
     (COMPLETIONS, {}, "prompt", "required"),

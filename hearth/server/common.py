@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from hearth.engine.request import EngineRequest, FinishReason, RequestOutput
 from hearth.engine.sampling import SamplingParams
+from hearth.engine.structured import Structure
 from hearth.server.errors import BadRequest, ModelNotFound, ServiceUnavailable
 from hearth.server.metrics import Metrics
 from hearth.server.protocol import SEED_MAX, SamplingFields
@@ -98,8 +99,9 @@ def logprob(x: float) -> float:
     return max(x, LOGPROB_FLOOR) if x == x else LOGPROB_FLOOR
 
 
-def sampling_params(req: SamplingFields, max_tokens: int, index: int) -> SamplingParams:
-    """The engine's parameters for choice `index` (seeds differ per choice so n samples differ)."""
+def sampling_params(req: SamplingFields, max_tokens: int, index: int, structure: Structure | None = None) -> SamplingParams:
+    """The engine's parameters for choice `index` (seeds differ per choice so n samples differ); `structure`: one the
+    request's own fields do not say (a forced tool call's)."""
     seed = None if req.seed is None else (req.seed + index) % (SEED_MAX + 1)
     return SamplingParams(
         max_tokens=max_tokens,
@@ -113,7 +115,7 @@ def sampling_params(req: SamplingFields, max_tokens: int, index: int) -> Samplin
         seed=seed,
         stop=req.stop_strings(),
         ignore_eos=req.ignore_eos,
-        structure=req.structure(),
+        structure=structure or req.structure(),
     )
 
 

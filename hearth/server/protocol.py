@@ -2,13 +2,15 @@
 
 Requests are validated strictly (`extra="forbid"`, no type coercion), so a misspelt or unsupported
 field is a 400 that names it instead of being silently ignored. Fields real clients send that change
-nothing here (`user`, `store`, `metadata`, an empty `tools` list...) are accepted. Structured output comes as
-OpenAI's `response_format` (json_object, json_schema) or vLLM's `structured_outputs` / `guided_*` fields. Extensions that vLLM also accepts (`top_k`, `min_p`, `repetition_penalty`, `ignore_eos`)
+nothing here (`user`, `store`, `metadata`, `service_tier`...) are accepted. Structured output comes as OpenAI's
+`response_format` (json_object, json_schema) or vLLM's `structured_outputs` / `guided_*` fields; tool calling as
+OpenAI's `tools` / `tool_choice` / `parallel_tool_calls` (hearth/server/tool_calls.py). Extensions that vLLM also accepts (`top_k`, `min_p`, `repetition_penalty`, `ignore_eos`)
 reach the sampler; the openai SDK sends them through `extra_body`.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any, Literal, Optional, Union, get_args
 
@@ -60,12 +62,28 @@ class TextPart(Strict):
     text: str
 
 
-class ChatMessage(Strict):
-    """One turn. `developer` is OpenAI's newer name for `system` and is rendered as one."""
+class FunctionCall(Strict):
+    name: str
+    arguments: str  # JSON text, as OpenAI sends it
 
-    role: Literal["system", "developer", "user", "assistant"]
+
+class ToolCall(Strict):
+    """A call the assistant made, as a client sends it back in the history."""
+
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+class ChatMessage(Strict):
+    """One turn. `developer` is OpenAI's newer name for `system` and is rendered as one. An assistant turn may carry
+    the tool calls it made; a `tool` turn carries a call's result."""
+
+    role: Literal["system", "developer", "user", "assistant", "tool"]
     content: Union[str, list[TextPart], None] = None
     name: Optional[str] = None
+    tool_calls: Optional[list[ToolCall]] = None
+    tool_call_id: Optional[str] = None
 
     @field_validator("content", mode="before")
     @classmethod
@@ -83,17 +101,59 @@ class ChatMessage(Strict):
     def _needs_content(self) -> "ChatMessage":
         if self.content is None and self.role != "assistant":
             raise FieldError("content", f"a {self.role} message needs content")
+        if self.tool_calls is not None and self.role != "assistant":
+            raise FieldError("tool_calls", "only assistant messages carry tool_calls")
+        if self.role == "tool" and self.tool_call_id is None:
+            raise FieldError("tool_call_id", "a tool message needs the tool_call_id of the call it answers")
         return self
 
-    def for_template(self) -> dict[str, str]:
-        """The message as chat templates expect it: text content, `developer` as `system`."""
+    @property
+    def text(self) -> str:
         content = self.content or ""
-        if isinstance(content, list):
-            content = "\n".join(p.text for p in content)
-        msg = {"role": "system" if self.role == "developer" else self.role, "content": content}
+        return "\n".join(p.text for p in content) if isinstance(content, list) else content
+
+    def for_template(self) -> dict[str, Any]:
+        """The message as chat templates expect it (transformers' convention): text content, `developer` as
+        `system`, tool calls with their arguments as objects."""
+        msg: dict[str, Any] = {"role": "system" if self.role == "developer" else self.role, "content": self.text}
         if self.name is not None:
             msg["name"] = self.name
+        if self.tool_calls:
+            msg["tool_calls"] = [{"id": c.id, "type": "function",
+                                  "function": {"name": c.function.name, "arguments": _arguments(c.function.arguments)}}
+                                 for c in self.tool_calls]
+        if self.tool_call_id is not None:
+            msg["tool_call_id"] = self.tool_call_id
         return msg
+
+
+def _arguments(text: str) -> Any:
+    """A call's arguments as an object for the template (vLLM does the same); text that is not JSON stays text."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+class FunctionDef(Strict):
+    name: str = Field(pattern=r"^[a-zA-Z0-9_.-]{1,64}$")
+    description: Optional[str] = None
+    parameters: Optional[dict[str, Any]] = None  # a JSON schema; none: no arguments
+    strict: Optional[StrictBool] = None  # arguments always follow the schema when a call is forced
+
+
+class Tool(Strict):
+    type: Literal["function"]
+    function: FunctionDef
+
+
+class NamedFunction(Strict):
+    name: str
+
+
+class NamedToolChoice(Strict):
+    type: Literal["function"]
+    function: NamedFunction
 
 
 Stop = Union[str, list[str], None]
@@ -210,12 +270,17 @@ class SamplingFields(Strict):
             raise FieldError("stream_options", "stream_options is only allowed when stream is true")
         return self
 
-    @model_validator(mode="after")
-    def _one_structure(self):
+    def structure_fields(self) -> list[str]:
+        """The fields that structure the output, as given."""
         given = [k for k in ("response_format", "structured_outputs", "guided_json", "guided_regex", "guided_choice",
                              "guided_grammar") if getattr(self, k) is not None]
         if self.response_format is not None and self.response_format.type == "text":
             given.remove("response_format")
+        return given
+
+    @model_validator(mode="after")
+    def _one_structure(self):
+        given = self.structure_fields()
         if len(given) > 1:
             raise FieldError(given[1], f"give one way of structuring the output, not {' and '.join(given)}")
         return self
@@ -249,10 +314,9 @@ class ChatCompletionRequest(SamplingFields):
     max_completion_tokens: Optional[StrictInt] = Field(None, ge=1)
     logprobs: StrictBool = False
     top_logprobs: Optional[StrictInt] = Field(None, ge=0, le=MAX_LOGPROBS)
-    # accepted only in their harmless form
-    tools: Optional[list[Any]] = None
-    tool_choice: Optional[Union[str, dict[str, Any]]] = None
-    parallel_tool_calls: Optional[StrictBool] = None
+    tools: Optional[list[Tool]] = None
+    tool_choice: Union[Literal["none", "auto", "required"], NamedToolChoice, None] = None  # None: auto with tools
+    parallel_tool_calls: Optional[StrictBool] = None  # None: true
 
     @field_validator("messages")
     @classmethod
@@ -261,19 +325,31 @@ class ChatCompletionRequest(SamplingFields):
             raise ValueError("must contain at least one message")
         return v
 
-    @field_validator("tools")
-    @classmethod
-    def _no_tools(cls, v):
-        if v:
-            raise ValueError("tool calling is not supported (only an empty list)")
-        return v
+    @model_validator(mode="after")
+    def _tool_choice_needs_tools(self):
+        names = [t.function.name for t in self.tools or []]
+        if len(set(names)) != len(names):
+            raise FieldError("tools", "tool names must be unique")
+        choice = self.tool_choice
+        if isinstance(choice, NamedToolChoice) and choice.function.name not in names:
+            raise FieldError("tool_choice", f"tool_choice names {choice.function.name!r}, which is not in tools")
+        if choice == "required" and not names:
+            raise FieldError("tool_choice", "tool_choice 'required' needs tools")
+        if self.forces_tool_call and self.structure_fields():
+            raise FieldError("tool_choice", "a forced tool call cannot be combined with response_format or "
+                                            "structured outputs")
+        return self
 
-    @field_validator("tool_choice")
-    @classmethod
-    def _no_tool_choice(cls, v):
-        if v not in (None, "none", "auto"):
-            raise ValueError("tool calling is not supported (only 'none' or 'auto')")
-        return v
+    @property
+    def effective_tool_choice(self) -> str | NamedToolChoice:
+        """'none' without tools; OpenAI's defaults otherwise ('auto' when tools are given)."""
+        if not self.tools:
+            return "none"
+        return self.tool_choice if self.tool_choice is not None else "auto"
+
+    @property
+    def forces_tool_call(self) -> bool:
+        return self.effective_tool_choice == "required" or isinstance(self.effective_tool_choice, NamedToolChoice)
 
     @model_validator(mode="after")
     def _top_logprobs_need_logprobs(self):
@@ -393,8 +469,9 @@ class ChatChoiceLogprobs(BaseModel):
 
 class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: Optional[str]  # None when the reply is tool calls only
     refusal: Optional[str] = None
+    tool_calls: Optional[list[ToolCall]] = None
 
 
 class ChatChoice(BaseModel):

@@ -7,6 +7,7 @@ import time
 from collections.abc import AsyncIterator
 
 from hearth.engine.request import EngineRequest, TokenLogprob
+from hearth.server import tool_calls
 from hearth.server.common import EventStream, RequestGroup, ServerContext, logprob, random_id, sampling_params
 from hearth.server.errors import error_event
 from hearth.server.protocol import (
@@ -27,16 +28,17 @@ class ChatService:
     def __init__(self, ctx: ServerContext):
         self.ctx = ctx
 
-    def prompt_ids(self, messages) -> list[int]:
+    def prompt_ids(self, req: ChatCompletionRequest) -> list[int]:
         engine = self.ctx.engine
-        text = engine.chat_template.render([m.for_template() for m in messages], add_generation_prompt=True)
+        messages, extra = tool_calls.prompt(req, engine.chat_template.source)
+        text = engine.chat_template.render(messages, add_generation_prompt=True, **extra)
         # The template writes BOS itself where the model wants one (as transformers' apply_chat_template).
         return engine.tokenizer.encode(text, add_bos=False)
 
     async def create(self, req: ChatCompletionRequest) -> ChatCompletionResponse | EventStream:
         """A response, or (stream=True) an SSE stream whose requests are already admitted by the engine."""
         model = self.ctx.check_model(req.model)
-        ids = self.prompt_ids(req.messages)
+        ids = self.prompt_ids(req)
         ctx_len = self.ctx.engine.max_model_len
         max_tokens = req.requested_max_tokens()
         if max_tokens is None:  # the rest of the context, as vLLM does
@@ -46,13 +48,18 @@ class ChatService:
         rid = random_id("chatcmpl")
         top = (req.top_logprobs or 0) if req.logprobs else None
         group = RequestGroup(self.ctx, [
-            EngineRequest(f"{rid}-{i}", ids, sampling_params(req, max_tokens, i), logprobs=top)
+            EngineRequest(f"{rid}-{i}", ids, sampling_params(req, max_tokens, i, tool_calls.forced_structure(req)),
+                          logprobs=top)
             for i in range(req.n)
         ])
         await group.start()
         if req.stream:
             return EventStream(group, self._stream(req, group, rid, model, len(ids)))
         return await self._collect(req, group, rid, model, len(ids))
+
+    @staticmethod
+    def _tool_names(req: ChatCompletionRequest) -> set[str]:
+        return {t.function.name for t in req.tools or []}
 
     def _logprobs(self, req: ChatCompletionRequest, entries: list[TokenLogprob] | None) -> list[ChatTokenLogprob]:
         k = req.top_logprobs or 0
@@ -79,15 +86,18 @@ class ChatService:
             if out.finished:
                 reasons[i] = out.finish_reason.value
                 generated[i] = out.num_generated_tokens
-        choices = [
-            ChatChoice(
+        choices = []
+        for i in range(req.n):
+            text = "".join(texts[i])
+            reply = tool_calls.Reply(text, [])
+            if req.effective_tool_choice != "none":
+                reply = tool_calls.parse(text, self._tool_names(req), _call_id)
+            choices.append(ChatChoice(
                 index=i,
-                message=AssistantMessage(content="".join(texts[i])),
+                message=AssistantMessage(content=reply.content, tool_calls=reply.calls or None),
                 logprobs=ChatChoiceLogprobs(content=lps[i]) if req.logprobs else None,
-                finish_reason=reasons[i],
-            )
-            for i in range(req.n)
-        ]
+                finish_reason="tool_calls" if reply.calls else reasons[i],
+            ))
         usage = UsageInfo(prompt_tokens=n_prompt, completion_tokens=sum(generated), total_tokens=n_prompt + sum(generated))
         return ChatCompletionResponse(id=rid, model=model, choices=choices, usage=usage)
 
@@ -102,17 +112,29 @@ class ChatService:
             return f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
 
         generated = 0
+        replies = None
+        if req.effective_tool_choice != "none":
+            replies = [tool_calls.ReplyStream(self._tool_names(req), req.forces_tool_call, _call_id) for _ in range(req.n)]
         try:
             for i in range(req.n):
                 yield event([ChatChunkChoice(index=i, delta={"role": "assistant", "content": ""})])
             async for i, out in group.outputs():
                 lp = ChatChoiceLogprobs(content=self._logprobs(req, out.logprobs)) if req.logprobs else None
+                text = replies[i].feed(out.new_text) if replies else out.new_text
                 if out.finished:
                     generated += out.num_generated_tokens
-                    delta = {"content": out.new_text} if out.new_text else {}
-                    yield event([ChatChunkChoice(index=i, delta=delta, logprobs=lp, finish_reason=out.finish_reason.value)])
-                elif out.new_text or (lp and lp.content):
-                    yield event([ChatChunkChoice(index=i, delta={"content": out.new_text}, logprobs=lp)])
+                    reason = out.finish_reason.value
+                    delta = {"content": text} if text else {}
+                    if replies:
+                        reply = replies[i].finish()
+                        if reply.content:
+                            delta["content"] = text + reply.content
+                        if reply.calls:
+                            delta["tool_calls"] = [{"index": k, **c.model_dump()} for k, c in enumerate(reply.calls)]
+                            reason = "tool_calls"
+                    yield event([ChatChunkChoice(index=i, delta=delta, logprobs=lp, finish_reason=reason)])
+                elif text or (lp and lp.content):
+                    yield event([ChatChunkChoice(index=i, delta={"content": text}, logprobs=lp)])
             if include_usage:
                 yield event([], UsageInfo(prompt_tokens=n_prompt, completion_tokens=generated, total_tokens=n_prompt + generated))
         except Exception as e:  # noqa: BLE001 - the status line is sent: report it in the stream
@@ -120,3 +142,7 @@ class ChatService:
         finally:
             group.close()
         yield "data: [DONE]\n\n"
+
+
+def _call_id() -> str:
+    return random_id("call")
