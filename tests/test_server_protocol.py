@@ -716,3 +716,20 @@ def test_serve_fails_fast_when_the_port_is_taken():
                            capture_output=True, text=True, timeout=60)
     assert r.returncode == 1 and "Traceback" not in r.stderr
     assert f"cannot listen on 127.0.0.1:{port}" in r.stderr and "loaded" not in r.stderr  # before the model loads
+
+
+def test_tool_history_reaches_the_engine_as_tokenize_shows_it(client, engine, monkeypatch):
+    """A chat with tools and a tool-call history: the engine gets the prompt /tokenize shows for the same messages
+    and tools (for this ChatML template: the tools in the system message, the calls as JSON, results as a user turn)."""
+    messages = HELLO + [
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "done"}]
+    monkeypatch.setattr(engine, "max_model_len", 4096)  # the tiny tokenizer spends many tokens on the instructions
+    r = client.post(CHAT, json={"messages": messages, "tools": [TOOL], "max_tokens": 3})
+    assert r.status_code == 200, r.text
+    assert r.json()["choices"][0]["message"]["role"] == "assistant"
+    shown = client.post("/tokenize", json={"messages": messages, "tools": [TOOL]}).json()["tokens"]
+    assert engine.requests[-1].prompt_ids == shown
+    text = engine.tokenizer.decode(shown, skip_special=False)
+    assert "You can call these tools" in text and '[{"name": "f", "arguments": {}}]' in text and "f: done" in text

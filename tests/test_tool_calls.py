@@ -38,13 +38,17 @@ def request(**kw) -> ChatCompletionRequest:
     return ChatCompletionRequest.model_validate({"messages": HISTORY, "tools": [WEATHER, ADD], **kw})
 
 
+def prompt(req: ChatCompletionRequest, source: str):
+    return tool_calls.prompt(req.messages, tool_calls.offered(req), source)
+
+
 def ids():
     n = itertools.count()
     return lambda: f"call-{next(n)}"
 
 
 def test_template_without_tools_gets_instructions_and_plain_history():
-    messages, extra = tool_calls.prompt(request(), ChatTemplate(None).source)  # ChatML, as SmolLM2's
+    messages, extra = prompt(request(), ChatTemplate(None).source)  # ChatML, as SmolLM2's
     assert extra == {}
     assert [m["role"] for m in messages] == ["system", "user", "assistant", "user"]
     assert messages[0]["content"].startswith("Be brief.\n\nYou can call these tools")
@@ -53,17 +57,17 @@ def test_template_without_tools_gets_instructions_and_plain_history():
                                                   {"name": "add", "arguments": {"a": 2, "b": 3}}]
     assert messages[3]["content"] == "Tool results:\nget_weather: 18C\nadd: 5"  # one turn, named by the calls
     ChatTemplate(None).render(messages)  # renders
-    none, _ = tool_calls.prompt(request(tool_choice="none"), ChatTemplate(None).source)
+    none, _ = prompt(request(tool_choice="none"), ChatTemplate(None).source)
     assert "You can call" not in none[0]["content"]  # "none": the tools are not offered
 
 
 def test_tool_aware_template_gets_tools_as_transformers_passes_them():
-    messages, extra = tool_calls.prompt(request(), AWARE)
+    messages, extra = prompt(request(), AWARE)
     assert extra == {"tools": [WEATHER, ADD]}
     text = ChatTemplate(AWARE).render(messages, **extra)
     assert 'CALL get_weather {"city": "Paris"};CALL add {"a": 2, "b": 3};' in text  # arguments as objects
     assert "tool: 18Ctool: 5assistant: " in text and text.startswith("TOOLS [")  # (trim_blocks eats the newlines)
-    _, extra = tool_calls.prompt(request(tool_choice="none"), AWARE)
+    _, extra = prompt(request(tool_choice="none"), AWARE)
     assert extra == {}
 
 

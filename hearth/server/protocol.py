@@ -422,6 +422,7 @@ class TokenizeCompletionRequest(Strict):
 class TokenizeChatRequest(Strict):
     model: Optional[str] = None
     messages: list[ChatMessage]
+    tools: Optional[list[Tool]] = None
     add_generation_prompt: StrictBool = True
     add_special_tokens: StrictBool = False  # the template writes the special tokens itself
     return_token_strs: StrictBool = False

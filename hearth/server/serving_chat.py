@@ -30,7 +30,7 @@ class ChatService:
 
     def prompt_ids(self, req: ChatCompletionRequest) -> list[int]:
         engine = self.ctx.engine
-        messages, extra = tool_calls.prompt(req, engine.chat_template.source)
+        messages, extra = tool_calls.prompt(req.messages, tool_calls.offered(req), engine.chat_template.source)
         text = engine.chat_template.render(messages, add_generation_prompt=True, **extra)
         # The template writes BOS itself where the model wants one (as transformers' apply_chat_template).
         return engine.tokenizer.encode(text, add_bos=False)

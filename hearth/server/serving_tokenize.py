@@ -5,6 +5,7 @@ lm-evaluation-harness's remote tokenizer uses these to count and split text exac
 
 from __future__ import annotations
 
+from hearth.server import tool_calls
 from hearth.server.common import ServerContext
 from hearth.server.protocol import (
     DetokenizeRequest,
@@ -24,7 +25,9 @@ class TokenizeService:
         engine = self.ctx.engine
         tok = engine.tokenizer
         if isinstance(req, TokenizeChatRequest):
-            text = engine.chat_template.render([m.for_template() for m in req.messages], req.add_generation_prompt)
+            # the same prompt the chat endpoint builds for these messages and tools
+            messages, extra = tool_calls.prompt(req.messages, req.tools or None, engine.chat_template.source)
+            text = engine.chat_template.render(messages, req.add_generation_prompt, **extra)
             ids = tok.encode(text, add_bos=None if req.add_special_tokens else False)
         else:
             # add_special_tokens: the model's own rule (BOS for Llama, nothing for SmolLM2), as HF tokenizers do

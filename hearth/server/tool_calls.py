@@ -43,13 +43,13 @@ def instructions(tools: list[Tool]) -> str:
             "message. If no tool is needed, answer normally.")
 
 
-def prompt(req: ChatCompletionRequest, template_source: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """The messages and extra template variables for this request's prompt."""
-    offered = req.tools if req.effective_tool_choice != "none" else None
+def prompt(messages: list[ChatMessage], offered: list[Tool] | None,
+           template_source: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The messages and extra template variables for a prompt offering these tools (None: none)."""
     if template_knows_tools(template_source):
         kwargs = {"tools": [t.model_dump(exclude_none=True) for t in offered]} if offered else {}
-        return [m.for_template() for m in req.messages], kwargs
-    return _plain_history(req.messages, offered), {}
+        return [m.for_template() for m in messages], kwargs
+    return _plain_history(messages, offered), {}
 
 
 def _plain_history(messages: list[ChatMessage], offered: list[Tool] | None) -> list[dict[str, Any]]:
@@ -79,6 +79,11 @@ def _plain_history(messages: list[ChatMessage], offered: list[Tool] | None) -> l
         else:
             out.insert(0, {"role": "system", "content": text})
     return out
+
+
+def offered(req: ChatCompletionRequest) -> list[Tool] | None:
+    """The tools the model is told about: none for tool_choice "none"."""
+    return req.tools if req.effective_tool_choice != "none" else None
 
 
 def forced_structure(req: ChatCompletionRequest) -> Structure | None:
