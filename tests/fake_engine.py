@@ -11,6 +11,8 @@ import asyncio
 import random
 from dataclasses import dataclass
 
+import torch
+
 from hearth.engine.async_engine import EngineDeadError, EngineStats, QueueFullError
 from hearth.engine.generate import _StopMatcher, check_context
 from hearth.engine.request import EngineRequest, FinishReason, RequestOutput, TokenLogprob
@@ -52,6 +54,21 @@ class FakeEngine:
         self.aborted: list[str] = []
         self.active: set[str] = set()
         self.alive = True
+
+    embedding_dim = 8
+
+    async def call(self, fn):
+        """AsyncEngine.call over a stand-in model whose embedding of ids is a fixed unit vector per ids."""
+        class Model:
+            @staticmethod
+            def embed(ids):
+                g = torch.Generator().manual_seed(sum(ids) * 31 + len(ids))
+                return torch.nn.functional.normalize(torch.randn(self.embedding_dim, generator=g), dim=0)
+
+        class LM:
+            model = Model()
+
+        return fn(LM())
 
     def stats(self) -> EngineStats:
         return EngineStats(running=len(self.active), waiting=0, kv_blocks_used=4 * len(self.active), kv_blocks_total=64)

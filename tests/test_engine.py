@@ -179,6 +179,35 @@ def test_shutdown_ends_waiting_consumers_with_an_error(lm):
     asyncio.run(asyncio.wait_for(main(), 120))
 
 
+def test_async_engine_call_runs_on_the_engine_thread_between_steps(lm):
+    """Embeddings run as AsyncEngine.call: on the engine thread, while a stream keeps generating; errors reach the
+    caller; after shutdown a call fails instead of hanging."""
+    import threading
+
+    from hearth.engine.async_engine import EngineDeadError
+
+    async def main():
+        eng = AsyncEngine(lm, EngineConfig(kv_cache_bytes=64 << 20))
+        eng.start()
+        agen = eng.generate(EngineRequest("s", lm.tokenizer.encode("Hello"),
+                                          SamplingParams(temperature=0, max_tokens=40, ignore_eos=True)))
+        await agen.__anext__()
+        thread = await eng.call(lambda _: threading.current_thread().name)
+        assert thread == "hearth-engine"
+        ids = lm.tokenizer.encode("A sentence to embed.")
+        vec = await eng.call(lambda m: m.model.embed(ids))
+        assert torch.equal(vec, lm.model.embed(ids))
+        with pytest.raises(ZeroDivisionError):
+            await eng.call(lambda _: 1 / 0)
+        rest = [o async for o in agen]  # the stream was not disturbed
+        assert rest[-1].finished and rest[-1].num_generated_tokens == 40
+        await asyncio.get_running_loop().run_in_executor(None, eng.shutdown)
+        with pytest.raises(EngineDeadError):
+            await eng.call(lambda _: 1)
+
+    asyncio.run(asyncio.wait_for(main(), 120))
+
+
 def _rss_mib() -> int:
     with open("/proc/self/status") as f:
         return next(int(line.split()[1]) // 1024 for line in f if line.startswith("VmRSS"))

@@ -171,3 +171,21 @@ def test_chat_prompt_identical_to_transformers_apply_chat_template(hearth_lm, gg
         for gen_prompt in (True, False):
             ref = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=gen_prompt)
             assert hearth_lm.chat_template.render(messages, add_generation_prompt=gen_prompt) == ref
+
+
+
+def test_embeddings_equal_transformers_mean_pooled_hidden_states(hearth_lm, hf_model):
+    """/v1/embeddings' vector: the final-norm hidden states of transformers' model, averaged and normalized; a
+    prompt longer than a prefill chunk goes through in chunks and still agrees."""
+    tok = hearth_lm.tokenizer
+    text = open("/usr/share/common-licenses/GPL-3", encoding="utf-8").read()[:3000]
+    hearth_lm.model.prefill_chunk = 256  # several chunks for this text
+    try:
+        for ids in (tok.encode("The capital of France is Paris."), tok.encode(text)):
+            ours = hearth_lm.model.embed(ids)
+            with torch.no_grad():
+                hidden = hf_model.model(torch.tensor([ids])).last_hidden_state[0]
+            ref = torch.nn.functional.normalize(hidden.mean(0), dim=0)
+            assert torch.dot(ours, ref) > 0.99999 and (ours - ref).abs().max() < 1e-4, len(ids)
+    finally:
+        hearth_lm.model.prefill_chunk = 512

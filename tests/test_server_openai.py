@@ -337,3 +337,19 @@ def test_tool_calls_through_the_sdk(client):
     r = client.chat.completions.create(model=MODEL, messages=history, tools=tools, tool_choice="none",
                                        temperature=0, max_tokens=30)
     assert r.choices[0].message.content and not r.choices[0].message.tool_calls
+
+
+
+def test_embeddings_through_the_sdk(client):
+    import numpy as np
+
+    texts = ["A cat sat on the mat.", "A kitten was sitting on the rug.", "Stock markets fell sharply today."]
+    r = client.embeddings.create(model=MODEL, input=texts)  # the SDK asks for base64 and decodes it
+    e = np.array([d.embedding for d in r.data])
+    assert e.shape == (3, 576) and np.allclose(np.linalg.norm(e, axis=1), 1, atol=1e-5)
+    assert e[0] @ e[1] > e[0] @ e[2]  # the two cats are closer than cat and stocks
+    floats = client.embeddings.create(model=MODEL, input=texts[0], encoding_format="float").data[0].embedding
+    assert np.allclose(floats, e[0], atol=1e-6)
+    assert r.usage.prompt_tokens == r.usage.total_tokens > 3
+    with pytest.raises(openai.BadRequestError, match="dimensions"):
+        client.embeddings.create(model=MODEL, input="x", dimensions=64)

@@ -733,3 +733,28 @@ def test_tool_history_reaches_the_engine_as_tokenize_shows_it(client, engine, mo
     assert engine.requests[-1].prompt_ids == shown
     text = engine.tokenizer.decode(shown, skip_special=False)
     assert "You can call these tools" in text and '[{"name": "f", "arguments": {}}]' in text and "f: done" in text
+
+
+
+def test_embeddings_shape_and_errors(client, engine):
+    import base64
+    import struct
+
+    r = client.post("/v1/embeddings", json={"input": ["hello world", "hello"], "model": "tiny-model"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["object"] == "list" and [d["index"] for d in body["data"]] == [0, 1]
+    assert body["usage"]["prompt_tokens"] == len(engine.tokenizer.encode("hello world")) + len(engine.tokenizer.encode("hello"))
+    first = body["data"][0]["embedding"]
+    assert len(first) == engine.embedding_dim and abs(sum(x * x for x in first) - 1) < 1e-5
+    b64 = client.post("/v1/embeddings", json={"input": "hello world", "encoding_format": "base64"}).json()
+    raw = base64.b64decode(b64["data"][0]["embedding"])
+    assert list(struct.unpack(f"<{len(raw) // 4}f", raw)) == pytest.approx(first)  # little-endian float32
+    ids = engine.tokenizer.encode("hello world")
+    assert client.post("/v1/embeddings", json={"input": ids}).json()["data"][0]["embedding"] == pytest.approx(first)
+    assert_error(client.post("/v1/embeddings", json={"input": "x", "dimensions": 3}), 400, "dimensions", "have 8")
+    assert_error(client.post("/v1/embeddings", json={"input": ["a", ""]}), 400, "input.1", "empty")
+    assert_error(client.post("/v1/embeddings", json={"input": [5, 99999]}), 400, "input", "outside the vocabulary")
+    assert_error(client.post("/v1/embeddings", json={"input": "word " * 300}), 400, "input", "maximum context length")
+    assert_error(client.post("/v1/embeddings", json={"input": 5}), 400, "input", "must be")
+    assert_error(client.post("/v1/embeddings", json={"input": "x", "encoding_format": "int8"}), 400, "encoding_format")

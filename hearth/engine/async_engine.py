@@ -35,6 +35,27 @@ def _put(loop: asyncio.AbstractEventLoop, queue: asyncio.Queue, item) -> None:
         pass
 
 
+def _raise_dead(_):
+    raise EngineDeadError("the engine shut down")
+
+
+def _settle(loop: asyncio.AbstractEventLoop, future: asyncio.Future, fn, arg) -> None:
+    """Run fn(arg) here and hand its result (or its exception) to the future on its own loop."""
+    try:
+        result, error = fn(arg), None
+    except Exception as e:  # noqa: BLE001 - the caller gets it
+        result, error = None, e
+
+    def done():
+        if not future.done():
+            future.set_exception(error) if error is not None else future.set_result(result)
+
+    try:
+        loop.call_soon_threadsafe(done)
+    except RuntimeError:  # the caller's loop is closed
+        pass
+
+
 @dataclass
 class EngineStats:
     running: int
@@ -50,11 +71,13 @@ class AsyncEngine:
         self.tokenizer = lm.tokenizer
         self.chat_template = lm.chat_template
         self.max_model_len = self.engine.max_model_len
+        self.embedding_dim = lm.model.config.dim
         self.model_name = model_name or lm.checkpoint.config.name
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._inbox: list[EngineRequest] = []
         self._aborts: list[str] = []
+        self._calls: list[tuple] = []  # (fn, loop, future): work for the model between engine steps
         self._queues: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = {}
         self._thread: threading.Thread | None = None
         self._stop = False
@@ -125,6 +148,18 @@ class AsyncEngine:
             if not finished:
                 self.abort(req.request_id)
 
+    async def call(self, fn):
+        """Run fn(lm) on the engine thread between two steps (the model is not shared across threads) and return its
+        result: for work outside generation, such as embeddings."""
+        if not self.alive:
+            raise EngineDeadError("the engine is not running (shutting down or failed); retry later")
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        with self._lock:
+            self._calls.append((fn, loop, future))
+        self._wake.set()
+        return await future
+
     def abort(self, request_id: str) -> None:
         with self._lock:
             self._queues.pop(request_id, None)
@@ -147,6 +182,9 @@ class AsyncEngine:
                 with self._lock:
                     inbox, self._inbox = self._inbox, []
                     aborts, self._aborts = self._aborts, []
+                    calls, self._calls = self._calls, []
+                for fn, loop, future in calls:
+                    _settle(loop, future, fn, self.engine.lm)
                 for rid in aborts:
                     self.engine.abort(rid)
                 for req in inbox:
@@ -174,5 +212,8 @@ class AsyncEngine:
             # consumers still waiting must not hang: tell them the engine is gone
             with self._lock:
                 queues, self._queues = list(self._queues.values()), {}
+                calls, self._calls = self._calls, []
             for loop, queue in queues:
                 _put(loop, queue, EngineDeadError("the engine shut down"))
+            for _, loop, future in calls:
+                _settle(loop, future, _raise_dead, None)

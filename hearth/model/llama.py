@@ -334,6 +334,18 @@ class Transformer(nn.Module):
             x = x[:, -1:]
         return self.output(self.norm(x)).float()
 
+    @torch.inference_mode()
+    def embed(self, ids: list[int]) -> Tensor:
+        """A text's embedding: the final-norm hidden states averaged over its tokens, L2-normalized, fp32 on the CPU
+        (the pooling llama.cpp's server and Ollama give a generative model). Long inputs go through in chunks."""
+        tokens = torch.tensor([ids], dtype=torch.long, device=self.device)
+        cache = self.new_cache(1, len(ids))
+        total = torch.zeros(self.config.dim, dtype=torch.float32, device=self.device)
+        for s in range(0, len(ids), self.prefill_chunk):
+            x = self._hidden(tokens[:, s : s + self.prefill_chunk], s, cache)
+            total += self.norm(x)[0].float().sum(0)
+        return torch.nn.functional.normalize(total / len(ids), dim=0).cpu()
+
     def _hidden(self, tokens: Tensor, start: int | Tensor, cache: KVCache | None) -> Tensor:
         """The last layer's output (B, T, dim) for tokens at positions start.., before the final norm."""
         x = self.tok_embeddings(tokens)

@@ -3,8 +3,8 @@
     app = build_app(engine, api_key="secret", served_model_name="smollm2")
     uvicorn.run(app)
 
-The engine is anything with AsyncEngine's surface (`generate`, `abort`, `stats`, `tokenizer`,
-`chat_template`, `max_model_len`, `model_name`); its lifetime belongs to the caller (`hearth serve`
+The engine is anything with AsyncEngine's surface (`generate`, `abort`, `call`, `stats`, `tokenizer`,
+`chat_template`, `max_model_len`, `embedding_dim`, `model_name`); its lifetime belongs to the caller (`hearth serve`
 starts it and shuts it down). Routes only parse, call a serving class and wrap the result; every
 error becomes an OpenAI-style body in `errors.py`.
 """
@@ -26,6 +26,7 @@ from hearth.server.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
     DetokenizeRequest,
+    EmbeddingRequest,
     ModelCard,
     ModelList,
     TokenizeChatRequest,
@@ -33,12 +34,13 @@ from hearth.server.protocol import (
 )
 from hearth.server.serving_chat import ChatService
 from hearth.server.serving_completion import CompletionService
+from hearth.server.serving_embedding import EmbeddingService
 from hearth.server.serving_tokenize import TokenizeService
 from hearth.server.transport import DEFAULT_MAX_BODY_BYTES, EventStreamResponse, parse, read_json, until_disconnect
 
 ENDPOINTS = {
     "/v1/chat/completions", "/v1/completions", "/v1/models", "/tokenize", "/detokenize", "/tokenizer_info",
-    "/health", "/metrics",
+    "/health", "/metrics", "/v1/embeddings",
 }
 
 
@@ -64,6 +66,7 @@ def build_app(
     names = tuple(dict.fromkeys(n for n in (served_model_name, engine.model_name) if n))
     ctx = ServerContext(engine, names, Metrics(engine))
     chat, completion, tokenize = ChatService(ctx), CompletionService(ctx), TokenizeService(ctx)
+    embedding = EmbeddingService(ctx)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -107,6 +110,11 @@ def build_app(
     async def completions(request: Request) -> Response:
         req = parse(CompletionRequest, await read_json(request, max_body_bytes))
         return await run(request, completion.create(req))
+
+    @app.post("/v1/embeddings", dependencies=guard)
+    async def embeddings(request: Request) -> Response:
+        req = parse(EmbeddingRequest, await read_json(request, max_body_bytes))
+        return await run(request, embedding.create(req))
 
     @app.get("/v1/models", dependencies=[Depends(authorized)])
     async def models() -> Response:

@@ -535,6 +535,43 @@ class CompletionResponse(BaseModel):
     system_fingerprint: Optional[str] = None
 
 
+class EmbeddingRequest(Strict):
+    """POST /v1/embeddings: one text, a list of texts, token ids or lists of token ids (as OpenAI's)."""
+
+    model: Optional[str] = None
+    input: Any
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: Optional[StrictInt] = None
+    user: Optional[str] = None
+
+    @field_validator("input")
+    @classmethod
+    def _input(cls, v: Any) -> Any:
+        return CompletionRequest._prompt(v)  # the same four shapes as a completion's prompt
+
+    def inputs(self) -> list[str | list[int]]:
+        v = self.input
+        return [v] if isinstance(v, str) or isinstance(v[0], int) else list(v)
+
+
+class Embedding(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: Union[list[float], str]  # base64 of little-endian float32 with encoding_format "base64"
+
+
+class EmbeddingUsage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingResponse(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[Embedding]
+    model: str
+    usage: EmbeddingUsage
+
+
 class ModelCard(BaseModel):
     id: str
     object: Literal["model"] = "model"

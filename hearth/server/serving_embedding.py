@@ -1,0 +1,53 @@
+"""POST /v1/embeddings: texts → token ids → the model's pooled, normalized hidden states (Transformer.embed).
+
+The model belongs to the engine thread, so each input runs there between generation steps (AsyncEngine.call):
+streams keep flowing while a batch of texts is embedded, one text at a time.
+"""
+
+from __future__ import annotations
+
+import base64
+
+from hearth.server.common import ServerContext
+from hearth.server.errors import BadRequest
+from hearth.server.protocol import Embedding, EmbeddingRequest, EmbeddingResponse, EmbeddingUsage
+
+MAX_INPUTS = 2048  # OpenAI's limit per request
+
+
+class EmbeddingService:
+    def __init__(self, ctx: ServerContext):
+        self.ctx = ctx
+
+    async def create(self, req: EmbeddingRequest) -> EmbeddingResponse:
+        model = self.ctx.check_model(req.model)
+        engine = self.ctx.engine
+        inputs = req.inputs()
+        if len(inputs) > MAX_INPUTS:
+            raise BadRequest(f"input has {len(inputs)} items; at most {MAX_INPUTS} per request", param="input")
+        dim = engine.embedding_dim
+        if req.dimensions is not None and req.dimensions != dim:
+            raise BadRequest(f"dimensions={req.dimensions} is not supported: this model's embeddings have {dim}",
+                             param="dimensions")
+        all_ids = []
+        for i, x in enumerate(inputs):
+            where = "input" if len(inputs) == 1 else f"input.{i}"
+            ids = engine.tokenizer.encode(x) if isinstance(x, str) else list(x)
+            self.ctx.check_token_ids(ids, where)
+            if not ids:
+                raise BadRequest(f"{where} is empty: give at least one token", param=where)
+            if len(ids) > engine.max_model_len:
+                raise BadRequest(f"{where} has {len(ids)} tokens; this model's maximum context length is "
+                                 f"{engine.max_model_len}: shorten it", param=where, code="context_length_exceeded")
+            all_ids.append(ids)
+        data = []
+        for i, ids in enumerate(all_ids):
+            vec = await engine.call(lambda lm, ids=ids: lm.model.embed(ids))
+            if req.encoding_format == "base64":
+                out = base64.b64encode(vec.numpy().astype("<f4").tobytes()).decode("ascii")
+            else:
+                out = vec.tolist()
+            data.append(Embedding(index=i, embedding=out))
+        n = sum(len(ids) for ids in all_ids)
+        return EmbeddingResponse(data=data, model=model, usage=EmbeddingUsage(prompt_tokens=n, total_tokens=n))
+
