@@ -627,7 +627,7 @@ def tune(
     eval_every: EvalEvery = 0,
     save_every: SaveEvery = 50,
     seed: TrainSeed = 0,
-    beta: Annotated[float, typer.Option(help="DPO: strength of the pull towards the reference model.", min=0.0)] = 0.1,
+    beta: Annotated[Optional[float], typer.Option(help="DPO: strength of the pull towards the reference model (default 0.1; only with --method dpo).", min=0.0)] = None,
     template: Annotated[bool, typer.Option(help="Render prompt/completion pairs with the chat template (--no-template: raw prompt + completion + EOS).")] = True,
     on_bad_line: OnBadLine = "stop",
     overlong: Overlong = "truncate",
@@ -649,12 +649,14 @@ def tune(
     from hearth.tune.train import TrainConfig
 
     logging.getLogger("hearth").setLevel(logging.INFO)
+    if beta is not None and method != "dpo":
+        raise HearthError(f"--beta applies to --method dpo only (this run is --method {method}); leave it out")
     targets = tuple(t.strip() for t in target_modules.split(",") if t.strip())
     cfg = TrainConfig(
         method=method, lora=LoraConfig(lora_r, lora_alpha, lora_dropout, targets), lr=lr, warmup_steps=warmup_steps,
         max_steps=max_steps, epochs=epochs, batch_size=batch_size, grad_accum=grad_accum, max_len=max_len, pack=pack,
         grad_clip=grad_clip, weight_decay=weight_decay, grad_checkpointing=grad_checkpointing, val_fraction=val_fraction,
-        eval_every=eval_every, save_every=save_every, seed=seed, dpo_beta=beta,
+        eval_every=eval_every, save_every=save_every, seed=seed, dpo_beta=0.1 if beta is None else beta,
     )
     outcome = run_tune(model, data, output, cfg, data=_data_options(on_bad_line, overlong, template), device=device, dtype=dtype,
                        resume=resume, progress=not quiet and sys.stderr.isatty(), merge=merge, memory_limit=_gib(memory_limit))

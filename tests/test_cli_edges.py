@@ -129,3 +129,10 @@ def test_structured_output_options(tmp_path, capsys):
     one_line_error(rc, err, "invalid grammar")
     rc, _, err = run_main(capsys, "generate", "smollm2", "x", "--grammar", "root ::= \"a\"", "--json-schema", "{}")
     one_line_error(rc, err, "not both")
+
+
+def test_tune_beta_outside_dpo_is_refused(tmp_path, capsys):
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"prompt": "a", "completion": "b"}\n')
+    rc, _, err = run_main(capsys, "tune", "smollm2", "--data", str(data), "-o", str(tmp_path / "out"), "--beta", "0.5")
+    one_line_error(rc, err, "--beta applies to --method dpo only")
