@@ -256,6 +256,7 @@ def serve(
     max_batched_tokens: Annotated[int, typer.Option(help="Token budget of one engine step (prefill chunk).", min=1)] = 512,
     max_prefill_with_decodes: Annotated[Optional[int], typer.Option(help="Prompt tokens in a step that also decodes other requests: lower keeps streams flowing beside a long prompt, higher finishes the prompt sooner (default: 256 on a CPU, no cap on a GPU; 0: no cap).", min=0)] = None,
     max_waiting: Annotated[int, typer.Option(help="Queued requests beyond this get HTTP 429.", min=0)] = 256,
+    prefix_caching: Annotated[bool, typer.Option("--prefix-caching/--no-prefix-caching", help="Reuse the KV cache of a prompt prefix already computed (a chat's earlier turns, a shared system prompt).")] = True,
     kv_cache_gib: Annotated[float, typer.Option(help="Memory for the paged KV cache, in GiB: how many tokens all "
                                                      "running requests can hold together (logged at start).", min=0.001)] = 1.0,
     max_body_bytes: Annotated[int, typer.Option(help="Largest request body accepted (HTTP 413 above).", min=1)] = 1 << 20,
@@ -283,7 +284,7 @@ def serve(
         raise HearthError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
     lm = _load(model, device, dtype, kv_cache=kv_cache)
     config = EngineConfig(max_num_seqs=max_num_seqs, max_num_batched_tokens=max_batched_tokens, max_waiting=max_waiting,
-                          max_prefill_with_decodes=max_prefill_with_decodes,
+                          max_prefill_with_decodes=max_prefill_with_decodes, enable_prefix_caching=prefix_caching,
                           kv_cache_bytes=int(kv_cache_gib * (1 << 30)))
     name = served_model_name or model
     engine = AsyncEngine(lm, config, model_name=name)

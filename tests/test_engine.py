@@ -242,3 +242,33 @@ def test_context_is_capped_to_what_the_cache_holds(lm, caplog):
     eng.add_request(EngineRequest("y", [1] * 60, SamplingParams(max_tokens=4)))  # exactly the whole cache
     while eng.has_work():
         eng.step()
+
+
+def test_prefix_cache_reuses_a_chat_prefix_and_keeps_outputs(lm):
+    """Turn two of a chat (and another chat with the same system prompt) start after the cached blocks of the first
+    turn's prompt; on the exact fp32 path the greedy tokens equal the single-sequence Generator's. Prompt-logprob
+    requests compute every position and get the same numbers either way."""
+    system = "You are a careful assistant. " * 12
+    first = [{"role": "system", "content": system}, {"role": "user", "content": "Name a river."}]
+    ids1 = lm.tokenizer.encode(lm.chat_template.render(first), add_bos=False)
+    gen = Generator(lm.model, lm.tokenizer)
+    reply = gen.complete(ids1, GREEDY)
+    second = first + [{"role": "assistant", "content": reply.text}, {"role": "user", "content": "And a mountain?"}]
+    ids2 = lm.tokenizer.encode(lm.chat_template.render(second), add_bos=False)
+    eng = LLMEngine(lm, EngineConfig(kv_cache_bytes=64 << 20))
+    eng.add_request(EngineRequest("t1", ids1, GREEDY))
+    assert drain(eng)["t1"]["ids"] == reply.token_ids
+    queried = eng.blocks.queried_tokens
+    eng.add_request(EngineRequest("t2", ids2, GREEDY))
+    got = drain(eng)["t2"]["ids"]
+    hit = eng.blocks.hit_tokens
+    assert hit >= (len(ids1) // 16 - 1) * 16 and eng.blocks.queried_tokens == queried + len(ids2)
+    assert got == gen.complete(ids2, GREEDY).token_ids
+    # prompt logprobs: no reuse, same numbers as on an engine without the cache
+    cold = LLMEngine(lm, EngineConfig(kv_cache_bytes=64 << 20, enable_prefix_caching=False))
+    for e in (eng, cold):
+        e.add_request(EngineRequest("lp", ids2, SamplingParams(temperature=0, max_tokens=1), prompt_logprobs=0))
+    warm_lp = [o for o in drain(eng)["lp"]["out"] if o.prompt_logprobs][0].prompt_logprobs
+    cold_lp = [o for o in drain(cold)["lp"]["out"] if o.prompt_logprobs][0].prompt_logprobs
+    assert eng.blocks.hit_tokens == hit  # not looked up
+    assert [e.logprob for e in warm_lp[1:]] == pytest.approx([e.logprob for e in cold_lp[1:]], abs=1e-4)

@@ -127,3 +127,81 @@ def test_prompt_tokens_are_capped_while_others_decode():
     run_step(unlimited)
     unlimited.add(seq("long", 300))
     assert {x.seq.request_id: x.num_tokens for x in run_step(unlimited).scheduled} == {"b": 1, "long": 63}
+
+
+# ---------------------------------------------------------------------------------------- prefix caching
+
+
+def test_prefix_cache_shares_full_blocks_and_never_the_last_token():
+    from hearth.engine.kv_blocks import PrefixKeys
+
+    bm = BlockManager(10, 4, enable_caching=True)
+    a, ka = [], PrefixKeys()
+    tokens = list(range(10))
+    assert bm.match(tokens, ka) == [] and bm.grow(a, 10)
+    bm.register(a, tokens, 10, ka)  # blocks 0 and 1 are full (tokens 0-7); block 2 holds 8, 9: not named
+    kb = PrefixKeys()
+    b = bm.match(tokens[:9] + [99], kb)  # same first 8 tokens
+    assert b == a[:2] and bm.num_used == 3  # shared, not copied
+    assert bm.match(tokens[:8], PrefixKeys()) == a[:1]  # 8 tokens: the last must be computed, so one block only
+    bm.free(a)
+    assert bm.num_used == 2  # b (and the second match) still hold the two shared blocks; a's third is free
+    bm.free(b)
+    assert bm.match([7] + tokens[1:], PrefixKeys()) == []  # a block's name covers every token before it
+
+
+def test_prefix_cache_evicts_named_blocks_last_and_oldest_first():
+    from hearth.engine.kv_blocks import PrefixKeys
+
+    bm = BlockManager(4, 2, enable_caching=True)
+    x, y = [], []
+    assert bm.grow(x, 2) and bm.grow(y, 2)
+    bm.register(x, [1, 2], 2, PrefixKeys())
+    bm.register(y, [3, 4], 2, PrefixKeys())
+    bm.free(x)
+    bm.free(y)  # both free and named; x freed first
+    assert bm.num_free == 4
+    z = []
+    assert bm.grow(z, 4)  # the two unnamed blocks go first
+    assert bm.match([1, 2, 0], PrefixKeys()) and bm.match([3, 4, 0], PrefixKeys())
+    bm.free(z)
+    w = []
+    assert bm.grow(w, 8) is False  # 4 blocks wanted: 2 free, 2 held by the matches above
+    bm2 = BlockManager(3, 2, enable_caching=True)
+    x, y = [], []
+    bm2.grow(x, 2), bm2.grow(y, 2)
+    bm2.register(x, [1, 2], 2, PrefixKeys()), bm2.register(y, [3, 4], 2, PrefixKeys())
+    bm2.free(x), bm2.free(y)
+    assert bm2.grow([], 4)  # the unnamed block, then the oldest named (x's)
+    assert bm2.match([1, 2, 0], PrefixKeys()) == [] and bm2.match([3, 4, 0], PrefixKeys()) != []
+
+
+def test_scheduler_starts_a_prompt_after_its_cached_prefix():
+    bm = BlockManager(100, 4, enable_caching=True)
+    s = Scheduler(bm, max_num_seqs=8, max_num_batched_tokens=64)
+    a = seq("a", 18)
+    s.add(a)
+    run_step(s)  # 18 prompt tokens computed: blocks 0-3 full and named
+    b = Sequence("b", list(range(16)) + [50, 51, 52], 19, 8)
+    s.add(b)
+    plan = run_step(s)
+    assert {x.seq.request_id: x.num_tokens for x in plan.scheduled} == {"a": 1, "b": 3}  # b: 16 tokens cached
+    assert b.block_table[:4] == a.block_table[:4] and bm.hit_tokens == 16 and bm.queried_tokens == 18 + 19
+    no_cache = Sequence("c", list(range(16)) + [9], 17, 8, cacheable=False)  # e.g. wants prompt logprobs
+    s.add(no_cache)
+    plan = run_step(s)
+    assert [x.num_tokens for x in plan.scheduled if x.seq is no_cache] == [17]
+
+
+def test_a_prompt_that_cannot_start_gives_its_cached_blocks_back():
+    bm = BlockManager(5, 4, enable_caching=True)
+    s = Scheduler(bm, max_num_seqs=8, max_num_batched_tokens=64)
+    a = seq("a", 9, max_tokens=30)
+    s.add(a)
+    run_step(s)  # 3 blocks: 2 full, named
+    b = Sequence("b", list(range(8)) + list(range(100, 120)), 28, 4)  # 8 cached tokens, then 20 more: 5 more blocks
+    s.add(b)
+    free_before = bm.num_free
+    plan = run_step(s)
+    assert [x.seq.request_id for x in plan.scheduled] == ["a"] and s.waiting[0] is b
+    assert b.num_computed == 0 and b.block_table == [] and bm.num_free == free_before  # nothing held while waiting

@@ -353,3 +353,14 @@ def test_embeddings_through_the_sdk(client):
     assert r.usage.prompt_tokens == r.usage.total_tokens > 3
     with pytest.raises(openai.BadRequestError, match="dimensions"):
         client.embeddings.create(model=MODEL, input="x", dimensions=64)
+
+
+def test_prefix_cache_metrics(client, url):
+    """A repeated chat prefix is found in the prefix cache, and /metrics says so."""
+    before = metric(url, "hearth_prefix_cache_hits_total")
+    long_system = [{"role": "system", "content": "Answer in one word. " * 20}]
+    for q in ("Name a colour.", "Name a fruit."):
+        client.chat.completions.create(model=MODEL, messages=long_system + [{"role": "user", "content": q}],
+                                       max_tokens=2, temperature=0)
+    assert metric(url, "hearth_prefix_cache_hits_total") - before >= 64  # the shared system prompt's blocks
+    assert metric(url, "hearth_prefix_cache_queries_total") > metric(url, "hearth_prefix_cache_hits_total")

@@ -62,6 +62,8 @@ class EngineStats:
     waiting: int
     kv_blocks_used: int
     kv_blocks_total: int
+    prefix_cache_queries: int = 0  # prompt tokens looked up in the prefix cache
+    prefix_cache_hits: int = 0  # of those, found (their KV reused)
 
 
 class AsyncEngine:
@@ -103,7 +105,8 @@ class AsyncEngine:
         e = self.engine
         with self._lock:
             pending = len(self._inbox)
-        return EngineStats(e.num_running, e.num_waiting + pending, e.blocks.num_used, e.blocks.num_blocks)
+        return EngineStats(e.num_running, e.num_waiting + pending, e.blocks.num_used, e.blocks.num_blocks,
+                           e.blocks.queried_tokens, e.blocks.hit_tokens)
 
     # -- requests -----------------------------------------------------------------------------------
     @property

@@ -42,6 +42,7 @@ class EngineConfig:
     max_waiting: int = 256  # queued requests beyond this are refused (HTTP 429)
     max_model_len: int | None = None  # None: the model's context length
     cuda_graphs: bool | None = None  # decode steps as CUDA graphs; None: on when the model is on a GPU
+    enable_prefix_caching: bool = True  # prompts reuse the cached KV blocks of a prefix already computed
 
 
 @dataclass
@@ -77,7 +78,7 @@ class LLMEngine:
                         "(raise --kv-cache-gib for the full context)", num_blocks * config.block_size,
                         self.max_model_len, num_blocks * config.block_size)
             self.max_model_len = num_blocks * config.block_size
-        self.blocks = BlockManager(num_blocks, config.block_size)
+        self.blocks = BlockManager(num_blocks, config.block_size, enable_caching=config.enable_prefix_caching)
         cap = config.max_prefill_with_decodes
         if cap is None:
             cap = CPU_PREFILL_WITH_DECODES if lm.model.device.type == "cpu" else 0
@@ -108,7 +109,8 @@ class LLMEngine:
         self.validate(req)
         if req.request_id in self.seqs:
             raise HearthError(f"duplicate request id {req.request_id}")
-        seq = Sequence(req.request_id, list(req.prompt_ids), len(req.prompt_ids), req.params.max_tokens)
+        seq = Sequence(req.request_id, list(req.prompt_ids), len(req.prompt_ids), req.params.max_tokens,
+                       cacheable=req.prompt_logprobs is None)  # prompt logprobs need every position computed
         seq.data = _ReqState(req, Sampler(req.params, self.tokenizer), self.tokenizer.stream(), _StopMatcher(req.params.stop))
         self.seqs[req.request_id] = seq
         self.scheduler.add(seq)

@@ -7,7 +7,8 @@ stalls running streams for more than one step; while others wait, a prefill take
 prompt does not hold back the requests that arrive after it. While sequences decode, the prompt tokens of one step
 can be capped lower still (`max_prefill_with_decodes`): on a CPU a step's time grows with its tokens, and every
 stream waits for the whole step. When blocks run out, the most recently admitted
-sequence is preempted: its blocks are freed and it is recomputed later (vLLM's policy).
+sequence is preempted: its blocks are freed and it is recomputed later (vLLM's policy). With prefix caching
+(kv_blocks.py) an admitted prompt starts after the cached blocks of its longest known prefix.
 No torch: plain data in, a plan out.
 """
 
@@ -18,7 +19,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from hearth.engine.kv_blocks import BlockManager
+from hearth.engine.kv_blocks import BlockManager, PrefixKeys
 
 
 class Status(enum.Enum):
@@ -39,6 +40,8 @@ class Sequence:
     block_table: list[int] = field(default_factory=list)
     status: Status = Status.WAITING
     data: Any = None  # the engine's per-request state (sampler, detokenizer, ...)
+    cacheable: bool = True  # may start from cached prefix blocks (not when every prompt position's logits are wanted)
+    prefix: PrefixKeys = field(default_factory=PrefixKeys)
 
     @property
     def num_generated(self) -> int:
@@ -145,9 +148,19 @@ class Scheduler:
             seq = self.waiting[0]
             if id(seq) in preempted:
                 break
+            if seq.num_computed == 0 and not seq.block_table and seq.cacheable:
+                # start after the cached blocks of its prefix (taken now; given back below if it cannot start)
+                seq.block_table = self.blocks.match(seq.token_ids, seq.prefix)
+                seq.num_computed = len(seq.block_table) * self.blocks.block_size
+            hit_tokens = seq.num_computed
             n = min(len(seq.token_ids) - seq.num_computed, budget, prefill_budget)
             if not self.blocks.grow(seq.block_table, seq.num_computed + n):
+                self.blocks.free(seq.block_table)  # give the cached blocks back (they stay findable)
+                seq.num_computed = 0
                 break
+            if seq.cacheable and self.blocks.enable_caching:
+                self.blocks.queried_tokens += len(seq.token_ids)
+                self.blocks.hit_tokens += hit_tokens
             self.waiting.popleft()
             seq.status = Status.RUNNING
             self.running.append(seq)
@@ -158,4 +171,7 @@ class Scheduler:
 
     def after_step(self, plan: SchedulerOutput) -> None:
         for s in plan.scheduled:
-            s.seq.num_computed += s.num_tokens
+            seq = s.seq
+            seq.num_computed += s.num_tokens
+            if seq.cacheable:  # name the blocks now full, so later prompts with this prefix find them
+                self.blocks.register(seq.block_table, seq.token_ids, seq.num_computed, seq.prefix)

@@ -8,7 +8,7 @@ KV cache use) are read from `engine.stats()` at scrape time, so they are never s
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -29,6 +29,10 @@ class _EngineCollector:
         yield GaugeMetricFamily("hearth_kv_blocks_total", "KV cache blocks in all", value=s.kv_blocks_total)
         usage = s.kv_blocks_used / s.kv_blocks_total if s.kv_blocks_total else 0.0
         yield GaugeMetricFamily("hearth_kv_cache_usage_perc", "Fraction of KV cache blocks in use (0-1)", value=usage)
+        yield CounterMetricFamily("hearth_prefix_cache_queries", "Prompt tokens looked up in the prefix cache",
+                                  value=s.prefix_cache_queries)
+        yield CounterMetricFamily("hearth_prefix_cache_hits", "Prompt tokens found in the prefix cache (not recomputed)",
+                                  value=s.prefix_cache_hits)
 
 
 class Metrics:
