@@ -69,6 +69,8 @@ def _text_or_file(value: str, what: str) -> str:
         is_file = "\n" not in value and path.is_file()
     except OSError:  # text too long to be a file name
         is_file = False
+    if not is_file and re.fullmatch(r"\S+\.(json|gbnf|lark|ebnf)", value):
+        raise HearthError(f"the {what} file {value} does not exist (give an existing file, or the {what} itself)")
     if is_file:
         try:
             return path.read_text(encoding="utf-8")

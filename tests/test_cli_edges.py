@@ -129,6 +129,8 @@ def test_structured_output_options(tmp_path, capsys):
     one_line_error(rc, err, "invalid grammar")
     rc, _, err = run_main(capsys, "generate", "smollm2", "x", "--grammar", "root ::= \"a\"", "--json-schema", "{}")
     one_line_error(rc, err, "not both")
+    rc, _, err = run_main(capsys, "generate", "smollm2", "x", "--grammar", str(tmp_path / "missing.gbnf"))
+    one_line_error(rc, err, "missing.gbnf does not exist")
 
 
 def test_tune_beta_outside_dpo_is_refused(tmp_path, capsys):
