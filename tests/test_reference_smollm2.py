@@ -189,3 +189,20 @@ def test_embeddings_equal_transformers_mean_pooled_hidden_states(hearth_lm, hf_m
             assert torch.dot(ours, ref) > 0.99999 and (ours - ref).abs().max() < 1e-4, len(ids)
     finally:
         hearth_lm.model.prefill_chunk = 512
+
+
+def test_eval_logliks_equal_transformers(hearth_lm, hf_model):
+    """`hearth eval`'s scores of HellaSwag and WinoGrande items (OLMES pairs; shared-context batching, and WinoGrande's
+    per-choice contexts one at a time) equal transformers' summed log-probabilities of the same tokens."""
+    from hearth.eval.loglik import score
+    from hearth.eval.tasks import load_task
+
+    items = load_task("hellaswag", limit=3) + load_task("winogrande", limit=2)
+    res = score(items, hearth_lm)
+    for it in res.items:
+        for r, ll in zip(it.requests, it.logliks):
+            with torch.no_grad():
+                logits = hf_model(torch.tensor([r.tokens])).logits[0].float()
+            lp = torch.log_softmax(logits[r.ctxlen - 1 : len(r.tokens) - 1], -1)
+            ref = float(lp.gather(1, torch.tensor(r.continuation)[:, None]).double().sum())
+            assert ll == pytest.approx(ref, abs=2e-3), it.id

@@ -118,6 +118,9 @@ def encode_pair(tokenizer, context: str, continuation: str, max_length: int = MA
 
 
 def item_requests(tokenizer, item: dict[str, Any], max_length: int = MAX_LENGTH) -> list[Request]:
+    """An item's requests: its own (context, continuation) pairs (hearth/eval/tasks.py), or ARC's prompt."""
+    if "pairs" in item:
+        return [encode_pair(tokenizer, c, x, max_length) for c, x in item["pairs"]]
     context = prompt(item)
     return [encode_pair(tokenizer, context, TARGET_DELIMITER + c, max_length) for c in item["choices"]]
 
@@ -188,8 +191,10 @@ def score(
     max_length: int = MAX_LENGTH,
     group: int = 8,
     progress: bool = False,
+    on_progress=None,
 ) -> Result:
-    """Score ARC-style items ({"id", "question", "choices", "answer"}) with a hearth model (default smollm2).
+    """Score ARC-style items ({"id", "question", "choices", "answer"}, or {"id", "pairs", "choices", "answer"}) with a
+    hearth model (default smollm2). `on_progress(done, total)` is called as items are scored.
 
     mode "shared" (default): contexts of `group` items of similar length batched, each context run once;
     "full": one forward per (item, choice) over its whole token sequence.
@@ -219,10 +224,16 @@ def score(
                 idx = shared[k : k + group]
                 for i, p in zip(idx, _score_shared(model, [reqs[i] for i in idx], device)):
                     pairs[i] = p
+                if on_progress is not None:
+                    on_progress(k + len(idx), len(items))
                 if progress:
                     print(f"{k + len(idx)}/{len(items)} items, {time.perf_counter() - t0:.1f}s", flush=True)
+        done = sum(p is not None for p in pairs)
         for i in todo:
             pairs[i] = _score_full(model, reqs[i], device)
+            done += 1
+            if on_progress is not None:
+                on_progress(done, len(items))
             if progress and (i + 1) % 25 == 0:
                 print(f"{i + 1}/{len(items)} items, {time.perf_counter() - t0:.1f}s", flush=True)
     scored = [
