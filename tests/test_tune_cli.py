@@ -137,8 +137,11 @@ def test_ctrl_c_finishes_the_step_saves_and_resume_continues(env, tmp_path):
     assert len(log.read_text().splitlines()) == 60
 
 
-def test_outputs_that_would_overwrite_are_refused_before_work(env, tmp_path):
+def test_outputs_that_would_overwrite_are_refused_before_work(env, trained, tmp_path):
     root, mdir, data, _ = env
+    r = _run("tune", str(mdir), "--data", str(data), "-o", str(tmp_path / "again"), "--max-steps", "1", "--merge", "tiny-tuned",
+             "--quiet", home=root / "store")
+    assert "'tiny-tuned' is already in the store" in _one_error_line(r) and not (tmp_path / "again").exists()
     held = tmp_path / "held"
     held.mkdir()
     (held / "adapter_config.json").write_text("{}")  # someone's adapter

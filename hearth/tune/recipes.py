@@ -116,9 +116,14 @@ def tune(
 
     data = data or DataOptions()
     if merge is not None:
+        from hearth.store import Store
         from hearth.store.manifest import check_name
 
         check_name(merge)
+        # checked before training, not after: a store pull replaces a model of the same name (its blobs
+        # garbage-collected), and a typo such as --merge smollm2 must not cost the base model or the run
+        if Store().exists(merge):
+            raise HearthError(f"a model named {merge!r} is already in the store; `hearth rm {merge}` first or choose another --merge name")
     out = Path(out_dir)
     check_output_dir(out, resume)
     if loaded is None:
