@@ -49,6 +49,7 @@ KVCacheType = Annotated[str, typer.Option("--kv-cache", help="What the KV cache 
 Compile = Annotated[bool, typer.Option("--compile", help="On a GPU: torch.compile the CUDA-graph decode step instead of running hearth's Triton kernels (about a minute once per context size; for comparison and debugging).")]
 Json = Annotated[bool, typer.Option("--json", help="Print prompt/generated token ids and text as JSON.")]
 JsonSchema = Annotated[Optional[str], typer.Option("--json-schema", help="Constrain the output to this JSON schema: inline JSON or a .json file ('{}': any JSON value), as llama.cpp's --json-schema.")]
+LogitBias = Annotated[Optional[list[str]], typer.Option(help="Add BIAS to token ID's logit, as ID=BIAS (or llama.cpp's ID+BIAS / ID-BIAS); -100 bans the token, 100 forces it. Repeatable.")]
 Grammar = Annotated[Optional[str], typer.Option(help="Constrain the output to a grammar: GBNF (llama.cpp's grammars/*.gbnf) or Lark text, or a file holding one.")]
 Adapter = Annotated[Optional[Path], typer.Option(help="A LoRA adapter directory (PEFT format, e.g. from `hearth tune`) applied to the model unmerged.")]
 
@@ -91,13 +92,29 @@ def _structure(json_schema: str | None, grammar: str | None):
     return None
 
 
-def _params(max_tokens, temperature, top_p, top_k, min_p, repeat_penalty, seed, stop, json_schema=None, grammar=None):
+def _logit_bias(items: list[str] | None) -> tuple[tuple[int, float], ...]:
+    """ID=BIAS, or llama.cpp's ID+BIAS / ID-BIAS; inf and -inf (llama.cpp's ban) are 100 and -100."""
+    out = []
+    for item in items or ():
+        m = re.fullmatch(r"\s*(\d+)\s*(?:=\s*([+-]?[^\s]+)|([+-][^\s]+))\s*", item)
+        try:
+            bias = float(m[2] or m[3]) if m else None
+        except ValueError:
+            bias = None
+        if bias is None or bias != bias:
+            raise HearthError(f"--logit-bias {item!r}: expected TOKEN_ID=BIAS, e.g. 15043=-100 (or llama.cpp's 15043-100)")
+        out.append((int(m[1]), max(-100.0, min(100.0, bias)) if abs(bias) == float("inf") else bias))
+    return tuple(out)
+
+
+def _params(max_tokens, temperature, top_p, top_k, min_p, repeat_penalty, seed, stop, json_schema=None, grammar=None,
+            logit_bias=None):
     from hearth.engine.sampling import SamplingParams
 
     return SamplingParams(
         max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
         repetition_penalty=repeat_penalty, seed=seed, stop=tuple(unescape(s) for s in stop or ()),
-        structure=_structure(json_schema, grammar),
+        structure=_structure(json_schema, grammar), logit_bias=_logit_bias(logit_bias),
     )
 
 
@@ -149,6 +166,7 @@ def generate(
     json_out: Json = False,
     json_schema: JsonSchema = None,
     grammar: Grammar = None,
+    logit_bias: LogitBias = None,
     adapter: Adapter = None,
     compile: Compile = False,
 ):
@@ -156,7 +174,8 @@ def generate(
 
     Example: hearth generate smollm2 "The capital of France is" --temperature 0 --max-tokens 16
     """
-    params = _params(max_tokens, temperature, top_p, top_k, min_p, repeat_penalty, seed, stop, json_schema, grammar)
+    params = _params(max_tokens, temperature, top_p, top_k, min_p, repeat_penalty, seed, stop, json_schema, grammar,
+                     logit_bias)
     lm = _load(model, device, dtype, adapter, kv_cache)
     from hearth.engine.generate import Generator
 
@@ -189,6 +208,7 @@ def run(
     json_out: Json = False,
     json_schema: JsonSchema = None,
     grammar: Grammar = None,
+    logit_bias: LogitBias = None,
     adapter: Adapter = None,
     compile: Compile = False,
 ):
@@ -198,7 +218,8 @@ def run(
 
     Example: hearth run smollm2 "Name three rivers in Europe."
     """
-    params = _params(max_tokens, temperature, top_p, top_k, min_p, repeat_penalty, seed, stop, json_schema, grammar)
+    params = _params(max_tokens, temperature, top_p, top_k, min_p, repeat_penalty, seed, stop, json_schema, grammar,
+                     logit_bias)
     lm = _load(model, device, dtype, adapter, kv_cache)
     from hearth.engine.chat import ChatSession
 

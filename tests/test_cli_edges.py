@@ -138,3 +138,19 @@ def test_tune_beta_outside_dpo_is_refused(tmp_path, capsys):
     data.write_text('{"prompt": "a", "completion": "b"}\n')
     rc, _, err = run_main(capsys, "tune", "smollm2", "--data", str(data), "-o", str(tmp_path / "out"), "--beta", "0.5")
     one_line_error(rc, err, "--beta applies to --method dpo only")
+
+
+def test_logit_bias_option(capsys):
+    from hearth.cli import _logit_bias
+
+    assert _logit_bias(["45=100", "15043-1", "7+2.5", " 9 = -inf "]) == ((45, 100.0), (15043, -1.0), (7, 2.5), (9, -100.0))
+    rc, out, err = run_main(capsys, "generate", "smollm2", "The sky is", "--logit-bias", "45=100", "--max-tokens", "4",
+                            "--temperature", "1.0", "--json")
+    assert rc == 0 and json.loads(out)["token_ids"] == [45] * 4, err
+    for bad in ("abc", "45", "45=x", "45=nan", "=3"):
+        rc, _, err = run_main(capsys, "generate", "smollm2", "x", "--logit-bias", bad)
+        one_line_error(rc, err, "expected TOKEN_ID=BIAS")
+    rc, _, err = run_main(capsys, "generate", "smollm2", "x", "--logit-bias", "45=101")
+    one_line_error(rc, err, "biases must be between -100 and 100")
+    rc, _, err = run_main(capsys, "generate", "smollm2", "x", "--logit-bias", "99999=1")
+    one_line_error(rc, err, "outside the vocabulary [0, 49152)")

@@ -48,6 +48,9 @@ BAD = [
     ("seed", 2**63),
     ("stop", ("",)),
     ("stop", ("ok", 3)),
+    ("logit_bias", ((-1, 1.0),)),
+    ("logit_bias", ((3, 100.5),)),
+    ("logit_bias", ((3, math.nan),)),
 ]
 
 
@@ -240,6 +243,25 @@ def test_repetition_penalty_changes_greedy_choice():
     assert Sampler(SamplingParams(temperature=0))(logits, ctx) == 0
     assert Sampler(SamplingParams(temperature=0, repetition_penalty=1.5))(logits, ctx) == 1
     assert Sampler(SamplingParams(temperature=0, presence_penalty=0.2))(logits, ctx) == 1
+
+
+def test_logit_bias_bans_forces_and_shifts_before_the_draw():
+    logits = torch.tensor([3.0, 2.9, 0.0, -1.0])
+    ctx = torch.tensor([], dtype=torch.long)
+    assert Sampler(SamplingParams(temperature=0, logit_bias=((0, -100.0),)))(logits, ctx) == 1
+    assert Sampler(SamplingParams(temperature=0, logit_bias=((3, 4.5),)))(logits, ctx) == 3
+    # -100 on the likeliest token: at temperature 1 it is (all but) never drawn; +100 on one: always
+    assert 0 not in _draws(SamplingParams(temperature=1.0, seed=7, logit_bias=((0, -100.0),)), logits, 300)
+    assert set(_draws(SamplingParams(temperature=1.5, seed=7, logit_bias=((2, 100.0),)), logits, 300)) == {2}
+    # a bias of log(2) doubles a token's odds: the frequencies follow softmax(logits + bias)
+    bias = ((1, math.log(2.0)),)
+    freq = torch.bincount(torch.tensor(_draws(SamplingParams(temperature=1.0, seed=3, logit_bias=bias), logits, 3000)),
+                          minlength=4).float() / 3000
+    expected = (logits + torch.tensor([0, math.log(2.0), 0, 0])).softmax(-1)
+    assert torch.allclose(freq, expected, atol=0.04), (freq, expected)
+    assert torch.equal(logits, torch.tensor([3.0, 2.9, 0.0, -1.0]))  # the caller's logits are not changed
+    with pytest.raises(HearthError, match="outside the vocabulary"):
+        Sampler(SamplingParams(temperature=0, logit_bias=((4, 1.0),)))(logits, ctx)
 
 
 # ---------------------------------------------------------------- temperature, statistically

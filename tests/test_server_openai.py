@@ -135,6 +135,22 @@ def test_stop_strings(client):
     assert one.choices[0].text == cut.choices[0].text
 
 
+def test_logit_bias_bans_and_forces_tokens(client):
+    """OpenAI's logit_bias through the SDK: banning the tokens greedy decoding chose makes it choose others; a +100
+    bias makes every token the biased one."""
+    def greedy_ids(**kw) -> list[int]:
+        r = client.completions.create(model=MODEL, prompt="The capital of France is", max_tokens=4, temperature=0,
+                                      logprobs=0, extra_body={"return_tokens_as_token_ids": True}, **kw)
+        return [int(t.removeprefix("token_id:")) for t in r.choices[0].logprobs.tokens]
+
+    chosen = greedy_ids()
+    other = greedy_ids(logit_bias={str(t): -100 for t in chosen})
+    assert len(other) == 4 and not set(chosen) & set(other), (chosen, other)
+    forced = client.chat.completions.create(model=MODEL, messages=chat("Hi"), max_tokens=5, temperature=1.0, seed=1,
+                                            logit_bias={"45": 100})  # 45: "=" in SmolLM2's vocabulary
+    assert forced.choices[0].message.content == "=" * 5 and forced.choices[0].finish_reason == "length"
+
+
 def test_chat_logprobs(client):
     r = client.chat.completions.create(model=MODEL, messages=chat("Say hello."),
                                        temperature=0, max_tokens=6, logprobs=True, top_logprobs=3)

@@ -32,6 +32,8 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     ignore_eos: bool = False
     structure: Structure | None = None  # output constrained to a JSON schema, regex, grammar or choice
+    # (token id, bias) pairs added to the raw logits before anything else (OpenAI's logit_bias: -100 bans, 100 forces)
+    logit_bias: tuple[tuple[int, float], ...] = ()
 
     def __post_init__(self) -> None:
         def bad(name: str, value, rule: str) -> HearthError:
@@ -54,6 +56,11 @@ class SamplingParams:
                 raise bad(name, getattr(self, name), "must be between -2 and 2")
         if self.seed is not None and not (0 <= self.seed < 2**63):
             raise bad("seed", self.seed, "must be a non-negative 64-bit integer")
+        for token, bias in self.logit_bias:
+            if not isinstance(token, int) or token < 0:
+                raise bad("logit_bias", token, "token ids must be integers >= 0")
+            if not (math.isfinite(bias) and -100 <= bias <= 100):
+                raise bad("logit_bias", f"{{{token}: {bias}}}", "biases must be between -100 and 100")
         if any(not isinstance(s, str) or not s for s in self.stop):
             raise HearthError("invalid stop: stop strings must be non-empty text")
 
@@ -106,6 +113,7 @@ class Sampler:
             if tokenizer is None:
                 raise ValueError("a Sampler with structured output needs the tokenizer")
             self.constraint = Constraint(params.structure, tokenizer)
+        self._bias: tuple[Tensor, Tensor] | None = None  # (ids, values) on the logits' device, made on first use
         self.seed = params.seed if params.seed is not None else torch.seed()
         self.generator = torch.Generator()
         self.generator.manual_seed(self.seed)
@@ -120,7 +128,7 @@ class Sampler:
     @property
     def plain_greedy(self) -> bool:
         """Greedy with no penalties: the next token is the argmax of the raw logits (computable on the device)."""
-        return self.params.greedy and not self.uses_context and self.constraint is None
+        return self.params.greedy and not self.uses_context and self.constraint is None and not self.params.logit_bias
 
     @property
     def done(self) -> bool:
@@ -133,8 +141,19 @@ class Sampler:
         p = self.params
         return p.repetition_penalty != 1.0 or bool(p.presence_penalty) or bool(p.frequency_penalty)
 
+    def _biased(self, logits: Tensor) -> Tensor:
+        if self._bias is None or self._bias[0].device != logits.device:
+            ids, values = zip(*self.params.logit_bias)
+            if max(ids) >= logits.shape[-1]:
+                raise HearthError(f"invalid logit_bias: token id {max(ids)} is outside the vocabulary [0, {logits.shape[-1]})")
+            self._bias = (torch.tensor(ids, device=logits.device), torch.tensor(values, device=logits.device))
+        ids, values = self._bias
+        return logits.float().index_add(0, ids, values)  # a repeated id adds up, as separate biases would
+
     def __call__(self, logits: Tensor, context: Tensor) -> int:
         """The next token for (V,) logits on any device (a GPU's logits stay there: one id comes back)."""
+        if self.params.logit_bias:
+            logits = self._biased(logits)
         if self.constraint is None:
             return self._choose(logits, context)
         allowed = self.constraint.allowed(logits.shape[-1], logits.device)

@@ -78,6 +78,12 @@ class ServerContext:
             if not 0 <= t < vocab:
                 raise BadRequest(f"{param}: token id {t} at position {i} is outside the vocabulary [0, {vocab})", param=param)
 
+    def check_logit_bias(self, req: SamplingFields) -> None:
+        vocab = self.engine.tokenizer.vocab_size
+        for token, _ in req.logit_bias_pairs():
+            if token >= vocab:
+                raise BadRequest(f"logit_bias: token id {token} is outside the vocabulary [0, {vocab})", param="logit_bias")
+
     def check_fits(self, n_prompt: int, max_tokens: int | None, what: str) -> None:
         """max_tokens None: the caller asked for none (the rest of the context), so at least one must fit."""
         ctx = self.engine.max_model_len
@@ -116,6 +122,7 @@ def sampling_params(req: SamplingFields, max_tokens: int, index: int, structure:
         stop=req.stop_strings(),
         ignore_eos=req.ignore_eos,
         structure=structure or req.structure(),
+        logit_bias=req.logit_bias_pairs(),
     )
 
 

@@ -11,6 +11,7 @@ reach the sampler; the openai SDK sends them through `extra_body`.
 from __future__ import annotations
 
 import json
+import math
 import time
 from typing import Any, Literal, Optional, Union, get_args
 
@@ -247,7 +248,7 @@ class SamplingFields(Strict):
     store: Optional[StrictBool] = None
     metadata: Optional[dict[str, str]] = None
     service_tier: Optional[str] = None
-    # accepted only in their harmless form
+    # token id (as a JSON key) -> bias added to its logit before sampling: -100 bans the token, 100 all but forces it
     logit_bias: Optional[dict[str, float]] = None
 
     @field_validator("stop")
@@ -259,10 +260,16 @@ class SamplingFields(Strict):
 
     @field_validator("logit_bias")
     @classmethod
-    def _no_logit_bias(cls, v):
-        if v:
-            raise ValueError("not supported (only an empty object)")
+    def _logit_bias(cls, v):
+        for key, bias in (v or {}).items():
+            if not key.strip().isdigit():
+                raise ValueError(f"keys must be token ids (integers as strings), not {key!r}")
+            if not (math.isfinite(bias) and -100 <= bias <= 100):
+                raise ValueError(f"the bias of token {key} is {bias}; biases must be between -100 and 100")
         return v
+
+    def logit_bias_pairs(self) -> tuple[tuple[int, float], ...]:
+        return tuple((int(k), float(b)) for k, b in (self.logit_bias or {}).items())
 
     @model_validator(mode="after")
     def _stream_options_need_stream(self):

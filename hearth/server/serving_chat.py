@@ -38,6 +38,7 @@ class ChatService:
     async def create(self, req: ChatCompletionRequest) -> ChatCompletionResponse | EventStream:
         """A response, or (stream=True) an SSE stream whose requests are already admitted by the engine."""
         model = self.ctx.check_model(req.model)
+        self.ctx.check_logit_bias(req)
         ids = self.prompt_ids(req)
         ctx_len = self.ctx.engine.max_model_len
         max_tokens = req.requested_max_tokens()

@@ -60,6 +60,7 @@ class CompletionService:
 
     async def create(self, req: CompletionRequest) -> CompletionResponse | EventStream:
         model = self.ctx.check_model(req.model)
+        self.ctx.check_logit_bias(req)
         max_tokens = 16 if req.max_tokens is None else req.max_tokens  # OpenAI's default, also for null
         prompts = self._prompts(req, max_tokens)
         rid = random_id("cmpl")
