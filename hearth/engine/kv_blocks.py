@@ -23,6 +23,7 @@ class PrefixKeys:
 
     keys: list[tuple] = field(default_factory=list)
     registered: int = 0
+    salt: object = None  # what else the KV depends on (a served LoRA adapter's name): the first block's parent
 
 
 class BlockManager:
@@ -87,7 +88,7 @@ class BlockManager:
         keys = known.keys
         bs = self.block_size
         for i in range(len(keys), n_blocks):
-            parent = keys[i - 1] if i else None
+            parent = keys[i - 1] if i else known.salt
             keys.append((hash(parent), tuple(token_ids[i * bs : (i + 1) * bs])))
         return keys
 

@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 import torch
 
 from hearth.engine.generate import _StopMatcher, check_context
-from hearth.engine.kv_blocks import BlockManager
+from hearth.engine.kv_blocks import BlockManager, PrefixKeys
+from hearth.engine.lora import ServedAdapters
 from hearth.engine.request import EngineRequest, FinishReason, RequestOutput, TokenLogprob
 from hearth.engine.runner import ModelRunner
 from hearth.engine.sampling import Sampler
@@ -43,6 +44,7 @@ class EngineConfig:
     max_model_len: int | None = None  # None: the model's context length
     cuda_graphs: bool | None = None  # decode steps as CUDA graphs; None: on when the model is on a GPU
     enable_prefix_caching: bool = True  # prompts reuse the cached KV blocks of a prefix already computed
+    adapters: dict[str, str] = field(default_factory=dict)  # LoRA adapters served beside the base: name -> PEFT dir
 
 
 @dataclass
@@ -85,6 +87,9 @@ class LLMEngine:
         self.scheduler = Scheduler(self.blocks, config.max_num_seqs, config.max_num_batched_tokens, cap or None)
         self.runner = ModelRunner(lm.model, num_blocks, config.block_size, config.max_num_seqs, self.max_model_len,
                                   graphs=config.cuda_graphs)
+        # wrapped after the runner recorded its fast paths (CUDA graphs, the native CPU step): those keep the base weights
+        self.adapters = ServedAdapters(lm.model, config.adapters) if config.adapters else None
+        self.runner.adapters = self.adapters
         self.seqs: dict[str, Sequence] = {}
         log.info("KV cache: %d blocks of %d tokens (%d tokens, %s, %.0f MiB)", num_blocks, config.block_size,
                  num_blocks * config.block_size, str(lm.model.cache_dtype).replace("torch.", ""),
@@ -97,6 +102,10 @@ class LLMEngine:
             bad = next(t for t in req.prompt_ids if not (0 <= t < self.tokenizer.vocab_size))
             raise HearthError(f"invalid token id {bad}: ids must be in [0, {self.tokenizer.vocab_size})")
         check_context(len(req.prompt_ids), req.params.max_tokens, self.max_model_len)
+        if req.adapter:
+            if self.adapters is None:
+                raise HearthError(f"no adapter named {req.adapter!r} is served (adapters: none)")
+            self.adapters.index(req.adapter)
         if req.params.structure is not None:
             req.params.structure.check(self.tokenizer)
         need = self.blocks.blocks_for(len(req.prompt_ids) + req.params.max_tokens)
@@ -110,7 +119,9 @@ class LLMEngine:
         if req.request_id in self.seqs:
             raise HearthError(f"duplicate request id {req.request_id}")
         seq = Sequence(req.request_id, list(req.prompt_ids), len(req.prompt_ids), req.params.max_tokens,
-                       cacheable=req.prompt_logprobs is None)  # prompt logprobs need every position computed
+                       cacheable=req.prompt_logprobs is None,  # prompt logprobs need every position computed
+                       prefix=PrefixKeys(salt=req.adapter or None),  # an adapter's KV is its own
+                       adapter=self.adapters.index(req.adapter) if self.adapters is not None else 0)
         seq.data = _ReqState(req, Sampler(req.params, self.tokenizer), self.tokenizer.stream(), _StopMatcher(req.params.stop))
         self.seqs[req.request_id] = seq
         self.scheduler.add(seq)

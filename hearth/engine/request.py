@@ -27,6 +27,7 @@ class EngineRequest:
     params: SamplingParams
     logprobs: int | None = None  # None: none; k >= 0: chosen token's logprob plus the top k per generated token
     prompt_logprobs: int | None = None  # same, for every prompt position (the first has none)
+    adapter: str | None = None  # a LoRA adapter the engine serves (EngineConfig.adapters); None: the base model
     arrival_time: float = field(default_factory=time.monotonic)
 
 

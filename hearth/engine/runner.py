@@ -161,6 +161,7 @@ class ModelRunner:
             native = self.graphs is None and self.device.type == "cpu" and dec is not None and dec.usable_paged(self.cache)
         self.cpu_decoder = dec if native else None
         self.native_steps = 0  # steps run that way (for tests and logs)
+        self.adapters = None  # ServedAdapters (hearth/engine/lora.py), set by the engine when it serves any
 
     def _slots(self, table: list[int], start: int, end: int) -> np.ndarray:
         pos = np.arange(start, end)
@@ -169,6 +170,8 @@ class ModelRunner:
     @torch.inference_mode()
     def execute(self, plan: SchedulerOutput, want_all: list[bool]) -> StepResult:
         scheduled = plan.scheduled
+        if self.adapters is not None and any(s.seq.adapter for s in scheduled):
+            return self._execute_eager(plan, want_all)  # the fast paths hold the base weights only
         all_decode = (bool(scheduled) and not any(want_all)
                       and all(s.num_tokens == 1 and s.seq.num_computed > 0 and s.samples for s in scheduled))
         if all_decode and self.cpu_decoder is not None and self.cpu_decoder.usable_paged(self.cache):
@@ -199,8 +202,10 @@ class ModelRunner:
         logit_rows: list[int] = []
         row = 0
         spans = []
+        row_adapters = []  # (first row, rows, adapter index) per sequence, for served LoRA adapters
         for s, all_rows in zip(plan.scheduled, want_all):
             seq, n = s.seq, s.num_tokens
+            row_adapters.append((row, n, seq.adapter))
             start, end = seq.num_computed, seq.num_computed + n
             tokens.extend(seq.token_ids[start:end])
             positions.append(np.arange(start, end))
@@ -235,7 +240,13 @@ class ModelRunner:
             meta.decode_key_mask = torch.from_numpy(mask).to(self.device)
         ids = torch.tensor(tokens, dtype=torch.long, device=self.device)
         rows = torch.tensor(logit_rows, dtype=torch.long, device=self.device)
-        logits = self.model.forward_paged(ids, self.cache, meta, rows)
+        if self.adapters is not None:
+            self.adapters.set_rows(row_adapters, self.device)
+        try:
+            logits = self.model.forward_paged(ids, self.cache, meta, rows)
+        finally:
+            if self.adapters is not None:
+                self.adapters.clear()
         greedy = logits.argmax(-1).tolist() if logit_rows else []
         last, alls = [], []
         for s, all_rows, (a, b) in zip(plan.scheduled, want_all, spans):

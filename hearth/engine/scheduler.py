@@ -42,6 +42,7 @@ class Sequence:
     data: Any = None  # the engine's per-request state (sampler, detokenizer, ...)
     cacheable: bool = True  # may start from cached prefix blocks (not when every prompt position's logits are wanted)
     prefix: PrefixKeys = field(default_factory=PrefixKeys)
+    adapter: int = 0  # the served LoRA adapter it runs with (hearth/engine/lora.py); 0: the base model
 
     @property
     def num_generated(self) -> int:

@@ -108,8 +108,18 @@ def read_adapter_config(directory: Path) -> tuple[LoraConfig, dict[str, Any]]:
     return LoraConfig(r=r, alpha=alpha, dropout=0.0, targets=tuple(targets)), raw
 
 
-def load_adapter(model, directory: str | Path, dtype: torch.dtype = torch.float32):
-    """Wrap `model`'s target projections and load a PEFT LoRA adapter into them (unmerged).
+def expected_shapes(mc, target: str, r: int) -> dict[str, tuple[int, int]]:
+    """The shapes of lora_A and lora_B for `target` on a model of config `mc` (hearth.config.ModelConfig)."""
+    q, kv = mc.n_heads * mc.head_dim, mc.n_kv_heads * mc.head_dim
+    out_in = {"q_proj": (q, mc.dim), "k_proj": (kv, mc.dim), "v_proj": (kv, mc.dim), "o_proj": (mc.dim, q),
+              "gate_proj": (mc.hidden_dim, mc.dim), "up_proj": (mc.hidden_dim, mc.dim), "down_proj": (mc.dim, mc.hidden_dim)}
+    out, inp = out_in[target]
+    return {"lora_A": (r, inp), "lora_B": (out, r)}
+
+
+def read_adapter(directory: str | Path, mc) -> tuple[LoraConfig, dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]]]:
+    """A PEFT LoRA adapter's config and matrices, checked against a model of config `mc`:
+    (layer, PEFT target) -> (lora_A (r, in), lora_B (out, r)), for every layer and every target the config lists.
 
     Refuses, in one line, an adapter made for another base model: layers the model lacks, or matrices
     whose shapes do not match its projections.
@@ -121,6 +131,7 @@ def load_adapter(model, directory: str | Path, dtype: torch.dtype = torch.float3
     if not directory.is_dir():
         raise HearthError(f"adapter {directory} is not a directory (expected {CONFIG} + {WEIGHTS})")
     cfg, raw = read_adapter_config(directory)
+    made_for = raw.get("base_model_name_or_path") or "another model"
     wfile = directory / WEIGHTS
     if not wfile.is_file():
         if (directory / "adapter_model.bin").is_file():
@@ -130,7 +141,7 @@ def load_adapter(model, directory: str | Path, dtype: torch.dtype = torch.float3
         tensors = load_file(str(wfile))
     except (SafetensorError, OSError) as e:
         raise HearthError(f"{wfile} cannot be read ({e})") from None
-    n_layers = model.config.n_layers
+    n_layers = mc.n_layers
     found: dict[tuple[int, str, str], torch.Tensor] = {}
     for key, t in tensors.items():
         m = _KEY.match(key)
@@ -139,28 +150,39 @@ def load_adapter(model, directory: str | Path, dtype: torch.dtype = torch.float3
         layer = int(m.group(1))
         if layer >= n_layers:
             raise HearthError(f"adapter {directory} does not fit this model: it has layer {layer}, the model has {n_layers} layers "
-                              f"(made for {raw.get('base_model_name_or_path') or 'another model'})")
+                              f"(made for {made_for})")
         found[(layer, m.group(3), m.group(4))] = t
-    apply_lora(model, cfg, dtype)
-    mods = lora_modules(model)
+    out: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]] = {}
     for i in range(n_layers):
         for target in cfg.targets:
-            parent, attr, _ = TARGETS[target]
-            mod = mods[f"layers.{i}.{parent}.{attr}"]
-            for which in ("lora_A", "lora_B"):
+            pair = []
+            for which, shape in expected_shapes(mc, target, cfg.r).items():
                 t = found.pop((i, target, which), None)
                 if t is None:
                     raise HearthError(f"adapter {directory} lacks layers.{i}.{target}.{which} though its config targets {target}")
-                param = getattr(mod, which).weight
-                if tuple(t.shape) != tuple(param.shape):
+                if tuple(t.shape) != shape:
                     raise HearthError(
                         f"adapter {directory} does not fit this model: layers.{i}.{target}.{which} has shape {tuple(t.shape)}, "
-                        f"the model needs {tuple(param.shape)} (made for {raw.get('base_model_name_or_path') or 'another model'})")
-                with torch.no_grad():
-                    param.copy_(t.to(param.dtype))
+                        f"the model needs {shape} (made for {made_for})")
+                pair.append(t)
+            out[(i, target)] = (pair[0], pair[1])
     if found:
         (i, target, which) = next(iter(found))
         raise HearthError(f"adapter {directory} has layers.{i}.{target}.{which} but its config does not list {target} in target_modules")
+    return cfg, out
+
+
+def load_adapter(model, directory: str | Path, dtype: torch.dtype = torch.float32):
+    """Wrap `model`'s target projections and load a PEFT LoRA adapter into them (unmerged); see read_adapter."""
+    cfg, weights = read_adapter(directory, model.config)
+    apply_lora(model, cfg, dtype)
+    mods = lora_modules(model)
+    for (i, target), (a, b) in weights.items():
+        parent, attr, _ = TARGETS[target]
+        mod = mods[f"layers.{i}.{parent}.{attr}"]
+        with torch.no_grad():
+            mod.lora_A.weight.copy_(a.to(mod.lora_A.weight.dtype))
+            mod.lora_B.weight.copy_(b.to(mod.lora_B.weight.dtype))
     for p in model.parameters():
         p.requires_grad_(False)
     return model

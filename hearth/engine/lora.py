@@ -1,0 +1,136 @@
+"""LoRA adapters served beside their base model (vLLM's multi-LoRA serving, `hearth serve --adapter NAME=DIR`).
+
+Every request names the base model or one adapter; one engine step may hold rows of several. The base weights stay
+as they were loaded (4-bit GGUF blocks, fused q|k|v and gate|up, ...); each projection that some adapter targets is
+wrapped in a `BatchedLoRA` that adds, for each adapter present in the step, the low-rank update of that adapter's
+rows only:
+
+    y = base(x);   y[rows_a, part] += s_a * (x[rows_a] @ A_a^T) @ B_a^T      for each adapter a in the step
+
+A fused projection (q|k|v) carries one update per part it fuses (q_proj, k_proj, v_proj), written into that part's
+columns. Steps with no adapter rows cost nothing more than before (the wrappers see no groups); steps with adapter
+rows run the engine's eager path (the whole-token native CPU step and CUDA graphs hold the base weights only).
+
+Written by hand rather than taken from PEFT: PEFT applies one adapter to a whole batch (or loops over sub-batches
+through the full model); the engine mixes requests of different adapters in every step.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from hearth.errors import HearthError
+from hearth.tune.lora import TARGETS
+from hearth.tune.peft_io import read_adapter
+
+log = logging.getLogger("hearth")
+
+# hearth module (attribute of a block's attention / feed_forward) -> the PEFT targets it computes, in column order
+FUSED: dict[str, tuple[str, ...]] = {"wqkv": ("q_proj", "k_proj", "v_proj"), "w13": ("gate_proj", "up_proj")}
+_SUBMODULE: dict[str, str] = {"wqkv": "attention", "w13": "feed_forward"}
+_ATTR = {target: attr for target, (_, attr, _) in TARGETS.items()}
+
+
+@dataclass(frozen=True)
+class _Update:
+    """One adapter's low-rank update of one part of a projection: columns [start, end) += scale * x A^T B^T."""
+
+    start: int
+    end: int
+    a: Tensor  # (r, in)
+    b: Tensor  # (part_out, r)
+    scale: float
+
+
+class BatchedLoRA(nn.Module):
+    """A projection plus the updates of every served adapter that targets it, applied to the rows of each adapter."""
+
+    def __init__(self, base: nn.Module, served: ServedAdapters):
+        super().__init__()
+        self.base = base
+        self.in_features, self.out_features = base.in_features, base.out_features
+        self.updates: dict[int, list[_Update]] = {}  # adapter index -> its updates of this projection
+        self._served = served  # (not a sub-module: the groups of the step live there)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.base(x)
+        groups = self._served.groups
+        if not groups:
+            return y
+        x2, y2 = x.reshape(-1, self.in_features), y.reshape(-1, self.out_features)
+        for index, rows in groups:
+            ups = self.updates.get(index)
+            if not ups:
+                continue
+            xs = x2.index_select(0, rows).float()
+            for u in ups:
+                delta = (xs @ u.a.t()) @ u.b.t() * u.scale
+                y2[rows, u.start : u.end] += delta.to(y2.dtype)
+        return y
+
+
+class ServedAdapters:
+    """The adapters a server offers, by name, wired into `model`'s projections. Index 0 is the base model."""
+
+    def __init__(self, model: nn.Module, adapters: dict[str, str | Path]):
+        self.names: list[str] = [""] + list(adapters)
+        self.paths = {name: Path(p) for name, p in adapters.items()}
+        self.groups: list[tuple[int, Tensor]] = []  # this step: (adapter index, its token rows)
+        device = model.device
+        self.wrapped = 0
+        for index, name in enumerate(self.names[1:], start=1):
+            cfg, weights = read_adapter(self.paths[name], model.config)
+            for (layer, target), (a, b) in weights.items():
+                sub_name, attr, _ = TARGETS[target]
+                parent = getattr(model.layers[layer], sub_name)
+                module_attr, start, end = self._locate(parent, sub_name, target, model.config)
+                wrapper = getattr(parent, module_attr)
+                if not isinstance(wrapper, BatchedLoRA):
+                    wrapper = BatchedLoRA(wrapper, self)
+                    setattr(parent, module_attr, wrapper)
+                    self.wrapped += 1
+                wrapper.updates.setdefault(index, []).append(
+                    _Update(start, end, a.to(device, torch.float32), b.to(device, torch.float32), cfg.scaling))
+            log.info("adapter %s: %s (r=%d, alpha=%g, %s)", name, self.paths[name], cfg.r, cfg.alpha, ", ".join(cfg.targets))
+
+    @staticmethod
+    def _locate(parent: nn.Module, sub_name: str, target: str, mc) -> tuple[str, int, int]:
+        """(attribute of the module computing `target`, first column, end column) in `parent`."""
+        attr = _ATTR[target]
+        for fused, parts in FUSED.items():
+            if _SUBMODULE[fused] == sub_name and target in parts and getattr(parent, fused, None) is not None:
+                q, kv = mc.n_heads * mc.head_dim, mc.n_kv_heads * mc.head_dim
+                widths = {"q_proj": q, "k_proj": kv, "v_proj": kv, "gate_proj": mc.hidden_dim, "up_proj": mc.hidden_dim}
+                start = sum(widths[p] for p in parts[: parts.index(target)])
+                return fused, start, start + widths[target]
+        module = getattr(parent, attr, None)
+        if module is None:
+            raise HearthError(f"the model has no {sub_name}.{attr} to apply {target} to")
+        return attr, 0, module.out_features
+
+    def index(self, name: str | None) -> int:
+        """The adapter index of a request's adapter name (None or "": the base model)."""
+        if not name:
+            return 0
+        try:
+            return self.names.index(name)
+        except ValueError:
+            raise HearthError(f"no adapter named {name!r} is served (adapters: {', '.join(self.names[1:]) or 'none'})") from None
+
+    def set_rows(self, row_adapters: list[tuple[int, int, int]], device: torch.device) -> bool:
+        """Group a step's token rows by adapter: (first row, row count, adapter index) per scheduled sequence.
+        True if any row uses an adapter."""
+        by: dict[int, list[int]] = {}
+        for first, n, index in row_adapters:
+            if index:
+                by.setdefault(index, []).extend(range(first, first + n))
+        self.groups = [(index, torch.tensor(rows, dtype=torch.long, device=device)) for index, rows in by.items()]
+        return bool(self.groups)
+
+    def clear(self) -> None:
+        self.groups = []
