@@ -264,6 +264,24 @@ def run(
                   file=sys.stderr)
 
 
+def _served_adapters(items: list[str] | None, model_name: str) -> dict[str, str]:
+    """serve --adapter NAME=DIR | DIR  ->  {name: directory}, names unique and not the model's."""
+    out: dict[str, str] = {}
+    for item in items or ():
+        name, sep, directory = item.partition("=")
+        if not sep:
+            name, directory = Path(item.rstrip("/")).name, item
+        name, directory = name.strip(), directory.strip()
+        if not name or not directory:
+            raise HearthError(f"--adapter {item!r}: expected NAME=DIR (a PEFT LoRA adapter directory)")
+        if name == model_name or name in out:
+            raise HearthError(f"--adapter {item!r}: the name {name!r} is already taken; give each adapter its own NAME=DIR")
+        if not Path(directory).is_dir():
+            raise HearthError(f"--adapter {item!r}: {directory} is not a directory (expected a PEFT LoRA adapter)")
+        out[name] = directory
+    return out
+
+
 @app.command()
 def serve(
     model: Annotated[str, typer.Argument(help="A store name (hearth list), a .gguf file, a HF model directory, or 'smollm2'.")] = "smollm2",
@@ -283,6 +301,7 @@ def serve(
     kv_cache_gib: Annotated[float, typer.Option(help="Memory for the paged KV cache, in GiB: how many tokens all "
                                                      "running requests can hold together (logged at start).", min=0.001)] = 1.0,
     max_body_bytes: Annotated[int, typer.Option(help="Largest request body accepted (HTTP 413 above).", min=1)] = 1 << 20,
+    adapter: Annotated[Optional[list[str]], typer.Option(help="Serve a LoRA adapter (PEFT directory, e.g. from `hearth tune`) beside the model as NAME=DIR (or DIR: named after it); clients ask for it with model=NAME. Repeatable (vLLM's --lora-modules).")] = None,
 ):
     """Serve MODEL over an OpenAI-compatible HTTP API (/v1/chat/completions, /v1/completions, ...).
 
@@ -305,11 +324,12 @@ def serve(
     except OSError as e:
         sock.close()
         raise HearthError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+    name = served_model_name or model
+    adapters = _served_adapters(adapter, name)
     lm = _load(model, device, dtype, kv_cache=kv_cache)
     config = EngineConfig(max_num_seqs=max_num_seqs, max_num_batched_tokens=max_batched_tokens, max_waiting=max_waiting,
                           max_prefill_with_decodes=max_prefill_with_decodes, enable_prefix_caching=prefix_caching,
-                          kv_cache_bytes=int(kv_cache_gib * (1 << 30)))
-    name = served_model_name or model
+                          kv_cache_bytes=int(kv_cache_gib * (1 << 30)), adapters=adapters)
     engine = AsyncEngine(lm, config, model_name=name)
     web = build_app(engine, api_key=api_key, served_model_name=name, max_body_bytes=max_body_bytes)
 

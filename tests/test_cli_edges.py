@@ -8,6 +8,7 @@ import shutil
 import pytest
 
 from hearth.cli import unescape
+from hearth.errors import HearthError
 from hearth.loader import resolve_model
 from hearth.store.manifest import Manifest, check_name
 from store_kit import manifest_json, one_line_error, run_main, write_tiny_gguf
@@ -154,3 +155,20 @@ def test_logit_bias_option(capsys):
     one_line_error(rc, err, "biases must be between -100 and 100")
     rc, _, err = run_main(capsys, "generate", "smollm2", "x", "--logit-bias", "99999=1")
     one_line_error(rc, err, "outside the vocabulary [0, 49152)")
+
+
+def test_serve_adapter_option(tmp_path, capsys):
+    from hearth.cli import _served_adapters
+
+    (tmp_path / "sql").mkdir()
+    assert _served_adapters([f"a={tmp_path / 'sql'}", str(tmp_path / "sql") + "/"], "smollm2") == {
+        "a": str(tmp_path / "sql"), "sql": str(tmp_path / "sql") + "/"}
+    for args, want in [([f"smollm2={tmp_path / 'sql'}"], "the name 'smollm2' is already taken"),
+                       ([f"a={tmp_path / 'sql'}", f"a={tmp_path / 'sql'}"], "the name 'a' is already taken"),
+                       ([f"a={tmp_path / 'nowhere'}"], "is not a directory"),
+                       (["=x"], "expected NAME=DIR")]:
+        with pytest.raises(HearthError, match=want):
+            _served_adapters(args, "smollm2")
+    # refused before the model loads or the port is taken: one line
+    rc, _, err = run_main(capsys, "serve", "smollm2", "--port", "0", "--adapter", f"x={tmp_path / 'nowhere'}")
+    one_line_error(rc, err, "is not a directory")

@@ -16,8 +16,9 @@ from hearth.engine.request import EngineRequest
 from hearth.engine.sampling import SamplingParams
 from hearth.errors import HearthError
 from hearth.loader import load
-from hearth.tune.lora import LoraConfig, apply_lora, lora_modules
-from hearth.tune.peft_io import load_adapter, save_adapter
+from hearth.tune.lora import LoraConfig
+from hearth.tune.peft_io import load_adapter
+from lora_kit import make_adapter
 
 PROMPTS = ["The capital of France is", "Once upon a time", "def fib(n):", "Water boils at"]
 GREEDY = SamplingParams(temperature=0, max_tokens=10)
@@ -25,22 +26,10 @@ ADAPTERS = {"all": LoraConfig(r=8, alpha=16), "qv": LoraConfig(r=4, alpha=8, tar
 B_STD = {"all": 0.03, "qv": 0.2}  # strong enough to change every prompt's greedy continuation
 
 
-def _make_adapter(directory, cfg: LoraConfig, seed: int, std: float):
-    """A PEFT adapter whose update changes SmolLM2's greedy output (B is zero in a fresh adapter: a no-op)."""
-    lm = load("smollm2", dtype="float32")
-    torch.manual_seed(seed)  # A's Kaiming initialisation
-    apply_lora(lm.model, cfg)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in lora_modules(lm.model).values():
-            m.lora_B.weight.copy_(torch.randn(m.lora_B.weight.shape, generator=g) * std)
-    return save_adapter(lm.model, cfg, directory, base_model="smollm2")
-
-
 @pytest.fixture(scope="module")
 def adapters(tmp_path_factory):
     root = tmp_path_factory.mktemp("adapters")
-    return {name: _make_adapter(root / name, cfg, seed, B_STD[name]) for seed, (name, cfg) in enumerate(ADAPTERS.items())}
+    return {name: make_adapter(root / name, cfg, seed, B_STD[name]) for seed, (name, cfg) in enumerate(ADAPTERS.items())}
 
 
 @pytest.fixture(scope="module")

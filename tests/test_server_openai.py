@@ -23,11 +23,19 @@ KEY = "test-key-123"
 
 
 @pytest.fixture(scope="module")
-def servers(tmp_path_factory):
+def adapter_dir(tmp_path_factory):
+    from hearth.tune.lora import LoraConfig
+    from lora_kit import make_adapter
+
+    return make_adapter(tmp_path_factory.mktemp("adapter") / "tuned", LoraConfig(r=8, alpha=16), seed=0, std=0.03)
+
+
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory, adapter_dir):
     tmp = tmp_path_factory.mktemp("serve")
     # "open" runs the exact fp32 path, so concurrent requests equal each one alone to the token; "keyed" runs the
     # default native 4-bit path (see test_engine.py on why that is not batch-invariant to the bit).
-    procs = {"open": ServerProcess(tmp, "open", "--dtype", "float32"),
+    procs = {"open": ServerProcess(tmp, "open", "--dtype", "float32", "--adapter", f"tuned={adapter_dir}"),
              "keyed": ServerProcess(tmp, "keyed", "--api-key", KEY, threads=1)}
     try:
         for p in procs.values():
@@ -72,8 +80,9 @@ def test_startup_line_and_models(servers, client):
     log = servers["open"].log_path.read_text()
     assert f"serving {MODEL} on http://127.0.0.1:{servers['open'].port}" in log
     models = client.models.list()
-    assert [m.id for m in models.data] == [MODEL]
-    assert client.models.retrieve(MODEL).id == MODEL
+    assert [m.id for m in models.data] == [MODEL, "tuned"]  # the model, then its adapters
+    assert client.models.retrieve(MODEL).id == MODEL and client.models.retrieve("tuned").parent == MODEL
+    assert "adapter tuned:" in log
     with pytest.raises(openai.NotFoundError):
         client.chat.completions.create(model="nope", messages=[{"role": "user", "content": "hi"}])
 
@@ -149,6 +158,37 @@ def test_logit_bias_bans_and_forces_tokens(client):
     forced = client.chat.completions.create(model=MODEL, messages=chat("Hi"), max_tokens=5, temperature=1.0, seed=1,
                                             logit_bias={"45": 100})  # 45: "=" in SmolLM2's vocabulary
     assert forced.choices[0].message.content == "=" * 5 and forced.choices[0].finish_reason == "length"
+
+
+def test_lora_adapter_served_by_name(client, adapter_dir):
+    """`serve --adapter tuned=DIR`: model="tuned" generates with the adapter (equal to the Generator on a model
+    carrying it, fp32), the base model's name without it; /v1/models lists the adapter under its parent."""
+    from hearth.engine.generate import Generator
+    from hearth.engine.sampling import SamplingParams
+    from hearth.loader import load
+    from hearth.tune.peft_io import load_adapter
+
+    cards = {m.id: m for m in client.models.list().data}
+    assert set(cards) == {MODEL, "tuned"} and cards["tuned"].parent == MODEL and cards["tuned"].root == str(adapter_dir)
+    prompt = "The capital of France is"
+
+    def ids(model: str) -> list[int]:
+        r = client.completions.create(model=model, prompt=prompt, max_tokens=8, temperature=0, logprobs=0,
+                                      extra_body={"return_tokens_as_token_ids": True})
+        assert r.model == model
+        return [int(t.removeprefix("token_id:")) for t in r.choices[0].logprobs.tokens]
+
+    ref = load("smollm2", dtype="float32")
+    load_adapter(ref.model, adapter_dir)
+    want = Generator(ref.model, ref.tokenizer).complete(ref.tokenizer.encode(prompt), SamplingParams(temperature=0, max_tokens=8))
+    tuned, base = ids("tuned"), ids(MODEL)
+    assert tuned == want.token_ids and tuned != base
+    reply = client.chat.completions.create(model="tuned", messages=chat("Hi"), max_tokens=4, temperature=0)
+    assert reply.model == "tuned" and reply.choices[0].message.content
+    with pytest.raises(openai.BadRequestError, match="is a LoRA adapter; embeddings come from the base model"):
+        client.embeddings.create(model="tuned", input="hello")
+    with pytest.raises(openai.NotFoundError, match="serves 'smollm2', 'tuned'"):
+        client.completions.create(model="tuned2", prompt="x", max_tokens=1)
 
 
 def test_chat_logprobs(client):

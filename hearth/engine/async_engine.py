@@ -75,6 +75,7 @@ class AsyncEngine:
         self.max_model_len = self.engine.max_model_len
         self.embedding_dim = lm.model.config.dim
         self.model_name = model_name or lm.checkpoint.config.name
+        self.adapters = dict(self.config.adapters)  # LoRA adapters served beside the model: name -> directory
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._inbox: list[EngineRequest] = []

@@ -64,7 +64,8 @@ def build_app(
     `Authorization: Bearer <api_key>`. Requests naming another model than `served_model_name`
     (default: the engine's model name) get 404."""
     names = tuple(dict.fromkeys(n for n in (served_model_name, engine.model_name) if n))
-    ctx = ServerContext(engine, names, Metrics(engine))
+    adapters = dict(getattr(engine, "adapters", {}))  # name -> directory
+    ctx = ServerContext(engine, names, Metrics(engine), adapters=tuple(adapters))
     chat, completion, tokenize = ChatService(ctx), CompletionService(ctx), TokenizeService(ctx)
     embedding = EmbeddingService(ctx)
 
@@ -118,12 +119,17 @@ def build_app(
 
     @app.get("/v1/models", dependencies=[Depends(authorized)])
     async def models() -> Response:
-        return _json(ModelList(data=[ModelCard(id=n, max_model_len=engine.max_model_len) for n in names]))
+        return _json(ModelList(data=[card(n) for n in (*names, *adapters)]))
 
     @app.get("/v1/models/{model_id:path}", dependencies=[Depends(authorized)])
     async def model(model_id: str) -> Response:
         ctx.check_model(model_id)
-        return _json(ModelCard(id=model_id, max_model_len=engine.max_model_len))
+        return _json(card(model_id))
+
+    def card(name: str) -> ModelCard:
+        if name in adapters:
+            return ModelCard(id=name, max_model_len=engine.max_model_len, root=str(adapters[name]), parent=names[0])
+        return ModelCard(id=name, max_model_len=engine.max_model_len)
 
     @app.post("/tokenize", dependencies=guard)
     async def tokenize_route(request: Request) -> Response:

@@ -35,6 +35,7 @@ class ServerContext:
     engine: object
     model_names: tuple[str, ...]
     metrics: Metrics
+    adapters: tuple[str, ...] = ()  # LoRA adapters served beside the model, requested by name as models
     _token_str: dict[int, str] = field(default_factory=dict)
     _token_bytes: dict[int, list[int]] = field(default_factory=dict)
 
@@ -43,9 +44,17 @@ class ServerContext:
         return self.model_names[0]
 
     def check_model(self, name: str | None) -> str:
+        """The name to answer with: the model's, or that of the adapter asked for."""
+        if name is not None and name in self.adapters:
+            return name
         if name is not None and name not in self.model_names:
-            raise ModelNotFound(f"the model '{name}' does not exist; this server serves '{self.model_name}'", param="model")
+            served = ", ".join(f"'{n}'" for n in (self.model_name, *self.adapters))
+            raise ModelNotFound(f"the model '{name}' does not exist; this server serves {served}", param="model")
         return self.model_name
+
+    def adapter(self, name: str | None) -> str | None:
+        """The LoRA adapter a request's model names (None: the base model)."""
+        return name if name is not None and name in self.adapters else None
 
     def token_str(self, token_id: int, as_id: bool = False) -> str:
         """A token's own text for logprob listings (special tokens included), as vLLM shows it;

@@ -585,6 +585,8 @@ class ModelCard(BaseModel):
     created: int = Field(default_factory=_now)
     owned_by: str = "hearth"
     max_model_len: int
+    root: Optional[str] = None  # for a LoRA adapter: its directory (as vLLM lists adapters)
+    parent: Optional[str] = None  # for a LoRA adapter: the model it adapts
 
 
 class ModelList(BaseModel):

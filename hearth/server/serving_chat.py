@@ -50,7 +50,7 @@ class ChatService:
         top = (req.top_logprobs or 0) if req.logprobs else None
         group = RequestGroup(self.ctx, [
             EngineRequest(f"{rid}-{i}", ids, sampling_params(req, max_tokens, i, tool_calls.forced_structure(req)),
-                          logprobs=top)
+                          logprobs=top, adapter=self.ctx.adapter(req.model))
             for i in range(req.n)
         ])
         await group.start()

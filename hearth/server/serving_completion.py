@@ -72,6 +72,7 @@ class CompletionService:
                 engine_reqs.append(EngineRequest(
                     f"{rid}-{index}", p.ids, sampling_params(req, max_tokens, i),
                     logprobs=req.logprobs, prompt_logprobs=req.logprobs if scoring else None,
+                    adapter=self.ctx.adapter(req.model),
                 ))
                 choices.append(_Choice(p))
         group = RequestGroup(self.ctx, engine_reqs)

@@ -21,6 +21,9 @@ class EmbeddingService:
 
     async def create(self, req: EmbeddingRequest) -> EmbeddingResponse:
         model = self.ctx.check_model(req.model)
+        if self.ctx.adapter(req.model):
+            raise BadRequest(f"'{req.model}' is a LoRA adapter; embeddings come from the base model: "
+                             f"ask with model '{self.ctx.model_name}'", param="model")
         engine = self.ctx.engine
         inputs = req.inputs()
         if len(inputs) > MAX_INPUTS:
