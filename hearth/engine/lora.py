@@ -48,7 +48,12 @@ class _Update:
 
 
 class BatchedLoRA(nn.Module):
-    """A projection plus the updates of every served adapter that targets it, applied to the rows of each adapter."""
+    """A projection plus the updates of every served adapter that targets it, applied to the rows of each adapter.
+
+    An adapter's updates of all the parts it targets run as two products: x @ A^T with its parts' A stacked
+    (parts*r, in), then @ B^T with B block-diagonal over the parts (out, parts*r; zero where a part is not
+    targeted), scale folded in. Per step and adapter that is 2 products and one scatter-add per projection.
+    """
 
     def __init__(self, base: nn.Module, served: ServedAdapters):
         super().__init__()
@@ -56,6 +61,23 @@ class BatchedLoRA(nn.Module):
         self.in_features, self.out_features = base.in_features, base.out_features
         self.updates: dict[int, list[_Update]] = {}  # adapter index -> its updates of this projection
         self._served = served  # (not a sub-module: the groups of the step live there)
+        self._stacked: dict[int, tuple[Tensor, Tensor]] = {}  # adapter index -> (A stacked, B block-diagonal)
+
+    def _pair(self, index: int, dtype: torch.dtype) -> tuple[Tensor, Tensor] | None:
+        pair = self._stacked.get(index)
+        if pair is None or pair[0].dtype != dtype:
+            ups = self.updates.get(index)
+            if not ups:
+                return None
+            a = torch.cat([u.a for u in ups])
+            b = a.new_zeros(self.out_features, a.shape[0])
+            col = 0
+            for u in ups:
+                r = u.a.shape[0]
+                b[u.start : u.end, col : col + r] = u.b * u.scale
+                col += r
+            pair = self._stacked[index] = (a.to(dtype).contiguous(), b.to(dtype).t().contiguous())
+        return pair
 
     def forward(self, x: Tensor) -> Tensor:
         y = self.base(x)
@@ -64,13 +86,14 @@ class BatchedLoRA(nn.Module):
             return y
         x2, y2 = x.reshape(-1, self.in_features), y.reshape(-1, self.out_features)
         for index, rows in groups:
-            ups = self.updates.get(index)
-            if not ups:
+            pair = self._pair(index, y2.dtype)
+            if pair is None:
                 continue
-            xs = x2.index_select(0, rows).float()
-            for u in ups:
-                delta = (xs @ u.a.t()) @ u.b.t() * u.scale
-                y2[rows, u.start : u.end] += delta.to(y2.dtype)
+            a, bt = pair
+            if rows is None:  # every row of the step
+                y2 += (x2.to(a.dtype) @ a.t()) @ bt
+            else:
+                y2.index_add_(0, rows, (x2.index_select(0, rows).to(a.dtype) @ a.t()) @ bt)
         return y
 
 
@@ -80,7 +103,7 @@ class ServedAdapters:
     def __init__(self, model: nn.Module, adapters: dict[str, str | Path]):
         self.names: list[str] = [""] + list(adapters)
         self.paths = {name: Path(p) for name, p in adapters.items()}
-        self.groups: list[tuple[int, Tensor]] = []  # this step: (adapter index, its token rows)
+        self.groups: list[tuple[int, Tensor | None]] = []  # this step: (adapter index, its token rows or None: all)
         device = model.device
         self.wrapped = 0
         for index, name in enumerate(self.names[1:], start=1):
@@ -129,7 +152,9 @@ class ServedAdapters:
         for first, n, index in row_adapters:
             if index:
                 by.setdefault(index, []).extend(range(first, first + n))
-        self.groups = [(index, torch.tensor(rows, dtype=torch.long, device=device)) for index, rows in by.items()]
+        total = sum(n for _, n, _ in row_adapters)
+        self.groups = [(index, None if len(rows) == total else torch.tensor(rows, dtype=torch.long, device=device))
+                       for index, rows in by.items()]  # None: all rows, no gather or scatter
         return bool(self.groups)
 
     def clear(self) -> None:
