@@ -62,10 +62,13 @@ def test_adapters_change_the_output(references):
         assert references[p]["all"] != references[p][""] and references[p]["qv"] != references[p][""], p
 
 
-def test_mixed_batch_equals_each_request_alone(adapters, references):
+@pytest.mark.parametrize("graphs", [False, True], ids=["eager", "padded-decode"])
+def test_mixed_batch_equals_each_request_alone(adapters, references, graphs):
+    """padded-decode: base-only all-decode steps take the CUDA-graph route (run unrecorded on a CPU); steps with
+    adapter rows never do."""
     lm = load("smollm2", dtype="float32")
     eng = LLMEngine(lm, EngineConfig(max_num_seqs=12, max_num_batched_tokens=24, kv_cache_bytes=64 << 20,
-                                     adapters={k: str(v) for k, v in adapters.items()}))
+                                     adapters={k: str(v) for k, v in adapters.items()}, cuda_graphs=graphs))
     tok = lm.tokenizer
     reqs = [EngineRequest(f"{name or 'base'}-{i}", tok.encode(p), GREEDY, adapter=name or None)
             for i, p in enumerate(PROMPTS) for name in ["", "all", "qv"]]
@@ -74,6 +77,19 @@ def test_mixed_batch_equals_each_request_alone(adapters, references):
         want = references[PROMPTS[int(r.request_id.rsplit("-", 1)[1])]][r.adapter or ""]
         assert got[r.request_id] == want, r.request_id
     assert eng.blocks.num_used == 0
+    if graphs:  # the graphs hold the base weights: recorded with the wrappers out of the way, put back after
+        steps = eng.runner.graphs.steps
+        base = _run(eng, [EngineRequest(f"g{i}", tok.encode(p), GREEDY) for i, p in enumerate(PROMPTS)])
+        assert eng.runner.graphs.steps >= steps + GREEDY.max_tokens - 2
+        assert all(base[f"g{i}"] == references[p][""] for i, p in enumerate(PROMPTS))
+        from hearth.engine.lora import BatchedLoRA
+
+        att = lm.model.layers[0].attention
+        wrapper = att.wqkv if att.wqkv is not None else att.wq
+        assert isinstance(wrapper, BatchedLoRA)
+        with eng.adapters.base_only():
+            assert (att.wqkv if att.wqkv is not None else att.wq) is wrapper.base
+        assert (att.wqkv if att.wqkv is not None else att.wq) is wrapper
 
 
 def test_prefix_cache_is_per_adapter(adapters, references):

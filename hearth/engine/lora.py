@@ -17,6 +17,7 @@ through the full model); the engine mixes requests of different adapters in ever
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,7 +106,7 @@ class ServedAdapters:
         self.paths = {name: Path(p) for name, p in adapters.items()}
         self.groups: list[tuple[int, Tensor | None]] = []  # this step: (adapter index, its token rows or None: all)
         device = model.device
-        self.wrapped = 0
+        self._sites: list[tuple[nn.Module, str, BatchedLoRA]] = []  # (parent, attribute, wrapper)
         for index, name in enumerate(self.names[1:], start=1):
             cfg, weights = read_adapter(self.paths[name], model.config)
             for (layer, target), (a, b) in weights.items():
@@ -116,7 +117,7 @@ class ServedAdapters:
                 if not isinstance(wrapper, BatchedLoRA):
                     wrapper = BatchedLoRA(wrapper, self)
                     setattr(parent, module_attr, wrapper)
-                    self.wrapped += 1
+                    self._sites.append((parent, module_attr, wrapper))
                 wrapper.updates.setdefault(index, []).append(
                     _Update(start, end, a.to(device, torch.float32), b.to(device, torch.float32), cfg.scaling))
             log.info("adapter %s: %s (r=%d, alpha=%g, %s)", name, self.paths[name], cfg.r, cfg.alpha, ", ".join(cfg.targets))
@@ -159,3 +160,15 @@ class ServedAdapters:
 
     def clear(self) -> None:
         self.groups = []
+
+    @contextlib.contextmanager
+    def base_only(self):
+        """The base projections back in place of the wrappers for a while: for recording the fast paths (CUDA graphs,
+        hearth's Triton step), which run base-only steps and check that their modules are plain linears."""
+        for parent, attr, wrapper in self._sites:
+            setattr(parent, attr, wrapper.base)
+        try:
+            yield
+        finally:
+            for parent, attr, wrapper in self._sites:
+                setattr(parent, attr, wrapper)

@@ -14,6 +14,7 @@ row of logits, for sequences that sample greedily without penalties or logprobs.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -88,6 +89,7 @@ class DecodeGraphs:
         self.block_size = bs
         self.steps = 0  # steps run this way (for tests and logs)
         self.triton_buckets: set[tuple[int, int]] = set()  # recorded as hearth's Triton step
+        self.base_only = contextlib.nullcontext  # served LoRA adapters: the base modules while recording
 
     def _forward(self, b: int, w: int) -> tuple[Tensor, Tensor]:
         bs = self.block_size
@@ -123,6 +125,10 @@ class DecodeGraphs:
         return logits[:n], greedy[:n]
 
     def _record(self, b: int, w: int) -> None:
+        with self.base_only():
+            self._record_base(b, w)
+
+    def _record_base(self, b: int, w: int) -> None:
         if b == 1 and GPUDecoder.usable(self.model, 1, self.cache):
             # one sequence decoding (a single client): hearth's Triton step over its block table, as `hearth run`
             dec = GPUDecoder(self.model, self.cache, self.tokens[:1].view(1, 1), self.positions[:1],
