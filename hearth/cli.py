@@ -51,7 +51,7 @@ Json = Annotated[bool, typer.Option("--json", help="Print prompt/generated token
 JsonSchema = Annotated[Optional[str], typer.Option("--json-schema", help="Constrain the output to this JSON schema: inline JSON or a .json file ('{}': any JSON value), as llama.cpp's --json-schema.")]
 LogitBias = Annotated[Optional[list[str]], typer.Option(help="Add BIAS to token ID's logit, as ID=BIAS (or llama.cpp's ID+BIAS / ID-BIAS); -100 bans the token, 100 forces it. Repeatable.")]
 Grammar = Annotated[Optional[str], typer.Option(help="Constrain the output to a grammar: GBNF (llama.cpp's grammars/*.gbnf) or Lark text, or a file holding one.")]
-Adapter = Annotated[Optional[Path], typer.Option(help="A LoRA adapter directory (PEFT format, e.g. from `hearth tune`) applied to the model unmerged.")]
+Adapter = Annotated[Optional[Path], typer.Option(help="A LoRA adapter applied to the model unmerged: a PEFT directory (e.g. from `hearth tune`) or a llama.cpp GGUF adapter file.")]
 
 
 _ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\"}
@@ -270,14 +270,15 @@ def _served_adapters(items: list[str] | None, model_name: str) -> dict[str, str]
     for item in items or ():
         name, sep, directory = item.partition("=")
         if not sep:
-            name, directory = Path(item.rstrip("/")).name, item
+            name, directory = Path(item.rstrip("/")).name.removesuffix(".gguf"), item
         name, directory = name.strip(), directory.strip()
         if not name or not directory:
             raise HearthError(f"--adapter {item!r}: expected NAME=DIR (a PEFT LoRA adapter directory)")
         if name == model_name or name in out:
             raise HearthError(f"--adapter {item!r}: the name {name!r} is already taken; give each adapter its own NAME=DIR")
-        if not Path(directory).is_dir():
-            raise HearthError(f"--adapter {item!r}: {directory} is not a directory (expected a PEFT LoRA adapter)")
+        if not (Path(directory).is_dir() or (directory.endswith(".gguf") and Path(directory).is_file())):
+            raise HearthError(f"--adapter {item!r}: {directory} is not a directory (expected a PEFT LoRA adapter) "
+                              "or a GGUF adapter file")
         out[name] = directory
     return out
 
@@ -301,7 +302,7 @@ def serve(
     kv_cache_gib: Annotated[float, typer.Option(help="Memory for the paged KV cache, in GiB: how many tokens all "
                                                      "running requests can hold together (logged at start).", min=0.001)] = 1.0,
     max_body_bytes: Annotated[int, typer.Option(help="Largest request body accepted (HTTP 413 above).", min=1)] = 1 << 20,
-    adapter: Annotated[Optional[list[str]], typer.Option(help="Serve a LoRA adapter (PEFT directory, e.g. from `hearth tune`) beside the model as NAME=DIR (or DIR: named after it); clients ask for it with model=NAME. Repeatable (vLLM's --lora-modules).")] = None,
+    adapter: Annotated[Optional[list[str]], typer.Option(help="Serve a LoRA adapter (a PEFT directory, e.g. from `hearth tune`, or a llama.cpp GGUF adapter) beside the model as NAME=DIR (or DIR: named after it); clients ask for it with model=NAME. Repeatable (vLLM's --lora-modules).")] = None,
 ):
     """Serve MODEL over an OpenAI-compatible HTTP API (/v1/chat/completions, /v1/completions, ...).
 
@@ -857,6 +858,32 @@ def export_weights(
     lm = _load(model, "cpu", "float32", adapter)
     path = write_model(lm, fmt, output, dtype=DTYPES[dtype])
     print(f"wrote {path} ({fmt})")
+
+
+@app.command("export-adapter")
+def export_adapter(
+    model: Annotated[str, typer.Argument(help="The base model the adapter was trained on (store name, file, 'smollm2').")],
+    adapter: Annotated[Path, typer.Argument(help="A LoRA adapter: a PEFT directory (e.g. from `hearth tune`).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="The .gguf file to write.")],
+):
+    """Write a LoRA adapter as a llama.cpp GGUF adapter (llama-cli --lora, llama-server --lora, llama-cpp-python
+    lora_path), checked against MODEL's shapes.
+
+    Example: hearth export-adapter smollm2 out/adapter -o adapter.gguf
+    """
+    from hearth.loader import resolve_model
+    from hearth.store.store import check_outside_store
+    from hearth.tune.gguf_lora import write_lora_gguf
+    from hearth.tune.peft_io import read_adapter
+    from hearth.weights import open_checkpoint
+
+    check_outside_store(output, "-o")
+    if output.suffix != ".gguf":
+        raise HearthError(f"-o {output}: the adapter file's name must end in .gguf")
+    mc = open_checkpoint(resolve_model(model)).config
+    cfg, weights = read_adapter(adapter, mc)
+    path = write_lora_gguf(output, cfg, weights, mc, name=adapter.name)
+    print(f"wrote {path} (LoRA r={cfg.r}, alpha={cfg.alpha:g}, {len(weights)} projections; llama.cpp: --lora {path})")
 
 
 def main(argv: list[str] | None = None) -> int:

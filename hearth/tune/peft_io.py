@@ -118,7 +118,8 @@ def expected_shapes(mc, target: str, r: int) -> dict[str, tuple[int, int]]:
 
 
 def read_adapter(directory: str | Path, mc) -> tuple[LoraConfig, dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]]]:
-    """A PEFT LoRA adapter's config and matrices, checked against a model of config `mc`:
+    """A PEFT LoRA adapter's config and matrices (or a llama.cpp GGUF adapter's: tune/gguf_lora.py), checked against
+    a model of config `mc`:
     (layer, PEFT target) -> (lora_A (r, in), lora_B (out, r)), for every layer and every target the config lists.
 
     Refuses, in one line, an adapter made for another base model: layers the model lacks, or matrices
@@ -128,8 +129,12 @@ def read_adapter(directory: str | Path, mc) -> tuple[LoraConfig, dict[tuple[int,
     from safetensors.torch import load_file
 
     directory = Path(directory)
+    if directory.suffix == ".gguf" and directory.is_file():  # llama.cpp's adapter format
+        from hearth.tune.gguf_lora import read_lora_gguf
+
+        return read_lora_gguf(directory, mc)
     if not directory.is_dir():
-        raise HearthError(f"adapter {directory} is not a directory (expected {CONFIG} + {WEIGHTS})")
+        raise HearthError(f"adapter {directory} is not a directory (expected {CONFIG} + {WEIGHTS}) or a GGUF adapter file")
     cfg, raw = read_adapter_config(directory)
     made_for = raw.get("base_model_name_or_path") or "another model"
     wfile = directory / WEIGHTS
