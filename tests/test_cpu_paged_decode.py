@@ -112,3 +112,54 @@ def test_engine_keeps_the_padded_route_when_asked(tiny_gguf):  # noqa: F811
     eng = LLMEngine(lm, EngineConfig(max_num_seqs=4, max_num_batched_tokens=32, kv_cache_bytes=8 << 20,
                                      cuda_graphs=True))
     assert eng.runner.graphs is not None and eng.runner.cpu_decoder is None
+
+
+@pytest.mark.parametrize("targets", [("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+                                     ("q_proj", "v_proj", "down_proj")], ids=["all", "some"])
+def test_paged_step_with_lora_is_the_per_layer_path(tiny_gguf, targets, tmp_path):  # noqa: F811
+    """Served LoRA adapters inside the native step (DecodePlan.add_lora / step_paged_lora): a sequence with an adapter
+    gets what the per-layer path with BatchedLoRA gives it (the updates summed in another order: equal to ~1e-6,
+    far below what the adapter changes), a sequence without one in the same step its base logits to the bit."""
+    from hearth.engine.lora import ServedAdapters
+    from hearth.tune.lora import LoraConfig, apply_lora, lora_modules
+    from hearth.tune.peft_io import save_adapter
+
+    ref, paths = tiny_gguf
+    plain = load(str(paths["Q4_1"]), dtype="float32").model
+    torch.manual_seed(0)
+    cfg = LoraConfig(r=4, alpha=8, targets=targets)
+    apply_lora(plain, cfg)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for m in lora_modules(plain).values():
+            m.lora_B.weight.copy_(torch.randn(m.lora_B.weight.shape, generator=g) * 0.1)
+    adapter = save_adapter(plain, cfg, tmp_path / "adapter")
+
+    model = load(str(paths["Q4_1"])).model
+    dec = model._cpu_decoder
+    served = ServedAdapters(model, {"a": str(adapter)})
+    assert served.register_native(model, dec)
+    ids = list(tiny.corpus_ids(48))
+    n = 37
+    served.groups = [(1, None)]  # the prompt prefilled with the adapter (per-layer path)
+    cache = _contiguous(model, ids, n)
+    pool = PagedKVCache(model.config, 4, 64, torch.device("cpu"), model.cache_dtype)
+    with torch.inference_mode():
+        for first in (0, 128):  # the prompt's k/v for two sequences: blocks 0-1 and 2-3
+            pool.k[:, first : first + n] = cache.k[:, 0, :, :n].transpose(1, 2)
+            pool.v[:, first : first + n] = cache.v[:, 0, :, :n].transpose(1, 2)
+        tok = torch.tensor([ids[n]])
+        del model.__dict__["_cpu_decoder"]  # the per-layer path for one token
+        try:
+            want = model(tok.view(1, 1), n, cache)[0, 0]
+            served.clear()
+            base = model(tok.view(1, 1), n, _contiguous(model, ids, n))[0, 0]
+        finally:
+            model.__dict__["_cpu_decoder"] = dec
+        table = torch.tensor([[0, 1], [2, 3]])
+        # row 0 with the adapter, row 1 (the same cache contents) without: one step
+        got = dec.paged(model, torch.tensor([ids[n], ids[n]]), torch.tensor([n, n]), pool, table, torch.tensor([1, 0]))
+        plain_step = dec.paged(model, tok, torch.tensor([n]), pool, table[1:])
+    assert (want - base).abs().max().item() > 0.1  # the adapter matters
+    assert (got[0] - want).abs().max().item() < 1e-4, (got[0] - want).abs().max().item()
+    assert torch.equal(got[1], plain_step[0])  # a row without an adapter: untouched, to the bit

@@ -90,6 +90,8 @@ class LLMEngine:
         # wrapped after the runner recorded its fast paths (CUDA graphs, the native CPU step): those keep the base weights
         self.adapters = ServedAdapters(lm.model, config.adapters) if config.adapters else None
         self.runner.adapters = self.adapters
+        if self.adapters is not None and self.runner.cpu_decoder is not None:
+            self.runner.native_lora = self.adapters.register_native(lm.model, self.runner.cpu_decoder)
         if self.adapters is not None and self.runner.graphs is not None:
             self.runner.graphs.base_only = self.adapters.base_only
         self.seqs: dict[str, Sequence] = {}

@@ -8,8 +8,10 @@ rows only:
     y = base(x);   y[rows_a, part] += s_a * (x[rows_a] @ A_a^T) @ B_a^T      for each adapter a in the step
 
 A fused projection (q|k|v) carries one update per part it fuses (q_proj, k_proj, v_proj), written into that part's
-columns. Steps with no adapter rows cost nothing more than before (the wrappers see no groups); steps with adapter
-rows run the engine's eager path (the whole-token native CPU step and CUDA graphs hold the base weights only).
+columns. Steps with no adapter rows cost nothing more than before (the wrappers see no groups). On a CPU with GGUF
+weights the native whole-token decode step holds the adapters too (`register_native`: the same stacked updates,
+applied inside hearth's kernel), so decode steps with adapter rows stay on it; other steps with adapter rows run the
+engine's eager path (CUDA graphs and the Triton step hold the base weights only).
 
 Written by hand rather than taken from PEFT: PEFT applies one adapter to a whole batch (or loops over sub-batches
 through the full model); the engine mixes requests of different adapters in every step.
@@ -136,6 +138,27 @@ class ServedAdapters:
         if module is None:
             raise HearthError(f"the model has no {sub_name}.{attr} to apply {target} to")
         return attr, 0, module.out_features
+
+    def register_native(self, model, decoder) -> bool:
+        """Hand every adapter's updates to the native whole-token CPU step (hearth/model/cpu_decode.py), so decode
+        steps holding adapter rows stay on it. False (nothing registered) where the model's products are not the
+        fused four the native step runs."""
+        per_layer = []
+        for layer in model.layers:
+            att, ff = layer.attention, layer.feed_forward
+            mods = [att.wqkv, att.wo, ff.w13, ff.w2]
+            if any(m is None for m in mods[::2]):
+                return False
+            per_layer.append(mods)
+        for index in range(1, len(self.names)):
+            updates = []
+            for mods in per_layer:
+                for m in mods:
+                    pair = m._pair(index, torch.float32) if isinstance(m, BatchedLoRA) else None
+                    updates.append(pair)  # (A stacked [k, in], B^T block-diagonal [k, out])
+            if decoder.add_lora(updates) != index:
+                raise RuntimeError("the native step numbered the adapters differently")
+        return True
 
     def index(self, name: str | None) -> int:
         """The adapter index of a request's adapter name (None or "": the base model)."""

@@ -168,6 +168,7 @@ class ModelRunner:
         self.cpu_decoder = dec if native else None
         self.native_steps = 0  # steps run that way (for tests and logs)
         self.adapters = None  # ServedAdapters (hearth/engine/lora.py), set by the engine when it serves any
+        self.native_lora = False  # whether the native CPU step holds the adapters too
 
     def _slots(self, table: list[int], start: int, end: int) -> np.ndarray:
         pos = np.arange(start, end)
@@ -176,12 +177,15 @@ class ModelRunner:
     @torch.inference_mode()
     def execute(self, plan: SchedulerOutput, want_all: list[bool]) -> StepResult:
         scheduled = plan.scheduled
-        if self.adapters is not None and any(s.seq.adapter for s in scheduled):
+        lora = self.adapters is not None and any(s.seq.adapter for s in scheduled)
+        if lora and not self.native_lora:
             return self._execute_eager(plan, want_all)  # the fast paths hold the base weights only
         all_decode = (bool(scheduled) and not any(want_all)
                       and all(s.num_tokens == 1 and s.seq.num_computed > 0 and s.samples for s in scheduled))
         if all_decode and self.cpu_decoder is not None and self.cpu_decoder.usable_paged(self.cache):
             return self._execute_native(scheduled)
+        if lora:
+            return self._execute_eager(plan, want_all)  # CUDA graphs hold the base weights only
         if all_decode and self.graphs is not None:
             seqs = [s.seq for s in scheduled]
             logits, greedy = self.graphs.run([q.token_ids[q.num_computed] for q in seqs],
@@ -197,8 +201,11 @@ class ModelRunner:
         positions = np.fromiter((q.num_computed for q in seqs), dtype=np.int64, count=n)
         width = max(len(q.block_table) for q in seqs)
         tables = _padded_tables([q.block_table for q in seqs], n, width, self.scratch_block)
+        adapters = None
+        if self.native_lora and any(q.adapter for q in seqs):
+            adapters = torch.tensor([q.adapter for q in seqs], dtype=torch.long)
         logits = self.cpu_decoder.paged(self.model, torch.from_numpy(tokens), torch.from_numpy(positions), self.cache,
-                                        torch.from_numpy(tables))
+                                        torch.from_numpy(tables), adapters)
         self.native_steps += 1
         return StepResult(logits, logits.argmax(-1).tolist(), list(range(n)), [None] * n)
 

@@ -58,6 +58,24 @@ inline float hsum_ps(__m256 v) {
   return _mm_cvtss_f32(r);
 }
 
+// sum of a[i] * x[i], i < n: four 8-wide accumulators (a LoRA update's A x)
+inline float dot_f32(const float* a, const float* x, int64_t n) {
+  __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps(), s2 = _mm256_setzero_ps(), s3 = _mm256_setzero_ps();
+  int64_t i = 0;
+  for (; i + 32 <= n; i += 32) {
+    s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(x + i), s0);
+    s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(x + i + 8), s1);
+    s2 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 16), _mm256_loadu_ps(x + i + 16), s2);
+    s3 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 24), _mm256_loadu_ps(x + i + 24), s3);
+  }
+  for (; i + 8 <= n; i += 8) s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(x + i), s0);
+  __m256 s = _mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3));
+  float t = 0.f;
+  for (; i < n; i++) t += a[i] * x[i];
+  return hsum_ps(s) + t;
+}
+
+
 // Quantize one row of K floats (K % 32 == 0) into K/32 activation blocks, as ggml's quantize_row_q8_1.
 void quantize_row(const float* x, BlockQ8A* y, int64_t nb) {
   const __m256 sign = _mm256_set1_ps(-0.0f);
@@ -804,6 +822,42 @@ struct DecodePlan : torch::CustomClassHolder {
   int64_t dim = 0, H = 0, KVH = 0, D = 0, hidden = 0, vocab = 0;
   double eps = 0;
 
+  // LoRA adapters served beside the model (hearth/engine/lora.py), lora[adapter - 1][layer * 4 + slot] with slots
+  // qkv, wo, w13, w2: A [k, K] and B transposed [k, N] fp32 (B scaled, zero for parts the adapter does not target);
+  // k = 0: the adapter leaves that product alone. A row's update is B (A x) with x the product's fp32 input (the
+  // normalized or activated row, before its 8-bit rounding), added to the product's output.
+  struct LoraW {
+    const float *A = nullptr, *Bt = nullptr;
+    int64_t k = 0, N = 0;
+  };
+  std::vector<std::vector<LoraW>> lora;
+  int64_t lora_kmax = 0;
+
+  // One adapter: ks[layer * 4 + slot] ranks, and for each k > 0 its A then B^T, in that order. Returns its index (1...).
+  int64_t add_lora(std::vector<at::Tensor> tensors, std::vector<int64_t> ks) {
+    TORCH_CHECK(ks.size() == layers.size() * 4, "DecodePlan.add_lora: need a rank for each of 4 products per layer");
+    std::vector<LoraW> ws(ks.size());
+    size_t ti = 0;
+    for (size_t i = 0; i < ks.size(); i++) {
+      if (ks[i] == 0) continue;
+      const QLin& lin = i % 4 == 0 ? layers[i / 4].qkv : i % 4 == 1 ? layers[i / 4].wo : i % 4 == 2 ? layers[i / 4].w13 : layers[i / 4].w2;
+      TORCH_CHECK(ti + 2 <= tensors.size(), "DecodePlan.add_lora: too few tensors");
+      const at::Tensor &A = tensors[ti], &Bm = tensors[ti + 1];
+      ti += 2;
+      TORCH_CHECK(A.device().is_cpu() && A.scalar_type() == at::kFloat && A.is_contiguous() && A.dim() == 2 &&
+                  A.size(0) == ks[i] && A.size(1) == lin.K && Bm.device().is_cpu() && Bm.scalar_type() == at::kFloat &&
+                  Bm.is_contiguous() && Bm.dim() == 2 && Bm.size(0) == ks[i] && Bm.size(1) == lin.N,
+                  "DecodePlan.add_lora: product ", i, " needs A [", ks[i], ", ", lin.K, "] and B^T [", ks[i], ", ", lin.N, "] fp32");
+      keep.push_back(A);
+      keep.push_back(Bm);
+      ws[i] = LoraW{A.data_ptr<float>(), Bm.data_ptr<float>(), ks[i], lin.N};
+      lora_kmax = std::max(lora_kmax, ks[i]);
+    }
+    TORCH_CHECK(ti == tensors.size(), "DecodePlan.add_lora: ", tensors.size() - ti, " tensors left over");
+    lora.push_back(std::move(ws));
+    return (int64_t)lora.size();
+  }
+
   // tensors: per layer attention_norm, the q|k|v parts, the wo parts, ffn_norm, the gate|up parts, the down parts;
   // then the final norm, the output parts and, optionally, the token embedding's blocks. meta: n_layers, dim,
   // n_heads, n_kv_heads, head_dim, hidden, then per layer (qtype, number of parts) for qkv, wo, w13, w2, then for
@@ -910,6 +964,23 @@ struct DecodePlan : torch::CustomClassHolder {
   // each. Writes each layer's k, v into the slot of positions[b] and attends over positions 0..positions[b].
   at::Tensor step_paged(at::Tensor x_in, at::Tensor positions_in, at::Tensor k, at::Tensor v, at::Tensor tables_in,
                         int64_t block_size, at::Tensor cos, at::Tensor sin) {
+    return paged(x_in, positions_in, k, v, tables_in, block_size, cos, sin, nullptr);
+  }
+
+  // step_paged with each sequence's served LoRA adapter (adapters [B] int64: 0 none, else add_lora's index)
+  at::Tensor step_paged_lora(at::Tensor x_in, at::Tensor positions_in, at::Tensor k, at::Tensor v, at::Tensor tables_in,
+                             int64_t block_size, at::Tensor cos, at::Tensor sin, at::Tensor adapters_in) {
+    const at::Tensor ad = adapters_in.contiguous();
+    TORCH_CHECK(ad.device().is_cpu() && ad.scalar_type() == at::kLong && ad.dim() == 1 && ad.size(0) == x_in.size(0),
+                "DecodePlan.step_paged_lora: adapters must be int64 [B]");
+    const int64_t* ap = ad.data_ptr<int64_t>();
+    for (int64_t b = 0; b < ad.size(0); b++)
+      TORCH_CHECK(ap[b] >= 0 && ap[b] <= (int64_t)lora.size(), "DecodePlan.step_paged_lora: no adapter ", ap[b]);
+    return paged(x_in, positions_in, k, v, tables_in, block_size, cos, sin, ap);
+  }
+
+  at::Tensor paged(at::Tensor x_in, at::Tensor positions_in, at::Tensor k, at::Tensor v, at::Tensor tables_in,
+                   int64_t block_size, at::Tensor cos, at::Tensor sin, const int64_t* ad) {
     const at::Tensor x0 = x_in.contiguous();
     const bool ids = check_x(x0, "DecodePlan.step_paged");
     const int64_t B = x0.size(0);
@@ -940,12 +1011,12 @@ struct DecodePlan : torch::CustomClassHolder {
     check_tables(cos, sin, max_pos, "DecodePlan.step_paged");
     CacheView c(k, v, "DecodePlan.step_paged");
     c.tab = tp, c.W = W, c.bs = block_size;
-    return run<true>(x0, ids, positions, c, cos, sin);
+    return run<true>(x0, ids, positions, c, cos, sin, ad);
   }
 
   template <bool Paged>
   at::Tensor run(const at::Tensor& x0, bool ids, const std::vector<int64_t>& positions, const CacheView& c,
-                 const at::Tensor& cos, const at::Tensor& sin) {
+                 const at::Tensor& cos, const at::Tensor& sin, const int64_t* ad = nullptr) {
     const int64_t B = x0.size(0);
     const float* cosp = cos.data_ptr<float>();
     const float* sinp = sin.data_ptr<float>();
@@ -992,6 +1063,9 @@ struct DecodePlan : torch::CustomClassHolder {
     // F16 products take fp16-rounded fp32 rows instead of 8-bit blocks
     std::vector<float> actf_own((size_t)nth * B * nba * QK), actf_h(B * hidden);
     float* xs = xw.data();
+    // served LoRA adapters: each thread's A x of every row (B x lora_kmax)
+    const int64_t KM = ad != nullptr ? lora_kmax : 0;
+    std::vector<float> lu((size_t)nth * B * KM);
 
 #pragma omp parallel num_threads(nth)
     {
@@ -1013,16 +1087,52 @@ struct DecodePlan : torch::CustomClassHolder {
       float* kbuf = gather ? kvbuf.data() + (size_t)tid * 2 * KCH * D : nullptr;
       float* vbuf = gather ? kbuf + KCH * D : nullptr;
       int64_t a, b;
+      float* mu = lu.data() + (size_t)tid * B * KM;
+      // the LoRA update of product `slot` of layer li: A x of each row with an adapter (x: B rows of K), then
+      // B (A x) added to out[r * ldo + n] for the columns [n0, n1) this thread produced
+      auto lora_of = [&](int64_t r, size_t li, int slot) -> const LoraW* {
+        if (KM == 0 || ad[r] == 0) return nullptr;
+        const LoraW& w = lora[ad[r] - 1][li * 4 + slot];
+        return w.k > 0 ? &w : nullptr;
+      };
+      auto lora_in = [&](size_t li, int slot, const float* x, int64_t K) {
+        for (int64_t r = 0; r < B; r++) {
+          const LoraW* w = lora_of(r, li, slot);
+          if (w == nullptr) continue;
+          for (int64_t j = 0; j < w->k; j++) mu[r * KM + j] = dot_f32(w->A + j * K, x + r * K, K);
+        }
+      };
+      auto lora_out = [&](size_t li, int slot, float* out, int64_t ldo, int64_t n0, int64_t n1) {
+        for (int64_t r = 0; r < B; r++) {
+          const LoraW* w = lora_of(r, li, slot);
+          if (w == nullptr) continue;
+          const float* u = mu + r * KM;
+          float* o = out + r * ldo;
+          int64_t n = n0;
+          for (; n + 8 <= n1; n += 8) {  // 8 columns at a time: their updates summed over j, then added once
+            __m256 acc = _mm256_setzero_ps();
+            for (int64_t j = 0; j < w->k; j++)
+              acc = _mm256_fmadd_ps(_mm256_loadu_ps(w->Bt + j * w->N + n), _mm256_set1_ps(u[j]), acc);
+            _mm256_storeu_ps(o + n, _mm256_add_ps(_mm256_loadu_ps(o + n), acc));
+          }
+          for (; n < n1; n++) {
+            float s = 0.f;
+            for (int64_t j = 0; j < w->k; j++) s += w->Bt[j * w->N + n] * u[j];
+            o[n] += s;
+          }
+        }
+      };
       // every thread: normalize the residual rows and quantize them into its own activation blocks
       auto norm_quant = [&](const float* w, const QLin& lin) {
         for (int64_t r = 0; r < B; r++) rms_row(xs + r * dim, w, (float)eps, dim, xt + r * dim);
         prepare(lin, xt);
       };
       // this thread's tiles of a product whose dim outputs are added to the residual stream
-      auto product_add = [&](const QLin& lin, Act act) {
+      auto product_add = [&](const QLin& lin, Act act, size_t li, int slot) {
         split(lin.tiles(), nt, tid, a, b);
         lin.run(act, B, y.data(), dim, a, b);
         lin.parts(a, b, [&](size_t, int64_t col0, int64_t n0, int64_t n1) {
+          if (KM) lora_out(li, slot, y.data(), dim, col0 + n0, col0 + n1);
           for (int64_t r = 0; r < B; r++)
             for (int64_t n = col0 + n0; n < col0 + n1; n++) xs[r * dim + n] += y[r * dim + n];
         });
@@ -1035,6 +1145,12 @@ struct DecodePlan : torch::CustomClassHolder {
         norm_quant(Lp.attn_norm, Lp.qkv);
         split(Lp.qkv.tiles(), nt, tid, a, b);
         Lp.qkv.run(mine, B, qkv.data(), Nqkv, a, b);
+        if (KM) {
+          lora_in(li, 0, xt, dim);
+          Lp.qkv.parts(a, b, [&](size_t, int64_t col0, int64_t n0, int64_t n1) {
+            lora_out(li, 0, qkv.data(), Nqkv, col0 + n0, col0 + n1);
+          });
+        }
 #pragma omp barrier
         // RoPE on q and k, then k and v into the caches at each sequence's position
         split(B * (H + KVH), nt, tid, a, b);
@@ -1086,11 +1202,18 @@ struct DecodePlan : torch::CustomClassHolder {
           merge_head(ao.data() + u * nc * D, am.data() + u * nc, as.data() + u * nc, nr, D, at_own + u * D);
         }
         prepare(Lp.wo, at_own);
-        product_add(Lp.wo, mine);
+        if (KM) lora_in(li, 1, at_own, HD);
+        product_add(Lp.wo, mine, li, 1);
 #pragma omp barrier
         norm_quant(Lp.ffn_norm, Lp.w13);
         split(Lp.w13.tiles(), nt, tid, a, b);
         Lp.w13.run(mine, B, gu.data(), 2 * hidden, a, b);
+        if (KM) {
+          lora_in(li, 2, xt, dim);
+          Lp.w13.parts(a, b, [&](size_t, int64_t col0, int64_t n0, int64_t n1) {
+            lora_out(li, 2, gu.data(), 2 * hidden, col0 + n0, col0 + n1);
+          });
+        }
 #pragma omp barrier
         // silu(gate) * up and its quantization, by blocks of 32
         split(B * nbh, nt, tid, a, b);
@@ -1102,7 +1225,8 @@ struct DecodePlan : torch::CustomClassHolder {
           else quantize_row(hb.data() + r * hidden + cc, act_h.data() + j, 1);
         }
 #pragma omp barrier
-        product_add(Lp.w2, hid);
+        if (KM) lora_in(li, 3, hb.data(), hidden);
+        product_add(Lp.w2, hid, li, 3);
 #pragma omp barrier
       }
       norm_quant(norm, out);
@@ -1126,7 +1250,9 @@ TORCH_LIBRARY(hearth, m) {
   m.class_<DecodePlan>("DecodePlan")
       .def(torch::init<std::vector<at::Tensor>, std::vector<int64_t>, double>())
       .def("step", &DecodePlan::step)
-      .def("step_paged", &DecodePlan::step_paged);
+      .def("step_paged", &DecodePlan::step_paged)
+      .def("step_paged_lora", &DecodePlan::step_paged_lora)
+      .def("add_lora", &DecodePlan::add_lora);
 }
 
 TORCH_LIBRARY_IMPL(hearth, CPU, m) {

@@ -123,12 +123,25 @@ class CPUDecoder:
             and not (torch.is_grad_enabled() and self._norm.requires_grad)
         )
 
-    def paged(self, model, tokens: Tensor, positions: Tensor, cache, tables: Tensor) -> Tensor:
+    def add_lora(self, updates: list[tuple[Tensor, Tensor] | None]) -> int:
+        """Register one served LoRA adapter: per layer, for q|k|v, wo, gate|up and down, (A [k, in], B^T [k, out]) fp32
+        (B scaled) or None. Returns the index `paged` takes for its sequences."""
+        tensors, ks = [], []
+        for pair in updates:
+            ks.append(0 if pair is None else pair[0].shape[0])
+            if pair is not None:
+                tensors += [pair[0].float().contiguous(), pair[1].float().contiguous()]
+        return self._plan.add_lora(tensors, ks)
+
+    def paged(self, model, tokens: Tensor, positions: Tensor, cache, tables: Tensor, adapters: Tensor | None = None) -> Tensor:
         """Logits (B, vocab) of one token per sequence of the engine: tokens (B,) int64 at positions (B,) int64, block
-        tables (B, W) int64 into the PagedKVCache `cache`; writes each layer's k and v into the sequences' slots."""
+        tables (B, W) int64 into the PagedKVCache `cache`; writes each layer's k and v into the sequences' slots.
+        adapters (B,) int64: each sequence's served LoRA adapter (add_lora's index; 0 none)."""
         cos, sin = self._tables(model, int(positions.max()))
         if self._embeds:
             x = tokens.reshape(-1).long()
         else:
             x = model.tok_embeddings(tokens.reshape(-1, 1)).reshape(tokens.shape[0], -1).float()
+        if adapters is not None:
+            return self._plan.step_paged_lora(x, positions, cache.k, cache.v, tables, cache.block_size, cos, sin, adapters)
         return self._plan.step_paged(x, positions, cache.k, cache.v, tables, cache.block_size, cos, sin)
