@@ -121,13 +121,14 @@ def _params(max_tokens, temperature, top_p, top_k, min_p, repeat_penalty, seed, 
 def _load(model: str, device: str, dtype: str, adapter: Path | None = None, kv_cache: str = "auto"):
     from hearth.loader import load
 
-    if adapter is not None and dtype == "auto":
-        # An adapter wraps the plain projections: load them unfused (fp32 on CPU, bf16 on CUDA), not the fast path.
-        from hearth.tune.recipes import train_dtype
-
-        dtype = train_dtype(dtype, device)
     lm = load(model, device=device, dtype=dtype, progress=sys.stderr.isatty(), kv_cache=kv_cache)
-    if adapter is not None:
+    if adapter is not None and dtype == "auto":
+        # the fast path (4-bit blocks, fused products, the native decode step) plus the adapter's update, unmerged,
+        # as llama.cpp's --lora runs
+        from hearth.engine.lora import ServedAdapters
+
+        ServedAdapters.applied(lm.model, adapter)
+    elif adapter is not None:  # the exact path's plain projections wrapped as `hearth tune` trains them
         from hearth.tune.peft_io import load_adapter
 
         load_adapter(lm.model, adapter, dtype=lm.dtype)

@@ -163,3 +163,13 @@ def test_paged_step_with_lora_is_the_per_layer_path(tiny_gguf, targets, tmp_path
     assert (want - base).abs().max().item() > 0.1  # the adapter matters
     assert (got[0] - want).abs().max().item() < 1e-4, (got[0] - want).abs().max().item()
     assert torch.equal(got[1], plain_step[0])  # a row without an adapter: untouched, to the bit
+    # the contiguous step with the adapter on every row (`hearth run --adapter`): the paged step's arithmetic
+    served.groups = [(1, None)]
+    cache = _contiguous(model, ids, n)
+    dec.adapter = 1
+    try:
+        with torch.inference_mode():
+            one = model(tok.view(1, 1), n, cache)[0, 0]
+    finally:
+        dec.adapter = 0
+    assert torch.equal(one, got[0])

@@ -160,6 +160,17 @@ class ServedAdapters:
                 raise RuntimeError("the native step numbered the adapters differently")
         return True
 
+    @classmethod
+    def applied(cls, model: nn.Module, adapter: str | Path) -> ServedAdapters:
+        """One adapter on every row, for good (`hearth run --adapter` on the fast path): the base weights stay as
+        loaded (4-bit blocks, fused products) and, on a CPU, the native decode step carries the update too."""
+        served = cls(model, {Path(adapter).name: adapter})
+        served.groups = [(1, None)]
+        dec = model.__dict__.get("_cpu_decoder")
+        if dec is not None and served.register_native(model, dec):
+            dec.adapter = 1
+        return served
+
     def index(self, name: str | None) -> int:
         """The adapter index of a request's adapter name (None or "": the base model)."""
         if not name:

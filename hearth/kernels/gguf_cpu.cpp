@@ -945,6 +945,19 @@ struct DecodePlan : torch::CustomClassHolder {
   // caches [n_layers, B, KVH, Lmax, D]; cos/sin [>pos, D] tables by position. Writes each layer's k, v at pos and
   // returns the logits [B, vocab].
   at::Tensor step(at::Tensor x_in, at::Tensor k, at::Tensor v, at::Tensor cos, at::Tensor sin, int64_t pos) {
+    return contiguous(x_in, k, v, cos, sin, pos, nullptr);
+  }
+
+  // step with one served LoRA adapter for every row (add_lora's index): `hearth run --adapter` on the native path
+  at::Tensor step_lora(at::Tensor x_in, at::Tensor k, at::Tensor v, at::Tensor cos, at::Tensor sin, int64_t pos,
+                       int64_t adapter) {
+    TORCH_CHECK(adapter >= 0 && adapter <= (int64_t)lora.size(), "DecodePlan.step_lora: no adapter ", adapter);
+    std::vector<int64_t> ad(x_in.size(0), adapter);
+    return contiguous(x_in, k, v, cos, sin, pos, ad.data());
+  }
+
+  at::Tensor contiguous(at::Tensor x_in, at::Tensor k, at::Tensor v, at::Tensor cos, at::Tensor sin, int64_t pos,
+                        const int64_t* ad) {
     const at::Tensor x0 = x_in.contiguous();
     const bool ids = check_x(x0, "DecodePlan.step");
     check_caches(k, v);
@@ -956,7 +969,7 @@ struct DecodePlan : torch::CustomClassHolder {
     CacheView c(k, v, "DecodePlan.step");
     c.sb = k.stride(1), c.sh = k.stride(2);
     std::vector<int64_t> positions(B, pos);
-    return run<false>(x0, ids, positions, c, cos, sin);
+    return run<false>(x0, ids, positions, c, cos, sin, ad);
   }
 
   // The same step for the serving engine's paged cache: tokens x as for step, one position per sequence
@@ -1252,6 +1265,7 @@ TORCH_LIBRARY(hearth, m) {
       .def("step", &DecodePlan::step)
       .def("step_paged", &DecodePlan::step_paged)
       .def("step_paged_lora", &DecodePlan::step_paged_lora)
+      .def("step_lora", &DecodePlan::step_lora)
       .def("add_lora", &DecodePlan::add_lora);
 }
 

@@ -33,6 +33,7 @@ class CPUDecoder:
         self._norm = model.norm.weight  # to notice the weights being moved or converted after packing
         self._norm_ptr = model.norm.weight.data_ptr()
         self._cos = self._sin = torch.empty(0, model.config.head_dim)
+        self.adapter = 0  # a LoRA adapter (add_lora's index) applied to every row of a contiguous step; 0: none
 
     @classmethod
     def build(cls, model, ops) -> CPUDecoder | None:
@@ -109,6 +110,8 @@ class CPUDecoder:
             x = tokens.reshape(-1).long()
         else:
             x = model.tok_embeddings(tokens).reshape(tokens.shape[0], -1).float()
+        if self.adapter:
+            return self._plan.step_lora(x, cache.k, cache.v, cos, sin, start, self.adapter).unsqueeze(1)
         return self._plan.step(x, cache.k, cache.v, cos, sin, start).unsqueeze(1)
 
     def usable_paged(self, cache) -> bool:
