@@ -36,7 +36,7 @@ def servers(tmp_path_factory, adapter_dir):
     # "open" runs the exact fp32 path, so concurrent requests equal each one alone to the token; "keyed" runs the
     # default native 4-bit path (see test_engine.py on why that is not batch-invariant to the bit).
     procs = {"open": ServerProcess(tmp, "open", "--dtype", "float32", "--adapter", f"tuned={adapter_dir}"),
-             "keyed": ServerProcess(tmp, "keyed", "--api-key", KEY, threads=1)}
+             "keyed": ServerProcess(tmp, "keyed", "--api-key", KEY, "--adapter", str(adapter_dir), threads=1)}
     try:
         for p in procs.values():
             p.wait_healthy()
@@ -261,6 +261,10 @@ def test_api_key(servers):
     assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
     with openai.OpenAI(base_url=keyed, api_key=KEY, max_retries=0) as c:
         assert c.chat.completions.create(model=MODEL, messages=chat("hi"), max_tokens=2).choices
+        # the default 4-bit path serves the adapter too (named after its directory), its decode steps natively
+        streams = [c.completions.create(model=m, prompt="The capital of France is", max_tokens=8, temperature=0)
+                   for m in ("tuned", MODEL)]
+        assert streams[0].model == "tuned" and streams[0].choices[0].text != streams[1].choices[0].text
     assert httpx.get(servers["keyed"].url + "/health").status_code == 200
 
 
