@@ -142,5 +142,7 @@ def test_unknown_or_unfit_adapters_are_refused(adapters, tmp_path):
     plain = LLMEngine(lm, EngineConfig(kv_cache_bytes=16 << 20))
     with pytest.raises(HearthError, match="adapters: none"):
         plain.add_request(EngineRequest("x", [1, 2], GREEDY, adapter="qv"))
+    with pytest.raises(HearthError, match="already carries served adapters"):
+        LLMEngine(lm, EngineConfig(kv_cache_bytes=16 << 20, adapters={"qv": str(adapters["qv"])}))
     with pytest.raises(HearthError, match="is not a directory"):
         LLMEngine(load("smollm2", dtype="float32"), EngineConfig(kv_cache_bytes=16 << 20, adapters={"x": str(tmp_path / "no")}))

@@ -107,6 +107,8 @@ class ServedAdapters:
         self.names: list[str] = [""] + list(adapters)
         self.paths = {name: Path(p) for name, p in adapters.items()}
         self.groups: list[tuple[int, Tensor | None]] = []  # this step: (adapter index, its token rows or None: all)
+        if any(isinstance(m, BatchedLoRA) for m in model.modules()):
+            raise HearthError("this model already carries served adapters (another engine's); load the model again")
         device = model.device
         self._sites: list[tuple[nn.Module, str, BatchedLoRA]] = []  # (parent, attribute, wrapper)
         for index, name in enumerate(self.names[1:], start=1):
