@@ -1,4 +1,4 @@
-"""PEFT LoRA adapters for SmolLM2 whose updates change its output, for tests of adapters served and run."""
+"""PEFT LoRA adapters whose updates change a model's output, for tests of adapters served, run and exported."""
 
 from __future__ import annotations
 
@@ -11,13 +11,14 @@ from hearth.tune.lora import LoraConfig, apply_lora, lora_modules
 from hearth.tune.peft_io import save_adapter
 
 
-def make_adapter(directory: Path, cfg: LoraConfig, seed: int, std: float) -> Path:
-    """A fresh adapter is a no-op (B = 0): B is drawn with `std` instead, A initialised as PEFT does, both seeded."""
-    lm = load("smollm2", dtype="float32")
+def make_adapter(directory: Path, cfg: LoraConfig, seed: int, std: float, model: str = "smollm2") -> Path:
+    """An adapter for `model`. A fresh adapter is a no-op (B = 0): B is drawn with `std` instead, A initialised as
+    PEFT does, both seeded."""
+    lm = load(model, dtype="float32")
     torch.manual_seed(seed)  # A's Kaiming initialisation
     apply_lora(lm.model, cfg)
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for m in lora_modules(lm.model).values():
             m.lora_B.weight.copy_(torch.randn(m.lora_B.weight.shape, generator=g) * std)
-    return save_adapter(lm.model, cfg, directory, base_model="smollm2")
+    return save_adapter(lm.model, cfg, directory, base_model=model)

@@ -121,19 +121,12 @@ def test_paged_step_with_lora_is_the_per_layer_path(tiny_gguf, targets, tmp_path
     gets what the per-layer path with BatchedLoRA gives it (the updates summed in another order: equal to ~1e-6,
     far below what the adapter changes), a sequence without one in the same step its base logits to the bit."""
     from hearth.engine.lora import ServedAdapters
-    from hearth.tune.lora import LoraConfig, apply_lora, lora_modules
-    from hearth.tune.peft_io import save_adapter
+    from hearth.tune.lora import LoraConfig
+    from lora_kit import make_adapter
 
     ref, paths = tiny_gguf
-    plain = load(str(paths["Q4_1"]), dtype="float32").model
-    torch.manual_seed(0)
-    cfg = LoraConfig(r=4, alpha=8, targets=targets)
-    apply_lora(plain, cfg)
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for m in lora_modules(plain).values():
-            m.lora_B.weight.copy_(torch.randn(m.lora_B.weight.shape, generator=g) * 0.1)
-    adapter = save_adapter(plain, cfg, tmp_path / "adapter")
+    adapter = make_adapter(tmp_path / "adapter", LoraConfig(r=4, alpha=8, targets=targets), seed=0, std=0.1,
+                           model=str(paths["Q4_1"]))
 
     model = load(str(paths["Q4_1"])).model
     dec = model._cpu_decoder

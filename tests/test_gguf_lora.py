@@ -19,9 +19,10 @@ from hearth.engine.lora import ServedAdapters
 from hearth.errors import HearthError
 from hearth.loader import load
 from hearth.tune import gguf_lora
-from hearth.tune.lora import LoraConfig, apply_lora, lora_modules
-from hearth.tune.peft_io import read_adapter, save_adapter
+from hearth.tune.lora import LoraConfig
+from hearth.tune.peft_io import read_adapter
 from hearth.weights.gguf_writer import write_gguf
+from lora_kit import make_adapter
 from store_kit import one_line_error, run_main
 
 
@@ -30,16 +31,10 @@ def case(request, tmp_path_factory):
     """A tiny random Llama as a Q4_1 GGUF, a PEFT adapter for it (B random: it changes the output), and the adapter
     exported by `hearth export-adapter`."""
     root = tmp_path_factory.mktemp("gguf_lora")
-    ref = load(str(tiny.save_hf_model(tiny.make_hf_model(request.param), root / "hf")), dtype="float32")
+    hf = tiny.save_hf_model(tiny.make_hf_model(request.param), root / "hf")
+    ref = load(str(hf), dtype="float32")
     model = write_gguf(root / "m.gguf", ref.model.config, tiny.state_dict_of(ref.model), ref.tokenizer, qtype="Q4_1")
-    torch.manual_seed(0)
-    cfg = LoraConfig(r=4, alpha=8)
-    apply_lora(ref.model, cfg)
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for m in lora_modules(ref.model).values():
-            m.lora_B.weight.copy_(torch.randn(m.lora_B.weight.shape, generator=g) * 0.1)
-    peft = save_adapter(ref.model, cfg, root / "adapter")
+    peft = make_adapter(root / "adapter", LoraConfig(r=4, alpha=8), seed=0, std=0.1, model=str(hf))
     return root, model, peft, ref.model.config
 
 

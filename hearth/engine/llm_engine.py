@@ -106,10 +106,7 @@ class LLMEngine:
             bad = next(t for t in req.prompt_ids if not (0 <= t < self.tokenizer.vocab_size))
             raise HearthError(f"invalid token id {bad}: ids must be in [0, {self.tokenizer.vocab_size})")
         check_context(len(req.prompt_ids), req.params.max_tokens, self.max_model_len)
-        if req.adapter:
-            if self.adapters is None:
-                raise HearthError(f"no adapter named {req.adapter!r} is served (adapters: none)")
-            self.adapters.index(req.adapter)
+        self._adapter_index(req.adapter)
         if req.params.structure is not None:
             req.params.structure.check(self.tokenizer)
         need = self.blocks.blocks_for(len(req.prompt_ids) + req.params.max_tokens)
@@ -118,6 +115,12 @@ class LLMEngine:
                 f"prompt + max tokens need {need} KV blocks but the cache has {self.blocks.num_blocks}; lower max_tokens"
             )
 
+    def _adapter_index(self, name: str | None) -> int:
+        """The served adapter a request names (0: the base model); HearthError for one not served."""
+        if name and self.adapters is None:
+            raise HearthError(f"no adapter named {name!r} is served (adapters: none)")
+        return self.adapters.index(name) if self.adapters is not None else 0
+
     def add_request(self, req: EngineRequest) -> None:
         self.validate(req)
         if req.request_id in self.seqs:
@@ -125,7 +128,7 @@ class LLMEngine:
         seq = Sequence(req.request_id, list(req.prompt_ids), len(req.prompt_ids), req.params.max_tokens,
                        cacheable=req.prompt_logprobs is None,  # prompt logprobs need every position computed
                        prefix=PrefixKeys(salt=req.adapter or None),  # an adapter's KV is its own
-                       adapter=self.adapters.index(req.adapter) if self.adapters is not None else 0)
+                       adapter=self._adapter_index(req.adapter))
         seq.data = _ReqState(req, Sampler(req.params, self.tokenizer), self.tokenizer.stream(), _StopMatcher(req.params.stop))
         self.seqs[req.request_id] = seq
         self.scheduler.add(seq)
