@@ -51,10 +51,16 @@ def _byte_level_bpe(v: GGUFVocab) -> Tokenizer:
     return tk
 
 
+# Real SentencePiece pieces are a few characters (the longest, runs of spaces, ~32).
+MAX_SPM_PIECE = 256
+
+
 def _spm_merges(vocab: dict[str, int], scores: list[float]) -> list[tuple[str, str]]:
     """SentencePiece BPE merges: every split of a piece into two known pieces, ranked by the piece's score."""
     found = []
     for piece, idx in vocab.items():
+        if len(piece) > MAX_SPM_PIECE:  # every split is tried: cost grows with the square of a piece's length
+            raise ModelFormatError(f"GGUF SentencePiece piece {idx} is {len(piece)} characters long (limit {MAX_SPM_PIECE}); the file is corrupt")
         local = []
         for i in range(1, len(piece)):
             left, right = piece[:i], piece[i:]

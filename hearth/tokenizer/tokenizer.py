@@ -36,6 +36,14 @@ class Tokenizer:
         self.pad_id = data.pad_id
         self.special_tokens = dict(data.special_tokens)
         self.vocab_size = backend.get_vocab_size(with_added_tokens=True)
+        # ids come from the model file: one outside the vocabulary would fail (or decode garbage) mid-generation
+        for what, ids in (("BOS", [data.bos_id]), ("EOS", data.eos_ids)):
+            bad = [i for i in ids if i is not None and not 0 <= i < self.vocab_size]
+            if bad:
+                raise ModelFormatError(f"the model's {what} token id {bad[0]} is outside its vocabulary of "
+                                       f"{self.vocab_size} tokens; the model files are inconsistent")
+        if self.pad_id is not None and not 0 <= self.pad_id < self.vocab_size:
+            self.pad_id = None  # old configs write -1 for "no padding token"
         add_bos = data.add_bos
         if add_bos is None:  # HF: the tokenizer's post-processor decides (Llama adds <s>, SmolLM2 does not)
             probe = backend.encode("a", add_special_tokens=True).ids
@@ -53,7 +61,12 @@ class Tokenizer:
         elif data.gguf is not None:
             from hearth.tokenizer.from_gguf import tokenizer_from_gguf
 
-            backend = tokenizer_from_gguf(data.gguf)
+            try:
+                backend = tokenizer_from_gguf(data.gguf)
+            except HearthError:
+                raise
+            except Exception as e:  # the tokenizers library refuses an inconsistent vocabulary (e.g. merges of unknown tokens)
+                raise ModelFormatError(f"the GGUF vocabulary cannot be built into a tokenizer ({str(e)[:200]}); the file is corrupt") from None
         else:
             raise ModelFormatError("the model has no tokenizer")
         return cls(backend, data)

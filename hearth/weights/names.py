@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+from hearth.errors import ModelFormatError
+
 # (pattern in the source, hearth name); {i} is the layer index.
 GGUF_NAMES: list[tuple[str, str]] = [
     ("token_embd.weight", "tok_embeddings.weight"),
@@ -78,6 +80,10 @@ def hearth_to_hf(name: str) -> str:
 
 def expected_names(n_layers: int, tied_embeddings: bool) -> set[str]:
     """Every hearth tensor name a Llama model of `n_layers` needs (output.weight only when not tied)."""
+    from hearth.weights.limits import MAX_LAYERS
+
+    if not 0 <= n_layers <= MAX_LAYERS:  # the readers refuse such counts; never build a billion names regardless
+        raise ModelFormatError(f"{n_layers} layers is implausible (limit {MAX_LAYERS}); the model file is corrupt")
     names = set()
     for _, hearth in GGUF_NAMES:
         if "{i}" in hearth:
