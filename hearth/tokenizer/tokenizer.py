@@ -87,7 +87,9 @@ class Tokenizer:
         `add_bos=None` follows the model's rule; chat prompts pass False because templates write BOS.
         """
         try:
-            ids = self.backend.encode(text, add_special_tokens=False).ids
+            # encode_batch releases the GIL while it works (encode holds it: a megabyte stalls every other thread,
+            # the server's event loop and engine included, for seconds); same ids
+            ids = self.backend.encode_batch([text], add_special_tokens=False)[0].ids
         except TypeError:  # lone surrogates: bytes that were not UTF-8, as Python reads them from argv or stdin
             try:
                 text.encode("utf-8")
