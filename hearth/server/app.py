@@ -139,7 +139,7 @@ def build_app(
 
     @app.post("/detokenize", dependencies=guard)
     async def detokenize_route(request: Request) -> Response:
-        return _json(tokenize.detokenize(parse(DetokenizeRequest, await read_json(request, max_body_bytes))))
+        return _json(await tokenize.detokenize(parse(DetokenizeRequest, await read_json(request, max_body_bytes))))
 
     @app.get("/tokenizer_info", dependencies=[Depends(authorized)])
     async def tokenizer_info() -> Response:

@@ -20,8 +20,13 @@ class TokenizeService:
     def __init__(self, ctx: ServerContext):
         self.ctx = ctx
 
-    def tokenize(self, req: TokenizeCompletionRequest | TokenizeChatRequest) -> TokenizeResponse:
+    async def tokenize(self, req: TokenizeCompletionRequest | TokenizeChatRequest) -> TokenizeResponse:
+        """Rendered and tokenized in a prompt thread: a megabyte of text or a slow template never blocks the loop.
+        No length check: counting a text longer than the context is what this route is for."""
         self.ctx.check_model(req.model)
+        return await self.ctx.off_loop(self._tokenize, req)
+
+    def _tokenize(self, req: TokenizeCompletionRequest | TokenizeChatRequest) -> TokenizeResponse:
         engine = self.ctx.engine
         tok = engine.tokenizer
         if isinstance(req, TokenizeChatRequest):
@@ -35,8 +40,11 @@ class TokenizeService:
         strs = [self.ctx.token_str(t) for t in ids] if req.return_token_strs else None
         return TokenizeResponse(count=len(ids), max_model_len=engine.max_model_len, tokens=ids, token_strs=strs)
 
-    def detokenize(self, req: DetokenizeRequest) -> DetokenizeResponse:
+    async def detokenize(self, req: DetokenizeRequest) -> DetokenizeResponse:
         self.ctx.check_model(req.model)
+        return await self.ctx.off_loop(self._detokenize, req)
+
+    def _detokenize(self, req: DetokenizeRequest) -> DetokenizeResponse:
         self.ctx.check_token_ids(req.tokens, "tokens")
         return DetokenizeResponse(prompt=self.ctx.engine.tokenizer.decode(req.tokens))
 
