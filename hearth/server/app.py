@@ -135,7 +135,7 @@ def build_app(
     async def tokenize_route(request: Request) -> Response:
         data = await read_json(request, max_body_bytes)
         kind = TokenizeChatRequest if "messages" in data else TokenizeCompletionRequest
-        return _json(tokenize.tokenize(parse(kind, data)))
+        return _json(await tokenize.tokenize(parse(kind, data)))
 
     @app.post("/detokenize", dependencies=guard)
     async def detokenize_route(request: Request) -> Response:
