@@ -6,6 +6,8 @@ from collections.abc import Iterator
 
 from hearth.engine.generate import Completion, Generator, StreamChunk
 from hearth.engine.sampling import SamplingParams
+from hearth.errors import ContextLengthError
+from hearth.tokenizer.limits import surely_too_long
 
 
 class ChatSession:
@@ -21,23 +23,32 @@ class ChatSession:
         self.dropped = 0  # exchanges the last turn dropped from the history to fit the context
 
     def prompt_ids(self, messages: list[dict]) -> list[int]:
-        text = self.lm.chat_template.render(messages, add_generation_prompt=True)
         # The template writes BOS itself where the model wants one (as transformers' apply_chat_template).
-        return self.lm.tokenizer.encode(text, add_bos=False)
+        return self.lm.tokenizer.encode(self._render(messages), add_bos=False)
+
+    def _render(self, messages: list[dict]) -> str:
+        return self.lm.chat_template.render(messages, add_generation_prompt=True)
 
     def _fit(self, user_text: str) -> tuple[list[dict], list[int]]:
         """The history plus the new message, and its prompt ids. When that and max_tokens exceed the context, the
         oldest exchanges are dropped (the system message stays), as Ollama and llama.cpp's chat do; `dropped` counts
-        them. If the new message alone is too long, the generator's error says by how much."""
-        messages = self.messages + [{"role": "user", "content": user_text}]
-        ids = self.prompt_ids(messages)
+        them. If the new message alone is too long, the generator's error says by how much. A prompt that surely
+        cannot fit (from its length: limits.py) is not tokenized at all."""
         ctx = self.lm.model.config.max_seq_len
+        messages = self.messages + [{"role": "user", "content": user_text}]
         first = 1 if messages[0]["role"] == "system" else 0
         self.dropped = 0
-        while len(ids) + self.params.max_tokens > ctx and len(messages) - first > 1:
+        while True:
+            text = self._render(messages)
+            fits = not surely_too_long(self.lm.tokenizer, text, ctx)
+            ids = self.lm.tokenizer.encode(text, add_bos=False) if fits else None
+            if (ids is not None and len(ids) + self.params.max_tokens <= ctx) or len(messages) - first <= 1:
+                break
             messages = messages[:first] + messages[first + 2 :]  # one user turn and its answer
-            ids = self.prompt_ids(messages)
             self.dropped += 1
+        if ids is None:
+            raise ContextLengthError(f"the prompt is {len(text)} characters long in the chat template, more than the "
+                                     f"model's context of {ctx} tokens can hold; shorten it")
         return messages, ids
 
     def send(self, user_text: str) -> Iterator[StreamChunk]:

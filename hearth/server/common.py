@@ -11,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from hearth.engine.request import EngineRequest, FinishReason, RequestOutput
 from hearth.engine.sampling import SamplingParams
@@ -20,8 +22,14 @@ from hearth.engine.structured import Structure
 from hearth.server.errors import BadRequest, ModelNotFound, ServiceUnavailable
 from hearth.server.metrics import Metrics
 from hearth.server.protocol import SEED_MAX, SamplingFields
+from hearth.tokenizer.limits import surely_too_long
 
 LOGPROB_FLOOR = -9999.0  # JSON has no -inf; vLLM clamps the same way
+# Threads that render chat templates and tokenize prompts. Their own pool, so a flood of slow prompts (each bounded by
+# the render budget and the length check) waits here and never takes the threads other work runs in.
+PROMPT_THREADS = 4
+
+T = TypeVar("T")
 
 
 def random_id(prefix: str) -> str:
@@ -38,6 +46,24 @@ class ServerContext:
     adapters: tuple[str, ...] = ()  # LoRA adapters served beside the model, requested by name as models
     _token_str: dict[int, str] = field(default_factory=dict)
     _token_bytes: dict[int, list[int]] = field(default_factory=dict)
+    _prompt_threads: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(PROMPT_THREADS, thread_name_prefix="hearth-prompt"))
+
+    async def off_loop(self, fn: Callable[..., T], *args) -> T:
+        """`fn(*args)` in a prompt thread: rendering and tokenizing never block the event loop (/health, other
+        streams). The tokenizer releases the GIL while it works (Tokenizer.encode), the template renders in its own
+        process, so these threads slow nobody else down either."""
+        return await asyncio.get_running_loop().run_in_executor(self._prompt_threads, fn, *args)
+
+    def check_text_fits(self, text: str, what: str) -> None:
+        """Refuse a text that cannot fit the context, from its length alone, before tokenizing it (a megabyte takes
+        the tokenizer the better part of a second). The bound never refuses a text that fits: limits.py says why."""
+        ctx = self.engine.max_model_len
+        if surely_too_long(self.engine.tokenizer, text, ctx):
+            chars = f"{what} are {len(text)} characters long in the chat template" if what == "messages" else \
+                f"{what} is {len(text)} characters long"
+            raise BadRequest(f"this model's maximum context length is {ctx} tokens, but the {chars}, more than {ctx} "
+                             f"tokens can hold: shorten the {what}", param=what, code="context_length_exceeded")
 
     @property
     def model_name(self) -> str:

@@ -29,9 +29,11 @@ class ChatService:
         self.ctx = ctx
 
     def prompt_ids(self, req: ChatCompletionRequest) -> list[int]:
+        """Blocking (a render up to its budget, a tokenization): called in a prompt thread (ServerContext.off_loop)."""
         engine = self.ctx.engine
         messages, extra = tool_calls.prompt(req.messages, tool_calls.offered(req), engine.chat_template.source)
         text = engine.chat_template.render(messages, add_generation_prompt=True, **extra)
+        self.ctx.check_text_fits(text, "messages")
         # The template writes BOS itself where the model wants one (as transformers' apply_chat_template).
         return engine.tokenizer.encode(text, add_bos=False)
 
@@ -39,7 +41,7 @@ class ChatService:
         """A response, or (stream=True) an SSE stream whose requests are already admitted by the engine."""
         model = self.ctx.check_model(req.model)
         self.ctx.check_logit_bias(req)
-        ids = self.prompt_ids(req)
+        ids = await self.ctx.off_loop(self.prompt_ids, req)
         ctx_len = self.ctx.engine.max_model_len
         max_tokens = req.requested_max_tokens()
         if max_tokens is None:  # the rest of the context, as vLLM does

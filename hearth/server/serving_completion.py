@@ -44,11 +44,13 @@ class CompletionService:
         self.ctx = ctx
 
     def _prompts(self, req: CompletionRequest, max_tokens: int) -> list[_Prompt]:
+        """Blocking (tokenization): called in a prompt thread (ServerContext.off_loop)."""
         tok = self.ctx.engine.tokenizer
         prompts = []
         for j, p in enumerate(req.prompts()):
             where = "prompt" if isinstance(req.prompt, str) or isinstance(req.prompt[0], int) else f"prompt.{j}"
             if isinstance(p, str):
+                self.ctx.check_text_fits(p, where)
                 ids = tok.encode(p)  # the model's own BOS rule
                 text = p
             else:
@@ -62,7 +64,7 @@ class CompletionService:
         model = self.ctx.check_model(req.model)
         self.ctx.check_logit_bias(req)
         max_tokens = 16 if req.max_tokens is None else req.max_tokens  # OpenAI's default, also for null
-        prompts = self._prompts(req, max_tokens)
+        prompts = await self.ctx.off_loop(self._prompts, req, max_tokens)
         rid = random_id("cmpl")
         scoring = req.echo and req.logprobs is not None
         engine_reqs, choices = [], []
