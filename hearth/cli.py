@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import sys
 from pathlib import Path
@@ -284,13 +285,39 @@ def _served_adapters(items: list[str] | None, model_name: str) -> dict[str, str]
     return out
 
 
+def _api_key(flag: str | None, file: Path | None, env: str | None, log: logging.Logger) -> str | None:
+    """The server's API key from --api-key, --api-key-file or HEARTH_API_KEY (in that order)."""
+    if flag is not None and file is not None:
+        raise HearthError("give the API key once: --api-key or --api-key-file, not both")
+    if flag is not None:
+        log.warning("--api-key is visible to every user of this machine in the process list (ps) and stays in your "
+                    "shell history; use --api-key-file or the HEARTH_API_KEY environment variable instead")
+        key = flag
+    elif file is not None:
+        try:
+            key = file.read_text(encoding="utf-8").partition("\n")[0].strip()
+        except (OSError, UnicodeDecodeError) as e:
+            raise HearthError(f"--api-key-file {file}: cannot read it ({getattr(e, 'strerror', None) or e})") from None
+        if not key:
+            raise HearthError(f"--api-key-file {file}: the file is empty; write the key on its first line")
+    else:
+        key = env
+    if key is not None and not key.strip():
+        raise HearthError("the API key is empty")
+    return key
+
+
 @app.command()
 def serve(
     model: Annotated[str, typer.Argument(help="A store name (hearth list), a .gguf file, a HF model directory, or 'smollm2'.")] = "smollm2",
     host: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0: every interface).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port (0: any free port).", min=0, max=65535)] = 8000,
-    api_key: Annotated[Optional[str], typer.Option(envvar="HEARTH_API_KEY", show_envvar=True,
-                                                   help="Require 'Authorization: Bearer KEY' on the API routes.")] = None,
+    api_key: Annotated[Optional[str], typer.Option(help="Require 'Authorization: Bearer KEY' on every route but /health. Visible to every user of the machine in the process list (ps) and kept in shell history: prefer --api-key-file or the HEARTH_API_KEY environment variable.")] = None,
+    api_key_file: Annotated[Optional[Path], typer.Option(help="Read the API key from this file (its first line), so that it stays out of the process list.")] = None,
+    allowed_host: Annotated[Optional[list[str]], typer.Option(help="Also answer requests whose Host header is NAME (e.g. the name a reverse proxy forwards; '*.example.com' for its subdomains). Repeatable. By default: IP addresses, localhost, the bound host and, bound to 0.0.0.0, this machine's names; any other name is refused (DNS rebinding). '*': any Host.")] = None,
+    cors_origin: Annotated[Optional[list[str]], typer.Option(help="Let web pages from ORIGIN (e.g. https://app.example.com) call the API from a browser (CORS). Repeatable; off by default.")] = None,
+    public_metrics: Annotated[bool, typer.Option("--public-metrics", help="With an API key: leave /metrics, /openapi.json and /docs open (Prometheus scrapers, browsers).")] = False,
+    shutdown_timeout: Annotated[float, typer.Option(help="On SIGTERM: seconds running requests may take to finish (new ones get 503) before the rest are ended with an error event.", min=0.0)] = 10.0,
     served_model_name: Annotated[Optional[str], typer.Option(help="The model name clients use (default: MODEL).")] = None,
     device: Device = "cpu",
     dtype: DType = "auto",
@@ -315,9 +342,12 @@ def serve(
 
     from hearth.engine.async_engine import AsyncEngine, EngineConfig
     from hearth.server import build_app
+    from hearth.server.security import allowed_hosts_for
+    from hearth.server.transport import DrainingServer
 
     log = logging.getLogger("hearth")
     log.setLevel(logging.INFO)
+    key = _api_key(api_key, api_key_file, os.environ.get("HEARTH_API_KEY"), log)
     # Take the port before loading the model, so a port in use fails at once.
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -333,19 +363,22 @@ def serve(
                           max_prefill_with_decodes=max_prefill_with_decodes, enable_prefix_caching=prefix_caching,
                           kv_cache_bytes=int(kv_cache_gib * (1 << 30)), adapters=adapters)
     engine = AsyncEngine(lm, config, model_name=name)
-    web = build_app(engine, api_key=api_key, served_model_name=name, max_body_bytes=max_body_bytes)
+    web = build_app(engine, api_key=key, served_model_name=name, max_body_bytes=max_body_bytes,
+                    allowed_hosts=allowed_hosts_for(host, allowed_host or ()), cors_origins=tuple(cors_origin or ()),
+                    public_metrics=public_metrics)
 
-    class Server(uvicorn.Server):
+    class Server(DrainingServer):
         async def startup(self, sockets=None):
             await super().startup(sockets)
             if self.started:
                 log.info("serving %s on http://%s:%d", name, host, sock.getsockname()[1])
 
-        def handle_exit(self, sig, frame):
-            web.state.draining = True  # new requests get 503 while running ones finish
-            super().handle_exit(sig, frame)
+    def drain() -> None:  # called from the signal handler: only sets a flag
+        web.state.draining = True  # new requests get 503 while running ones finish
 
-    server = Server(uvicorn.Config(web, log_level="warning", access_log=False, timeout_graceful_shutdown=5))
+    # timeout_graceful_shutdown: what uvicorn gives the responses DrainingServer has already ended to close.
+    server = Server(uvicorn.Config(web, log_level="warning", access_log=False, timeout_graceful_shutdown=2),
+                    live=web.state.live, on_drain=drain, shutdown_timeout=shutdown_timeout)
     engine.start()
     try:
         server.run(sockets=[sock])
@@ -675,9 +708,10 @@ def export(
 def import_bundle(
     file: Annotated[Path, typer.Argument(help="A bundle written by `hearth export`.")],
     name: Annotated[Optional[str], typer.Option(help="Store it under this name (default: the name it was exported with).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace a model of that name that has other weights (refused otherwise).")] = False,
 ):
-    """Add a model from a bundle. Every digest is checked before anything becomes visible."""
-    _done("imported", _store().import_bundle(file, name=name, progress=_progress()))
+    """Add a model from a bundle, all or nothing. Every name, size and digest is checked before anything becomes visible."""
+    _done("imported", _store().import_bundle(file, name=name, progress=_progress(), force=force))
 
 
 # ---------------------------------------------------------------- customize (hearth/tune)
@@ -700,19 +734,20 @@ GradCkpt = Annotated[bool, typer.Option("--grad-checkpointing", help="Recompute 
 Pack = Annotated[bool, typer.Option("--pack", help="Pack several examples into each row (each attends only to itself).")]
 OnBadLine = Annotated[str, typer.Option(help="Malformed JSONL lines: stop (error naming the line) or skip (warn with their numbers).")]
 Overlong = Annotated[str, typer.Option(help="Examples longer than --max-len: truncate or drop (a warning counts them).")]
-Resume = Annotated[bool, typer.Option("--resume", help="Continue the run in --output from its last checkpoint, exactly.")]
+MaxLineBytes = Annotated[Optional[int], typer.Option(help="Longest JSONL line read, in bytes; a longer line is never read whole: dropped with --overlong drop, else a bad line (default: 192 bytes per --max-len token, at least 1 MiB).", min=1)]
+Resume = Annotated[bool, typer.Option("--resume", help="Continue the run in --output from its last checkpoint, exactly (a run killed before its first checkpoint starts over).")]
 MemLimit = Annotated[Optional[float], typer.Option(help="Refuse to start if the estimated memory exceeds this many GiB (default: what is free).", min=0.0)]
 Quiet = Annotated[bool, typer.Option("--quiet", help="No progress bar.")]
 
 
-def _data_options(on_bad_line: str, overlong: str, template: bool):
+def _data_options(on_bad_line: str, overlong: str, template: bool, max_line_bytes: int | None = None):
     from hearth.tune.recipes import DataOptions
 
     if on_bad_line not in ("stop", "skip"):
         raise HearthError(f"--on-bad-line must be stop or skip, not {on_bad_line!r}")
     if overlong not in ("truncate", "drop"):
         raise HearthError(f"--overlong must be truncate or drop, not {overlong!r}")
-    return DataOptions(on_bad_line=on_bad_line, overlong=overlong, use_template=template)
+    return DataOptions(on_bad_line=on_bad_line, overlong=overlong, use_template=template, max_line_bytes=max_line_bytes)
 
 
 def _gib(x: float | None) -> int | None:
@@ -755,6 +790,7 @@ def tune(
     template: Annotated[bool, typer.Option(help="Render prompt/completion pairs with the chat template (--no-template: raw prompt + completion + EOS).")] = True,
     on_bad_line: OnBadLine = "stop",
     overlong: Overlong = "truncate",
+    max_line_bytes: MaxLineBytes = None,
     resume: Resume = False,
     merge: Annotated[Optional[str], typer.Option(help="Also write the model with the adapter merged into the store under this name.")] = None,
     memory_limit: MemLimit = None,
@@ -782,7 +818,7 @@ def tune(
         grad_clip=grad_clip, weight_decay=weight_decay, grad_checkpointing=grad_checkpointing, val_fraction=val_fraction,
         eval_every=eval_every, save_every=save_every, seed=seed, dpo_beta=0.1 if beta is None else beta,
     )
-    outcome = run_tune(model, data, output, cfg, data=_data_options(on_bad_line, overlong, template), device=device, dtype=dtype,
+    outcome = run_tune(model, data, output, cfg, data=_data_options(on_bad_line, overlong, template, max_line_bytes), device=device, dtype=dtype,
                        resume=resume, progress=not quiet and sys.stderr.isatty(), merge=merge, memory_limit=_gib(memory_limit))
     _report(outcome, "adapter" if method != "full" else "model")
     if outcome.merged is not None:
@@ -811,6 +847,7 @@ def distill(
     seed: TrainSeed = 0,
     on_bad_line: OnBadLine = "stop",
     overlong: Overlong = "truncate",
+    max_line_bytes: MaxLineBytes = None,
     resume: Resume = False,
     memory_limit: MemLimit = None,
     device: Device = "cpu",
@@ -827,7 +864,7 @@ def distill(
                       grad_accum=grad_accum, max_len=max_len, grad_clip=grad_clip, val_fraction=val_fraction,
                       eval_every=eval_every, save_every=save_every, seed=seed)
     outcome = run_distill(teacher, student, data, output, cfg, temperature=temperature, alpha=alpha,
-                          data=_data_options(on_bad_line, overlong, True), device=device, resume=resume,
+                          data=_data_options(on_bad_line, overlong, True, max_line_bytes), device=device, resume=resume,
                           progress=not quiet and sys.stderr.isatty(), memory_limit=_gib(memory_limit))
     _report(outcome, "student")
 
@@ -906,7 +943,9 @@ def main(argv: list[str] | None = None) -> int:
     except _ABORT:
         return 130
     except HearthError as e:
-        print(f"error: {e}", file=sys.stderr)
+        from hearth.textsafe import terminal_safe  # messages quote values read from files: no escape sequence gets through
+
+        print(f"error: {terminal_safe(e)}", file=sys.stderr)
         return 130 if isinstance(e, Interrupted) else 1
     except KeyboardInterrupt:
         print(file=sys.stderr)

@@ -1,7 +1,9 @@
 """Training checkpoints that a crash cannot corrupt: write a temporary file, fsync, rename over the old one.
 
 At any moment `state.pt` is either the previous complete checkpoint or the new complete one; a run
-killed mid-write leaves only a stray `.tmp` file, removed by the next save.
+killed mid-write leaves only a stray `.tmp` file, overwritten by the next save. A run killed before its
+first checkpoint was complete leaves its log and at most that `.tmp`: `unsaved_run` recognises it, so
+`--resume` can start it over instead of finding nothing to resume.
 """
 
 from __future__ import annotations
@@ -47,11 +49,33 @@ def checkpoint_path(out_dir: Path) -> Path:
     return Path(out_dir) / "checkpoint" / NAME
 
 
+# What a finished run writes after its last checkpoint (recipes.py): with one of these and no checkpoint, a
+# directory holds someone's results, not a run of ours to start over.
+RESULTS = ("adapter_model.safetensors", "adapter_config.json", "model", "summary.json")
+# What train() writes before its first checkpoint is complete: the log (report.JsonLog writes log.tmp, then
+# renames it) and the checkpoint directory, holding at most a half-written state.pt.tmp.
+_LEFTOVERS = ("log.jsonl", "log.tmp", "checkpoint")
+
+
+def unsaved_run(out_dir: Path) -> bool:
+    """Whether `out_dir` holds a run that was stopped (killed) before its first checkpoint was complete: its log
+    or checkpoint directory, no state.pt, nothing else in checkpoint/ but the temporary file, and no results.
+    Nothing in it is worth keeping: the run can only start over."""
+    out = Path(out_dir)
+    ckpt = checkpoint_path(out)
+    if ckpt.exists() or any((out / f).exists() for f in RESULTS):
+        return False
+    if ckpt.parent.exists() and (not ckpt.parent.is_dir() or any(p.name != NAME + ".tmp" for p in ckpt.parent.iterdir())):
+        return False
+    return any((out / f).exists() for f in _LEFTOVERS)
+
+
 def load_checkpoint(out_dir: Path) -> dict[str, Any]:
     path = checkpoint_path(out_dir)
     if not path.is_file():
-        raise HearthError(f"nothing to resume: {path} does not exist; start without --resume")
+        raise HearthError(f"nothing to resume: {path} does not exist; run the same command without --resume")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # a damaged file from outside hearth (ours are written atomically)
-        raise HearthError(f"the checkpoint {path} cannot be read ({type(e).__name__}); delete it to start over, or choose another output directory") from None
+        raise HearthError(f"the checkpoint {path} cannot be read ({type(e).__name__}); to start the run over, remove it "
+                          f"(rm {path}) and run the same command with --resume, or choose another output directory") from None

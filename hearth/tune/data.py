@@ -26,6 +26,7 @@ from typing import Any, Iterator
 
 import torch
 
+from hearth import safejson
 from hearth.errors import HearthError
 from hearth.tune.forward import IGNORE
 
@@ -57,37 +58,85 @@ class Dataset:
     items: list  # Example or PrefPair
     bad_lines: list[tuple[int, str]] = field(default_factory=list)
     truncated: int = 0
-    dropped: int = 0
+    dropped: int = 0  # examples over max_len tokens, and the lines in long_lines
+    long_lines: list[int] = field(default_factory=list)  # lines over the byte cap, dropped unread
 
 
 class _Bad(Exception):
     pass
 
 
-def read_jsonl(path: str | Path, on_bad_line: str = "stop") -> tuple[list[tuple[int, Any]], list[tuple[int, str]]]:
-    """(line number, parsed value) for every non-blank line; malformed JSON stops or is collected."""
-    if on_bad_line not in ("stop", "skip"):
-        raise HearthError(f"--on-bad-line must be 'stop' or 'skip', not {on_bad_line!r}")
+# A line of tune data is read only up to a cap, before it is parsed or tokenized: json.loads and the tokenizer
+# cost about a hundred times the line's size in memory (a 100 MB line took 13 GB), so an oversized line must never
+# be held whole. The default follows from --max-len: English runs about 4 characters a token; 64 bytes a token
+# leaves room for long tokens (indentation, runs of spaces) and for text that json.dumps escapes as \uXXXX (6 bytes
+# a character), times 3 texts for a preference pair (prompt, chosen, rejected). Real text that long is far more
+# than max_len tokens, so truncation would have kept only a small part of it. 1 MiB at the least, so a small
+# --max-len never refuses ordinary lines.
+BYTES_PER_TOKEN = 64
+MIN_LINE_BYTES = 1 << 20
+MAX_DEPTH = 64  # a chat record is 3 deep; 100k nested brackets overflow json's recursive parser
+MAX_INT_DIGITS = 100  # no field of a record is a number; Python refuses to convert over 4300 digits anyway
+
+_SKIP_CHUNK = 1 << 20
+
+
+def line_cap(max_len: int) -> int:
+    """The default longest line (bytes) read for examples of at most `max_len` tokens; see the note above."""
+    return max(MIN_LINE_BYTES, 3 * BYTES_PER_TOKEN * max_len)
+
+
+def iter_lines(path: str | Path, max_bytes: int) -> Iterator[tuple[int, bytes | None]]:
+    """(line number, bytes without the newline) for each line; None for a line longer than `max_bytes`, which is
+    skipped to its end in 1 MiB pieces and never held whole."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        f = open(path, "rb")
     except FileNotFoundError:
         raise HearthError(f"data file {path} does not exist") from None
-    except UnicodeDecodeError as e:
-        raise HearthError(f"{path} is not UTF-8 text (byte {e.start}); training data must be JSONL") from None
     except OSError as e:
         raise HearthError(f"cannot read {path}: {e.strerror}") from None
-    rows, bad = [], []
-    for n, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            rows.append((n, json.loads(line)))
-        except json.JSONDecodeError as e:
-            bad.append((n, f"not valid JSON ({e.msg} at column {e.colno})"))
-            if on_bad_line == "stop":
-                break
-    return rows, bad
+    with f:
+        n = 0
+        while True:
+            try:
+                line = f.readline(max_bytes + 1)
+            except OSError as e:  # a directory, an I/O error
+                raise HearthError(f"cannot read {path}: {e.strerror}") from None
+            if not line:
+                return
+            n += 1
+            if line.endswith(b"\n"):
+                yield n, line[:-1]
+            elif len(line) <= max_bytes:  # the last line, without a newline
+                yield n, line
+            else:
+                while (rest := f.readline(_SKIP_CHUNK)) and not rest.endswith(b"\n"):
+                    pass
+                yield n, None
+
+
+def _int(text: str) -> int:
+    digits = len(text.lstrip("-"))
+    if digits > MAX_INT_DIGITS:
+        raise _Bad(f"holds an integer of {digits:,} digits; a record holds strings")
+    return int(text)
+
+
+def parse_line(raw: bytes) -> Any:
+    """One JSONL line → its value; _Bad (with the reason) for anything that is not a JSON value of sane shape."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise _Bad(f"not UTF-8 text (byte {e.start + 1} of the line); training data must be JSONL") from None
+    if (d := safejson.depth(text)) > MAX_DEPTH:  # a linear scan: json.loads recurses once per level
+        raise _Bad(f"nested {d:,} levels deep; a record needs at most {MAX_DEPTH}")
+    try:
+        return json.loads(text, parse_int=_int)  # not safejson.loads: it has no hook for integers
+    except json.JSONDecodeError as e:
+        raise _Bad(f"not valid JSON ({e.msg} at column {e.colno})") from None
+    except RecursionError:  # not reached past the depth check; kept so no input can give a traceback
+        raise _Bad(f"nested too deep; a record needs at most {MAX_DEPTH} levels") from None
 
 
 def _str(rec: dict, key: str) -> str:
@@ -178,24 +227,39 @@ def _fit(ex: Example, max_len: int, overlong: str) -> Example | None:
 
 def load_dataset(
     path: str | Path, tokenizer, template, kind: str = "sft", max_len: int = 1024, overlong: str = "truncate",
-    on_bad_line: str = "stop", use_template: bool = True,
+    on_bad_line: str = "stop", use_template: bool = True, max_line_bytes: int | None = None,
 ) -> Dataset:
-    """Read and tokenize a JSONL file. Raises HearthError (with the line number) on the first bad line
-    when on_bad_line="stop", and when nothing usable is left."""
+    """Read and tokenize a JSONL file, one line at a time. Raises HearthError (with the line number) on the first
+    bad line when on_bad_line="stop", and when nothing usable is left.
+
+    A line longer than `max_line_bytes` (default: line_cap(max_len)) is never read whole: with overlong="drop" it
+    is dropped like any overlong example; with "truncate" it is a bad line (it cannot be cut without reading it)."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}")
+    if on_bad_line not in ("stop", "skip"):
+        raise HearthError(f"--on-bad-line must be 'stop' or 'skip', not {on_bad_line!r}")
     if overlong not in ("truncate", "drop"):
         raise HearthError(f"--overlong must be 'truncate' or 'drop', not {overlong!r}")
     if max_len < 2:
         raise HearthError(f"--max-len must be at least 2 tokens, got {max_len}")
-    rows, bad = read_jsonl(path, on_bad_line)
-    if bad and on_bad_line == "stop":
-        n, why = bad[0]
-        raise HearthError(f"{path}:{n}: {why}; fix the line or pass --on-bad-line skip")
-    ds = Dataset([], bad)
-    for n, rec in rows:
+    cap = line_cap(max_len) if max_line_bytes is None else max_line_bytes
+    if cap < 1:
+        raise HearthError(f"--max-line-bytes must be at least 1, got {cap}")
+    ds = Dataset([], [])
+    records = 0
+    for n, raw in iter_lines(path, cap):
+        if raw is not None and not raw.strip():
+            continue
+        records += 1
         try:
-            item = encode_record(rec, kind, tokenizer, template, use_template, n)
+            if raw is None:
+                if overlong == "drop":
+                    ds.long_lines.append(n)
+                    ds.dropped += 1
+                    continue
+                raise _Bad(f"longer than {cap:,} bytes, the most read for --max-len {max_len} (a line that long cannot "
+                           "be truncated without reading it whole); pass --overlong drop or raise --max-line-bytes")
+            item = encode_record(parse_line(raw), kind, tokenizer, template, use_template, n)
         except (_Bad, HearthError) as e:
             if on_bad_line == "stop":
                 raise HearthError(f"{path}:{n}: {e}; fix the line or pass --on-bad-line skip") from None
@@ -213,17 +277,21 @@ def load_dataset(
         log.warning("%s: skipped %d bad line(s): %s (first: %s)", path, len(ds.bad_lines), lines, ds.bad_lines[0][1])
     if ds.truncated:
         log.warning("%s: %d example(s) longer than %d tokens were truncated", path, ds.truncated, max_len)
+    if ds.long_lines:
+        lines = ", ".join(str(n) for n in ds.long_lines[:10]) + (" ..." if len(ds.long_lines) > 10 else "")
+        log.warning("%s: %d line(s) longer than %s bytes were dropped unread: %s; raise --max-line-bytes to keep them",
+                    path, len(ds.long_lines), f"{cap:,}", lines)
     # truncation drops an example only when its prompt alone fills max_len: no answer token would be left to learn
     in_prompt = overlong == "truncate"
-    if ds.dropped:
+    if ds.dropped > len(ds.long_lines):
         why = " (the prompt alone fills --max-len, leaving no answer tokens to learn)" if in_prompt else ""
         log.warning("%s: %d example(s) longer than %d tokens were dropped%s; raise --max-len to keep them", path,
-                    ds.dropped, max_len, why)
+                    ds.dropped - len(ds.long_lines), max_len, why)
     if not ds.items:
         if ds.dropped:
             where = " in its prompt" if in_prompt else ""
             raise HearthError(f"{path}: every example is longer than --max-len {max_len} tokens{where}; raise --max-len")
-        why = "it has no records" if not rows and not bad else "no record was usable"
+        why = "it has no records" if not records else "no record was usable"
         raise HearthError(f"{path}: empty dataset ({why}); give at least one example")
     return ds
 

@@ -20,6 +20,7 @@ import torch
 
 from hearth.errors import HearthError
 from hearth.tune import data as D
+from hearth.tune.checkpoint import checkpoint_path, unsaved_run
 from hearth.tune.lora import apply_lora
 from hearth.tune.memory import check_memory, estimate
 from hearth.tune.objectives import DPO, SFT, Distill
@@ -35,6 +36,7 @@ class DataOptions:
     on_bad_line: str = "stop"  # "stop" | "skip"
     overlong: str = "truncate"  # "truncate" | "drop"
     use_template: bool = True  # prompt/completion through the chat template (False: raw text + EOS)
+    max_line_bytes: int | None = None  # longest JSONL line read (None: data.line_cap(max_len))
 
 
 @dataclass
@@ -90,20 +92,32 @@ def prepare(loaded, cfg: TrainConfig) -> None:
 RUN_FILES = ("checkpoint", "adapter_model.safetensors", "adapter_config.json", "model", "log.jsonl", "summary.json")
 
 
-def check_output_dir(out: Path, resume: bool) -> None:
+def check_output_dir(out: Path, resume: bool) -> bool:
     """Refuse, before any work, an output that would overwrite something: a file, another run's results (unless
-    resuming it), or a place inside hearth's store."""
+    resuming it), or a place inside hearth's store. Returns whether to resume from a checkpoint: False for
+    `resume` on a run killed before its first checkpoint was complete, which starts over (nothing in it to keep)."""
     from hearth.store.store import check_outside_store
 
     if out.exists() and not out.is_dir():
         raise HearthError(f"output {out} exists and is not a directory")
     check_outside_store(out, "output")
-    if not resume and out.is_dir():
-        if (out / "checkpoint" / "state.pt").exists():
+    saved = checkpoint_path(out).exists()
+    if not resume:
+        if saved:
             raise HearthError(f"{out} already holds a checkpoint; continue it with --resume, or choose another output directory")
+        if unsaved_run(out):
+            raise HearthError(f"{out} holds a run that stopped before its first checkpoint was complete (nothing in it to "
+                              "keep); run the same command with --resume to start it over, or choose another output directory")
         held = [f for f in RUN_FILES if (out / f).exists()]
         if held:
             raise HearthError(f"{out} already holds {held[0]} (from another run); choose another output directory")
+        return False
+    if saved:
+        return True
+    if unsaved_run(out):
+        log.warning("%s: the run stopped before its first checkpoint was complete; starting it over", out)
+        return False
+    raise HearthError(f"nothing to resume: {out} holds no checkpoint; run the same command without --resume")
 
 
 def tune(
@@ -125,7 +139,7 @@ def tune(
         if Store().exists(merge):
             raise HearthError(f"a model named {merge!r} is already in the store; `hearth rm {merge}` first or choose another --merge name")
     out = Path(out_dir)
-    check_output_dir(out, resume)
+    resume = check_output_dir(out, resume)
     if loaded is None:
         loaded = load(model_ref, device=device, dtype=train_dtype(dtype, device), progress=progress)
     if cfg.method == "full" and loaded.dtype != torch.float32:
@@ -133,7 +147,7 @@ def tune(
     kind = "dpo" if cfg.method == "dpo" else "sft"
     max_len = _max_len(cfg, loaded.model)
     ds = D.load_dataset(data_path, loaded.tokenizer, loaded.chat_template, kind, max_len, data.overlong,
-                        data.on_bad_line, data.use_template)
+                        data.on_bad_line, data.use_template, data.max_line_bytes)
     train_items, val_items = D.split(ds.items, cfg.val_fraction, cfg.seed)
     prepare(loaded, cfg)
     est = estimate(loaded.model, cfg.batch_size * (2 if kind == "dpo" else 1), max_len, cfg.grad_checkpointing,
@@ -207,14 +221,14 @@ def distill(
     from hearth.tune.export import write_model
 
     data = data or DataOptions()
-    check_output_dir(Path(out_dir), resume)
+    resume = check_output_dir(Path(out_dir), resume)
     if teacher is None:
         teacher = load(teacher_ref, device=device, dtype=train_dtype(dtype, device), progress=progress)
     for p in teacher.model.parameters():
         p.requires_grad_(False)
     max_len = _max_len(cfg, teacher.model)
     ds = D.load_dataset(data_path, teacher.tokenizer, teacher.chat_template, "lm", max_len, data.overlong,
-                        data.on_bad_line, data.use_template)
+                        data.on_bad_line, data.use_template, data.max_line_bytes)
     train_items, val_items = D.split(ds.items, cfg.val_fraction, cfg.seed)
     student = student_from(student_ref, teacher.model, teacher.device, teacher.dtype, cfg.seed)
     max_len = min(max_len, student.config.max_seq_len)

@@ -235,7 +235,8 @@ def train(
     bar = Progress(total, step, enabled=progress, description=cfg.method)
     params = list(trainable.values())
     t_start = time.perf_counter()
-    val_loss = None
+    # a run killed after its final checkpoint resumes at step == total: the loop is skipped, the loss measured is kept
+    val_loss = history[-1].get("val_loss") if history else None
     stop = StopAfterStep()
     try:
         model.train()
