@@ -36,13 +36,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from hearth import safejson
 from hearth.errors import HearthError
 
 log = logging.getLogger("hearth")
 
 CHUNK = 4 << 20
 SMALL = 16 << 20  # blobs up to this size are rehashed on every load (milliseconds)
-DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
+DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}\Z")  # \Z: "$" would pass a trailing newline
 Advance = Callable[[int], None]
 
 
@@ -235,7 +236,8 @@ class Blobs:
 
     def _cached(self, digest: str, st: os.stat_result) -> bool:
         try:
-            return json.loads((self.verified / blob_filename(digest)).read_text()) == self._signature(st)
+            # safejson: a record is a short list; anything bigger or nested is not one (and must not recurse)
+            return safejson.read(self.verified / blob_filename(digest), max_depth=1, max_bytes=4096) == self._signature(st)
         except (OSError, ValueError):
             return False
 

@@ -9,28 +9,37 @@ Import reads it as a stream, hashing each blob into a private staging directory;
 digest and size matches the manifest does anything enter the store (blobs, then the manifest). A
 flipped byte, a truncated file, an extra or missing blob, or an edited digest is refused with a message
 that names the layer, and the staging directory is deleted: nothing half-imported remains.
+
+Nothing in a bundle is trusted before it is checked, and what can be checked without writing is checked
+first: the manifest (size- and depth-bounded JSON, every name and size, see manifest.py), its layers'
+total against the bundle's own size (a blob cannot be bigger than the file that carries it), then the
+caller's `admit` (name taken, free space). Each member's size is checked against the bytes the bundle
+really has before it is copied, and sparse members, whose few stored bytes expand to gigabytes of
+zeros on extraction, are refused outright.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import io
 import json
 import os
 import re
 import tarfile
+from collections.abc import Callable
 from pathlib import Path
 
 from hearth.errors import HearthError
-from hearth.store.blobs import Staged, Staging, blob_filename, fsync_dir, short
-from hearth.store.manifest import Manifest
+from hearth.store.blobs import Staged, Staging, blob_filename, free_bytes, fsync_dir, os_error, short
+from hearth.store.manifest import MAX_BYTES, Manifest, ManifestError, check_name, load_json
 from hearth.store.progress import Progress
 from hearth.store.sources import BUNDLE_MANIFEST
 
 FORMAT = "hearth-bundle"
 VERSION = 1
-MAX_MANIFEST = 16 << 20
+MAX_MANIFEST = 2 * MAX_BYTES  # the document around a manifest, indented one level deeper
 BLOB_MEMBER = re.compile(r"^blobs/(sha256)-([0-9a-f]{64})$")
 
 
@@ -96,12 +105,52 @@ def export_bundle(store, m: Manifest, out: Path, progress: Progress) -> int:
     return out.stat().st_size
 
 
-def read_bundle(path: Path, st: Staging, progress: Progress) -> tuple[Manifest, list[Staged]]:
-    """Stream a bundle into `st`, checking every blob. Returns the manifest and the staged blobs, or
-    raises HearthError naming the bad layer (the caller's staging directory is then discarded)."""
+def import_bundle(store, path: Path, name: str | None, progress: Progress, force: bool):
+    """Store.import_bundle: read and check the bundle (read_bundle), then commit it under the store lock."""
+    from hearth.store.store import Result, human_bytes
+
+    if name is not None:
+        check_name(name)
+    store._check_root()
+
+    def admit(m: Manifest) -> Manifest:
+        if name is not None:
+            m = dataclasses.replace(m, name=name)
+        if len(m.to_json()) > MAX_BYTES:
+            raise HearthError(f"bundle {path}: its manifest is larger than {MAX_BYTES} bytes; nothing was imported")
+        store.check_replace(m, force)  # checked early here, and again under the lock at commit
+        need, free = m.size_on_disk(), free_bytes(store.root)
+        if free is not None and free < need:
+            raise HearthError(f"not enough space to import {m.name}: it needs {human_bytes(need)}, {store.root} has "
+                              f"{human_bytes(free)} free; nothing was imported")
+        return m
+
+    try:
+        with store.blobs.staging() as st:
+            manifest, staged = read_bundle(path, st, progress, admit)
+            reused, fresh = 0, []
+            for s in staged:
+                if store._already_stored(s):
+                    s.path.unlink()
+                    reused += 1
+                else:
+                    fresh.append(s)
+            replaced = store._commit(manifest, fresh, force=force)
+    except OSError as e:
+        raise os_error(e, store.root) from None
+    return Result(manifest, new_bytes=sum(s.size for s in fresh), reused=reused, replaced=replaced)
+
+
+def read_bundle(path: Path, st: Staging, progress: Progress,
+                admit: Callable[[Manifest], Manifest] | None = None) -> tuple[Manifest, list[Staged]]:
+    """Stream a bundle into `st`, checking every blob. `admit(manifest)` runs once the manifest has been
+    checked and before any blob is written: it may refuse (raise HearthError) or return the manifest to use
+    (e.g. renamed). Returns the manifest and the staged blobs, or raises HearthError naming the bad layer
+    (the caller's staging directory is then discarded)."""
     if not path.is_file():
         raise HearthError(f"bundle not found: {path}" if not path.exists() else f"{path} is not a file; pass a bundle made by `hearth export`")
     try:
+        bundle_size = path.stat().st_size
         tf = tarfile.open(path, mode="r|")
     except (tarfile.TarError, EOFError):
         raise HearthError(f"{path} is not a hearth bundle (not a tar archive); make one with `hearth export NAME -o FILE`") from None
@@ -109,6 +158,9 @@ def read_bundle(path: Path, st: Staging, progress: Progress) -> tuple[Manifest, 
         raise HearthError(f"cannot read {path}: {e.strerror}") from None
     with tf:
         m = _read_manifest(path, tf)
+        _check_fits(path, m, bundle_size)
+        if admit is not None:
+            m = admit(m)
         want = m.digests()
         labels: dict[str, str] = {}
         for layer in m.layers:
@@ -123,7 +175,7 @@ def read_bundle(path: Path, st: Staging, progress: Progress) -> tuple[Manifest, 
                 raise HearthError(f"bundle {path} is truncated or damaged{where}; nothing was imported") from None
             if member is None:
                 break
-            staged_blob = _read_blob(path, tf, member, m, want, labels, staged, st, progress)
+            staged_blob = _read_blob(path, bundle_size, tf, member, m, want, labels, staged, st, progress)
             staged[staged_blob.digest] = staged_blob
         missing = [d for d in want if d not in staged]
         if missing:
@@ -136,16 +188,33 @@ def read_bundle(path: Path, st: Staging, progress: Progress) -> tuple[Manifest, 
     return m, list(staged.values())
 
 
+def _check_fits(path: Path, m: Manifest, bundle_size: int) -> None:
+    """Every blob is in the bundle once, so the layers cannot hold more bytes than the bundle file: checked before
+    anything is written (a manifest's sizes, like a sparse member, could otherwise make import write gigabytes)."""
+    total, seen = 0, set()
+    for layer in m.layers:
+        if layer.digest in seen:
+            continue
+        seen.add(layer.digest)
+        total += layer.size
+        if total > bundle_size:
+            raise HearthError(f"bundle {path} is truncated or lacks layer {layer.label} ({short(layer.digest)}): its manifest "
+                              f"lists {m.size_on_disk()} bytes of layers, the bundle holds {bundle_size}; nothing was imported")
+
+
 def _read_manifest(path: Path, tf: tarfile.TarFile) -> Manifest:
     try:
         first = tf.next()
     except (tarfile.TarError, EOFError):
         first = None
-    if first is None or first.name != BUNDLE_MANIFEST or not first.isfile() or first.size > MAX_MANIFEST:
+    if first is None or first.name != BUNDLE_MANIFEST or not first.isfile() or first.issparse():
         raise HearthError(f"{path} is not a hearth bundle: it does not start with {BUNDLE_MANIFEST}")
+    if first.size > MAX_MANIFEST:
+        raise HearthError(f"bundle {path}: {BUNDLE_MANIFEST} is {first.size} bytes, more than a manifest may be "
+                          f"({MAX_MANIFEST}); nothing was imported")
     try:
-        doc = json.loads(tf.extractfile(first).read())
-    except (tarfile.TarError, EOFError, ValueError) as e:
+        doc = load_json(tf.extractfile(first).read(MAX_MANIFEST + 1), max_bytes=MAX_MANIFEST)
+    except (tarfile.TarError, EOFError, ManifestError) as e:
         raise HearthError(f"bundle {path}: {BUNDLE_MANIFEST} is damaged ({e}); nothing was imported") from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise HearthError(f"{path} is not a hearth bundle: {BUNDLE_MANIFEST} lacks \"format\": \"{FORMAT}\"")
@@ -153,12 +222,15 @@ def _read_manifest(path: Path, tf: tarfile.TarFile) -> Manifest:
         raise HearthError(f"bundle {path} has version {doc.get('version')!r}; this hearth reads version {VERSION}, update it")
     try:
         return Manifest.from_dict(doc.get("manifest"))
-    except ValueError as e:
+    except ManifestError as e:
         raise HearthError(f"bundle {path}: its manifest is invalid ({e}); nothing was imported") from None
 
 
-def _read_blob(path, tf, member, m, want, labels, staged, st: Staging, progress) -> Staged:
-    match = BLOB_MEMBER.match(member.name)
+def _read_blob(path, bundle_size, tf, member, m, want, labels, staged, st: Staging, progress) -> Staged:
+    if member.issparse() or member.type == tarfile.GNUTYPE_SPARSE:  # a few stored bytes that extract to gigabytes
+        raise HearthError(f"bundle {path} holds a sparse entry {member.name!r}; `hearth export` never writes one; "
+                          "nothing was imported")
+    match = BLOB_MEMBER.fullmatch(member.name)
     if not match or not member.isfile():
         raise HearthError(f"bundle {path} holds an unexpected entry {member.name!r}; it was not made by `hearth export`")
     digest = f"{match.group(1)}:{match.group(2)}"
@@ -171,6 +243,9 @@ def _read_blob(path, tf, member, m, want, labels, staged, st: Staging, progress)
     if digest in staged:
         raise HearthError(f"bundle {path} holds blob {short(digest)} twice; it was not made by `hearth export`")
     label = labels[digest]
+    if member.offset_data + member.size > bundle_size:  # before a byte is copied: the header's size is a claim
+        raise HearthError(f"bundle {path} is truncated: layer {label} ({short(digest)}) claims {member.size} bytes, more "
+                          "than the bundle holds; nothing was imported")
     if member.size != want[digest]:
         raise HearthError(f"bundle {path} was altered: layer {label} is {member.size} bytes but its manifest says "
                           f"{want[digest]}; nothing was imported")

@@ -2,17 +2,23 @@
 
 Manifests are JSON, one file per model (`manifests/<name>.json`). Parsing is strict: unknown keys, bad
 digests and unsafe file names are errors, because a manifest may come from a bundle someone handed over.
+Everything a manifest claims is checked here, before a bundle's bytes are written anywhere: its size and
+nesting depth (hearth.safejson), file names the filesystem can hold (no component over NAME_MAX, no control
+characters, no file that is also another's directory), and one size per digest.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import re
+import unicodedata
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any
 
+from hearth import safejson
 from hearth.errors import HearthError
 from hearth.store.blobs import DIGEST_RE
 
@@ -23,6 +29,15 @@ NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # whole name (fullmatc
 # weights); license: LICENSE, USE_POLICY.md, ...; card: README.md.
 KINDS = ("weights", "tokenizer", "template", "params", "license", "card")
 FORMATS = ("gguf", "hf")
+MAX_BYTES = 1 << 20  # a real manifest is a few KB; the cap bounds what a damaged or hostile one costs to read
+MAX_DEPTH = 8  # a manifest nests 3 deep (object, layers, layer), a bundle's document 4
+NAME_MAX = 255  # bytes per path component on ext4, xfs, btrfs, tmpfs
+PATH_MAX = 1024  # bytes per file name: well inside PATH_MAX (4096) with the store's own path in front
+
+
+class ManifestError(HearthError, ValueError):
+    """A manifest that cannot be used (invalid JSON, too big or deep, or an invalid field). A ValueError too,
+    so callers that caught the parser's ValueError still do."""
 
 
 def check_name(name: str) -> str:
@@ -36,9 +51,18 @@ def check_name(name: str) -> str:
 def _check_filename(name: str | None) -> str | None:
     if name is None:
         return None
+    if not isinstance(name, str):
+        raise ValueError("a layer's filename must be a string or null")
     p = PurePosixPath(name)
     if not name or p.is_absolute() or any(part in ("", ".", "..") for part in name.split("/")) or "\\" in name:
         raise ValueError(f"unsafe file name {name!r}")
+    # Control characters (NUL included, which os.symlink rejects with a ValueError) and unpaired surrogates
+    # (which cannot be encoded): names a loader could never open, or a terminal would act on.
+    if any(unicodedata.category(c) in ("Cc", "Cs") for c in name):
+        raise ValueError(f"unsafe file name {name!r}: it holds control characters")
+    encoded = name.encode("utf-8")
+    if len(encoded) > PATH_MAX or any(len(part) > NAME_MAX for part in encoded.split(b"/")):
+        raise ValueError(f"file name {name[:60]!r}... is too long: at most {NAME_MAX} bytes per part and {PATH_MAX} in all")
     return name
 
 
@@ -69,7 +93,7 @@ _PLAIN_TYPES = {  # annotation (a string: `from __future__ import annotations`) 
     "str": (lambda v: isinstance(v, str), "a string"),
     "str | None": (lambda v: v is None or isinstance(v, str), "a string or null"),
     "int": (_is_int, "an integer"),
-    "float": (lambda v: _is_int(v) or isinstance(v, float), "a number"),
+    "float": (lambda v: _is_int(v) or (isinstance(v, float) and math.isfinite(v)), "a finite number"),
     "bool": (lambda v: isinstance(v, bool), "true or false"),
 }
 
@@ -151,6 +175,16 @@ class Manifest:
         files = [layer.filename for layer in self.layers if layer.filename]
         if len(files) != len(set(files)):
             raise ValueError("two layers claim the same file name")
+        unique = set(files)
+        for f in files:  # "a" and "a/b": one path cannot be a file and a directory
+            parts = f.split("/")
+            clash = next(("/".join(parts[:i]) for i in range(1, len(parts)) if "/".join(parts[:i]) in unique), None)
+            if clash is not None:
+                raise ValueError(f"layer file {f!r} lies inside {clash!r}, which is another layer's file")
+        sizes: dict[str, int] = {}
+        for layer in self.layers:  # the store keeps one blob per digest: it cannot have two sizes
+            if sizes.setdefault(layer.digest, layer.size) != layer.size:
+                raise ValueError(f"digest {layer.digest[:19]} is listed with two sizes ({sizes[layer.digest]} and {layer.size})")
 
     def layers_of(self, kind: str) -> list[Layer]:
         return [layer for layer in self.layers if layer.kind == kind]
@@ -175,26 +209,32 @@ class Manifest:
 
     @classmethod
     def from_dict(cls, d: Any) -> "Manifest":
-        """Strict: unknown keys, bad digests, unsafe file names → ValueError naming the problem."""
+        """Strict: unknown keys, bad digests, unsafe file names → ManifestError naming the problem."""
         if not isinstance(d, dict):
-            raise ValueError("the manifest must be a JSON object")
+            raise ManifestError("the manifest must be a JSON object")
         if d.get("schema") != SCHEMA:
-            raise ValueError(f"manifest schema {d.get('schema')!r} is not {SCHEMA}; update hearth")
+            raise ManifestError(f"manifest schema {d.get('schema')!r} is not {SCHEMA}; update hearth")
         d = dict(d)
         layers = d.get("layers")
         if not isinstance(layers, list):
-            raise ValueError("layers must be a list")
+            raise ManifestError("layers must be a list")
         try:
             d["layers"] = [_strict(Layer, x, f"layer {i}") for i, x in enumerate(layers)]
             d["summary"] = _strict(Summary, d.get("summary"), "summary")
             d["license"] = None if d.get("license") is None else _strict(LicenseInfo, d["license"], "license")
             return _strict(cls, d, "manifest")
-        except (TypeError, HearthError) as e:
-            raise ValueError(str(e)) from None
+        except (TypeError, ValueError, HearthError) as e:
+            raise ManifestError(str(e)) from None
 
     @classmethod
     def from_json(cls, data: bytes | str) -> "Manifest":
-        try:
-            return cls.from_dict(json.loads(data))
-        except json.JSONDecodeError as e:
-            raise ValueError(f"not valid JSON ({e})") from None
+        """Parse a manifest file's bytes: at most MAX_BYTES and MAX_DEPTH, or ManifestError."""
+        return cls.from_dict(load_json(data))
+
+
+def load_json(data: bytes | str, max_bytes: int = MAX_BYTES) -> Any:
+    """Untrusted manifest JSON (a store file or a bundle's document), size and depth bounded, as ManifestError."""
+    try:
+        return safejson.loads(data, max_depth=MAX_DEPTH, max_bytes=max_bytes)
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError, JSONLimitError, too many digits
+        raise ManifestError(f"not valid JSON ({e})" if not isinstance(e, safejson.JSONLimitError) else str(e)) from None

@@ -26,7 +26,12 @@ class Progress:
 
         columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn())
         with RichProgress(*columns, console=Console(stderr=True), transient=True) as bar:
-            tid = bar.add_task(label, total=total)
+            from rich.markup import escape
+
+            from hearth.textsafe import terminal_safe
+
+            # the label names a file from a bundle or model directory: shown as written, never as markup or escapes
+            tid = bar.add_task(escape(terminal_safe(label)), total=total)
             yield lambda n: bar.advance(tid, n)
 
 

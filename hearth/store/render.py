@@ -1,5 +1,9 @@
 """How `hearth list`, `show` and `verify` print: rich tables on a terminal, the same text unwrapped in a pipe,
-or JSON with --json."""
+or JSON with --json.
+
+Every string here came from a file someone else wrote (a GGUF's metadata, a README, a bundle's manifest), so
+each goes through hearth.textsafe before it is printed, and into rich only as `Text` (never parsed as markup).
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,14 @@ from typing import Any
 from hearth.store import license as lic
 from hearth.store.manifest import Manifest
 from hearth.store.store import Store, VerifyReport, human_bytes, human_count
+from hearth.textsafe import json_safe, terminal_safe
+
+
+def _cell(value: Any):
+    """A table cell: one line, control characters escaped, rich markup shown as written."""
+    from rich.text import Text
+
+    return Text(terminal_safe(value))
 
 
 def emit(*renderables) -> None:
@@ -45,7 +57,7 @@ def list_rows(manifests: list[Manifest]) -> list[dict[str, Any]]:
 def print_list(manifests: list[Manifest], damaged: list[str], as_json: bool) -> None:
     rows = list_rows(manifests)
     if as_json:
-        print(json.dumps(rows, indent=2))
+        print(json.dumps(rows, indent=2))  # ensure_ascii: every control character is already a \u escape
         return
     from rich.table import Table
 
@@ -57,11 +69,11 @@ def print_list(manifests: list[Manifest], damaged: list[str], as_json: bool) -> 
                              ("SIZE", "right"), ("LICENSE", "left")):
             table.add_column(col, justify=justify, no_wrap=True)
         for r in rows:
-            table.add_row(r["name"], r["architecture"], human_count(r["parameters"]), r["quantization"],
-                          human_bytes(r["size"]), r["license"])
+            table.add_row(*map(_cell, (r["name"], r["architecture"], human_count(r["parameters"]), r["quantization"],
+                                       human_bytes(r["size"]), r["license"])))
         emit(table)
     for name in damaged:
-        print(f"hearth: the manifest of {name} is damaged; `hearth rm {name}` and pull it again", file=sys.stderr)
+        print(f"hearth: the manifest of {terminal_safe(name)} is damaged; `hearth rm {terminal_safe(name)}` and pull it again", file=sys.stderr)
 
 
 def template_style(text: str) -> str:
@@ -108,7 +120,7 @@ def show_data(store: Store, m: Manifest) -> dict[str, Any]:
 def print_show(store: Store, m: Manifest, as_json: bool) -> None:
     d = show_data(store, m)
     if as_json:
-        print(json.dumps(d, indent=2, ensure_ascii=False))
+        print(json_safe(json.dumps(d, indent=2, ensure_ascii=False)))
         return
     from rich.table import Table
     from rich.text import Text
@@ -118,7 +130,7 @@ def print_show(store: Store, m: Manifest, as_json: bool) -> None:
     grid.add_column()
 
     def row(key: str, value: Any) -> None:
-        grid.add_row(key, Text(str(value)))
+        grid.add_row(key, _cell(value))
 
     template = m.layers_of("template")
     lic_lines = d["license_summary"]
@@ -142,22 +154,23 @@ def print_show(store: Store, m: Manifest, as_json: bool) -> None:
     row("format", f"{m.format}, {human_bytes(d['size'])} on disk")
     row("source", m.source)
     row("added", m.created)
-    emit(Text(m.name, style="bold"), grid, Text("layers", style="bold"))
+    emit(Text(terminal_safe(m.name), style="bold"), grid, Text("layers", style="bold"))
     # Plain lines: a full digest never gets cut short to fit a terminal.
     for layer in m.layers:
-        print(f"  {layer.kind:<9} {layer.digest}  {human_bytes(layer.size):>9}  {layer.filename or '(' + layer.media_type + ')'}")
+        where = terminal_safe(layer.filename or "(" + layer.media_type + ")")
+        print(f"  {layer.kind:<9} {layer.digest}  {human_bytes(layer.size):>9}  {where}")
 
 
 def print_layer_text(store: Store, m: Manifest, kind: str) -> None:
     """`show --license` / `--template`: the text itself."""
     layers = m.layers_of(kind)
     if not layers:
-        print(lic.NO_LICENSE if kind == "license" else f"{m.name} has no {kind} layer")
+        print(lic.NO_LICENSE if kind == "license" else f"{terminal_safe(m.name)} has no {kind} layer")
         return
     for i, layer in enumerate(layers):
         if len(layers) > 1:
-            print(f"{'' if i == 0 else chr(10)}==> {layer.filename or layer.kind} <==")
-        text = store.read_layer(layer).decode("utf-8", "replace")
+            print(f"{'' if i == 0 else chr(10)}==> {terminal_safe(layer.filename or layer.kind)} <==")
+        text = terminal_safe(store.read_layer(layer).decode("utf-8", "replace"), multiline=True)
         sys.stdout.write(text if text.endswith("\n") else text + "\n")
     sys.stdout.flush()
 
@@ -165,7 +178,8 @@ def print_layer_text(store: Store, m: Manifest, kind: str) -> None:
 def print_verify(report: VerifyReport) -> None:
     for b in report.blobs:
         state = "ok" if not b.problem else "MISSING" if b.problem == "is missing" else "CORRUPT"
-        print(f"{state:<8} {b.digest}  {human_bytes(b.size):>9}  {', '.join(b.users)}" + (f": {b.problem}" if b.problem else ""))
+        users = terminal_safe(", ".join(b.users))
+        print(f"{state:<8} {b.digest}  {human_bytes(b.size):>9}  {users}" + (f": {b.problem}" if b.problem else ""))
     if report.unreferenced:
         print(f"{len(report.unreferenced)} blob(s) belong to no model (left by an interrupted pull); the next pull or rm removes them")
     n, total = len(report.blobs), sum(b.size for b in report.blobs)

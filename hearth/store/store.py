@@ -8,6 +8,10 @@
 A GGUF model loads straight from its weights blob. Writers stage their copies without the lock and
 commit (blob renames, then the manifest, then garbage collection of blobs no manifest uses) under it,
 so a pull killed at any point leaves a valid store, and the next pull finishes the job.
+
+A bad manifest (damaged, hostile, or not a file at all) makes only its own model unusable: `list` names it
+as damaged, `rm` removes it, and garbage collection goes on, keeping every blob whose digest appears in the
+damaged file's bytes. Garbage collection also sweeps what killed or failed writers left behind.
 """
 
 from __future__ import annotations
@@ -23,8 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hearth.errors import HearthError
-from hearth.store.blobs import Blobs, Staged, fsync_dir, os_error, short, store_lock, write_atomic
-from hearth.store.manifest import NAME_RE, Layer, Manifest, check_name
+from hearth.store.blobs import Blobs, Staged, free_bytes, fsync_dir, os_error, short, store_lock, write_atomic
+from hearth.store.manifest import NAME_RE, Layer, Manifest, ManifestError, check_name
+from hearth.store.upkeep import digests_mentioned, read_manifest_file, sweep_leftovers
 from hearth.store.progress import SILENT, Progress
 
 log = logging.getLogger("hearth")
@@ -104,27 +109,31 @@ class Store:
         return self.manifests / f"{check_name(name)}.json"
 
     def names(self) -> list[str]:
-        if not self.manifests.is_dir():
+        """Every model name with an entry in manifests/, whatever the entry is (a damaged one is listed too, so
+        that `list` shows it and `rm` can remove it). Entries whose name is no model name are not models."""
+        try:
+            entries = list(self.manifests.glob("*.json")) if self.manifests.is_dir() else []
+        except OSError:
             return []
-        return sorted(p.stem for p in self.manifests.glob("*.json") if NAME_RE.match(p.stem))
+        return sorted(p.stem for p in entries if NAME_RE.fullmatch(p.stem) and not p.stem.endswith((".json", ".tmp")))
 
     def exists(self, name: str) -> bool:
-        return self.manifest_path(name).is_file()
+        """True if the name is taken, by a usable manifest or a damaged one."""
+        return os.path.lexists(self.manifest_path(name))
 
     def get(self, name: str) -> Manifest:
         path = self.manifest_path(name)
         try:
-            data = path.read_bytes()
+            data = read_manifest_file(path)
+            m = Manifest.from_json(data)
         except FileNotFoundError:
             raise HearthError(
                 f"no model named {name!r} in the store {self.root}; see `hearth list`, or add it with `hearth pull SOURCE --name {name}`"
             ) from None
+        except ManifestError as e:
+            raise HearthError(f"the manifest of {name!r} is damaged ({e}); `hearth rm {name}` and pull it again") from None
         except OSError as e:
             raise HearthError(f"cannot read {path}: {e.strerror}") from None
-        try:
-            m = Manifest.from_json(data)
-        except ValueError as e:
-            raise HearthError(f"the manifest of {name!r} is damaged ({e}); `hearth rm {name}` and pull it again") from None
         if m.name != name:
             raise HearthError(f"the manifest of {name!r} names another model ({m.name!r}); `hearth rm {name}` and pull it again")
         return m
@@ -186,8 +195,10 @@ class Store:
             raise HearthError(f"the store {self.root} is a file, not a directory; point HEARTH_HOME elsewhere")
 
     def pull(self, source: str, name: str | None = None, license_file: Path | None = None,
-             if_missing: bool = False, progress: Progress | None = None, source_label: str | None = None) -> Result:
-        """Add a model from SOURCE (see sources.py). Re-pulling a name replaces it; blobs are shared."""
+             if_missing: bool = False, progress: Progress | None = None, source_label: str | None = None,
+             force: bool = False) -> Result:
+        """Add a model from SOURCE (see sources.py). Re-pulling a name replaces it; blobs are shared. A bundle
+        replaces a model with other weights only with `force` (see import_bundle)."""
         from hearth.store import sources
 
         src = sources.detect(source)
@@ -196,7 +207,7 @@ class Store:
                 raise HearthError("--license cannot change the license of a bundle; pull the original source instead")
             if if_missing and name is not None and self.exists(name):
                 return Result(self.get(name), skipped=True)
-            return self.import_bundle(src.path, name=name, progress=progress)
+            return self.import_bundle(src.path, name=name, progress=progress, force=force)
         name = check_name(name or src.name)
         if if_missing and self.exists(name):
             return Result(self.get(name), skipped=True)
@@ -204,8 +215,6 @@ class Store:
         return self._add(plan, name, progress or SILENT, source_label)
 
     def _add(self, plan, name: str, progress: Progress, source_label: str | None = None) -> Result:
-        from hearth.store.blobs import free_bytes
-
         need = sum(p.path.stat().st_size for p in plan.layers if p.path is not None)
         self._check_root()
         try:
@@ -235,27 +244,53 @@ class Store:
                 replaced = self._commit(manifest, staged)
         except OSError as e:
             raise os_error(e, self.root) from None
+        except HearthError:
+            raise
+        except ValueError as e:  # Layer/Manifest: a file name the store cannot hold (control characters, too long)
+            raise HearthError(f"cannot add {name} from {plan.source.description}: {e}") from None
         return Result(manifest, new_bytes=sum(s.size for s in staged), reused=reused, replaced=replaced)
 
     def _already_stored(self, s: Staged) -> bool:
         return self.blobs.path(s.digest).exists() and self.blobs.check(s.digest, s.size) is None
 
-    def _commit(self, manifest: Manifest, staged: list[Staged]) -> bool:
-        """Under the lock: blobs into place, then the manifest, then the HF links, then GC. True if it replaced a model."""
+    def _commit(self, manifest: Manifest, staged: list[Staged], force: bool = True) -> bool:
+        """Under the lock: the HF links built aside, blobs into place, then the manifest, then the links swapped in,
+        then GC. Whatever fails before the manifest is written leaves no model behind. `force`: replace a model of
+        that name with other weights (else refused, see check_replace). True if it replaced a model."""
         with self._writing():
-            for s in staged:
-                self.blobs.commit(s)
-            if staged:
-                self.blobs.finish_commits()
-            gone = [layer for layer in manifest.layers if not self.blobs.path(layer.digest).exists()]
-            if gone:  # a blob we found in place was removed by a `hearth rm` in between
-                raise HearthError(f"blob {short(gone[0].digest)} ({gone[0].label}) vanished while adding {manifest.name}; run the command again")
-            replaced = self.manifest_path(manifest.name).exists()
-            self._write_manifest(manifest)
-            if manifest.format == "hf":
-                self._materialize(manifest)
+            self.check_replace(manifest, force)
+            links = self._build_links(manifest) if manifest.format == "hf" else None
+            try:
+                for s in staged:
+                    self.blobs.commit(s)
+                if staged:
+                    self.blobs.finish_commits()
+                gone = [layer for layer in manifest.layers if not self.blobs.path(layer.digest).exists()]
+                if gone:  # a blob we found in place was removed by a `hearth rm` in between
+                    raise HearthError(f"blob {short(gone[0].digest)} ({gone[0].label}) vanished while adding {manifest.name}; run the command again")
+                replaced = self.exists(manifest.name)
+                self._write_manifest(manifest)
+                if links is not None:
+                    self._swap_links(manifest, links)
+                    links = None
+            finally:
+                if links is not None:
+                    shutil.rmtree(links, ignore_errors=True)
             self._collect_garbage()
         return replaced
+
+    def check_replace(self, manifest: Manifest, force: bool) -> None:
+        """Refuse (unless `force`) to let `manifest` replace a model of the same name with other layers: its
+        weights would be gone at the next garbage collection. The same layers again is a repair, not a replacement."""
+        if force or not self.exists(manifest.name):
+            return
+        try:
+            if self.get(manifest.name).layers == manifest.layers:
+                return
+        except HearthError:
+            pass  # a damaged manifest of that name: replacing it is still the user's call
+        raise HearthError(f"a model named {manifest.name!r} is already in the store with other weights; nothing was imported: "
+                          "`hearth import FILE --force` replaces it, `--name NEW` stores this one beside it")
 
     def _write_manifest(self, manifest: Manifest) -> None:
         self.manifests.mkdir(parents=True, exist_ok=True)
@@ -267,9 +302,12 @@ class Store:
         """Forget a model; delete the blobs no other model uses. Returns the bytes freed."""
         with self._writing():
             path = self.manifest_path(name)
-            if not path.exists():
+            if not os.path.lexists(path):
                 self.get(name)  # raises the "no model named" error
-            path.unlink()
+            if path.is_dir() and not path.is_symlink():  # a damaged store: whatever sits there is not a manifest
+                shutil.rmtree(path)
+            else:
+                path.unlink()
             fsync_dir(self.manifests)
             shutil.rmtree(self.models / name, ignore_errors=True)
             return self._collect_garbage()
@@ -287,13 +325,18 @@ class Store:
         return copy
 
     def _collect_garbage(self) -> int:
-        """Delete blobs no manifest lists (call with the lock held). Skipped while a manifest is damaged,
-        since its blobs cannot be told apart."""
+        """Delete blobs no manifest lists, and what killed or failed writers left (call with the lock held).
+        A damaged manifest keeps every blob whose digest its bytes mention; only one that cannot be read
+        at all stops the collection, since its blobs cannot be told apart."""
+        sweep_leftovers(self.blobs, self.models, self.manifests)
         manifests, damaged = self.all()
-        if damaged:
-            log.warning("the manifest of %s is damaged; unused blobs are kept until it is removed (hearth rm %s)", damaged[0], damaged[0])
-            return 0
         used = {d for m in manifests for d in m.digests()}
+        for name in damaged:
+            mentioned = digests_mentioned(self.manifest_path(name))
+            if mentioned is None:
+                log.warning("the manifest of %s cannot be read; unused blobs are kept until it is removed (hearth rm %s)", name, name)
+                return 0
+            used |= mentioned
         freed = 0
         for digest in self.blobs.all_digests() - used:
             with contextlib.suppress(OSError):
@@ -321,18 +364,28 @@ class Store:
 
     def _materialize(self, m: Manifest) -> None:
         """models/<name>/: a symlink per file-named layer, swapped in whole (call with the lock held)."""
+        self._swap_links(m, self._build_links(m))
+
+    def _build_links(self, m: Manifest) -> Path:
+        """A temp directory of the links models/<name>/ will hold; removed again if any link cannot be made."""
         self.models.mkdir(parents=True, exist_ok=True)
-        tag = f"{os.getpid()}.{secrets.token_hex(4)}"
-        tmp = self.models / f".{m.name}.{tag}.tmp"
+        tmp = self.models / f".{m.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
         tmp.mkdir()
-        for layer in m.layers:
-            if not layer.filename:
-                continue
-            link = tmp / layer.filename
-            link.parent.mkdir(parents=True, exist_ok=True)
-            os.symlink(os.path.relpath(self.blobs.path(layer.digest), link.parent), link)
+        try:
+            for layer in m.layers:
+                if not layer.filename:
+                    continue
+                link = tmp / layer.filename
+                link.parent.mkdir(parents=True, exist_ok=True)
+                os.symlink(os.path.relpath(self.blobs.path(layer.digest), link.parent), link)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return tmp
+
+    def _swap_links(self, m: Manifest, tmp: Path) -> None:
         final = self.models / m.name
-        old = self.models / f".{m.name}.{tag}.old"
+        old = tmp.with_name(tmp.name[: -len(".tmp")] + ".old")
         if final.exists() or final.is_symlink():
             os.rename(final, old)
         os.rename(tmp, final)
@@ -369,29 +422,14 @@ class Store:
 
         return export_bundle(self, self.get(name), Path(out).expanduser(), progress or SILENT)
 
-    def import_bundle(self, path: Path, name: str | None = None, progress: Progress | None = None) -> Result:
-        from hearth.store.bundle import read_bundle
+    def import_bundle(self, path: Path, name: str | None = None, progress: Progress | None = None,
+                      force: bool = False) -> Result:
+        """Add the model in a bundle, all or nothing: its manifest is checked (names, sizes, one size per digest,
+        the name free or `force`, room on the disk) before a byte of it is written, every blob is hashed
+        before anything is committed, and a refused bundle leaves the store as it was."""
+        from hearth.store.bundle import import_bundle
 
-        if name is not None:
-            check_name(name)
-        try:
-            with self.blobs.staging() as st:
-                manifest, staged = read_bundle(Path(path).expanduser(), st, progress or SILENT)
-                if name is not None:
-                    manifest = dataclasses.replace(manifest, name=name)
-                reused = 0
-                fresh = []
-                for s in staged:
-                    if self._already_stored(s):
-                        s.path.unlink()
-                        reused += 1
-                    else:
-                        fresh.append(s)
-                replaced = self._commit(manifest, fresh)
-        except OSError as e:
-            raise os_error(e, self.root) from None
-        return Result(manifest, new_bytes=sum(s.size for s in fresh), reused=reused, replaced=replaced)
-
+        return import_bundle(self, Path(path).expanduser(), name, progress or SILENT, force)
 
 def human_bytes(n: float) -> str:
     for unit in ("B", "KB", "MB", "GB", "TB"):
