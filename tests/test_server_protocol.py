@@ -558,7 +558,8 @@ def test_api_key(engine):
         assert c.post(CHAT, json={"messages": HELLO, "max_tokens": 1}, headers=ok).status_code == 200
         assert c.get("/v1/models", headers=ok).status_code == 200
         assert c.get("/health").status_code == 200  # open: load balancers probe it without a key
-        assert c.get("/metrics").status_code == 200
+        assert c.get("/metrics").status_code == 401  # with a key, so is /metrics (test_server_security.py)
+        assert c.get("/metrics", headers=ok).status_code == 200
 
 
 def test_lifespan_shutdown_starts_draining(engine):
