@@ -11,16 +11,18 @@ error becomes an OpenAI-style body in `errors.py`.
 
 from __future__ import annotations
 
-import secrets
+from collections.abc import Sequence
 from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI, Request
+from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel
+from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import JSONResponse, Response
 
 from hearth.server import errors
 from hearth.server.common import ServerContext
-from hearth.server.errors import ClientGone, ServiceUnavailable, Unauthorized
+from hearth.server.errors import ClientGone, ServiceUnavailable
 from hearth.server.metrics import CONTENT_TYPE, Metrics, RequestCounter
 from hearth.server.protocol import (
     ChatCompletionRequest,
@@ -36,7 +38,15 @@ from hearth.server.serving_chat import ChatService
 from hearth.server.serving_completion import CompletionService
 from hearth.server.serving_embedding import EmbeddingService
 from hearth.server.serving_tokenize import TokenizeService
-from hearth.server.transport import DEFAULT_MAX_BODY_BYTES, EventStreamResponse, parse, read_json, until_disconnect
+from hearth.server.security import BrowserGuard, check_api_key
+from hearth.server.transport import (
+    DEFAULT_MAX_BODY_BYTES,
+    EventStreamResponse,
+    LiveResponses,
+    parse,
+    read_json,
+    until_disconnect,
+)
 
 ENDPOINTS = {
     "/v1/chat/completions", "/v1/completions", "/v1/models", "/tokenize", "/detokenize", "/tokenizer_info",
@@ -48,10 +58,10 @@ def _json(model: BaseModel) -> Response:
     return Response(model.model_dump_json(), media_type="application/json")
 
 
-def _respond(result) -> Response:
+def _respond(result, live: LiveResponses) -> Response:
     if isinstance(result, BaseModel):
         return _json(result)
-    return EventStreamResponse(result)
+    return EventStreamResponse(result, live)
 
 
 def build_app(
@@ -59,10 +69,18 @@ def build_app(
     api_key: str | None = None,
     served_model_name: str | None = None,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    allowed_hosts: Sequence[str] | None = None,
+    cors_origins: Sequence[str] = (),
+    public_metrics: bool = False,
 ) -> FastAPI:
-    """A FastAPI app serving `engine`. With `api_key`, every route but /health and /metrics needs
-    `Authorization: Bearer <api_key>`. Requests naming another model than `served_model_name`
-    (default: the engine's model name) get 404."""
+    """A FastAPI app serving `engine`. With `api_key`, every route but /health needs
+    `Authorization: Bearer <api_key>` (/metrics and the docs too, unless `public_metrics`). Requests naming
+    another model than `served_model_name` (default: the engine's model name) get 404.
+
+    Browser safety (security.py): a POST must be `application/json`; a Host header must name this server
+    (`allowed_hosts`: names from security.allowed_hosts_for; None, as for an app behind the caller's own
+    checks, accepts any); cross-origin browser requests are refused unless their origin is in `cors_origins`.
+    /docs and /redoc serve their scripts from this server, never from a CDN."""
     names = tuple(dict.fromkeys(n for n in (served_model_name, engine.model_name) if n))
     adapters = dict(getattr(engine, "adapters", {}))  # name -> directory
     ctx = ServerContext(engine, names, Metrics(engine), adapters=tuple(adapters))
@@ -74,21 +92,24 @@ def build_app(
         yield
         app.state.draining = True  # requests still arriving on open connections get 503
 
-    app = FastAPI(title="hearth", lifespan=lifespan)
+    # FastAPIOffline: /docs and /redoc with Swagger UI's and ReDoc's files served from /docs/static (air-gapped);
+    # no validatorUrl, or Swagger UI would send the schema to validator.swagger.io.
+    app = FastAPIOffline(title="hearth", lifespan=lifespan, static_url="/docs/static",
+                         swagger_ui_parameters={"validatorUrl": None})
     app.state.draining = False
     app.state.ctx = ctx
+    live = app.state.live = LiveResponses()  # ended by transport.DrainingServer at shutdown
     errors.install(app)
     app.add_middleware(RequestCounter, metrics=ctx.metrics, endpoints=ENDPOINTS)
+    describing = () if public_metrics else ("/metrics", app.openapi_url, "/docs", "/redoc")
+    app.add_middleware(BrowserGuard, allowed_hosts=allowed_hosts, api_key=api_key, protected=describing)
+    if cors_origins:  # outermost, so that the guard's refusals carry CORS headers too
+        app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type"])
 
     def authorized(request: Request) -> None:
-        if api_key is None:
-            return
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            raise Unauthorized("missing API key: send the header 'Authorization: Bearer <key>'",
-                               headers={"WWW-Authenticate": "Bearer"})
-        if not secrets.compare_digest(token.strip().encode(), api_key.encode()):
-            raise Unauthorized("invalid API key", headers={"WWW-Authenticate": "Bearer"})
+        if api_key is not None:
+            check_api_key(request.headers.get("authorization", ""), api_key)
 
     def serving(request: Request) -> None:
         if app.state.draining or not getattr(engine, "alive", True):
@@ -98,7 +119,7 @@ def build_app(
 
     async def run(request: Request, work) -> Response:
         try:
-            return _respond(await until_disconnect(request, work))
+            return _respond(await until_disconnect(request, work, live), live)
         except ClientGone:
             return Response(status_code=499)
 
