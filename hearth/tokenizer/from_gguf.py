@@ -45,6 +45,9 @@ def _byte_level_bpe(v: GGUFVocab) -> Tokenizer:
     pre, ignore_merges = _byte_level_pre(v.pre)
     vocab = {tok: i for i, tok in enumerate(v.tokens)}
     merges = [tuple(m.split(" ", 1)) for m in v.merges]
+    bad = next((i for i, m in enumerate(merges) if len(m) != 2), None)
+    if bad is not None:
+        raise ModelFormatError(f"GGUF merge {bad} ({v.merges[bad][:40]!r}) is not two tokens separated by a space; the file is corrupt")
     tk = Tokenizer(models.BPE(vocab=vocab, merges=merges, ignore_merges=ignore_merges))
     tk.pre_tokenizer = pre
     tk.decoder = decoders.ByteLevel()

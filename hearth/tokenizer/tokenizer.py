@@ -66,7 +66,8 @@ class Tokenizer:
             except HearthError:
                 raise
             except Exception as e:  # the tokenizers library refuses an inconsistent vocabulary (e.g. merges of unknown tokens)
-                raise ModelFormatError(f"the GGUF vocabulary cannot be built into a tokenizer ({str(e)[:200]}); the file is corrupt") from None
+                why = " ".join(str(e).split())[:200]  # the library's messages span lines
+                raise ModelFormatError(f"the GGUF vocabulary cannot be built into a tokenizer ({why}); the file is corrupt") from None
         else:
             raise ModelFormatError("the model has no tokenizer")
         return cls(backend, data)
