@@ -1,0 +1,239 @@
+"""Chat templates and prompts cannot hang or stall the server (issue 14, item 3).
+
+A template comes from the model file, so it is untrusted. Jinja's sandbox keeps it from running code, but before
+this a template looping 10^10 times or building a 10 GB string hung the event loop for good (/health dead, SIGTERM
+ignored). Now each render runs in a worker process on a budget (hearth/tokenizer/sandbox.py), off the event loop,
+and a prompt too long for the context is refused from its length before it is tokenized
+(hearth/tokenizer/limits.py). The last tests drive a real `hearth serve` and `hearth run` on a tiny model whose
+template is hostile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+import pytest
+
+from fake_engine import FakeEngine, tiny_tokenizer
+from hearth.server import build_app
+from hearth.tokenizer import ChatTemplate, Tokenizer
+from hearth.tokenizer.chat import CHATML, RenderBudget, TemplateBudgetError
+from hearth.tokenizer.limits import chars_per_token, surely_too_long
+from hearth.tokenizer.sandbox import RenderPool
+from hearth.weights.types import TokenizerData
+
+HI = [{"role": "user", "content": "hi"}]
+FAST = RenderBudget(seconds=0.5)
+
+HOSTILE = {
+    "nested_range": "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+    "string_product": "{{ 'x' * 100000 * 100000 }}",
+    "center": "{{ '' | center(10**9) }}",
+    "percent_width": "{{ '%*s' % (10**9, '') }}",
+    "doubling": "{% set ns = namespace(s='x') %}{% for i in range(64) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s }}",
+    "output_flood": "{% for i in range(100000) %}{% for j in range(1000) %}0123456789{% endfor %}{% endfor %}",
+    "bigint_power": "{% set a = 7 %}{{ a ** 1000000000 > 1 }}",
+    "folded_at_compile": "{{ 7 ** 1000000000 > 1 }}",  # Jinja's optimizer computes constants while compiling
+}
+WHICH_LIMIT = {"nested_range": "ran longer", "string_product": "memory", "center": "memory", "percent_width": "memory",
+               "doubling": "memory|ran longer", "output_flood": "characters", "bigint_power": "ran longer",
+               "folded_at_compile": "ran longer"}
+
+
+@pytest.fixture(scope="module")
+def pool():
+    p = RenderPool(size=1)
+    yield p
+    p.close()
+
+
+# ---------------------------------------------------------------- the render budget
+
+
+@pytest.mark.parametrize("name", list(HOSTILE))
+def test_hostile_template_ends_in_a_budget_error_quickly(pool, name):
+    start = time.monotonic()
+    with pytest.raises(TemplateBudgetError) as err:
+        ChatTemplate(HOSTILE[name], budget=FAST, pool=pool).render(HI)
+    took = time.monotonic() - start
+    msg = str(err.value)
+    assert "render budget" in msg and re.search(WHICH_LIMIT[name], msg) and "\n" not in msg, msg
+    assert took < FAST.seconds + 1.5, took  # the worker's timer, or the kill one second past the budget
+    assert ChatTemplate(CHATML, pool=pool).render(HI) == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+
+
+def test_a_worker_that_stops_answering_is_killed_and_replaced(pool):
+    """The hard bound: a worker that does not answer (here: stopped, as one stuck in a C call) is killed one second
+    past the budget, and the next render gets a fresh one."""
+    tpl = ChatTemplate(CHATML, budget=FAST, pool=pool)
+    tpl.render(HI)
+    worker = pool._workers[0].proc
+    os.kill(worker.pid, signal.SIGSTOP)
+    start = time.monotonic()
+    with pytest.raises(TemplateBudgetError, match="render budget"):
+        tpl.render(HI)
+    assert FAST.seconds < time.monotonic() - start < FAST.seconds + 2
+    assert worker.poll() is not None  # killed and reaped
+    assert tpl.render(HI).startswith("<|im_start|>user") and pool._workers[0].proc.pid != worker.pid
+
+
+def test_worker_imports_jinja_only_and_renders_fast(pool):
+    tpl = ChatTemplate(CHATML, pool=pool)
+    conversation = [{"role": "user" if i % 2 == 0 else "assistant", "content": f"message {i} " * 20} for i in range(8)]
+    tpl.render(conversation)
+    maps = open(f"/proc/{pool._workers[0].proc.pid}/maps").read()
+    assert "torch" not in maps and "tokenizers" not in maps
+    n, start = 50, time.perf_counter()
+    for _ in range(n):
+        tpl.render(conversation)
+    per_render = (time.perf_counter() - start) / n
+    assert per_render < 0.01, per_render  # a pipe round trip: about 0.3 ms on an idle machine
+
+
+def test_budget_is_checked():
+    for bad in (dict(seconds=0), dict(max_output_chars=0), dict(memory_bytes=1 << 20)):
+        with pytest.raises(ValueError):
+            RenderBudget(**bad)
+
+
+def test_messages_survive_the_trip_to_the_worker(pool):
+    """Lone surrogates (from bytes that were not UTF-8), non-BMP characters and nested data arrive intact."""
+    tpl = ChatTemplate("{% for m in messages %}{{ m.content }}|{{ m.meta | tojson }}{% endfor %}", pool=pool)
+    out = tpl.render([{"role": "user", "content": "a\ud800b 😀 é", "meta": {"k": [1, 2.5, None, True, "ü"]}}])
+    assert out == 'a\ud800b 😀 é|{"k": [1, 2.5, null, true, "ü"]}'
+
+
+# ---------------------------------------------------------------- a prompt's length, before tokenizing
+
+
+def _spm() -> Tokenizer:
+    from tiny import train_spm_tokenizer
+
+    return Tokenizer(train_spm_tokenizer(), TokenizerData(bos_id=1, eos_ids=(2,), add_bos=True))
+
+
+def _smollm2() -> Tokenizer:
+    from hearth.loader import resolve_model
+    from hearth.weights import open_checkpoint
+
+    return Tokenizer.from_data(open_checkpoint(resolve_model("smollm2")).tokenizer)
+
+
+@pytest.mark.parametrize("make", [tiny_tokenizer, _spm, _smollm2], ids=["bpe", "spm", "smollm2"])
+def test_length_bound_never_refuses_a_text_that_fits(make):
+    tok = make()
+    L = chars_per_token(tok)
+    assert L is not None and 4 <= L <= 128
+    rnd = random.Random(0)
+    # what makes tokens long (runs of spaces, special tokens) or yields none (SmolLM2 has no piece for "\x04")
+    pieces = [" " * 70, "\x04", "\x1d\x06", "<|im_start|>", "<|endoftext|>", "😀", "e\u0301", "你好", "\t\n", "word ", "1234"]
+    for _ in range(200):
+        text = "".join(rnd.choice(pieces) for _ in range(rnd.randrange(1, 60)))
+        n = len(tok.encode(text, add_bos=False))
+        for budget in (1, n - 1, n, n + 1, len(text) // L):
+            if budget >= 0 and surely_too_long(tok, text, budget):
+                assert n > budget, (text, n, budget)
+    assert surely_too_long(tok, "x" * (100 * L + 1), 100) and not surely_too_long(tok, "x" * 100, 100)
+
+
+def test_no_bound_for_a_tokenizer_that_drops_characters():
+    assert chars_per_token(Tokenizer.placeholder(50)) is None  # whitespace-split words: spaces become no token
+    assert not surely_too_long(Tokenizer.placeholder(50), " " * 10**6, 10)
+
+
+# ---------------------------------------------------------------- the server (in process, fake engine)
+
+HOSTILE_BY_MESSAGE = (
+    "{% set last = messages[-1]['content'] %}"
+    "{% if last == 'loop' %}" + HOSTILE["nested_range"] + "{% elif last == 'product' %}" + HOSTILE["string_product"]
+    + "{% elif last == 'center' %}" + HOSTILE["center"] + "{% elif last == 'percent' %}" + HOSTILE["percent_width"]
+    + "{% elif last == 'double' %}" + HOSTILE["doubling"] + "{% else %}" + CHATML + "{% endif %}"
+)
+
+
+class CountingTokenizer:
+    """The engine's tokenizer, counting the characters it was asked to encode."""
+
+    def __init__(self, tok: Tokenizer):
+        self.tok, self.encoded_chars = tok, 0
+
+    def __getattr__(self, name):
+        return getattr(self.tok, name)
+
+    def encode(self, text, *args, **kwargs):
+        self.encoded_chars += len(text)
+        return self.tok.encode(text, *args, **kwargs)
+
+
+def _app(budget: RenderBudget = FAST):
+    engine = FakeEngine(max_model_len=256)
+    engine.chat_template = ChatTemplate(HOSTILE_BY_MESSAGE, engine.tokenizer.special_tokens, budget=budget)
+    engine.tokenizer = CountingTokenizer(engine.tokenizer)
+    return engine, build_app(engine, max_body_bytes=4 << 20)
+
+
+async def _health_while(client: httpx.AsyncClient, work) -> tuple[object, float]:
+    """Run `work` while polling /health every 10 ms; the result and the longest the loop kept /health waiting."""
+    task = asyncio.ensure_future(work)
+    worst = 0.0
+    while not task.done():
+        start = time.monotonic()
+        assert (await client.get("/health")).status_code == 200
+        await asyncio.sleep(0.01)
+        worst = max(worst, time.monotonic() - start - 0.01)  # a loop blocked during the sleep counts too
+    return task.result(), worst
+
+
+def test_server_answers_a_hostile_render_with_400_and_stays_responsive():
+    engine, app = _app()
+
+    async def main():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://test") as c:
+            for attack in ("loop", "product", "center", "percent", "double"):
+                start = time.monotonic()
+                chat = c.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": attack}]})
+                r, worst = await _health_while(c, chat)
+                assert r.status_code == 400, r.text
+                err = r.json()["error"]
+                assert "chat template" in err["message"] and "render budget" in err["message"], err
+                assert time.monotonic() - start < FAST.seconds + 1.5
+                assert worst < 0.25, (attack, worst)
+            tok = await c.post("/tokenize", json={"messages": [{"role": "user", "content": "loop"}]})
+            assert tok.status_code == 400 and "render budget" in tok.json()["error"]["message"]
+            ok = await c.post("/v1/chat/completions", json={"messages": HI, "max_tokens": 2})
+            assert ok.status_code == 200 and ok.json()["choices"][0]["message"]["content"], ok.text
+
+    asyncio.run(main())
+
+
+def test_megabyte_prompts_are_refused_without_tokenizing():
+    engine, app = _app(RenderBudget())
+    big = "lorem ipsum dolor sit amet " * 60_000  # 1.6 MB
+
+    async def main():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://test", timeout=30) as c:
+            start = time.monotonic()
+            both = asyncio.gather(c.post("/v1/completions", json={"prompt": big, "max_tokens": 1}),
+                                  c.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": big}]}))
+            (completion, chat), worst = await _health_while(c, both)
+            for r, param in ((completion, "prompt"), (chat, "messages")):
+                assert r.status_code == 400, r.text
+                err = r.json()["error"]
+                assert err["code"] == "context_length_exceeded" and err["param"] == param, err
+                assert "maximum context length is 256 tokens" in err["message"], err
+            assert engine.tokenizer.encoded_chars < 10_000  # the megabytes were never tokenized
+            assert time.monotonic() - start < 5 and worst < 0.25, worst
+            ok = await c.post("/v1/completions", json={"prompt": "lorem ipsum", "max_tokens": 2})
+            assert ok.status_code == 200, ok.text
+
+    asyncio.run(main())
