@@ -240,7 +240,9 @@ def run(
             _print_stream(session.send(prompt))
             print()
         return
-    print(f"hearth: chatting with {lm.checkpoint.config.name} ({lm.checkpoint.quantization}). /bye to quit, /clear to reset.", file=sys.stderr)
+    from hearth.textsafe import terminal_safe  # the name is the weights file's own (GGUF general.name)
+
+    print(f"hearth: chatting with {terminal_safe(lm.checkpoint.config.name)} ({lm.checkpoint.quantization}). /bye to quit, /clear to reset.", file=sys.stderr)
     while True:
         try:
             line = input(">>> ")
