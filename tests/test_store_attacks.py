@@ -371,3 +371,23 @@ def test_pull_of_a_directory_with_an_unstorable_file_name(home, tmp_path, capsys
     one_line_error(rc, err, "cannot add m", "control characters")
     assert not any(c in err for c in ESC_BYTES)
     assert not (home / "manifests").exists() or list((home / "manifests").iterdir()) == []
+
+
+def test_the_chat_banner_escapes_the_model_files_name(tmp_path, capsys, monkeypatch):
+    """`hearth run MODEL` on a terminal names the model by its GGUF general.name: a file's string."""
+    import io
+    import sys
+
+    from store_kit import write_tiny_gguf
+
+    gguf = write_tiny_gguf(tmp_path / "t.gguf", name="Tiny" + HOSTILE)
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    monkeypatch.setattr(sys, "stdin", Tty("/bye\n"))
+    rc, out, err = run_main(capsys, "run", str(gguf))
+    assert rc == 0, err
+    assert "chatting with Tiny\\x1b]0;pwned\\x07" in err
+    assert not any(c in out + err for c in ESC_BYTES)
