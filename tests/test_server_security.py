@@ -62,6 +62,7 @@ def test_a_post_that_is_not_json_is_refused_and_runs_nothing(content_type):
     assert_error(r, 415, "application/json")
     assert engine.requests == [], "the generation ran"
     assert "access-control-allow-origin" not in r.headers
+    assert 'hearth_requests_total{endpoint="/v1/chat/completions",status="415"} 1.0' in client.get("/metrics").text
 
 
 @pytest.mark.parametrize("content_type", ["application/json", "application/json; charset=utf-8",

@@ -102,6 +102,39 @@ def test_drain_finishes_short_requests_and_ends_long_ones():
     assert not engine.active, "the ended requests were not aborted in the engine"
 
 
+def test_a_second_signal_ends_running_streams_at_once():
+    engine = FakeEngine(max_model_len=1024)
+    engine.settings.token_delay = 0.05
+    app = build_app(engine, served_model_name="tiny-model")
+    port = free_port()
+    server = DrainingServer(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"),
+                            live=app.state.live, on_drain=lambda: setattr(app.state, "draining", True),
+                            shutdown_timeout=60)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    wait_until(lambda: server.started)
+    lines: list[str] = []
+
+    def stream() -> None:
+        body = {"prompt": "x", "max_tokens": 500, "stream": True}
+        with httpx.stream("POST", f"http://127.0.0.1:{port}{COMPLETIONS}", json=body, timeout=30) as r:
+            lines.extend(line for line in r.iter_lines() if line)
+
+    client = threading.Thread(target=stream)
+    client.start()
+    wait_until(lambda: engine.active)
+    t0 = time.monotonic()
+    server.handle_exit(signal.SIGTERM, None)
+    time.sleep(0.3)
+    assert thread.is_alive()  # waiting for the stream, up to 60 s
+    server.handle_exit(signal.SIGINT, None)  # Ctrl-C: stop waiting
+    client.join(timeout=10)
+    thread.join(timeout=10)
+    assert not thread.is_alive() and time.monotonic() - t0 < 5
+    assert_ended_by_shutdown(events(lines))
+    assert not engine.active
+
+
 def _long_context_gguf(path: Path) -> Path:
     """The tiny test model with a 32k context, so that one stream runs for longer than the grace period."""
     import tiny

@@ -100,9 +100,9 @@ def build_app(
     app.state.ctx = ctx
     live = app.state.live = LiveResponses()  # ended by transport.DrainingServer at shutdown
     errors.install(app)
-    app.add_middleware(RequestCounter, metrics=ctx.metrics, endpoints=ENDPOINTS)
     describing = () if public_metrics else ("/metrics", app.openapi_url, "/docs", "/redoc")
     app.add_middleware(BrowserGuard, allowed_hosts=allowed_hosts, api_key=api_key, protected=describing)
+    app.add_middleware(RequestCounter, metrics=ctx.metrics, endpoints=ENDPOINTS)  # outside: counts refusals too
     if cors_origins:  # outermost, so that the guard's refusals carry CORS headers too
         app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "Content-Type"])
