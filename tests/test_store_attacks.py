@@ -391,3 +391,16 @@ def test_the_chat_banner_escapes_the_model_files_name(tmp_path, capsys, monkeypa
     assert rc == 0, err
     assert "chatting with Tiny\\x1b]0;pwned\\x07" in err
     assert not any(c in out + err for c in ESC_BYTES)
+
+
+def test_the_real_command_exits_1_with_one_error_line(home, tmp_path):
+    """End to end, as a user runs it: `hearth import` of the 10 KB sparse bundle in a child process."""
+    from store_kit import run_cli
+
+    fake = "sha256:" + "cd" * 32
+    m = manifest(layers=[{"kind": "weights", "digest": fake, "size": 1 << 30, "media_type": "x", "filename": "model.safetensors"}])
+    path = bundle(tmp_path / "sparse.hearth", m, blobs=[], extra=[_sparse("blobs/" + fake.replace(":", "-"), b"x" * 4096, 1 << 30)])
+    r = run_cli(home, "import", str(path))
+    assert r.returncode == 1
+    one_line_error(r.returncode, r.stderr, "truncated or lacks layer weights (model.safetensors)")
+    assert r.stderr.count("\n") == 1 and snapshot(home) == {}
