@@ -85,8 +85,8 @@ class _Cursor:
     def strings(self, count: int) -> StringArray:
         # Each string takes at least its 8-byte length: a count beyond that is refused before the offsets are allocated.
         if count > self.left() // 8:
-            raise ModelFormatError(f"{self.path}: a metadata array claims {count} strings but only {self.left()} bytes "
-                                   "are left in the file; the file is corrupt")
+            raise ModelFormatError(f"{self.path} is truncated or corrupt: a metadata array claims {count} strings but only "
+                                   f"{self.left()} bytes are left in the file; re-download it")
         starts = np.empty(count, np.int64)
         lengths = np.empty(count, np.int64)
         buf, pos, end, unpack = self.buf, self.pos, len(self.buf), struct.Struct("<Q").unpack_from
@@ -115,8 +115,8 @@ class _Cursor:
                 raise ModelFormatError(f"{self.path}: unknown metadata array type {etype}; the file is corrupt")
             dt = np.dtype(_NUMPY[etype])
             if count > self.left() // dt.itemsize:
-                raise ModelFormatError(f"{self.path}: a metadata array claims {count} elements but only {self.left()} "
-                                       "bytes are left in the file; the file is corrupt")
+                raise ModelFormatError(f"{self.path} is truncated or corrupt: a metadata array claims {count} elements but "
+                                       f"only {self.left()} bytes are left in the file; re-download it")
             arr = np.frombuffer(self.buf, dtype=dt, count=count, offset=self.pos)
             self.pos += count * dt.itemsize
             return arr.view(np.bool_) if etype == 7 else arr
@@ -147,9 +147,11 @@ class GGUFFile:
             raise ModelFormatError(f"{path}: GGUF version {self.version} is not supported (2, 3); re-convert the model")
         n_tensors, n_kv = cur.scalar("<Q"), cur.scalar("<Q")
         # A key takes at least 12 bytes (length, type), a tensor entry at least 24 (name length, n_dims, type, offset)
-        if n_tensors > 1_000_000 or n_kv > 1_000_000 or n_kv * 12 + n_tensors * 24 > cur.left():
-            raise ModelFormatError(f"{path}: implausible header ({n_tensors} tensors, {n_kv} keys in a file of "
-                                   f"{len(self.mm)} bytes); the file is corrupt")
+        if n_tensors > 1_000_000 or n_kv > 1_000_000:
+            raise ModelFormatError(f"{path}: implausible header ({n_tensors} tensors, {n_kv} keys); the file is corrupt")
+        if n_kv * 12 + n_tensors * 24 > cur.left():
+            raise ModelFormatError(f"{path} is truncated or corrupt: its header declares {n_tensors} tensors and {n_kv} "
+                                   f"keys, more than its {len(self.mm)} bytes can hold; re-download it")
         self.metadata: dict[str, Any] = {}
         for _ in range(n_kv):
             key = cur.string()
