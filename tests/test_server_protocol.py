@@ -383,6 +383,22 @@ BAD_REQUESTS = [
     (CHAT, {"messages": HELLO, "logit_bias": {"5": 101}}, "logit_bias", "between -100 and 100"),
     (CHAT, {"messages": HELLO, "logit_bias": {"5": 1, "384": -1}}, "logit_bias", "outside the vocabulary"),
     (COMPLETIONS, {"prompt": "x", "logit_bias": {"-5": 1}}, "logit_bias", "token ids"),
+    # digits to str.isdigit but not to int() (was a 500), and other Unicode digits (int() reads them; refused too)
+    (CHAT, {"messages": HELLO, "logit_bias": {"²": 1}}, "logit_bias", "token ids"),
+    (CHAT, {"messages": HELLO, "logit_bias": {"١٢": 1}}, "logit_bias", "token ids"),
+    (CHAT, {"messages": HELLO, "logit_bias": {"9" * 13: 1}}, "logit_bias", "token ids"),
+    # JSON given as text or as objects inside a body is at most protocol.MAX_JSON_DEPTH deep (json.loads, json.dumps
+    # and templates recurse per level: was a RecursionError, a 500, from about 1000 levels)
+    (CHAT, {"messages": HELLO + [{"role": "assistant", "tool_calls": [
+        {"id": "c", "type": "function", "function": {"name": "f", "arguments": "[" * 1500}}]}]},
+     "messages.1.tool_calls.0.function.arguments", "nested 1500 levels deep"),
+    (COMPLETIONS, {"prompt": "x", "guided_json": "[" * 1500}, "guided_json", "nested"),
+    (COMPLETIONS, {"prompt": "x", "structured_outputs": {"json": '{"a":' * 100}}, "structured_outputs.json", "nested"),
+    (COMPLETIONS, {"prompt": "x", "guided_json": json.loads('{"a":' * 70 + "{}" + "}" * 70)}, "guided_json", "nested 71"),
+    (CHAT, {"messages": HELLO, "response_format": {"type": "json_schema", "json_schema": {
+        "schema": json.loads('{"a":' * 70 + "{}" + "}" * 70)}}}, "response_format.json_schema.schema", "nested"),
+    (CHAT, {"messages": HELLO, "tools": [{"type": "function", "function": {
+        "name": "f", "parameters": json.loads('{"a":' * 70 + "{}" + "}" * 70)}}]}, "tools.0.function.parameters", "nested"),
     (CHAT, {}, "messages", "required"),
     (COMPLETIONS, {}, "prompt", "required"),
     (COMPLETIONS, {"prompt": []}, "prompt", "must be"),
@@ -449,6 +465,46 @@ def test_prompt_too_long_says_by_how_much(client, engine):
     n = len(engine.tokenizer.encode(engine.chat_template.render(HELLO), add_bos=False))
     assert_error(client.post(CHAT, json={"messages": HELLO, "max_tokens": 256 - n + 1}), 400, "messages", "1 tokens too many")
     still_serving(client)
+
+
+def test_json_just_within_the_depth_limit_is_accepted(client):
+    from hearth.server.protocol import MAX_JSON_DEPTH
+
+    args = "[" * MAX_JSON_DEPTH + "]" * MAX_JSON_DEPTH
+    history = HELLO + [{"role": "assistant", "tool_calls": [
+        {"id": "c", "type": "function", "function": {"name": "f", "arguments": args}}]}]
+    assert client.post(CHAT, json={"messages": history, "max_tokens": 1}).status_code == 200
+    assert_error(client.post(CHAT, json={"messages": history[:1] + [{**history[1], "tool_calls": [
+        {"id": "c", "type": "function", "function": {"name": "f", "arguments": "[" + args + "]"}}]}]}), 400,
+        "messages.1.tool_calls.0.function.arguments", f"limit is {MAX_JSON_DEPTH}")
+
+
+def test_openapi_document_covers_every_route_with_its_bodies_and_errors(client, app):
+    """The table in hearth/server/openapi.py names every route (a new route must be added there); the error bodies the
+    server sends follow the document's ErrorResponse schema. (The live fuzz: tests/test_openapi_fuzz.py.)"""
+    import jsonschema
+
+    from hearth.server.openapi import ROUTES
+
+    doc = client.get("/openapi.json").json()
+    served = {(m, p) for p, ops in doc["paths"].items() for m in ops}
+    assert served == set(ROUTES), served ^ set(ROUTES)
+    for (method, path), route in ROUTES.items():
+        op = doc["paths"][path][method]
+        assert ("requestBody" in op) == bool(route.request), path
+        assert "200" in op["responses"] and "422" not in op["responses"], path
+    assert "HTTPValidationError" not in doc["components"]["schemas"]
+    error = {**doc["components"]["schemas"]["ErrorResponse"], "components": doc["components"]}
+    body = client.post(CHAT, json={"messages": HELLO, "n": 0}).json()
+    jsonschema.validate(body, error)
+    chat = doc["paths"][CHAT]["post"]["requestBody"]["content"]["application/json"]
+    assert chat["schema"] == {"$ref": "#/components/schemas/ChatCompletionRequest"}
+    request = doc["components"]["schemas"]["ChatCompletionRequest"]
+    assert request["additionalProperties"] is False and request["required"] == ["messages"]
+    # null means the default (Strict._null_means_default), so the schema takes null for every optional field
+    assert {"type": "null"} in request["properties"]["n"]["anyOf"]
+    for example in chat["examples"].values():  # the documented examples work
+        assert client.post(CHAT, json=example["value"]).status_code == 200, example
 
 
 def test_unknown_model_is_404(client):

@@ -120,3 +120,27 @@ def test_stream_sends_text_at_once_and_holds_what_may_be_a_call():
     assert s.feed("[1, 2]") == "" and s.finish().content == "[1, 2]"  # held, then text after all
     s = tool_calls.ReplyStream(NAMES, forced=True, call_id=ids())
     assert s.feed("Hello") == ""  # forced: everything held (the constraint makes it a call)
+
+
+def test_a_reply_nested_thousands_deep_is_text_not_a_crash():
+    """A client can steer the reply (a regex, a prompt) into `[[[[...`: json.loads raised RecursionError (a 500 after
+    the whole generation). Parsed with a depth limit, it is text."""
+    deep = "[" * 5000 + "]" * 5000
+    assert tool_calls.parse(deep, NAMES, ids()) == tool_calls.Reply(deep, [])
+    call = '{"name": "add", "arguments": "' + "[" * 5000 + "]" * 5000 + '"}'  # arguments as JSON text, nested
+    assert tool_calls.parse(call, NAMES, ids()).calls == []
+    shallow = tool_calls.parse('{"name": "add", "arguments": {"a": [[1]], "b": 2}}', NAMES, ids())
+    assert [c.function.name for c in shallow.calls] == ["add"]
+
+
+def test_history_arguments_become_objects_for_the_template_within_the_depth_limit():
+    from hearth.server.protocol import MAX_JSON_DEPTH
+
+    ok = "[" * MAX_JSON_DEPTH + "]" * MAX_JSON_DEPTH
+    req = request(messages=[HISTORY[1], {"role": "assistant", "tool_calls": [
+        {"id": "c", "type": "function", "function": {"name": "add", "arguments": ok}}]}])
+    messages, _ = prompt(req, AWARE)
+    assert messages[1]["tool_calls"][0]["function"]["arguments"] == json.loads(ok)
+    with pytest.raises(ValueError, match=f"nested {MAX_JSON_DEPTH + 1} levels deep"):
+        request(messages=[HISTORY[1], {"role": "assistant", "tool_calls": [
+            {"id": "c", "type": "function", "function": {"name": "add", "arguments": "[" + ok + "]"}}]}])

@@ -20,7 +20,7 @@ from pydantic import BaseModel
 from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import JSONResponse, Response
 
-from hearth.server import errors
+from hearth.server import errors, openapi
 from hearth.server.common import ServerContext
 from hearth.server.errors import ClientGone, ServiceUnavailable
 from hearth.server.metrics import CONTENT_TYPE, Metrics, RequestCounter
@@ -175,5 +175,6 @@ def build_app(
     async def metrics() -> Response:
         return Response(ctx.metrics.render(), media_type=CONTENT_TYPE)
 
+    openapi.install(app)  # the routes read their bodies by hand: openapi.py's table documents them
     return app
 

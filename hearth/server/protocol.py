@@ -12,16 +12,25 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
-from typing import Any, Literal, Optional, Union, get_args
+from typing import Annotated, Any, Literal, Optional, Union, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, StrictBool, StrictInt, WithJsonSchema, field_validator,
+                      model_validator)
 
+from hearth import safejson
 from hearth.engine.structured import Structure
 
 MAX_LOGPROBS = 20  # top alternatives per token (OpenAI: 20 for chat, 5 for legacy completions; vLLM: 20)
 MAX_N = 128
 SEED_MAX = 2**63 - 1
+MAX_STOP = 16
+# JSON text inside a request (tool-call arguments, a schema sent as a string) is parsed here, and json.loads recurses
+# once per level: a RecursionError deep inside would be a 500. Far deeper than any real arguments or schema.
+MAX_JSON_DEPTH = 64
+# logit_bias keys: ASCII digits only (str.isdigit also passes "²", which int() refuses); 12 digits is beyond any vocabulary
+TOKEN_ID_KEY = r"^[0-9]{1,12}$"
 
 
 class FieldError(ValueError):
@@ -36,8 +45,41 @@ def _accepts_none(annotation: Any) -> bool:
     return annotation is None or type(None) in get_args(annotation)
 
 
+def _null_in_schema(schema: dict[str, Any], cls: type[BaseModel]) -> None:
+    """The JSON schema says what `_null_means_default` does: an optional field takes null too."""
+    props = schema.get("properties", {})
+    for name, field in cls.model_fields.items():
+        key = field.alias or name
+        if key in props and not field.is_required() and not _accepts_none(field.annotation):
+            inner = props[key]
+            outer = {k: inner.pop(k) for k in ("title", "default", "description") if k in inner}
+            props[key] = {"anyOf": [inner, {"type": "null"}], **outer}
+
+
+def _depth(value: Any) -> int:
+    """How deeply a parsed JSON value nests (0 for a scalar), walked without recursion."""
+    deepest, todo = 0, [(value, 1)]
+    while todo:
+        v, d = todo.pop()
+        items = v.values() if isinstance(v, dict) else v if isinstance(v, list) else None
+        if items is not None:
+            deepest = max(deepest, d)
+            todo.extend((x, d + 1) for x in items)
+    return deepest
+
+
+def _shallow(v: Any) -> Any:
+    """A JSON value given as an object (a schema, tool parameters) or as JSON text, at most MAX_JSON_DEPTH deep:
+    json.dumps, templates and the grammar compiler all recurse once per level, and a body may nest ~950 levels
+    before its parse fails, deep enough for those to raise RecursionError (a 500)."""
+    d = safejson.depth(v) if isinstance(v, str) else _depth(v)
+    if d > MAX_JSON_DEPTH:
+        raise ValueError(f"nested {d} levels deep; the limit is {MAX_JSON_DEPTH}")
+    return v
+
+
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra=_null_in_schema)
 
     @model_validator(mode="before")
     @classmethod
@@ -66,6 +108,8 @@ class TextPart(Strict):
 class FunctionCall(Strict):
     name: str
     arguments: str  # JSON text, as OpenAI sends it
+
+    _arguments = field_validator("arguments")(_shallow)
 
 
 class ToolCall(Strict):
@@ -131,8 +175,8 @@ class ChatMessage(Strict):
 def _arguments(text: str) -> Any:
     """A call's arguments as an object for the template (vLLM does the same); text that is not JSON stays text."""
     try:
-        return json.loads(text)
-    except ValueError:
+        return safejson.loads(text, max_depth=MAX_JSON_DEPTH)
+    except ValueError:  # not JSON (a JSONLimitError is a ValueError too; FunctionCall refuses those first)
         return text
 
 
@@ -141,6 +185,8 @@ class FunctionDef(Strict):
     description: Optional[str] = None
     parameters: Optional[dict[str, Any]] = None  # a JSON schema; none: no arguments
     strict: Optional[StrictBool] = None  # arguments always follow the schema when a call is forced
+
+    _parameters = field_validator("parameters")(_shallow)
 
 
 class Tool(Strict):
@@ -157,7 +203,7 @@ class NamedToolChoice(Strict):
     function: NamedFunction
 
 
-Stop = Union[str, list[str], None]
+Stop = Union[str, Annotated[list[str], Field(max_length=MAX_STOP)], None]
 
 
 class JsonSchemaFormat(Strict):
@@ -168,6 +214,8 @@ class JsonSchemaFormat(Strict):
     description: Optional[str] = None
     schema_: Optional[dict[str, Any]] = Field(None, alias="schema")  # no schema: any JSON object
     strict: Optional[StrictBool] = None  # the output always follows the schema here, strict or not
+
+    _schema = field_validator("schema_")(_shallow)
 
 
 class ResponseFormat(Strict):
@@ -192,6 +240,8 @@ class StructuredOutputs(Strict):
     choice: Optional[list[str]] = None
     grammar: Optional[str] = None
     model_config = ConfigDict(extra="forbid", strict=True, populate_by_name=True)
+
+    _json = field_validator("json_")(_shallow)
 
     @model_validator(mode="after")
     def _exactly_one(self):
@@ -249,21 +299,25 @@ class SamplingFields(Strict):
     metadata: Optional[dict[str, str]] = None
     service_tier: Optional[str] = None
     # token id (as a JSON key) -> bias added to its logit before sampling: -100 bans the token, 100 all but forces it
-    logit_bias: Optional[dict[str, float]] = None
+    logit_bias: Optional[dict[str, float]] = Field(None, json_schema_extra={
+        "propertyNames": {"pattern": TOKEN_ID_KEY}, "additionalProperties": {"type": "number", "minimum": -100,
+                                                                             "maximum": 100}})
 
-    @field_validator("stop")
+    @field_validator("stop", mode="before")
     @classmethod
-    def _stop(cls, v: Stop) -> Stop:
-        if isinstance(v, list) and len(v) > 16:
-            raise ValueError("at most 16 stop strings are allowed")
+    def _stop(cls, v: Any) -> Any:
+        if isinstance(v, list) and len(v) > MAX_STOP:
+            raise ValueError(f"at most {MAX_STOP} stop strings are allowed")
         return v
+
+    _guided_json = field_validator("guided_json")(_shallow)
 
     @field_validator("logit_bias")
     @classmethod
     def _logit_bias(cls, v):
         for key, bias in (v or {}).items():
-            if not key.strip().isdigit():
-                raise ValueError(f"keys must be token ids (integers as strings), not {key!r}")
+            if not re.fullmatch(TOKEN_ID_KEY, key):
+                raise ValueError(f"keys must be token ids (up to 12 ASCII digits), not {key!r}")
             if not (math.isfinite(bias) and -100 <= bias <= 100):
                 raise ValueError(f"the bias of token {key} is {bias}; biases must be between -100 and 100")
         return v
@@ -316,7 +370,7 @@ class SamplingFields(Strict):
 class ChatCompletionRequest(SamplingFields):
     """POST /v1/chat/completions."""
 
-    messages: list[ChatMessage]
+    messages: list[ChatMessage] = Field(json_schema_extra={"minItems": 1})
     max_tokens: Optional[StrictInt] = Field(None, ge=1)
     max_completion_tokens: Optional[StrictInt] = Field(None, ge=1)
     logprobs: StrictBool = False
@@ -369,12 +423,22 @@ class ChatCompletionRequest(SamplingFields):
 
 
 Prompt = Union[str, list[str], list[int], list[list[int]]]
+# `prompt` and `input` are checked by hand (for clear messages); their schema says the same
+# (the server also refuses an empty text and token ids outside the model's vocabulary)
+_TEXT, _ID = {"type": "string", "minLength": 1}, {"type": "integer", "minimum": 0}
+_PROMPT_SCHEMA = {"anyOf": [
+    _TEXT,
+    {"type": "array", "items": _TEXT, "minItems": 1},
+    {"type": "array", "items": _ID, "minItems": 1},
+    {"type": "array", "items": {"type": "array", "items": _ID, "minItems": 1}, "minItems": 1},
+]}
+PromptField = Annotated[Any, WithJsonSchema(_PROMPT_SCHEMA, mode="validation")]
 
 
 class CompletionRequest(SamplingFields):
     """POST /v1/completions. A prompt of token ids is used verbatim: no BOS added, no re-tokenization."""
 
-    prompt: Any
+    prompt: PromptField
     max_tokens: Optional[StrictInt] = Field(16, ge=0)
     echo: StrictBool = False
     logprobs: Optional[StrictInt] = Field(None, ge=0, le=MAX_LOGPROBS)
@@ -428,7 +492,7 @@ class TokenizeCompletionRequest(Strict):
 
 class TokenizeChatRequest(Strict):
     model: Optional[str] = None
-    messages: list[ChatMessage]
+    messages: list[ChatMessage] = Field(json_schema_extra={"minItems": 1})
     tools: Optional[list[Tool]] = None
     add_generation_prompt: StrictBool = True
     add_special_tokens: StrictBool = False  # the template writes the special tokens itself
@@ -546,7 +610,7 @@ class EmbeddingRequest(Strict):
     """POST /v1/embeddings: one text, a list of texts, token ids or lists of token ids (as OpenAI's)."""
 
     model: Optional[str] = None
-    input: Any
+    input: PromptField
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: Optional[StrictInt] = None
     user: Optional[str] = None

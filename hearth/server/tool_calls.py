@@ -21,8 +21,9 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from hearth import safejson
 from hearth.engine.structured import Structure
-from hearth.server.protocol import ChatCompletionRequest, ChatMessage, FunctionCall, NamedToolChoice, Tool, ToolCall
+from hearth.server.protocol import MAX_JSON_DEPTH, ChatCompletionRequest, ChatMessage, FunctionCall, NamedToolChoice, Tool, ToolCall
 
 # what a reply that is a call begins with, in the formats above (special tokens are decoded away, hence the JSON)
 CALL_STARTS = ("<tool_call>", "[TOOL_CALLS]", "<|python_tag|>", "{", "[")
@@ -128,8 +129,9 @@ def parse(text: str, names: set[str], call_id) -> Reply:
     calls: list[ToolCall] = []
     for block in blocks or [t]:
         try:
-            found = json.loads(block)
-        except ValueError:
+            # the reply is model output, which a client can steer (a regex, a prompt) into `[[[[...`: bounded depth
+            found = safejson.loads(block, max_depth=MAX_JSON_DEPTH)
+        except ValueError:  # not JSON, or too deep: text
             return Reply(text, [])
         for c in found if isinstance(found, list) else [found]:
             if not (isinstance(c, dict) and c.get("name") in names):
@@ -137,7 +139,7 @@ def parse(text: str, names: set[str], call_id) -> Reply:
             args = c.get("arguments", c.get("parameters", {}))
             if isinstance(args, str):  # some models write the arguments as JSON text already
                 try:
-                    args = json.loads(args)
+                    args = safejson.loads(args, max_depth=MAX_JSON_DEPTH)
                 except ValueError:
                     return Reply(text, [])
             calls.append(ToolCall(id=call_id(), function=FunctionCall(name=c["name"], arguments=json.dumps(args, ensure_ascii=False))))
