@@ -106,7 +106,7 @@ def test_the_servers_own_names_and_any_address_pass(host):
 
 
 def test_allowed_host_names_a_proxy_and_star_turns_the_check_off():
-    _, client = server(extra_hosts=["llm.corp.example", "*.apps.example"])
+    _, client = server(extra_hosts=["llm.corp.example:443", "*.apps.example"])
     for host in ("llm.corp.example", "llm.corp.example:443", "x.apps.example"):
         assert client.get("/v1/models", headers={"host": host}).status_code == 200, host
     for host in ("corp.example", "apps.example", "x.apps.example.evil"):

@@ -82,7 +82,9 @@ def allowed_hosts_for(bind: str, extra: Iterable[str] = ()) -> tuple[str, ...]:
         names += [socket.gethostname(), socket.getfqdn()]
     elif not _is_ip(bind):
         names.append(bind)
-    return tuple(dict.fromkeys(n.strip().lower().rstrip(".") for n in names if n.strip()))
+    # 'proxy.example:443' -> 'proxy.example': the check compares names, not ports
+    names = [n.strip().lower() if n.strip().startswith("*") else _hostname(n) or "" for n in names]
+    return tuple(dict.fromkeys(n for n in names if n))
 
 
 class HostCheck:

@@ -17,7 +17,7 @@ import logging
 import signal
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 import anyio
@@ -141,7 +141,7 @@ async def until_disconnect(request: Request, work, live: LiveResponses | None = 
             ended.set_result(None)
 
     try:
-        with live.track(end) if live is not None else _nothing():
+        with live.track(end) if live is not None else nullcontext():
             await asyncio.wait({task, watch, ended}, return_when=asyncio.FIRST_COMPLETED)
     except asyncio.CancelledError:
         task.cancel()
@@ -159,11 +159,6 @@ async def until_disconnect(request: Request, work, live: LiveResponses | None = 
     if gone:
         raise ClientGone()
     raise ServiceUnavailable(SHUTTING_DOWN)  # ended at shutdown: the client is still there and gets a 503
-
-
-@contextmanager
-def _nothing() -> Iterator[None]:
-    yield
 
 
 class EventStreamResponse(StreamingResponse):
@@ -203,7 +198,7 @@ class EventStreamResponse(StreamingResponse):
                         pass
                     tg.cancel_scope.cancel()
 
-                with self.live.track(end) if self.live is not None else _nothing():
+                with self.live.track(end) if self.live is not None else nullcontext():
                     tg.start_soon(stream)
                     await _wait_disconnect(receive)
                     tg.cancel_scope.cancel()
