@@ -248,9 +248,10 @@ def keyed_servers(tmp_path_factory):
                 time.sleep(0.2)
         yield procs
     finally:
-        for proc, _, log in procs.values():
+        for proc, _, _ in procs.values():
             proc.terminate()
-            proc.wait(timeout=30)
+        for proc, _, log in procs.values():
+            assert proc.wait(timeout=30) == 0, Path(log.name).read_text()
             log.close()
 
 
