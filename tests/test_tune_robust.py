@@ -123,6 +123,7 @@ NESTED = {
     "giant_int": '{"messages": ' + "7" * 100_000 + "}",
     "int_field": '{"prompt": "x", "completion": "y", "n": -' + "1" * 5000 + "}",
     "not_utf8": b'{"prompt": "\xff\xfe", "completion": "y"}'.decode("latin-1"),
+    "lone_surrogate": '{"prompt": "\\ud800 hi", "completion": "y"}',  # before: TypeError from the tokenizer
 }
 
 
@@ -140,7 +141,8 @@ def test_nested_and_giant_integer_lines_are_bad_lines(lm, tmp_path, case, caplog
     assert len(ds.items) == 4 and [n for n, _ in ds.bad_lines] == [3]
     assert "skipped 1 bad line(s): 3" in caplog.text
     want = {"giant_int": "holds an integer of 100,000 digits", "int_field": "holds an integer of 5,000 digits",
-            "not_utf8": "not UTF-8 text"}.get(case, r"nested 100,00\d levels deep; a record needs at most 64")
+            "not_utf8": "not UTF-8 text", "lone_surrogate": "holds a lone UTF-16 surrogate"}
+    want = want.get(case, r"nested 100,00\d levels deep; a record needs at most 64")
     with pytest.raises(HearthError, match=rf"n.jsonl:3: {want}.*--on-bad-line skip"):
         D.load_dataset(f, lm.tokenizer, lm.chat_template)
 
@@ -150,25 +152,10 @@ def test_brackets_inside_strings_do_not_count_as_nesting(lm, tmp_path):
     f = tune_kit.write_jsonl(tmp_path / "s.jsonl", [rec])
     (ex,) = D.load_dataset(f, lm.tokenizer, lm.chat_template, max_len=100_000).items
     assert "[{" * 50 in lm.tokenizer.decode(ex.ids)
-
-
-def test_cli_nested_line_is_one_error_line_and_skip_trains(mdir, tmp_path):
-    lines = [json.dumps(r) for r in tune_kit.chat_records(8)]
-    lines[1], lines[4] = "[" * 100_000, '{"messages": ' + "9" * 100_000 + "}"
-    f = tmp_path / "bad.jsonl"
-    f.write_text("\n".join(lines) + "\n")
-    base = [sys.executable, "-m", "hearth.cli", "tune", str(mdir), "--data", str(f), "--max-steps", "1", "--quiet"]
-    with ThreadPoolExecutor(2) as pool:
-        stop = pool.submit(subprocess.run, base + ["-o", str(tmp_path / "a")], capture_output=True, text=True,
-                           timeout=TIMEOUT, env=ENV)
-        skip = pool.submit(subprocess.run, base + ["-o", str(tmp_path / "b"), "--on-bad-line", "skip"],
-                           capture_output=True, text=True, timeout=TIMEOUT, env=ENV)
-        stop, skip = stop.result(), skip.result()
-    assert "bad.jsonl:2: nested 100,000 levels deep; a record needs at most 64; fix the line or pass --on-bad-line skip" \
-        in _one_error_line(stop)
-    assert skip.returncode == 0 and "Traceback" not in skip.stderr, skip.stderr
-    assert "skipped 2 bad line(s): 2, 5" in skip.stderr
-    assert json.loads((tmp_path / "b" / "summary.json").read_text())["bad_lines"] == 2
+    # a whole surrogate pair escaped (json.dumps writes emoji so) is text, not a lone half
+    f = tune_kit.write_jsonl(tmp_path / "e.jsonl", [{"prompt": "smile \U0001F600", "completion": "ok"}])
+    assert '"smile \\ud83d\\ude00"' in f.read_text()
+    assert len(D.load_dataset(f, lm.tokenizer, lm.chat_template).items) == 1
 
 
 # --------------------------------------------------------------------------------------------- resume
@@ -220,60 +207,88 @@ KILLER = textwrap.dedent('''
 
 def _tune(mdir, data, out, *extra, killed_at=None):
     args = ["tune", str(mdir), "--data", str(data), "-o", str(out), "--max-steps", "4", "--batch-size", "4",
-            "--save-every", "2", "--lr", "0.01", "--quiet", *extra]
+            "--save-every", "2", "--lr", "0.01", "--on-bad-line", "skip", "--quiet", *extra]
     cmd = [sys.executable, "-c", KILLER, killed_at, *args] if killed_at else [sys.executable, "-m", "hearth.cli", *args]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT, env=ENV)
 
 
-@pytest.fixture(scope="module")
-def chats(tmp_path_factory):
-    return tune_kit.write_jsonl(tmp_path_factory.mktemp("robust_data") / "chat.jsonl", tune_kit.chat_records(24))
+MOMENTS = ("first_step", "first_save", "later_save", "outputs")
 
 
 @pytest.fixture(scope="module")
-def clean(mdir, chats, tmp_path_factory):
-    """The same run, never interrupted: what every recovery must end with, bit for bit."""
-    out = tmp_path_factory.mktemp("clean") / "o"
-    r = _tune(mdir, chats, out)
-    assert r.returncode == 0, r.stderr
-    return out
+def runs(mdir, tmp_path_factory):
+    """An uninterrupted run, a run killed at each moment, and (stop on bad lines) a run on a nested line, two at a
+    time. The data holds a line of 100k `[` and one 100k-digit integer: every run skips both (--on-bad-line skip)."""
+    root = tmp_path_factory.mktemp("runs")
+    lines = [json.dumps(r) for r in tune_kit.chat_records(24)]
+    lines[1], lines[4] = "[" * 100_000, '{"messages": ' + "9" * 100_000 + "}"
+    chats = root / "chats.jsonl"
+    chats.write_text("\n".join(lines) + "\n")
+    jobs = {"clean": lambda: _tune(mdir, chats, root / "clean"),
+            "stop": lambda: subprocess.run([sys.executable, "-m", "hearth.cli", "tune", str(mdir), "--data", str(chats),
+                                            "-o", str(root / "stop"), "--quiet"], capture_output=True, text=True,
+                                           timeout=TIMEOUT, env=ENV)}
+    jobs.update({w: (lambda w=w: _tune(mdir, chats, root / w, killed_at=w)) for w in MOMENTS})
+    with ThreadPoolExecutor(2) as pool:
+        futures = {k: pool.submit(job) for k, job in jobs.items()}
+        done = {k: f.result() for k, f in futures.items()}
+    assert done["clean"].returncode == 0, done["clean"].stderr
+    assert "skipped 2 bad line(s): 2, 5" in done["clean"].stderr
+    assert json.loads((root / "clean" / "summary.json").read_text())["bad_lines"] == 2
+    return root, chats, done
 
 
-@pytest.mark.parametrize("where", ["first_step", "first_save"])
-def test_killed_before_a_complete_checkpoint_restarts_with_resume(mdir, chats, clean, tmp_path, where):
-    """Before: a run killed during its first checkpoint save was stuck (`--resume`: nothing to resume; without it:
-    the directory holds another run). Now the same command names --resume, and --resume starts the run over."""
-    out = tmp_path / "o"
-    r = _tune(mdir, chats, out, killed_at=where)
-    assert r.returncode == -signal.SIGKILL, r.stderr
-    assert not checkpoint_path(out).exists() and unsaved_run(out)
-    if where == "first_save":  # what the killed save left: its temporary file, half written
-        assert [p.name for p in checkpoint_path(out).parent.iterdir()] == ["state.pt.tmp"]
+def test_cli_nested_line_is_one_error_line_and_skip_trains(runs):
+    """Before: RecursionError / ValueError tracebacks from `hearth tune`, even with --on-bad-line skip (the runs
+    fixture trains past both lines with skip). Now, without skip, one error line naming the line."""
+    root, _, done = runs
+    assert "chats.jsonl:2: nested 100,000 levels deep; a record needs at most 64; fix the line or pass --on-bad-line " \
+        "skip" in _one_error_line(done["stop"])
+    assert not (root / "stop").exists()
+
+
+def test_killed_during_its_first_checkpoint_save_restarts_with_resume(mdir, runs):
+    """Before: a run killed (SIGKILL) while writing its first checkpoint was stuck: `--resume` said there was nothing
+    to resume, and the command without it that the directory held another run. Now the command without --resume
+    names --resume, and --resume starts the run over: it ends with the uninterrupted run's adapter, bit for bit."""
+    root, chats, done = runs
+    out = root / "first_save"
+    assert done["first_save"].returncode == -signal.SIGKILL, done["first_save"].stderr
+    # what the killed save left: its temporary file, half written; no state.pt
+    assert [p.name for p in checkpoint_path(out).parent.iterdir()] == ["state.pt.tmp"] and unsaved_run(out)
     again = _one_error_line(_tune(mdir, chats, out))
     assert "stopped before its first checkpoint was complete" in again
     assert "run the same command with --resume to start it over" in again
     r = _tune(mdir, chats, out, "--resume")
     assert r.returncode == 0 and "4 steps" in r.stdout, r.stderr
     assert "starting it over" in r.stderr
-    assert (out / "adapter_model.safetensors").read_bytes() == (clean / "adapter_model.safetensors").read_bytes()
+    assert (out / "adapter_model.safetensors").read_bytes() == (root / "clean" / "adapter_model.safetensors").read_bytes()
     assert [json.loads(x)["step"] for x in (out / "log.jsonl").read_text().splitlines()] == [1, 2, 3, 4]
     assert not list(checkpoint_path(out).parent.glob("*.tmp"))
 
 
-@pytest.mark.parametrize("where", ["later_save", "outputs"])
-def test_killed_after_a_checkpoint_resumes_from_it(mdir, chats, clean, tmp_path, where):
-    """Killed while writing the second checkpoint (the first is whole) or the adapter (after the last checkpoint):
-    the same command says --resume, which ends with the adapter of the uninterrupted run."""
-    out = tmp_path / "o"
-    r = _tune(mdir, chats, out, killed_at=where)
-    assert r.returncode == -signal.SIGKILL, r.stderr
-    assert checkpoint_path(out).is_file() and not unsaved_run(out)
-    assert "continue it with --resume" in _one_error_line(_tune(mdir, chats, out))
-    r = _tune(mdir, chats, out, "--resume")
-    assert r.returncode == 0 and "4 steps" in r.stdout, r.stderr
-    assert (out / "adapter_model.safetensors").read_bytes() == (clean / "adapter_model.safetensors").read_bytes()
-    summary = json.loads((out / "summary.json").read_text())
-    assert summary["val_loss"] == json.loads((clean / "summary.json").read_text())["val_loss"] is not None
+def test_killed_at_other_moments_recovers_with_resume(mdir, runs):
+    """Killed after step 1 (no checkpoint yet: started over), while writing the second checkpoint (the first is
+    whole: resumed from it) and while writing the adapter (after the last checkpoint: finished from it). The command
+    without --resume names --resume each time; with it, the run ends as the uninterrupted one did."""
+    root, chats, done = runs
+    for where in ("first_step", "later_save", "outputs"):
+        out = root / where
+        assert done[where].returncode == -signal.SIGKILL, (where, done[where].stderr)
+        assert checkpoint_path(out).exists() == (where != "first_step") and unsaved_run(out) == (where == "first_step")
+        with pytest.raises(HearthError, match="continue it with --resume|run the same command with --resume"):
+            check_output_dir(out, resume=False)
+    with ThreadPoolExecutor(2) as pool:
+        resumed = dict(zip(("first_step", "later_save", "outputs"), pool.map(
+            lambda w: _tune(mdir, chats, root / w, "--resume"), ("first_step", "later_save", "outputs"))))
+    clean = json.loads((root / "clean" / "summary.json").read_text())
+    for where, r in resumed.items():
+        out = root / where
+        assert r.returncode == 0 and "4 steps" in r.stdout, (where, r.stderr)
+        assert ("starting it over" in r.stderr) == (where == "first_step")
+        assert (out / "adapter_model.safetensors").read_bytes() == (root / "clean" / "adapter_model.safetensors").read_bytes()
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary["steps"] == 4 and summary["val_loss"] == clean["val_loss"] is not None, where
 
 
 def test_output_states_and_the_command_each_names(tmp_path):

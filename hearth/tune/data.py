@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -79,6 +80,7 @@ MAX_DEPTH = 64  # a chat record is 3 deep; 100k nested brackets overflow json's 
 MAX_INT_DIGITS = 100  # no field of a record is a number; Python refuses to convert over 4300 digits anyway
 
 _SKIP_CHUNK = 1 << 20
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
 def line_cap(max_len: int) -> int:
@@ -132,11 +134,18 @@ def parse_line(raw: bytes) -> Any:
     if (d := safejson.depth(text)) > MAX_DEPTH:  # a linear scan: json.loads recurses once per level
         raise _Bad(f"nested {d:,} levels deep; a record needs at most {MAX_DEPTH}")
     try:
-        return json.loads(text, parse_int=_int)  # not safejson.loads: it has no hook for integers
+        value = json.loads(text, parse_int=_int)  # not safejson.loads: it has no hook for integers
     except json.JSONDecodeError as e:
         raise _Bad(f"not valid JSON ({e.msg} at column {e.colno})") from None
     except RecursionError:  # not reached past the depth check; kept so no input can give a traceback
         raise _Bad(f"nested too deep; a record needs at most {MAX_DEPTH} levels") from None
+    # \uD800-\uDFFF escapes: half of a surrogate pair without the other decodes to a str that no tokenizer takes
+    if _SURROGATE_ESCAPE.search(text):
+        try:
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise _Bad("holds a lone UTF-16 surrogate (a \\uD800-\\uDFFF escape without its pair), which is not text") from None
+    return value
 
 
 def _str(rec: dict, key: str) -> str:
