@@ -78,7 +78,7 @@ class AsyncEngine:
         self.adapters = dict(self.config.adapters)  # LoRA adapters served beside the model: name -> directory
         self._lock = threading.Lock()
         self._wake = threading.Event()
-        self._inbox: list[EngineRequest] = []
+        self._inbox: list[tuple[EngineRequest, object]] = []  # (request, its structured-output matcher or None)
         self._aborts: list[str] = []
         self._calls: list[tuple] = []  # (fn, loop, future): work for the model between engine steps
         self._queues: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = {}
@@ -120,9 +120,14 @@ class AsyncEngine:
         if not self.alive:
             raise EngineDeadError("the engine is not running (shutting down or failed); retry later")
         if req.params.structure is None:
-            self.engine.validate(req)  # bad requests fail here, before they are queued
-        else:  # compiling a grammar can take a while: not on the event loop
-            await asyncio.to_thread(self.engine.validate, req)
+            constraint = self.engine.validate(req)  # bad requests fail here, before they are queued
+        else:  # compiling a grammar can take a while: not on the event loop, and never on the engine thread
+            cancel = threading.Event()
+            try:
+                constraint = await asyncio.to_thread(self.engine.validate, req, cancel)
+            except asyncio.CancelledError:  # the client left: stop the compile (its worker is killed), queue nothing
+                cancel.set()
+                raise
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
         with self._lock:
@@ -134,7 +139,7 @@ class AsyncEngine:
             if req.request_id in self._queues:
                 raise HearthError(f"duplicate request id {req.request_id}")
             self._queues[req.request_id] = (loop, queue)
-            self._inbox.append(req)
+            self._inbox.append((req, constraint))
         self._wake.set()
         finished = False
         try:
@@ -167,7 +172,7 @@ class AsyncEngine:
     def abort(self, request_id: str) -> None:
         with self._lock:
             self._queues.pop(request_id, None)
-            self._inbox = [r for r in self._inbox if r.request_id != request_id]
+            self._inbox = [(r, c) for r, c in self._inbox if r.request_id != request_id]
             self._aborts.append(request_id)
         self._wake.set()
 
@@ -191,9 +196,9 @@ class AsyncEngine:
                     _settle(loop, future, fn, self.engine.lm)
                 for rid in aborts:
                     self.engine.abort(rid)
-                for req in inbox:
+                for req, constraint in inbox:
                     try:
-                        self.engine.add_request(req)
+                        self.engine.add_request(req, constraint)
                     except HearthError as e:  # raced validation: report as a finished, aborted request
                         log.warning("request %s rejected: %s", req.request_id, e)
                         self._deliver(RequestOutput(req.request_id, [], "", True, FinishReason.ABORT))

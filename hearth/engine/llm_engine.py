@@ -12,12 +12,15 @@ from dataclasses import dataclass, field
 import torch
 
 from hearth.engine.generate import _StopMatcher, check_context
+from hearth.engine.grammar_limits import StructureLimits
+from hearth.engine.grammar_pool import compiler_for
 from hearth.engine.kv_blocks import BlockManager, PrefixKeys
 from hearth.engine.lora import ServedAdapters
 from hearth.engine.request import EngineRequest, FinishReason, RequestOutput, TokenLogprob
 from hearth.engine.runner import ModelRunner
 from hearth.engine.sampling import Sampler
 from hearth.engine.scheduler import Scheduler, Sequence
+from hearth.engine.structured import Constraint
 from hearth.errors import ContextLengthError, HearthError
 from hearth.model.paged import PagedKVCache
 
@@ -45,6 +48,8 @@ class EngineConfig:
     cuda_graphs: bool | None = None  # decode steps as CUDA graphs; None: on when the model is on a GPU
     enable_prefix_caching: bool = True  # prompts reuse the cached KV blocks of a prefix already computed
     adapters: dict[str, str] = field(default_factory=dict)  # LoRA adapters served beside the base: name -> PEFT dir
+    # what a structured-output spec may hold and how long its compile may take (grammar_limits.py)
+    structure_limits: StructureLimits = field(default_factory=StructureLimits)
 
 
 @dataclass
@@ -100,15 +105,24 @@ class LLMEngine:
                  self.runner.cache.k.nbytes * 2 / 2**20)
 
     # -- requests -----------------------------------------------------------------------------------
-    def validate(self, req: EngineRequest) -> None:
-        """Raise HearthError for a request that can never run (checked before queueing)."""
+    def validate(self, req: EngineRequest, cancel=None) -> Constraint | None:
+        """Raise HearthError for a request that can never run (checked before queueing). A structured request's spec
+        is compiled here (a worker process proves it safe first: grammar_pool.py; a spec seen before is a cache
+        hit), so call this off the step thread; the matcher it returns goes to `add_request`. `cancel`: a
+        threading.Event that, once set, stops the compile (the client left)."""
+        self._check(req)
+        if req.params.structure is None:
+            return None
+        compiled = compiler_for(self.tokenizer, self.config.structure_limits).compile(req.params.structure, cancel)
+        return Constraint(req.params.structure, compiled.matcher())
+
+    def _check(self, req: EngineRequest) -> None:
+        """validate's checks that cost nothing (no compile): also run on the step thread by add_request."""
         if any(not (0 <= t < self.tokenizer.vocab_size) for t in req.prompt_ids):
             bad = next(t for t in req.prompt_ids if not (0 <= t < self.tokenizer.vocab_size))
             raise HearthError(f"invalid token id {bad}: ids must be in [0, {self.tokenizer.vocab_size})")
         check_context(len(req.prompt_ids), req.params.max_tokens, self.max_model_len)
         self._adapter_index(req.adapter)
-        if req.params.structure is not None:
-            req.params.structure.check(self.tokenizer)
         need = self.blocks.blocks_for(len(req.prompt_ids) + req.params.max_tokens)
         if need > self.blocks.num_blocks:
             raise ContextLengthError(
@@ -121,15 +135,22 @@ class LLMEngine:
             raise HearthError(f"no adapter named {name!r} is served (adapters: none)")
         return self.adapters.index(name) if self.adapters is not None else 0
 
-    def add_request(self, req: EngineRequest) -> None:
-        self.validate(req)
+    def add_request(self, req: EngineRequest, constraint: Constraint | None = None) -> None:
+        """Queue a request. `constraint`: its structured output's matcher from `validate`; without one, a structured
+        request is compiled here (fine for a caller driving the engine itself; AsyncEngine always passes it, so its
+        step thread never compiles)."""
+        if req.params.structure is not None and constraint is None:
+            constraint = self.validate(req)
+        else:
+            self._check(req)
         if req.request_id in self.seqs:
             raise HearthError(f"duplicate request id {req.request_id}")
         seq = Sequence(req.request_id, list(req.prompt_ids), len(req.prompt_ids), req.params.max_tokens,
                        cacheable=req.prompt_logprobs is None,  # prompt logprobs need every position computed
                        prefix=PrefixKeys(salt=req.adapter or None),  # an adapter's KV is its own
                        adapter=self._adapter_index(req.adapter))
-        seq.data = _ReqState(req, Sampler(req.params, self.tokenizer), self.tokenizer.stream(), _StopMatcher(req.params.stop))
+        seq.data = _ReqState(req, Sampler(req.params, self.tokenizer, constraint), self.tokenizer.stream(),
+                             _StopMatcher(req.params.stop))
         self.seqs[req.request_id] = seq
         self.scheduler.add(seq)
 

@@ -106,13 +106,15 @@ class Sampler:
     """Chooses next tokens for one sequence; owns its random generator so a seed reproduces a run, and the matcher of
     its structured output (which needs the tokenizer)."""
 
-    def __init__(self, params: SamplingParams, tokenizer=None):
+    def __init__(self, params: SamplingParams, tokenizer=None, constraint: Constraint | None = None):
+        """`constraint`: the structured output's matcher, compiled in advance (the engine compiles in `validate`, off
+        its step thread); without one it is compiled here, which needs the tokenizer."""
         self.params = params
-        self.constraint = None
-        if params.structure is not None:
+        self.constraint = constraint
+        if params.structure is not None and constraint is None:
             if tokenizer is None:
                 raise ValueError("a Sampler with structured output needs the tokenizer")
-            self.constraint = Constraint(params.structure, tokenizer)
+            self.constraint = Constraint.build(params.structure, tokenizer)
         self._bias: tuple[Tensor, Tensor] | None = None  # (ids, values) on the logits' device, made on first use
         self.seed = params.seed if params.seed is not None else torch.seed()
         self.generator = torch.Generator()

@@ -4,6 +4,7 @@ What llama.cpp's `--grammar`/`--json-schema`, vLLM's structured outputs and Open
 grammar engine is llguidance (the one llama.cpp and vLLM use): it compiles the constraint against the tokenizer's
 vocabulary and, before each token, says which tokens keep the output a valid prefix; the sampler masks the rest.
 Written by hand here only the glue: the spec a request carries, and the per-sequence matcher the sampler owns.
+Compiling a spec is untrusted work done elsewhere (limits, a worker process, a cache): grammar_pool.py.
 """
 
 from __future__ import annotations
@@ -18,15 +19,30 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from hearth import safejson
+from hearth.engine.grammar_limits import MAX_JSON_DEPTH, StructureLimits
+from hearth.engine.grammar_pool import CompiledGrammar, compiler_for, first_line
 from hearth.errors import HearthError
 
 log = logging.getLogger("hearth")
 
 Kind = Literal["json", "regex", "grammar", "choice"]
+# Reading a schema given as text: Python's json recurses once per level, and no schema deeper than llguidance's own
+# reader allows (MAX_JSON_DEPTH) could be used anyway; the size bound is far above any limit a server configures
+# (StructureLimits.max_bytes is checked at compile time).
+_PARSE_MAX_BYTES = 16 << 20
 
-# JSON output may put whitespace between tokens, but only a little: a small model left free to emit whitespace can
-# fill its whole budget with newlines (llama.cpp's schema grammars bound it the same way).
-_JSON_OPTIONS = {"whitespace_pattern": r"[\x20\x0A\x0D\x09]{0,16}"}
+
+def _depth_over(value: Any, limit: int) -> bool:
+    """Whether a parsed JSON value nests deeper than `limit`, found without recursion (json.dumps would recurse)."""
+    stack = [(value, 0)]
+    while stack:
+        v, d = stack.pop()
+        if isinstance(v, (dict, list)):
+            if d + 1 > limit:
+                return True
+            stack.extend((c, d + 1) for c in (v.values() if isinstance(v, dict) else v))
+    return False
 
 
 @dataclass(frozen=True)
@@ -41,9 +57,15 @@ class Structure:
     def json_schema(cls, schema: Any) -> "Structure":
         if isinstance(schema, str):
             try:
-                schema = json.loads(schema)
+                schema = safejson.loads(schema, max_depth=MAX_JSON_DEPTH, max_bytes=_PARSE_MAX_BYTES)
+            except safejson.JSONLimitError as e:
+                raise HearthError(f"invalid JSON schema: too complex: {e}") from None
             except json.JSONDecodeError as e:
                 raise HearthError(f"the JSON schema is not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
+            except ValueError as e:  # an integer over Python's digit limit, invalid UTF-8
+                raise HearthError(f"the JSON schema is not valid JSON ({e})") from None
+        elif _depth_over(schema, MAX_JSON_DEPTH):
+            raise HearthError(f"invalid JSON schema: too complex: nested over {MAX_JSON_DEPTH} levels deep")
         if not isinstance(schema, (dict, bool)):
             raise HearthError(f"a JSON schema must be an object, not {type(schema).__name__}")
         return cls("json", json.dumps(schema))  # key order kept: properties come out in the schema's order
@@ -59,41 +81,10 @@ class Structure:
             raise HearthError("choice needs a non-empty list of non-empty strings")
         return cls("choice", json.dumps(options))
 
-    def grammar(self) -> str:
-        """The llguidance grammar (not yet checked against a vocabulary: see `check`)."""
-        import llguidance
-
-        if self.kind == "json":
-            return llguidance.LLMatcher.grammar_from_json_schema(self.spec, overrides=_JSON_OPTIONS)
-        if self.kind == "regex":
-            return llguidance.LLMatcher.grammar_from_regex(self.spec)
-        if self.kind == "choice":
-            return llguidance.grammar_from("choice", self.spec)
-        try:  # GBNF (llama.cpp) or Lark
-            return llguidance.grammar_from("grammar", self.spec)
-        except ValueError as e:
-            raise HearthError(f"invalid grammar: {_first_line(str(e))}") from None
-
-    def check(self, tokenizer) -> str:
-        """The compiled grammar; HearthError naming the problem for a schema, regex or grammar that cannot be used."""
-        import llguidance
-
-        grammar = self.grammar()
-        error = llguidance.LLMatcher.validate_grammar(grammar, ll_tokenizer(tokenizer))
-        if error:
-            raise HearthError(f"invalid {_WHAT[self.kind]}: {_first_line(error)}")
-        return grammar
-
-
-_WHAT = {"json": "JSON schema", "regex": "regular expression", "grammar": "grammar", "choice": "choice"}
-
-
-def _first_line(message: str) -> str:
-    lines = [ln.strip() for ln in message.strip().splitlines() if ln.strip()]
-    # llguidance puts the position first and the reason after ("at 1(8): invalid regex ...", "error: unclosed group")
-    reason = next((ln for ln in lines if ln.startswith("error:")), None)
-    head = lines[0] if lines else "unknown error"
-    return f"{head} ({reason.removeprefix('error:').strip()})" if reason and reason != head else head
+    def check(self, tokenizer, limits: StructureLimits | None = None) -> CompiledGrammar:
+        """The spec compiled for this tokenizer (safely: grammar_pool.py); HearthError naming the problem for a schema,
+        regex or grammar that cannot be used or is too complex."""
+        return compiler_for(tokenizer, limits).compile(self)
 
 
 _LL_TOKENIZERS: "weakref.WeakKeyDictionary[Any, Any]" = weakref.WeakKeyDictionary()
@@ -113,7 +104,7 @@ def ll_tokenizer(tokenizer):
             try:
                 ll = llguidance.LLTokenizer(tokenizer.backend.to_str(), eos_token=list(tokenizer.eos_ids))
             except Exception as e:  # a vocabulary llguidance cannot read
-                raise HearthError(f"structured output is not available for this tokenizer ({_first_line(str(e))})") from None
+                raise HearthError(f"structured output is not available for this tokenizer ({first_line(str(e))})") from None
             _LL_TOKENIZERS[tokenizer] = ll
         return ll
 
@@ -121,14 +112,14 @@ def ll_tokenizer(tokenizer):
 class Constraint:
     """One sequence's position in its grammar: which tokens may come next, and the tokens chosen so far."""
 
-    def __init__(self, structure: Structure, tokenizer):
-        import llguidance
-
+    def __init__(self, structure: Structure, matcher):
         self.structure = structure
-        ll = ll_tokenizer(tokenizer)
-        self.matcher = llguidance.LLMatcher(ll, structure.grammar(), log_level=0)
-        if self.matcher.is_error():
-            raise HearthError(f"invalid {_WHAT[structure.kind]}: {_first_line(self.matcher.get_error())}")
+        self.matcher = matcher
+
+    @classmethod
+    def build(cls, structure: Structure, tokenizer, limits: StructureLimits | None = None) -> "Constraint":
+        """Compile (or find in the cache) and start matching: for callers that have not compiled in advance."""
+        return cls(structure, structure.check(tokenizer, limits).matcher())
 
     def allowed(self, n_logits: int, device: torch.device) -> Tensor:
         """(n_logits,) bool: True where a token keeps the output valid (the end-of-sequence token once it is
