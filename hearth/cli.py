@@ -332,6 +332,7 @@ def serve(
     kv_cache_gib: Annotated[float, typer.Option(help="Memory for the paged KV cache, in GiB: how many tokens all "
                                                      "running requests can hold together (logged at start).", min=0.001)] = 1.0,
     max_body_bytes: Annotated[int, typer.Option(help="Largest request body accepted (HTTP 413 above).", min=1)] = 1 << 20,
+    structure_timeout: Annotated[float, typer.Option(help="Seconds a structured-output spec (JSON schema, regex, grammar) may take to compile, in a worker process; slower ones get HTTP 400 as too complex.", min=0.01, max=3600)] = 5.0,
     adapter: Annotated[Optional[list[str]], typer.Option(help="Serve a LoRA adapter (a PEFT directory, e.g. from `hearth tune`, or a llama.cpp GGUF adapter) beside the model as NAME=DIR (or DIR: named after it); clients ask for it with model=NAME. Repeatable (vLLM's --lora-modules).")] = None,
 ):
     """Serve MODEL over an OpenAI-compatible HTTP API (/v1/chat/completions, /v1/completions, ...).
@@ -343,6 +344,7 @@ def serve(
     import uvicorn
 
     from hearth.engine.async_engine import AsyncEngine, EngineConfig
+    from hearth.engine.grammar_limits import StructureLimits
     from hearth.server import build_app
     from hearth.server.security import allowed_hosts_for
     from hearth.server.transport import DrainingServer
@@ -363,7 +365,8 @@ def serve(
     lm = _load(model, device, dtype, kv_cache=kv_cache)
     config = EngineConfig(max_num_seqs=max_num_seqs, max_num_batched_tokens=max_batched_tokens, max_waiting=max_waiting,
                           max_prefill_with_decodes=max_prefill_with_decodes, enable_prefix_caching=prefix_caching,
-                          kv_cache_bytes=int(kv_cache_gib * (1 << 30)), adapters=adapters)
+                          kv_cache_bytes=int(kv_cache_gib * (1 << 30)), adapters=adapters,
+                          structure_limits=StructureLimits(compile_seconds=structure_timeout))
     engine = AsyncEngine(lm, config, model_name=name)
     web = build_app(engine, api_key=key, served_model_name=name, max_body_bytes=max_body_bytes,
                     allowed_hosts=allowed_hosts_for(host, allowed_host or ()), cors_origins=tuple(cors_origin or ()),
