@@ -41,7 +41,7 @@ HOSTILE = {
     "center": "{{ '' | center(10**9) }}",
     "percent_width": "{{ '%*s' % (10**9, '') }}",
     "doubling": "{% set ns = namespace(s='x') %}{% for i in range(64) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s }}",
-    "output_flood": "{% for i in range(100000) %}{% for j in range(1000) %}0123456789{% endfor %}{% endfor %}",
+    "output_flood": "{% set line = '0123456789' * 10000 %}{% for i in range(100000) %}{{ line }}{% endfor %}",
     "bigint_power": "{% set a = 7 %}{{ a ** 1000000000 > 1 }}",
     "folded_at_compile": "{{ 7 ** 1000000000 > 1 }}",  # Jinja's optimizer computes constants while compiling
 }
@@ -207,7 +207,7 @@ def test_server_answers_a_hostile_render_with_400_and_stays_responsive():
                 err = r.json()["error"]
                 assert "chat template" in err["message"] and "render budget" in err["message"], err
                 assert time.monotonic() - start < FAST.seconds + 1.5
-                assert worst < 0.25, (attack, worst)
+                assert worst < 0.35, (attack, worst)
             tok = await c.post("/tokenize", json={"messages": [{"role": "user", "content": "loop"}]})
             assert tok.status_code == 400 and "render budget" in tok.json()["error"]["message"]
             ok = await c.post("/v1/chat/completions", json={"messages": HI, "max_tokens": 2})
@@ -232,8 +232,96 @@ def test_megabyte_prompts_are_refused_without_tokenizing():
                 assert err["code"] == "context_length_exceeded" and err["param"] == param, err
                 assert "maximum context length is 256 tokens" in err["message"], err
             assert engine.tokenizer.encoded_chars < 10_000  # the megabytes were never tokenized
-            assert time.monotonic() - start < 5 and worst < 0.25, worst
+            assert time.monotonic() - start < 5 and worst < 1.0, worst
             ok = await c.post("/v1/completions", json={"prompt": "lorem ipsum", "max_tokens": 2})
             assert ok.status_code == 200, ok.text
 
     asyncio.run(main())
+
+
+# ---------------------------------------------------------------- a real `hearth serve` and `hearth run`
+
+
+@pytest.fixture(scope="module")
+def hostile_model(tmp_path_factory):
+    """A tiny random-weight GGUF whose tokenizer.chat_template attacks when the last message names an attack."""
+    from store_kit import _tiny_parts
+    from hearth.weights.gguf_writer import write_gguf
+
+    cfg, state, tok = _tiny_parts()
+    return write_gguf(tmp_path_factory.mktemp("hostile") / "hostile.gguf", cfg, state, tok, HOSTILE_BY_MESSAGE)
+
+
+def _stream_gaps(url: str, result: dict) -> None:
+    """A long completion stream; records the longest wait between its events."""
+    body = {"prompt": "Once upon a time", "max_tokens": 300, "ignore_eos": True, "temperature": 0, "stream": True}
+    last, gaps, lines = time.monotonic(), [], []
+    with httpx.stream("POST", url + "/v1/completions", json=body, timeout=120) as r:
+        for line in r.iter_lines():
+            if line.startswith("data: "):
+                now = time.monotonic()
+                gaps.append(now - last)
+                last = now
+                lines.append(line)
+    result.update(events=len(lines), worst_gap=max(gaps[1:]) if len(gaps) > 1 else None,
+                  done=bool(lines) and lines[-1] == "data: [DONE]", ended=last)
+
+
+def test_real_server_survives_hostile_templates_and_megabyte_prompts(tmp_path, hostile_model):
+    from serve_kit import ServerProcess
+
+    server = ServerProcess(tmp_path, "hostile", "--dtype", "float32", "--kv-cache-gib", "0.05",
+                           "--max-body-bytes", str(4 << 20), model=str(hostile_model), threads=1)
+    try:
+        server.wait_healthy()
+        url, health = server.url, []
+
+        def poll(stop: threading.Event) -> None:
+            while not stop.is_set():
+                start = time.monotonic()
+                assert httpx.get(url + "/health", timeout=10).status_code == 200
+                health.append(time.monotonic() - start)
+                time.sleep(0.02)
+
+        stream: dict = {}
+        stop = threading.Event()
+        threads = [threading.Thread(target=poll, args=(stop,)), threading.Thread(target=_stream_gaps, args=(url, stream))]
+        for t in threads:
+            t.start()
+        time.sleep(0.3)  # the stream is under way
+        for attack in ("loop", "product", "center", "percent", "double"):
+            start = time.monotonic()
+            r = httpx.post(url + "/v1/chat/completions", json={"messages": [{"role": "user", "content": attack}]},
+                           timeout=30)
+            assert r.status_code == 400 and "render budget" in r.json()["error"]["message"], r.text
+            assert time.monotonic() - start < 2 + 2.5, attack  # the default budget is 2 s
+            if attack == "loop":
+                loop_ended = time.monotonic()
+        big = "lorem ipsum dolor sit amet " * 60_000  # 1.6 MB
+        start = time.monotonic()
+        r = httpx.post(url + "/v1/completions", json={"prompt": big, "max_tokens": 1}, timeout=30)
+        assert r.status_code == 400 and r.json()["error"]["code"] == "context_length_exceeded", r.text
+        assert time.monotonic() - start < 1.5  # the tiny tokenizer takes ~5 s per megabyte: it was not tokenized
+        threads[1].join(timeout=120)
+        stop.set()
+        threads[0].join()
+        assert stream["done"] and stream["events"] >= 100, stream
+        assert stream["ended"] > loop_ended and stream["worst_gap"] < 1.0, stream  # it kept going through the attack
+        # Milliseconds on an idle machine; the bound leaves room for a busy one and is still far below the 2 s a
+        # render on the event loop would hold it (before, /health never answered again).
+        assert max(health) < 1.0, sorted(health)[-5:]
+        r = httpx.post(url + "/v1/chat/completions", json={"messages": HI, "max_tokens": 3}, timeout=30)
+        assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 3, r.text
+    finally:
+        server.stop()
+    assert server.proc.returncode == 0  # SIGTERM ends it cleanly (before, only SIGKILL did)
+
+
+def test_cli_run_gives_one_error_line_for_a_hostile_template(hostile_model):
+    start = time.monotonic()
+    p = subprocess.run([sys.executable, "-m", "hearth.cli", "run", str(hostile_model), "loop", "--max-tokens", "2"],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 1, p.stderr
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: the chat template exceeded its render budget"), p.stderr
+    assert time.monotonic() - start < 60
