@@ -149,6 +149,8 @@ def document(app) -> dict[str, Any]:
     schemas, defs = models_json_schema(_models(), ref_template=REF)
     components = doc.setdefault("components", {})
     components["schemas"] = {**defs.get("$defs", {}), "ErrorResponse": ERROR_SCHEMA}
+    components["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer", "description": (
+        "Needed only when the server has an API key (--api-key-file, HEARTH_API_KEY)")}}
     for path, ops in doc.get("paths", {}).items():
         for method, op in ops.items():
             route = ROUTES.get((method, path))
@@ -158,6 +160,8 @@ def document(app) -> dict[str, Any]:
                 op["summary"] = route.summary
             if route.request:
                 op["requestBody"] = _body(schemas, route)
+            if 401 in route.errors:  # the key is optional: the server may have none
+                op["security"] = [{}, {"bearer": []}]
             # FastAPI's 422 never happens: every validation error is answered as a 400 (errors.py)
             op["responses"] = {"200": _ok(schemas, route), **{
                 str(code): {"description": ERROR_TEXT[code],

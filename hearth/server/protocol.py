@@ -120,10 +120,23 @@ class ToolCall(Strict):
     function: FunctionCall
 
 
+def _message_schema(schema: dict[str, Any], cls: type[BaseModel]) -> None:
+    """`_needs_content`'s rules, in the JSON schema (so fuzzers and client generators know them)."""
+    _null_in_schema(schema, cls)
+    schema["allOf"] = [
+        {"if": {"properties": {"role": {"not": {"const": "assistant"}}}},
+         "then": {"required": ["content"], "properties": {"content": {"not": {"type": "null"}},
+                                                          "tool_calls": {"type": "null"}}}},
+        {"if": {"properties": {"role": {"const": "tool"}}},
+         "then": {"required": ["tool_call_id"], "properties": {"tool_call_id": {"type": "string"}}}},
+    ]
+
+
 class ChatMessage(Strict):
     """One turn. `developer` is OpenAI's newer name for `system` and is rendered as one. An assistant turn may carry
     the tool calls it made; a `tool` turn carries a call's result."""
 
+    model_config = ConfigDict(json_schema_extra=_message_schema)
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: Union[str, list[TextPart], None] = None
     name: Optional[str] = None
