@@ -294,6 +294,20 @@ def test_slow_compile_is_refused_while_other_requests_are_served(server):
     assert_still_serving(server)
 
 
+def test_a_client_that_leaves_stops_its_compile(server):
+    """A compile that ran on would be refused at the budget and the refusal remembered: the same spec sent again
+    later would be answered at once. Cancelled, nothing is remembered, and the spec is compiled again."""
+    body = {"prompt": "hi", "max_tokens": 4, "guided_json": slow_schema(801)}  # not sent to this server before
+    with pytest.raises(httpx.ReadTimeout):  # the client gives up and closes the connection mid-compile
+        httpx.post(server.url + "/v1/completions", json=body, timeout=httpx.Timeout(30, read=0.3))
+    time.sleep(1.5)  # past the budget (0.5 s) and the kill's grace (0.5 s)
+    t = time.perf_counter()
+    r = httpx.post(server.url + "/v1/completions", json=body, timeout=30)
+    assert r.status_code == 400 and "compiling it took over 0.5 s" in r.json()["error"]["message"], r.text
+    assert time.perf_counter() - t >= 0.5  # compiled again for the full budget: the first compile was stopped
+    assert_still_serving(server)
+
+
 def test_cli_generate_gives_one_error_line(tmp_path, capsys):
     """In-process, as the console script runs it: a crash would take pytest down with it (the CLI exited 139)."""
     gguf = write_tiny_gguf(tmp_path / "tiny.gguf")
