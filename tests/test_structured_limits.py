@@ -143,6 +143,21 @@ def test_cache_avoids_recompiling(tok):
     compiler.close()
 
 
+def test_the_same_spec_at_once_is_compiled_once(tok):
+    """n choices of one request validate together: the others wait for the first compile instead of each taking a
+    worker for it."""
+    compiler = GrammarCompiler(tok, StructureLimits(compile_seconds=60))
+    spec = Structure("json", slow_schema(60))
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(compiler.compile(spec))) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) == 4 and len(set(map(id, results))) == 1 and compiler.compiles == 1
+    compiler.close()
+
+
 def test_over_the_time_budget_is_refused_without_blocking_another_compile(tok):
     compiler = GrammarCompiler(tok, StructureLimits(compile_seconds=0.5))
     warm = [threading.Thread(target=compiler.compile, args=(Structure("regex", r),)) for r in ("[0-9]+", "[a-z]+")]

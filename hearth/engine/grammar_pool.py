@@ -196,7 +196,6 @@ class GrammarCompiler:
         self._tokenizer = weakref.ref(tokenizer)
         self.limits = limits or StructureLimits()
         self._ll_tokenizer = ll_tokenizer
-        self._workers = workers
         self._idle: queue.LifoQueue[_Worker | None] = queue.LifoQueue()  # the warm one first; None: not started
         for _ in range(workers):
             self._idle.put(None)
@@ -226,20 +225,21 @@ class GrammarCompiler:
             while not waiting.wait(POLL_SECONDS):  # the same spec is being compiled (n choices of one request)
                 if cancel is not None and cancel.is_set():
                     raise CompileCancelled("the compile was cancelled")
+        result: CompiledGrammar | HearthError | None = None
         try:
             result = self._compile(structure, cancel)
         except (CompileCancelled, WorkerUnavailable):
-            raise
+            raise  # not the spec's fault: nothing remembered, a waiter for the same spec compiles it itself
         except HearthError as e:
             result = e  # refused specs are remembered too: sending one again costs nothing
         finally:
-            with self._lock:
+            with self._lock:  # cached before the waiters wake, so they find it
+                if result is not None:
+                    self._cache[key] = result
+                    while len(self._cache) > CACHE_ENTRIES:
+                        self._cache.popitem(last=False)
                 self._pending.pop(key, None)
             done.set()
-        with self._lock:
-            self._cache[key] = result
-            while len(self._cache) > CACHE_ENTRIES:
-                self._cache.popitem(last=False)
         if isinstance(result, HearthError):
             raise HearthError(str(result))
         return result
