@@ -27,8 +27,9 @@ MAX_N = 128
 SEED_MAX = 2**63 - 1
 MAX_STOP = 16
 # JSON text inside a request (tool-call arguments, a schema sent as a string) is parsed here, and json.loads recurses
-# once per level: a RecursionError deep inside would be a 500. Far deeper than any real arguments or schema.
-MAX_JSON_DEPTH = 64
+# once per level: a RecursionError deep inside would be a 500. Far deeper than any real arguments or schema, and as
+# deep as llguidance reads a schema (structured-output limits, hearth/engine/grammar_limits.py, may allow less).
+MAX_JSON_DEPTH = 128
 # logit_bias keys: ASCII digits only (str.isdigit also passes "²", which int() refuses); 12 digits is beyond any vocabulary
 TOKEN_ID_KEY = r"^[0-9]{1,12}$"
 
