@@ -324,3 +324,13 @@ def test_safejson_bounds():
     with pytest.raises(ValueError):  # an unterminated string of escapes: linear, not quadratic
         safejson.loads('"' + '\\"' * 1_000_000, max_bytes=1 << 22)
     assert time.perf_counter() - t0 < 2
+
+
+def test_console_script_gives_one_line_and_exit_1(good_gguf, tmp_path, home):
+    # the real entry point in its own process (as tests/test_cli.py runs it): no traceback reaches the terminal
+    from store_kit import run_cli
+
+    bad = patched(good_gguf, tmp_path / "layers.gguf", "llama.block_count", "<I", 0x7FFFFFFF)
+    r = run_cli(home, "run", str(bad), "hi", "--max-tokens", "1", timeout=120)
+    assert r.returncode == 1, r.stderr
+    assert r.stderr.strip().splitlines() == [f"error: {bad}: llama.block_count = 2147483647 is implausible (limit 1024); the file is corrupt"]
