@@ -274,6 +274,10 @@ def test_index_shards_outside_the_directory_are_refused(good_hf, tmp_path):
     d = hf_copy(good_hf, tmp_path / "hf-link")
     (d / "evil.safetensors").symlink_to(secret)
     refused(_index(d, "evil.safetensors"), "outside the model directory")
+    d = hf_copy(good_hf, tmp_path / "hf-single-link")  # no index: model.safetensors itself links out
+    (d / "model.safetensors").unlink()
+    (d / "model.safetensors").symlink_to(secret)
+    refused(d, "outside the model directory")
     d = hf_copy(good_hf, tmp_path / "hf-dirlink")
     (d / "sub").symlink_to(tmp_path)
     refused(_index(d, "sub/secret.safetensors"), "outside the model directory")

@@ -167,7 +167,7 @@ class GGUFFile:
         align = self.metadata.get("general.alignment", 32)
         # llama.cpp: a u32 power of two; 0 would divide by zero, a string would not compute at all
         if isinstance(align, bool) or not isinstance(align, int) or align <= 0 or align & (align - 1) or align > 1 << 20:
-            raise ModelFormatError(f"{path}: general.alignment is {str(align)[:40]!r}, not a power of two; the file is corrupt")
+            raise ModelFormatError(f"{path}: general.alignment = {str(align)[:40]!r} is not a power of two; the file is corrupt")
         start = (cur.pos + align - 1) // align * align
         size = len(self.mm)
         self.tensors: dict[str, GGUFTensorInfo] = {}

@@ -153,7 +153,7 @@ def _weight_files(path: Path) -> list[Path]:
             raise ModelFormatError(f"{path}: shard {missing[0].relative_to(path)} listed in the index is missing; copy all shards")
         return files
     if single.exists():
-        return [single]
+        return [_shard_path(path, single.name, path)]  # a symlink out of the directory is refused here too
     raise ModelFormatError(
         f"{path} has no model.safetensors or model.safetensors.index.json; hearth reads safetensors weights only"
     )
