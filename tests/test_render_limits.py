@@ -151,6 +151,32 @@ def test_no_bound_for_a_tokenizer_that_drops_characters():
     assert not surely_too_long(Tokenizer.placeholder(50), " " * 10**6, 10)
 
 
+def test_chat_session_drops_or_refuses_megabytes_without_tokenizing():
+    """The CLI's chat: history too long by its length alone loses its oldest exchanges, and a message too long
+    alone is one ContextLengthError, neither tokenizing the megabyte."""
+    from types import SimpleNamespace
+
+    from store_kit import _tiny_parts
+    from hearth.engine.chat import ChatSession
+    from hearth.engine.sampling import SamplingParams
+    from hearth.errors import ContextLengthError
+    from hearth.model import Transformer
+
+    cfg, state, tok = _tiny_parts()
+    model = Transformer(cfg).eval()
+    model.load_state_dict(state, strict=False)
+    counting = CountingTokenizer(tok)
+    lm = SimpleNamespace(model=model, tokenizer=counting, chat_template=ChatTemplate(CHATML, tok.special_tokens))
+    session = ChatSession(lm, SamplingParams(max_tokens=2, temperature=0, ignore_eos=True))
+    big = "lorem ipsum " * 100_000
+    session.messages = [{"role": "user", "content": big}, {"role": "assistant", "content": "ok"}]
+    c = session.complete("Hi")
+    assert session.dropped == 1 and len(c.token_ids) == 2 and session.messages[0]["content"] == "Hi"
+    with pytest.raises(ContextLengthError, match="characters long in the chat template.*context of 512 tokens"):
+        session.complete(big)
+    assert counting.encoded_chars < 1000
+
+
 # ---------------------------------------------------------------- the server (in process, fake engine)
 
 HOSTILE_BY_MESSAGE = (
