@@ -291,6 +291,18 @@ def test_index_shard_inside_the_directory_still_loads(good_hf, tmp_path):
     ckpt.check_complete()
 
 
+def test_hub_cache_snapshots_read_their_own_blobs_only(good_hf, tmp_path):
+    from store_kit import write_hub_entry
+
+    snap = next((write_hub_entry(tmp_path / "cache", "org/tiny", good_hf) / "snapshots").iterdir())
+    assert (snap / "model.safetensors").is_symlink()
+    open_checkpoint(snap).check_complete()  # snapshots/<rev>/* link to ../../blobs/*: allowed
+    other = next((write_hub_entry(tmp_path / "cache", "org/other", good_hf) / "blobs").iterdir())
+    (snap / "model.safetensors").unlink()
+    (snap / "model.safetensors").symlink_to(other)  # another entry's blob: outside this model
+    refused(snap, "outside the model directory")
+
+
 # ------------------------------------------------------------------------------------- the CLI
 
 
