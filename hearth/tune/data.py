@@ -13,6 +13,10 @@ conversation up to each assistant turn is rendered with `add_generation_prompt=T
 conversation through that turn without it; the difference is what the assistant writes. Tokenizing the
 whole text once and marking tokens by offset keeps the ids exactly those of the rendered prompt
 (tokenizing the pieces separately can merge differently at the seams).
+
+The file is untrusted: it is read one line at a time, each only up to a byte cap (`line_cap`), and a line is
+checked for nesting depth (hearth.safejson), integer size and lone surrogates before it is parsed or tokenized,
+so no line costs more than its cap in memory and none gives a traceback: each is a bad line or an example.
 """
 
 from __future__ import annotations
