@@ -121,17 +121,17 @@ HF_KEYS = {
 
 def _shard_path(path: Path, name: Any, index: Path) -> Path:
     """The shard `name` from the index, refused unless it lies inside the model directory: no absolute path, no
-    `..`, no directory or symlink leading out. A shard may be a symlink into the directory, or (Hugging Face's hub
-    cache, where snapshots/<rev>/* link to ../../blobs/*) into the blobs of the same hub entry."""
+    `..`, no directory or symlink leading out. A shard may be a symlink into the directory, or into `../../blobs`:
+    the layout of Hugging Face's hub cache (snapshots/<rev>/* link to the entry's blobs/*) and of hearth's store
+    (models/<name>/* link to blobs/*). A symlink anywhere else (/etc/..., ~/.ssh/...) would be read, and by
+    `hearth pull` copied into the store and its bundles."""
     if not isinstance(name, str) or not name or "\0" in name:
         raise ModelFormatError(f"{index}: a shard name is {limits.show(name)}, not a file name; restore the index")
     rel = Path(name)
     if rel.is_absolute() or ".." in rel.parts:
         raise ModelFormatError(f"{index}: shard {name!r} lies outside the model directory; refusing to read it")
     root = path.resolve()
-    allowed = [root]
-    if root.parent.name == "snapshots":
-        allowed.append(root.parent.parent / "blobs")
+    allowed = [root, root.parent.parent / "blobs"]  # not resolved: a blobs/ that is itself a link out does not count
     target = (path / rel).resolve()
     if not any(target.is_relative_to(a) for a in allowed) or not (path / rel).parent.resolve().is_relative_to(root):
         raise ModelFormatError(f"{index}: shard {name!r} resolves outside the model directory ({target}); refusing to read it")
