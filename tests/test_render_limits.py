@@ -249,10 +249,11 @@ def test_megabyte_prompts_are_refused_without_tokenizing():
     async def main():
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://test", timeout=30) as c:
             start = time.monotonic()
-            both = asyncio.gather(c.post("/v1/completions", json={"prompt": big, "max_tokens": 1}),
-                                  c.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": big}]}))
-            (completion, chat), worst = await _health_while(c, both)
-            for r, param in ((completion, "prompt"), (chat, "messages")):
+            three = asyncio.gather(c.post("/v1/completions", json={"prompt": big, "max_tokens": 1}),
+                                   c.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": big}]}),
+                                   c.post("/v1/embeddings", json={"input": ["hello", big]}))
+            (completion, chat, embedding), worst = await _health_while(c, three)
+            for r, param in ((completion, "prompt"), (chat, "messages"), (embedding, "input.1")):
                 assert r.status_code == 400, r.text
                 err = r.json()["error"]
                 assert err["code"] == "context_length_exceeded" and err["param"] == param, err

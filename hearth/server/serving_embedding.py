@@ -32,17 +32,7 @@ class EmbeddingService:
         if req.dimensions is not None and req.dimensions != dim:
             raise BadRequest(f"dimensions={req.dimensions} is not supported: this model's embeddings have {dim}",
                              param="dimensions")
-        all_ids = []
-        for i, x in enumerate(inputs):
-            where = "input" if len(inputs) == 1 else f"input.{i}"
-            ids = engine.tokenizer.encode(x) if isinstance(x, str) else list(x)
-            self.ctx.check_token_ids(ids, where)
-            if not ids:
-                raise BadRequest(f"{where} is empty: give at least one token", param=where)
-            if len(ids) > engine.max_model_len:
-                raise BadRequest(f"{where} has {len(ids)} tokens; this model's maximum context length is "
-                                 f"{engine.max_model_len}: shorten it", param=where, code="context_length_exceeded")
-            all_ids.append(ids)
+        all_ids = await self.ctx.off_loop(self._ids, inputs)
         data = []
         for i, ids in enumerate(all_ids):
             vec = await engine.call(lambda lm, ids=ids: lm.model.embed(ids))
@@ -53,4 +43,23 @@ class EmbeddingService:
             data.append(Embedding(index=i, embedding=out))
         n = sum(len(ids) for ids in all_ids)
         return EmbeddingResponse(data=data, model=model, usage=EmbeddingUsage(prompt_tokens=n, total_tokens=n))
+
+    def _ids(self, inputs: list) -> list[list[int]]:
+        """Blocking (tokenization): called in a prompt thread (ServerContext.off_loop), each text checked for length
+        before it is tokenized."""
+        engine = self.ctx.engine
+        all_ids = []
+        for i, x in enumerate(inputs):
+            where = "input" if len(inputs) == 1 else f"input.{i}"
+            if isinstance(x, str):
+                self.ctx.check_text_fits(x, where)
+            ids = engine.tokenizer.encode(x) if isinstance(x, str) else list(x)
+            self.ctx.check_token_ids(ids, where)
+            if not ids:
+                raise BadRequest(f"{where} is empty: give at least one token", param=where)
+            if len(ids) > engine.max_model_len:
+                raise BadRequest(f"{where} has {len(ids)} tokens; this model's maximum context length is "
+                                 f"{engine.max_model_len}: shorten it", param=where, code="context_length_exceeded")
+            all_ids.append(ids)
+        return all_ids
 
