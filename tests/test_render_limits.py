@@ -11,7 +11,6 @@ template is hostile.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import random
 import re
@@ -279,19 +278,19 @@ def hostile_model(tmp_path_factory):
     return write_gguf(tmp_path_factory.mktemp("hostile") / "hostile.gguf", cfg, state, tok, HOSTILE_BY_MESSAGE)
 
 
-def _stream_gaps(url: str, result: dict) -> None:
-    """A long completion stream; records the longest wait between its events."""
-    body = {"prompt": "Once upon a time", "max_tokens": 300, "ignore_eos": True, "temperature": 0, "stream": True}
-    last, gaps, lines = time.monotonic(), [], []
-    with httpx.stream("POST", url + "/v1/completions", json=body, timeout=120) as r:
-        for line in r.iter_lines():
-            if line.startswith("data: "):
-                now = time.monotonic()
-                gaps.append(now - last)
-                last = now
-                lines.append(line)
-    result.update(events=len(lines), worst_gap=max(gaps[1:]) if len(gaps) > 1 else None,
-                  done=bool(lines) and lines[-1] == "data: [DONE]", ended=last)
+def _streams(url: str, stop: threading.Event, result: dict) -> None:
+    """Completion streams back to back until `stop`; records when each event came and whether each stream ended."""
+    body = {"prompt": "Once upon a time", "max_tokens": 100, "ignore_eos": True, "temperature": 0, "stream": True}
+    times, ended = [], []
+    while not stop.is_set():
+        last = None
+        with httpx.stream("POST", url + "/v1/completions", json=body, timeout=120) as r:
+            for line in r.iter_lines():
+                if line.startswith("data: "):
+                    times.append(time.monotonic())
+                    last = line
+        ended.append(last == "data: [DONE]")
+    result.update(times=times, ended=ended)
 
 
 def test_real_server_survives_hostile_templates_and_megabyte_prompts(tmp_path, hostile_model):
@@ -312,10 +311,10 @@ def test_real_server_survives_hostile_templates_and_megabyte_prompts(tmp_path, h
 
         stream: dict = {}
         stop = threading.Event()
-        threads = [threading.Thread(target=poll, args=(stop,)), threading.Thread(target=_stream_gaps, args=(url, stream))]
+        threads = [threading.Thread(target=poll, args=(stop,)), threading.Thread(target=_streams, args=(url, stop, stream))]
         for t in threads:
             t.start()
-        time.sleep(0.3)  # the stream is under way
+        time.sleep(0.3)  # the streams are under way
         for attack in ("loop", "product", "center", "percent", "double"):
             start = time.monotonic()
             r = httpx.post(url + "/v1/chat/completions", json={"messages": [{"role": "user", "content": attack}]},
@@ -323,17 +322,19 @@ def test_real_server_survives_hostile_templates_and_megabyte_prompts(tmp_path, h
             assert r.status_code == 400 and "render budget" in r.json()["error"]["message"], r.text
             assert time.monotonic() - start < 2 + 2.5, attack  # the default budget is 2 s
             if attack == "loop":
-                loop_ended = time.monotonic()
+                loop = (start, time.monotonic())
         big = "lorem ipsum dolor sit amet " * 60_000  # 1.6 MB
         start = time.monotonic()
         r = httpx.post(url + "/v1/completions", json={"prompt": big, "max_tokens": 1}, timeout=30)
         assert r.status_code == 400 and r.json()["error"]["code"] == "context_length_exceeded", r.text
-        assert time.monotonic() - start < 1.5  # the tiny tokenizer takes ~5 s per megabyte: it was not tokenized
-        threads[1].join(timeout=120)
+        assert time.monotonic() - start < 3  # the tiny tokenizer takes ~5 s a megabyte: this one was not tokenized
         stop.set()
-        threads[0].join()
-        assert stream["done"] and stream["events"] >= 100, stream
-        assert stream["ended"] > loop_ended and stream["worst_gap"] < 1.0, stream  # it kept going through the attack
+        for t in threads:
+            t.join(timeout=120)
+        times = stream["times"]
+        assert all(stream["ended"]) and len(times) > 100, stream["ended"]
+        assert sum(loop[0] < t < loop[1] for t in times) > 10  # tokens kept coming while the template looped
+        assert max(b - a for a, b in zip(times, times[1:])) < 1.0
         # Milliseconds on an idle machine; the bound leaves room for a busy one and is still far below the 2 s a
         # render on the event loop would hold it (before, /health never answered again).
         assert max(health) < 1.0, sorted(health)[-5:]
