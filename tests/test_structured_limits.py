@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import socket
 import threading
 import time
 
@@ -57,9 +59,10 @@ def lark_embedding(schema: dict) -> str:
     return "start: %json " + json.dumps(schema)
 
 
-def slow_schema(n: int = 800) -> str:
-    """Integer ranges are costly to compile (~3 ms each): 800 of them take a few seconds, in 63 KB."""
-    props = {f"p{i}": {"type": "integer", "minimum": -123456789 * i, "maximum": 987654321 * i + 7} for i in range(n)}
+def slow_schema(n: int = 1200) -> str:
+    """Integer ranges are costly to compile (~1 ms each on a 2-core CI machine: a regex over their digits): 1,200 of
+    them take over a second, in 105 KB, within every limit."""
+    props = {f"{i}": {"type": "integer", "minimum": -10**17 + 7 * i, "maximum": 10**17 - 3 * i} for i in range(n)}
     return json.dumps({"type": "object", "properties": props})
 
 
@@ -159,7 +162,7 @@ def test_the_same_spec_at_once_is_compiled_once(tok):
 
 
 def test_over_the_time_budget_is_refused_without_blocking_another_compile(tok):
-    compiler = GrammarCompiler(tok, StructureLimits(compile_seconds=0.5))
+    compiler = GrammarCompiler(tok, StructureLimits(compile_seconds=0.3))
     warm = [threading.Thread(target=compiler.compile, args=(Structure("regex", r),)) for r in ("[0-9]+", "[a-z]+")]
     for w in warm:  # two at once: both workers start, as on a server that has been up a while
         w.start()
@@ -183,15 +186,15 @@ def test_over_the_time_budget_is_refused_without_blocking_another_compile(tok):
     compiler.compile(Structure.json_schema({"type": "array", "items": {"type": "integer"}}))  # the second worker
     other = time.perf_counter() - t
     thread.join()
-    assert slow["error"] == "invalid JSON schema: too complex: compiling it took over 0.5 s"
-    assert 0.5 <= slow["seconds"] < 3 and other < slow["seconds"]
+    assert slow["error"] == "invalid JSON schema: too complex: compiling it took over 0.3 s"
+    assert 0.3 <= slow["seconds"] < 3 and other < slow["seconds"]
     compiler.close()
 
 
 def test_cancel_kills_the_compile_at_once(tok):
     compiler = GrammarCompiler(tok, StructureLimits(compile_seconds=60))
     cancel = threading.Event()
-    threading.Timer(0.5, cancel.set).start()
+    threading.Timer(0.2, cancel.set).start()
     t = time.perf_counter()
     with pytest.raises(CompileCancelled):
         compiler.compile(Structure("json", slow_schema()), cancel)
@@ -225,9 +228,10 @@ def test_engine_compiles_in_validate_and_a_cancelled_request_never_starts(tmp_pa
         params = SamplingParams(max_tokens=8, temperature=0, structure=Structure("regex", "[0-9]{3}"))
         outs = [o async for o in engine.generate(EngineRequest("a", [1, 2, 3], params))]
         assert len("".join(o.new_text for o in outs)) == 3
-        slow = SamplingParams(max_tokens=8, structure=Structure("json", slow_schema()))
+        spec = Structure("json", slow_schema())
+        slow = SamplingParams(max_tokens=8, structure=spec)
         task = asyncio.ensure_future(anext(engine.generate(EngineRequest("gone", [1, 2], slow))))
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(0.2)
         task.cancel()  # what the server does when the client disconnects
         t = time.perf_counter()
         with pytest.raises(asyncio.CancelledError):
@@ -235,7 +239,9 @@ def test_engine_compiles_in_validate_and_a_cancelled_request_never_starts(tmp_pa
         compiler = grammar_pool.compiler_for(lm.tokenizer, engine.config.structure_limits)
         while compiler._pending and time.perf_counter() - t < 2:  # the compile thread notices within 50 ms
             await asyncio.sleep(0.02)
-        assert not compiler._pending and len(compiler._live) <= 1  # its worker killed (the first one stays warm)
+        assert not compiler._pending
+        assert not compiler._live  # the warm worker took the compile and was killed (finished, it would stay idle)
+        assert (spec.kind, spec.spec) not in compiler._cache  # stopped, not finished
         await asyncio.sleep(0.2)
         assert "gone" not in engine.engine.seqs and engine.stats().waiting == 0
 
@@ -252,7 +258,7 @@ def test_engine_compiles_in_validate_and_a_cancelled_request_never_starts(tmp_pa
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("structured_limits")
-    proc = ServerProcess(tmp, "limits", "--structure-timeout", "0.5", model=str(write_tiny_gguf(tmp / "tiny.gguf")),
+    proc = ServerProcess(tmp, "limits", "--structure-timeout", "0.3", model=str(write_tiny_gguf(tmp / "tiny.gguf")),
                          threads=1)
     try:
         proc.wait_healthy()
@@ -304,23 +310,65 @@ def test_slow_compile_is_refused_while_other_requests_are_served(server):
             return r, plain, quick
 
     r, plain, quick = asyncio.run(main())
-    assert r.status_code == 400 and "compiling it took over 0.5 s" in r.json()["error"]["message"], r.text
+    assert r.status_code == 400 and "compiling it took over 0.3 s" in r.json()["error"]["message"], r.text
     assert plain.status_code == 200 and quick < 2.0
     assert_still_serving(server)
 
 
-def test_a_client_that_leaves_stops_its_compile(server):
-    """A compile that ran on would be refused at the budget and the refusal remembered: the same spec sent again
-    later would be answered at once. Cancelled, nothing is remembered, and the spec is compiled again."""
-    body = {"prompt": "hi", "max_tokens": 4, "guided_json": slow_schema(801)}  # not sent to this server before
-    with pytest.raises(httpx.ReadTimeout):  # the client gives up and closes the connection mid-compile
-        httpx.post(server.url + "/v1/completions", json=body, timeout=httpx.Timeout(30, read=0.3))
-    time.sleep(1.5)  # past the budget (0.5 s) and the kill's grace (0.5 s)
-    t = time.perf_counter()
-    r = httpx.post(server.url + "/v1/completions", json=body, timeout=30)
-    assert r.status_code == 400 and "compiling it took over 0.5 s" in r.json()["error"]["message"], r.text
-    assert time.perf_counter() - t >= 0.5  # compiled again for the full budget: the first compile was stopped
+@pytest.fixture(scope="module")
+def patient_server(tmp_path_factory):
+    """A budget far longer than slow_schema's compile: whatever ends that compile early is the client leaving."""
+    tmp = tmp_path_factory.mktemp("structured_patient")
+    proc = ServerProcess(tmp, "patient", "--structure-timeout", "600", model=str(write_tiny_gguf(tmp / "tiny.gguf")),
+                         threads=1)
+    try:
+        proc.wait_healthy()
+        yield proc
+    finally:
+        proc.stop()
+
+
+def grammar_workers(pid: int) -> set[int]:
+    """The grammar worker processes a server has started (Linux /proc)."""
+    children: set[int] = set()
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/children") as f:
+            children.update(int(c) for c in f.read().split())
+    found = set()
+    for c in children:
+        try:
+            with open(f"/proc/{c}/cmdline", "rb") as f:
+                if b"grammar_worker.py" in f.read():
+                    found.add(c)
+        except FileNotFoundError:
+            pass
+    return found
+
+
+def wait_for(condition, seconds: float):
+    deadline = time.monotonic() + seconds
+    while not (value := condition()) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return value
+
+
+def test_a_client_that_leaves_stops_its_compile(patient_server):
+    """A fresh server starts one worker for the compile. Left alone it would finish and stay, idle, for the next one;
+    the client hanging up mid-compile gets it killed, and the server goes on serving."""
+    server = patient_server
+    assert not grammar_workers(server.proc.pid)
+    body = json.dumps({"prompt": "hi", "max_tokens": 4, "guided_json": slow_schema()}).encode()
+    conn = socket.create_connection(("127.0.0.1", server.port))
+    conn.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+    workers = wait_for(lambda: grammar_workers(server.proc.pid), 30)
+    assert len(workers) == 1
+    time.sleep(0.2)  # into the compile (the worker reads the vocabulary first: ~0.1 s for the tiny one)
+    conn.close()
+    assert wait_for(lambda: not grammar_workers(server.proc.pid) & workers, 3), "the compile went on"
     assert_still_serving(server)
+    r = completion(server.url, guided_json=json.dumps({"type": "array", "items": {"type": "integer"}}))
+    assert r.status_code == 200 and r.json()["choices"][0]["text"].startswith("[")
 
 
 def test_cli_generate_gives_one_error_line(tmp_path, capsys):

@@ -38,7 +38,6 @@ from hearth.errors import HearthError
 
 WORKER = Path(__file__).with_name("grammar_worker.py")
 STARTUP_SECONDS = 120.0  # Python, llguidance and the vocabulary (~1 s for 49K tokens); not charged to a compile
-KILL_GRACE_SECONDS = 0.5
 POLL_SECONDS = 0.05  # how often a waiting compile looks at its cancel event
 SERVER_STACK_BYTES = 64 << 20  # 8x grammar_worker.COMPILE_STACK_BYTES
 CACHE_ENTRIES = 128  # compiled grammars kept per compiler (a server sees a few schemas again and again)
@@ -265,9 +264,12 @@ class GrammarCompiler:
         """The worker's reply; None past the time budget, "crashed" when the worker died on it."""
         worker = self._take(cancel)
         try:
-            if worker is None or not worker.alive:
+            if worker is not None and not worker.alive:  # died while idle (killed from outside)
+                worker = self._discard(worker)
+            if worker is None:
                 worker = self._start()
-            deadline = time.monotonic() + self.limits.compile_seconds + KILL_GRACE_SECONDS
+            # no grace past the budget: a native compile cannot stop itself, so only the kill ends it
+            deadline = time.monotonic() + self.limits.compile_seconds
             return worker.call(request, deadline, cancel)
         except TimeoutError:
             worker = self._discard(worker)
