@@ -159,6 +159,24 @@ def test_the_same_spec_at_once_is_compiled_once(tok):
         t.join()
     assert len(results) == 4 and len(set(map(id, results))) == 1 and compiler.compiles == 1
     compiler.close()
+    hasty = GrammarCompiler(tok, StructureLimits(compile_seconds=0.3))
+    refused = []
+
+    def slow_compile():
+        try:
+            hasty.compile(Structure("json", slow_schema()))
+        except HearthError as e:
+            refused.append(str(e))
+
+    t = time.perf_counter()
+    threads = [threading.Thread(target=slow_compile) for _ in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert refused == ["invalid JSON schema: too complex: compiling it took over 0.3 s"] * 4
+    assert hasty.compiles == 1 and time.perf_counter() - t < 2  # one budget for all four, not four in a row
+    hasty.close()
 
 
 def test_over_the_time_budget_is_refused_without_blocking_another_compile(tok):
@@ -188,6 +206,7 @@ def test_over_the_time_budget_is_refused_without_blocking_another_compile(tok):
     thread.join()
     assert slow["error"] == "invalid JSON schema: too complex: compiling it took over 0.3 s"
     assert 0.3 <= slow["seconds"] < 3 and other < slow["seconds"]
+    assert compiler.compiles == 4 and len(compiler._cache) == 3  # a timeout is not cached: the machine may be busy
     compiler.close()
 
 

@@ -54,6 +54,12 @@ class WorkerUnavailable(HearthError):
     """No worker could be started (not the spec's fault: never cached)."""
 
 
+class CompileTimeout(HearthError):
+    """The compile outlived its budget. Not cached: on a machine busy for a while a usable spec may be slow once, and
+    caching would not slow an attacker down (an expensive spec is easy to vary). Callers already waiting for the same
+    spec share the outcome, so n choices of one request are refused after one budget, not n."""
+
+
 class WorkerGone(Exception):
     """The worker died (a crash in native code, its memory cap) or stopped answering."""
 
@@ -75,6 +81,20 @@ class CompiledGrammar:
 
     def matcher(self):
         return self._template.deep_copy()
+
+
+class _Pending:
+    """A compile under way: callers that want the same spec wait for its outcome instead of compiling it again."""
+
+    def __init__(self):
+        self.done = threading.Event()
+        self.result: CompiledGrammar | HearthError | None = None  # None when it ended without one (cancelled)
+
+
+def _unwrap(result: "CompiledGrammar | HearthError") -> CompiledGrammar:
+    if isinstance(result, HearthError):
+        raise HearthError(str(result))  # a new exception each time: one raised object is not shared across threads
+    return result
 
 
 class _Worker:
@@ -201,7 +221,7 @@ class GrammarCompiler:
         self._live: set[_Worker] = set()
         self._lock = threading.Lock()
         self._cache: OrderedDict[tuple[str, str], CompiledGrammar | HearthError] = OrderedDict()
-        self._pending: dict[tuple[str, str], threading.Event] = {}  # compiles under way: later callers wait
+        self._pending: dict[tuple[str, str], _Pending] = {}  # compiles under way: later callers wait
         self.compiles = 0  # specs compiled (cache misses that got as far as the worker): for tests and metrics
         self._finalizer = weakref.finalize(self, _kill_all, self._live)
 
@@ -214,34 +234,35 @@ class GrammarCompiler:
                 hit = self._cache.get(key)
                 if hit is not None:
                     self._cache.move_to_end(key)
-                    if isinstance(hit, HearthError):
-                        raise HearthError(str(hit))
-                    return hit
-                waiting = self._pending.get(key)
-                if waiting is None:
-                    self._pending[key] = done = threading.Event()
+                    return _unwrap(hit)
+                pending = self._pending.get(key)
+                if pending is None:
+                    self._pending[key] = mine = _Pending()
                     break
-            while not waiting.wait(POLL_SECONDS):  # the same spec is being compiled (n choices of one request)
+            while not pending.done.wait(POLL_SECONDS):  # the same spec is being compiled (n choices of one request)
                 if cancel is not None and cancel.is_set():
                     raise CompileCancelled("the compile was cancelled")
+            if pending.result is not None:  # its outcome, even one not cached (a timeout); else (cancelled) try again
+                return _unwrap(pending.result)
         result: CompiledGrammar | HearthError | None = None
         try:
             result = self._compile(structure, cancel)
         except (CompileCancelled, WorkerUnavailable):
-            raise  # not the spec's fault: nothing remembered, a waiter for the same spec compiles it itself
+            raise  # no outcome: a caller waiting for the same spec compiles it itself
         except HearthError as e:
-            result = e  # refused specs are remembered too: sending one again costs nothing
+            result = e
         finally:
-            with self._lock:  # cached before the waiters wake, so they find it
-                if result is not None:
+            with self._lock:
+                # refused specs (invalid, over a limit, crashing the compiler) are remembered: again costs nothing;
+                # cached before the waiters wake, so a caller arriving after them finds it
+                if result is not None and not isinstance(result, CompileTimeout):
                     self._cache[key] = result
                     while len(self._cache) > CACHE_ENTRIES:
                         self._cache.popitem(last=False)
                 self._pending.pop(key, None)
-            done.set()
-        if isinstance(result, HearthError):
-            raise HearthError(str(result))
-        return result
+            mine.result = result
+            mine.done.set()
+        return _unwrap(result)
 
     def _compile(self, structure, cancel: threading.Event | None) -> CompiledGrammar:
         what = _WHAT[structure.kind]
@@ -250,7 +271,7 @@ class GrammarCompiler:
         reply = self._in_worker({"kind": structure.kind, "spec": structure.spec,
                                  "seconds": self.limits.compile_seconds, "memory": self.limits.memory_bytes}, cancel)
         if reply is None:
-            raise grammar_limits.too_complex(what, f"compiling it took over {self.limits.compile_seconds:g} s")
+            raise CompileTimeout(f"invalid {what}: too complex: compiling it took over {self.limits.compile_seconds:g} s")
         if reply == "crashed":
             raise grammar_limits.too_complex(what, "the grammar compiler failed on it (out of stack or memory)")
         if reply.get("error"):
