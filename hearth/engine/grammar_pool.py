@@ -3,7 +3,8 @@
 `GrammarCompiler.compile(structure)` returns a `CompiledGrammar` whose `matcher()` is a fresh per-request matcher
 (an llguidance `deep_copy`: microseconds, the lexer states already built are shared). On the way:
 
-1. the cache: a spec compiled before (or refused before) costs a dict lookup, keyed by (kind, spec) per tokenizer;
+1. the cache: a spec compiled before (or refused before, but for a timeout) costs a dict lookup, keyed by (kind,
+   spec) per tokenizer (an LRU of CACHE_ENTRIES); callers asking for a spec being compiled wait for that compile;
 2. `grammar_limits.check`: sizes, depths, `$ref` chains and rule counts, in Python;
 3. a worker process (grammar_worker.py) runs the very compile the server is about to run, on an 8 MiB stack, with
    `limits.compile_seconds` to finish: a crash kills only the worker, a timeout gets it killed, and either way the
