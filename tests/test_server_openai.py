@@ -262,9 +262,12 @@ def test_api_key(servers):
     with openai.OpenAI(base_url=keyed, api_key=KEY, max_retries=0) as c:
         assert c.chat.completions.create(model=MODEL, messages=chat("hi"), max_tokens=2).choices
         # the default 4-bit path serves the adapter too (named after its directory), its decode steps natively
-        streams = [c.completions.create(model=m, prompt="The capital of France is", max_tokens=8, temperature=0)
-                   for m in ("tuned", MODEL)]
-        assert streams[0].model == "tuned" and streams[0].choices[0].text != streams[1].choices[0].text
+        # (compared by log-probabilities: this small adapter need not change a greedy answer of 8 tokens, and on
+        # some CPUs the 4-bit path's text with and without it is the same)
+        streams = [c.completions.create(model=m, prompt="The capital of France is", max_tokens=8, temperature=0,
+                                        logprobs=1) for m in ("tuned", MODEL)]
+        tuned, base = (s.choices[0].logprobs.token_logprobs for s in streams)
+        assert streams[0].model == "tuned" and tuned != pytest.approx(base, abs=1e-3)
     assert httpx.get(servers["keyed"].url + "/health").status_code == 200
 
 
