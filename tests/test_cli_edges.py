@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from hearth.cli import unescape
+from hearth.cli.options import unescape
 from hearth.errors import HearthError
 from hearth.loader import resolve_model
 from hearth.store.manifest import Manifest, check_name
@@ -142,7 +142,7 @@ def test_tune_beta_outside_dpo_is_refused(tmp_path, capsys):
 
 
 def test_logit_bias_option(capsys):
-    from hearth.cli import _logit_bias
+    from hearth.cli.options import _logit_bias
 
     assert _logit_bias(["45=100", "15043-1", "7+2.5", " 9 = -inf "]) == ((45, 100.0), (15043, -1.0), (7, 2.5), (9, -100.0))
     rc, out, err = run_main(capsys, "generate", "smollm2", "The sky is", "--logit-bias", "45=100", "--max-tokens", "4",
@@ -158,7 +158,7 @@ def test_logit_bias_option(capsys):
 
 
 def test_serve_adapter_option(tmp_path, capsys):
-    from hearth.cli import _served_adapters
+    from hearth.cli.serve import _served_adapters
 
     (tmp_path / "sql").mkdir()
     assert _served_adapters([f"a={tmp_path / 'sql'}", str(tmp_path / "sql") + "/"], "smollm2") == {

@@ -192,7 +192,7 @@ def test_public_metrics_opens_metrics_and_docs_but_not_the_api():
 
 
 def test_api_key_sources(tmp_path, caplog):
-    from hearth.cli import _api_key
+    from hearth.cli.serve import _api_key
 
     log = logging.getLogger("test-key")
     key_file = tmp_path / "key"

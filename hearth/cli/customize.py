@@ -1,0 +1,218 @@
+"""Customize a model: `hearth tune, distill, export-weights, export-adapter` (hearth/tune)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from hearth.cli.options import Device, ModelArg, load_model
+from hearth.cli.store import print_stored
+from hearth.errors import HearthError
+
+
+DataFile = Annotated[Path, typer.Option("--data", help="Training data, JSONL: {\"messages\": [...]} or {\"prompt\", \"completion\"} per line ({\"prompt\", \"chosen\", \"rejected\"} for dpo).")]
+OutDir = Annotated[Path, typer.Option("--output", "-o", help="Output directory: adapter/model, log.jsonl, loss.png, checkpoint/.")]
+Lr = Annotated[float, typer.Option(help="Peak learning rate (AdamW), > 0.")]
+Steps = Annotated[int, typer.Option(help="Optimizer steps (0: --epochs passes over the data).", min=0)]
+Epochs = Annotated[float, typer.Option(help="Passes over the training split when --max-steps is 0.", min=0.0)]
+BatchSize = Annotated[int, typer.Option(help="Sequences (or packed rows) per micro-batch.", min=1)]
+GradAccum = Annotated[int, typer.Option(help="Micro-batches per optimizer step.", min=1)]
+MaxLen = Annotated[int, typer.Option(help="Longest sequence in tokens (capped at the model's context).", min=2)]
+Warmup = Annotated[int, typer.Option(help="Linear warm-up steps before the cosine decay.", min=0)]
+ValFraction = Annotated[float, typer.Option(help="Share of the examples held out for the validation loss.", min=0.0, max=0.99)]
+EvalEvery = Annotated[int, typer.Option(help="Validation loss every N steps (0: at the end only).", min=0)]
+SaveEvery = Annotated[int, typer.Option(help="Checkpoint every N steps (and at the end).", min=1)]
+TrainSeed = Annotated[int, typer.Option(help="Seed of the split, the data order, the adapter's init and dropout.", min=0)]
+GradClip = Annotated[float, typer.Option(help="Clip the gradient norm to this (0: off).", min=0.0)]
+GradCkpt = Annotated[bool, typer.Option("--grad-checkpointing", help="Recompute each block in backward: less memory, ~30% slower.")]
+Pack = Annotated[bool, typer.Option("--pack", help="Pack several examples into each row (each attends only to itself).")]
+OnBadLine = Annotated[str, typer.Option(help="Malformed JSONL lines: stop (error naming the line) or skip (warn with their numbers).")]
+Overlong = Annotated[str, typer.Option(help="Examples longer than --max-len: truncate or drop (a warning counts them).")]
+MaxLineBytes = Annotated[Optional[int], typer.Option(help="Longest JSONL line read, in bytes; a longer line is never read whole: dropped with --overlong drop, else a bad line (default: 192 bytes per --max-len token, at least 1 MiB).", min=1)]
+Resume = Annotated[bool, typer.Option("--resume", help="Continue the run in --output from its last checkpoint, exactly (a run killed before its first checkpoint starts over).")]
+MemLimit = Annotated[Optional[float], typer.Option(help="Refuse to start if the estimated memory exceeds this many GiB (default: what is free).", min=0.0)]
+Quiet = Annotated[bool, typer.Option("--quiet", help="No progress bar.")]
+
+
+def _data_options(on_bad_line: str, overlong: str, template: bool, max_line_bytes: int | None = None):
+    from hearth.tune.recipes import DataOptions
+
+    if on_bad_line not in ("stop", "skip"):
+        raise HearthError(f"--on-bad-line must be stop or skip, not {on_bad_line!r}")
+    if overlong not in ("truncate", "drop"):
+        raise HearthError(f"--overlong must be truncate or drop, not {overlong!r}")
+    return DataOptions(on_bad_line=on_bad_line, overlong=overlong, use_template=template, max_line_bytes=max_line_bytes)
+
+
+def _gib(x: float | None) -> int | None:
+    return None if x is None else int(x * (1 << 30))
+
+
+def _report(outcome, what: str) -> None:
+    s = outcome.summary()
+    val = f", validation loss {s['val_loss']:.4f}" if s["val_loss"] is not None else ""
+    print(f"{what} in {outcome.out_dir}: {s['steps']} steps, {s['tokens']:,} tokens, final loss "
+          f"{s['final_loss']:.4f}{val} ({s['seconds']:.1f}s); log.jsonl, loss.png, checkpoint/")
+
+
+def tune(
+    model: ModelArg,
+    data: DataFile,
+    output: OutDir,
+    method: Annotated[str, typer.Option(help="lora, qlora (4-bit NF4 frozen base), full, or dpo (LoRA on {prompt, chosen, rejected}).")] = "lora",
+    lora_r: Annotated[int, typer.Option(help="LoRA rank.", min=1)] = 8,
+    lora_alpha: Annotated[float, typer.Option(help="LoRA alpha (the update is scaled by alpha / r).", min=0.0)] = 16.0,
+    lora_dropout: Annotated[float, typer.Option(help="Dropout on the LoRA input.", min=0.0, max=0.99)] = 0.05,
+    target_modules: Annotated[str, typer.Option(help="Comma-separated PEFT names: q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj, or all.")] = "all",
+    lr: Lr = 2e-4,
+    warmup_steps: Warmup = 10,
+    max_steps: Steps = 0,
+    epochs: Epochs = 1.0,
+    batch_size: BatchSize = 4,
+    grad_accum: GradAccum = 1,
+    max_len: MaxLen = 1024,
+    pack: Pack = False,
+    grad_clip: GradClip = 1.0,
+    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay on matrices.", min=0.0)] = 0.0,
+    grad_checkpointing: GradCkpt = False,
+    val_fraction: ValFraction = 0.05,
+    eval_every: EvalEvery = 0,
+    save_every: SaveEvery = 50,
+    seed: TrainSeed = 0,
+    beta: Annotated[Optional[float], typer.Option(help="DPO: strength of the pull towards the reference model (default 0.1; only with --method dpo).", min=0.0)] = None,
+    template: Annotated[bool, typer.Option(help="Render prompt/completion pairs with the chat template (--no-template: raw prompt + completion + EOS).")] = True,
+    on_bad_line: OnBadLine = "stop",
+    overlong: Overlong = "truncate",
+    max_line_bytes: MaxLineBytes = None,
+    resume: Resume = False,
+    merge: Annotated[Optional[str], typer.Option(help="Also write the model with the adapter merged into the store under this name.")] = None,
+    memory_limit: MemLimit = None,
+    device: Device = "cpu",
+    dtype: Annotated[str, typer.Option(help="auto (fp32 on CPU, bf16 on CUDA), float32 or bfloat16.")] = "auto",
+    quiet: Quiet = False,
+):
+    """Fine-tune MODEL on chat or prompt/completion data (loss on the assistant tokens only).
+
+    Writes a PEFT adapter (lora, qlora, dpo) or a HF model directory (full) into --output.
+
+    Example: hearth tune smollm2 --data chats.jsonl -o my-adapter --epochs 2 --lora-r 16
+    """
+    from hearth.tune.lora import LoraConfig
+    from hearth.tune.recipes import tune as run_tune
+    from hearth.tune.train import TrainConfig
+
+    logging.getLogger("hearth").setLevel(logging.INFO)
+    if beta is not None and method != "dpo":
+        raise HearthError(f"--beta applies to --method dpo only (this run is --method {method}); leave it out")
+    targets = tuple(t.strip() for t in target_modules.split(",") if t.strip())
+    cfg = TrainConfig(
+        method=method, lora=LoraConfig(lora_r, lora_alpha, lora_dropout, targets), lr=lr, warmup_steps=warmup_steps,
+        max_steps=max_steps, epochs=epochs, batch_size=batch_size, grad_accum=grad_accum, max_len=max_len, pack=pack,
+        grad_clip=grad_clip, weight_decay=weight_decay, grad_checkpointing=grad_checkpointing, val_fraction=val_fraction,
+        eval_every=eval_every, save_every=save_every, seed=seed, dpo_beta=0.1 if beta is None else beta,
+    )
+    outcome = run_tune(model, data, output, cfg, data=_data_options(on_bad_line, overlong, template, max_line_bytes), device=device, dtype=dtype,
+                       resume=resume, progress=not quiet and sys.stderr.isatty(), merge=merge, memory_limit=_gib(memory_limit))
+    _report(outcome, "adapter" if method != "full" else "model")
+    if outcome.merged is not None:
+        print_stored("merged into the store as", outcome.merged)
+
+
+def distill(
+    teacher: Annotated[str, typer.Option(help="The teacher model (store name, .gguf, HF directory, smollm2).")],
+    student: Annotated[str, typer.Option(help="A JSON file of model-config fields (a fresh student) or a model to start from; it must use the teacher's vocabulary.")],
+    data: Annotated[Path, typer.Option("--data", help="JSONL: {\"text\"}, {\"messages\"} or {\"prompt\", \"completion\"} per line.")],
+    output: OutDir,
+    temperature: Annotated[float, typer.Option(help="Softmax temperature of teacher and student logits.", min=0.01)] = 2.0,
+    alpha: Annotated[float, typer.Option(help="Weight of the KL term; 1 - alpha weighs the LM loss (0: no teacher).", min=0.0, max=1.0)] = 0.5,
+    lr: Lr = 1e-3,
+    warmup_steps: Warmup = 10,
+    max_steps: Steps = 0,
+    epochs: Epochs = 1.0,
+    batch_size: BatchSize = 8,
+    grad_accum: GradAccum = 1,
+    max_len: MaxLen = 512,
+    grad_clip: GradClip = 1.0,
+    val_fraction: ValFraction = 0.05,
+    eval_every: EvalEvery = 0,
+    save_every: SaveEvery = 50,
+    seed: TrainSeed = 0,
+    on_bad_line: OnBadLine = "stop",
+    overlong: Overlong = "truncate",
+    max_line_bytes: MaxLineBytes = None,
+    resume: Resume = False,
+    memory_limit: MemLimit = None,
+    device: Device = "cpu",
+    quiet: Quiet = False,
+):
+    """Distill a teacher into a smaller student (KL on temperature-softened logits mixed with the LM loss).
+
+    Example: hearth distill --teacher smollm2 --student student.json --data corpus.jsonl -o student-out
+    """
+    from hearth.tune.recipes import distill as run_distill
+    from hearth.tune.train import TrainConfig
+
+    cfg = TrainConfig(method="full", lr=lr, warmup_steps=warmup_steps, max_steps=max_steps, epochs=epochs, batch_size=batch_size,
+                      grad_accum=grad_accum, max_len=max_len, grad_clip=grad_clip, val_fraction=val_fraction,
+                      eval_every=eval_every, save_every=save_every, seed=seed)
+    outcome = run_distill(teacher, student, data, output, cfg, temperature=temperature, alpha=alpha,
+                          data=_data_options(on_bad_line, overlong, True, max_line_bytes), device=device, resume=resume,
+                          progress=not quiet and sys.stderr.isatty(), memory_limit=_gib(memory_limit))
+    _report(outcome, "student")
+
+
+def export_weights(
+    model: ModelArg,
+    output: Annotated[Path, typer.Option("--output", "-o", help="A directory (safetensors) or a .gguf file path.")],
+    fmt: Annotated[str, typer.Option("--format", help="safetensors (a Hugging Face directory) or gguf (llama.cpp).")] = "safetensors",
+    adapter: Annotated[Optional[Path], typer.Option(help="Merge this LoRA adapter (PEFT format) into the weights first.")] = None,
+    dtype: Annotated[str, typer.Option(help="float32, bfloat16 or float16 weights.")] = "float32",
+):
+    """Write a model's weights for other tools: a HF directory (transformers) or a GGUF file (llama.cpp).
+
+    Quantized models are dequantized. Example: hearth export-weights my-tuned --format gguf -o my-tuned.gguf
+    """
+    from hearth.loader import DTYPES
+    from hearth.tune.export import FORMATS, write_model
+
+    if fmt not in FORMATS:
+        raise HearthError(f"--format must be safetensors or gguf, not {fmt!r}")
+    if dtype not in DTYPES:
+        raise HearthError(f"unknown dtype {dtype!r}; use float32, bfloat16 or float16")
+    from hearth.store.store import check_outside_store
+
+    check_outside_store(output, "-o")
+    if fmt == "gguf" and output.exists() and not output.is_dir():  # before the minutes of loading and merging
+        raise HearthError(f"{output} already exists; remove it or choose another output path")
+    lm = load_model(model, "cpu", "float32", adapter)
+    path = write_model(lm, fmt, output, dtype=DTYPES[dtype])
+    print(f"wrote {path} ({fmt})")
+
+
+def export_adapter(
+    model: Annotated[str, typer.Argument(help="The base model the adapter was trained on (store name, file, 'smollm2').")],
+    adapter: Annotated[Path, typer.Argument(help="A LoRA adapter: a PEFT directory (e.g. from `hearth tune`).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="The .gguf file to write.")],
+):
+    """Write a LoRA adapter as a llama.cpp GGUF adapter (llama-cli --lora, llama-server --lora, llama-cpp-python
+    lora_path), checked against MODEL's shapes.
+
+    Example: hearth export-adapter smollm2 out/adapter -o adapter.gguf
+    """
+    from hearth.loader import resolve_model
+    from hearth.store.store import check_outside_store
+    from hearth.tune.gguf_lora import write_lora_gguf
+    from hearth.tune.peft_io import read_adapter
+    from hearth.weights import open_checkpoint
+
+    check_outside_store(output, "-o")
+    if output.suffix != ".gguf":
+        raise HearthError(f"-o {output}: the adapter file's name must end in .gguf")
+    mc = open_checkpoint(resolve_model(model)).config
+    cfg, weights = read_adapter(adapter, mc)
+    path = write_lora_gguf(output, cfg, weights, mc, name=adapter.name)
+    print(f"wrote {path} (LoRA r={cfg.r}, alpha={cfg.alpha:g}, {len(weights)} projections; llama.cpp: --lora {path})")

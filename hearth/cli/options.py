@@ -1,0 +1,116 @@
+"""Option types shared by several commands, and the parsing of their values into library objects."""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from hearth.errors import HearthError
+
+ModelArg = Annotated[str, typer.Argument(help="A model name from the store (hearth list), a .gguf file, a Hugging Face model directory, or 'smollm2' (the default).")]
+Temperature = Annotated[float, typer.Option(help="Sampling temperature; 0 is greedy (deterministic).", min=0.0, max=100.0)]
+TopP = Annotated[float, typer.Option(help="Nucleus sampling: keep the smallest set of tokens with this much probability.", min=0.0, max=1.0)]
+TopK = Annotated[int, typer.Option(help="Keep only the K most likely tokens (0: off).", min=0)]
+MinP = Annotated[float, typer.Option(help="Drop tokens less likely than min_p times the most likely one (0: off).", min=0.0, max=1.0)]
+RepeatPenalty = Annotated[float, typer.Option(help="Penalise tokens already in the context (1.0: off).", min=0.01)]
+Seed = Annotated[Optional[int], typer.Option(help="Random seed, for reproducible sampling.", min=0)]
+MaxTokens = Annotated[int, typer.Option(help="Most tokens to generate.", min=0)]
+Stop = Annotated[Optional[list[str]], typer.Option(help="Stop when this text appears (repeatable); it is not printed. \\n, \\t, \\r, \\\\ are the characters.")]
+Device = Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")]
+DType = Annotated[str, typer.Option(help="auto (on CPU a GGUF's own 4/8-bit blocks where hearth's kernels run, else fp32; bf16 on CUDA), float32, bfloat16 or float16.")]
+KVCacheType = Annotated[str, typer.Option("--kv-cache", help="What the KV cache holds on the CPU: auto (f16 where the whole decode step runs natively, as llama.cpp; else the compute dtype), f16 or f32.")]
+Compile = Annotated[bool, typer.Option("--compile", help="On a GPU: torch.compile the CUDA-graph decode step instead of running hearth's Triton kernels (about a minute once per context size; for comparison and debugging).")]
+Json = Annotated[bool, typer.Option("--json", help="Print prompt/generated token ids and text as JSON.")]
+JsonSchema = Annotated[Optional[str], typer.Option("--json-schema", help="Constrain the output to this JSON schema: inline JSON or a .json file ('{}': any JSON value), as llama.cpp's --json-schema.")]
+LogitBias = Annotated[Optional[list[str]], typer.Option(help="Add BIAS to token ID's logit, as ID=BIAS (or llama.cpp's ID+BIAS / ID-BIAS); -100 bans the token, 100 forces it. Repeatable.")]
+Grammar = Annotated[Optional[str], typer.Option(help="Constrain the output to a grammar: GBNF (llama.cpp's grammars/*.gbnf) or Lark text, or a file holding one.")]
+Adapter = Annotated[Optional[Path], typer.Option(help="A LoRA adapter applied to the model unmerged: a PEFT directory (e.g. from `hearth tune`) or a llama.cpp GGUF adapter file.")]
+Threads = Annotated[Optional[int], typer.Option(help="CPU threads for torch (default: torch's choice, one per core). "
+                                                  "On a busy machine 1 can be much faster.", min=1)]
+
+
+_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\"}
+
+
+def unescape(text: str) -> str:
+    """\\n, \\t, \\r and \\\\ as the characters, as llama.cpp's --escape does: `--stop "\\n\\n"` is typed in a shell without
+    $'...' quoting. Other backslashes stay as they are."""
+    return re.sub(r"\\([ntr\\])", lambda m: _ESCAPES[m[1]], text)
+
+
+def _text_or_file(value: str, what: str) -> str:
+    """An option that takes text inline or a path to a file holding it (as llama.cpp's --grammar/--grammar-file)."""
+    path = Path(value)
+    try:
+        is_file = "\n" not in value and path.is_file()
+    except OSError:  # text too long to be a file name
+        is_file = False
+    if not is_file and re.fullmatch(r"\S+\.(json|gbnf|lark|ebnf)", value):
+        raise HearthError(f"the {what} file {value} does not exist (give an existing file, or the {what} itself)")
+    if is_file:
+        try:
+            return path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise HearthError(f"cannot read the {what} file {value}: {e}") from None
+    return value
+
+
+def _structure(json_schema: str | None, grammar: str | None):
+    from hearth.engine.structured import Structure
+
+    if json_schema is not None and grammar is not None:
+        raise HearthError("give --json-schema or --grammar, not both")
+    if json_schema is not None:
+        return Structure.json_schema(_text_or_file(json_schema, "JSON schema"))
+    if grammar is not None:
+        return Structure("grammar", _text_or_file(grammar, "grammar"))
+    return None
+
+
+def _logit_bias(items: list[str] | None) -> tuple[tuple[int, float], ...]:
+    """ID=BIAS, or llama.cpp's ID+BIAS / ID-BIAS; inf and -inf (llama.cpp's ban) are 100 and -100."""
+    out = []
+    for item in items or ():
+        m = re.fullmatch(r"\s*(\d+)\s*(?:=\s*([+-]?[^\s]+)|([+-][^\s]+))\s*", item)
+        try:
+            bias = float(m[2] or m[3]) if m else None
+        except ValueError:
+            bias = None
+        if bias is None or bias != bias:
+            raise HearthError(f"--logit-bias {item!r}: expected TOKEN_ID=BIAS, e.g. 15043=-100 (or llama.cpp's 15043-100)")
+        out.append((int(m[1]), max(-100.0, min(100.0, bias)) if abs(bias) == float("inf") else bias))
+    return tuple(out)
+
+
+def sampling_params(max_tokens, temperature, top_p, top_k, min_p, repeat_penalty, seed, stop, json_schema=None, grammar=None,
+            logit_bias=None):
+    from hearth.engine.sampling import SamplingParams
+
+    return SamplingParams(
+        max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
+        repetition_penalty=repeat_penalty, seed=seed, stop=tuple(unescape(s) for s in stop or ()),
+        structure=_structure(json_schema, grammar), logit_bias=_logit_bias(logit_bias),
+    )
+
+
+def load_model(model: str, device: str, dtype: str, adapter: Path | None = None, kv_cache: str = "auto"):
+    from hearth.loader import load
+
+    lm = load(model, device=device, dtype=dtype, progress=sys.stderr.isatty(), kv_cache=kv_cache)
+    if adapter is not None and dtype == "auto":
+        # the fast path (4-bit blocks, fused products, the native decode step) plus the adapter's update, unmerged,
+        # as llama.cpp's --lora runs
+        from hearth.engine.lora import ServedAdapters
+
+        ServedAdapters.applied(lm.model, adapter)
+    elif adapter is not None:  # the exact path's plain projections wrapped as `hearth tune` trains them
+        from hearth.tune.peft_io import load_adapter
+
+        load_adapter(lm.model, adapter, dtype=lm.dtype)
+    logging.getLogger("hearth").info("loaded %s in %.2fs", lm.checkpoint.path.name, lm.load_seconds)
+    return lm

@@ -1,0 +1,137 @@
+"""`hearth serve`: parse the options, build the engine and the app, hand them to hearth.server.launch."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from hearth.cli.options import Device, DType, KVCacheType, load_model
+from hearth.errors import HearthError
+
+
+
+def _served_adapters(items: list[str] | None, model_name: str) -> dict[str, str]:
+    """serve --adapter NAME=DIR | DIR  ->  {name: directory}, names unique and not the model's."""
+    out: dict[str, str] = {}
+    for item in items or ():
+        name, sep, directory = item.partition("=")
+        if not sep:
+            name, directory = Path(item.rstrip("/")).name.removesuffix(".gguf"), item
+        name, directory = name.strip(), directory.strip()
+        if not name or not directory:
+            raise HearthError(f"--adapter {item!r}: expected NAME=DIR (a PEFT LoRA adapter directory)")
+        if name == model_name or name in out:
+            raise HearthError(f"--adapter {item!r}: the name {name!r} is already taken; give each adapter its own NAME=DIR")
+        if not (Path(directory).is_dir() or (directory.endswith(".gguf") and Path(directory).is_file())):
+            raise HearthError(f"--adapter {item!r}: {directory} is not a directory (expected a PEFT LoRA adapter) "
+                              "or a GGUF adapter file")
+        out[name] = directory
+    return out
+
+
+def _api_key(flag: str | None, file: Path | None, env: str | None, log: logging.Logger) -> str | None:
+    """The server's API key from --api-key, --api-key-file or HEARTH_API_KEY (in that order)."""
+    if flag is not None and file is not None:
+        raise HearthError("give the API key once: --api-key or --api-key-file, not both")
+    if flag is not None:
+        log.warning("--api-key is visible to every user of this machine in the process list (ps) and stays in your "
+                    "shell history; use --api-key-file or the HEARTH_API_KEY environment variable instead")
+        key = flag
+    elif file is not None:
+        try:
+            key = file.read_text(encoding="utf-8").partition("\n")[0].strip()
+        except (OSError, UnicodeDecodeError) as e:
+            raise HearthError(f"--api-key-file {file}: cannot read it ({getattr(e, 'strerror', None) or e})") from None
+        if not key:
+            raise HearthError(f"--api-key-file {file}: the file is empty; write the key on its first line")
+    else:
+        key = env
+    if key is not None and not key.strip():
+        raise HearthError("the API key is empty")
+    return key
+
+
+def serve(
+    model: Annotated[str, typer.Argument(help="A store name (hearth list), a .gguf file, a HF model directory, or 'smollm2'.")] = "smollm2",
+    host: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0: every interface).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port (0: any free port).", min=0, max=65535)] = 8000,
+    api_key: Annotated[Optional[str], typer.Option(metavar="KEY", help="Require 'Authorization: Bearer KEY' on every route but /health. Visible to every user of the machine in the process list (ps) and kept in shell history: prefer --api-key-file or the HEARTH_API_KEY environment variable.")] = None,
+    api_key_file: Annotated[Optional[Path], typer.Option(metavar="PATH", help="Read the API key from this file (its first line), so that it stays out of the process list.")] = None,
+    allowed_host: Annotated[Optional[list[str]], typer.Option(metavar="NAME", help="Also answer requests whose Host header is NAME (e.g. the name a reverse proxy forwards; '*.example.com' for its subdomains). Repeatable. By default: IP addresses, localhost, the bound host and, bound to 0.0.0.0, this machine's names; any other name is refused (DNS rebinding). '*': any Host.")] = None,
+    cors_origin: Annotated[Optional[list[str]], typer.Option(metavar="ORIGIN", help="Let web pages from ORIGIN (e.g. https://app.example.com) call the API from a browser (CORS). Repeatable; off by default.")] = None,
+    public_metrics: Annotated[bool, typer.Option("--public-metrics", help="With an API key: leave /metrics, /openapi.json and /docs open (Prometheus scrapers, browsers).")] = False,
+    shutdown_timeout: Annotated[float, typer.Option(help="On SIGTERM: seconds running requests may take to finish (new ones get 503) before the rest are ended with an error event.", min=0.0)] = 10.0,
+    served_model_name: Annotated[Optional[str], typer.Option(help="The model name clients use (default: MODEL).")] = None,
+    device: Device = "cpu",
+    dtype: DType = "auto",
+    kv_cache: KVCacheType = "auto",
+    max_num_seqs: Annotated[int, typer.Option(help="Most sequences decoded together.", min=1)] = 64,
+    max_batched_tokens: Annotated[int, typer.Option(help="Token budget of one engine step (prefill chunk).", min=1)] = 512,
+    max_prefill_with_decodes: Annotated[Optional[int], typer.Option(help="Prompt tokens in a step that also decodes other requests: lower keeps streams flowing beside a long prompt, higher finishes the prompt sooner (default: 256 on a CPU, no cap on a GPU; 0: no cap).", min=0)] = None,
+    max_waiting: Annotated[int, typer.Option(help="Queued requests beyond this get HTTP 429.", min=0)] = 256,
+    prefix_caching: Annotated[bool, typer.Option("--prefix-caching/--no-prefix-caching", help="Reuse the KV cache of a prompt prefix already computed (a chat's earlier turns, a shared system prompt).")] = True,
+    kv_cache_gib: Annotated[float, typer.Option(help="Memory for the paged KV cache, in GiB: how many tokens all "
+                                                     "running requests can hold together (logged at start).", min=0.001)] = 1.0,
+    max_body_bytes: Annotated[int, typer.Option(help="Largest request body accepted (HTTP 413 above).", min=1)] = 1 << 20,
+    structure_timeout: Annotated[float, typer.Option(help="Seconds a structured-output spec (JSON schema, regex, grammar) may take to compile, in a worker process; slower ones get HTTP 400 as too complex.", min=0.01, max=3600)] = 5.0,
+    adapter: Annotated[Optional[list[str]], typer.Option(help="Serve a LoRA adapter (a PEFT directory, e.g. from `hearth tune`, or a llama.cpp GGUF adapter) beside the model as NAME=DIR (or DIR: named after it); clients ask for it with model=NAME. Repeatable (vLLM's --lora-modules).")] = None,
+):
+    """Serve MODEL over an OpenAI-compatible HTTP API (/v1/chat/completions, /v1/completions, ...).
+
+    Example: hearth serve smollm2 --port 8000, then point an OpenAI client at http://127.0.0.1:8000/v1
+    """
+    import socket
+
+    import uvicorn
+
+    from hearth.engine.async_engine import AsyncEngine, EngineConfig
+    from hearth.engine.grammar_limits import StructureLimits
+    from hearth.server import build_app
+    from hearth.server.security import allowed_hosts_for
+    from hearth.server.transport import DrainingServer
+
+    log = logging.getLogger("hearth")
+    log.setLevel(logging.INFO)
+    key = _api_key(api_key, api_key_file, os.environ.get("HEARTH_API_KEY"), log)
+    # Take the port before loading the model, so a port in use fails at once.
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise HearthError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+    name = served_model_name or model
+    adapters = _served_adapters(adapter, name)
+    lm = load_model(model, device, dtype, kv_cache=kv_cache)
+    config = EngineConfig(max_num_seqs=max_num_seqs, max_num_batched_tokens=max_batched_tokens, max_waiting=max_waiting,
+                          max_prefill_with_decodes=max_prefill_with_decodes, enable_prefix_caching=prefix_caching,
+                          kv_cache_bytes=int(kv_cache_gib * (1 << 30)), adapters=adapters,
+                          structure_limits=StructureLimits(compile_seconds=structure_timeout))
+    engine = AsyncEngine(lm, config, model_name=name)
+    web = build_app(engine, api_key=key, served_model_name=name, max_body_bytes=max_body_bytes,
+                    allowed_hosts=allowed_hosts_for(host, allowed_host or ()), cors_origins=tuple(cors_origin or ()),
+                    public_metrics=public_metrics)
+
+    class Server(DrainingServer):
+        async def startup(self, sockets=None):
+            await super().startup(sockets)
+            if self.started:
+                log.info("serving %s on http://%s:%d", name, host, sock.getsockname()[1])
+
+    def drain() -> None:  # called from the signal handler: only sets a flag
+        web.state.draining = True  # new requests get 503 while running ones finish
+
+    # timeout_graceful_shutdown: what uvicorn gives the responses DrainingServer has already ended to close.
+    server = Server(uvicorn.Config(web, log_level="warning", access_log=False, timeout_graceful_shutdown=2),
+                    live=web.state.live, on_drain=drain, shutdown_timeout=shutdown_timeout)
+    engine.start()
+    try:
+        server.run(sockets=[sock])
+    finally:
+        engine.shutdown()
+        sock.close()
