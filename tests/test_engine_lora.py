@@ -16,8 +16,8 @@ from hearth.engine.request import EngineRequest
 from hearth.engine.sampling import SamplingParams
 from hearth.errors import HearthError
 from hearth.loader import load
-from hearth.tune.lora import LoraConfig
 from hearth.tune.peft_io import load_adapter
+from hearth.weights.adapters.targets import LoraConfig
 from lora_kit import make_adapter
 
 PROMPTS = ["The capital of France is", "Once upon a time", "def fib(n):", "Water boils at"]

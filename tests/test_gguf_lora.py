@@ -1,4 +1,4 @@
-"""LoRA adapters as llama.cpp GGUF adapter files (hearth/tune/gguf_lora.py, `hearth export-adapter`).
+"""LoRA adapters as llama.cpp GGUF adapter files (hearth/weights/adapters/gguf.py, `hearth export-adapter`).
 
 The judge is llama.cpp itself: it loads the file hearth writes onto the same Q4_1 model and its logits must equal
 hearth's native path carrying the PEFT adapter (bit-identical where the base already is, as for TinyLlama-like
@@ -18,9 +18,9 @@ import tiny
 from hearth.engine.lora import ServedAdapters
 from hearth.errors import HearthError
 from hearth.loader import load
-from hearth.tune import gguf_lora
-from hearth.tune.lora import LoraConfig
-from hearth.tune.peft_io import read_adapter
+from hearth.weights.adapters import gguf as gguf_lora
+from hearth.weights.adapters.peft import read_adapter
+from hearth.weights.adapters.targets import LoraConfig
 from hearth.weights.gguf_writer import write_gguf
 from lora_kit import make_adapter
 from store_kit import one_line_error, run_main

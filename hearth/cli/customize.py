@@ -183,7 +183,7 @@ def export_weights(
         raise HearthError(f"--format must be safetensors or gguf, not {fmt!r}")
     if dtype not in DTYPES:
         raise HearthError(f"unknown dtype {dtype!r}; use float32, bfloat16 or float16")
-    from hearth.store.store import check_outside_store
+    from hearth.store.common import check_outside_store
 
     check_outside_store(output, "-o")
     if fmt == "gguf" and output.exists() and not output.is_dir():  # before the minutes of loading and merging
@@ -204,10 +204,10 @@ def export_adapter(
     Example: hearth export-adapter smollm2 out/adapter -o adapter.gguf
     """
     from hearth.loader import resolve_model
-    from hearth.store.store import check_outside_store
-    from hearth.tune.gguf_lora import write_lora_gguf
-    from hearth.tune.peft_io import read_adapter
+    from hearth.store.common import check_outside_store
     from hearth.weights import open_checkpoint
+    from hearth.weights.adapters.gguf import write_lora_gguf
+    from hearth.weights.adapters.peft import read_adapter
 
     check_outside_store(output, "-o")
     if output.suffix != ".gguf":

@@ -28,7 +28,7 @@ def _progress():
 
 
 def print_stored(verb: str, r) -> None:
-    from hearth.store.store import human_bytes
+    from hearth.store.common import human_bytes
 
     m = r.manifest
     how = f"{human_bytes(r.new_bytes)} new" + (f", {r.reused} blob(s) already stored" if r.reused else "")
@@ -82,7 +82,7 @@ def show(
 
 def rm(names: Annotated[list[str], typer.Argument(help="Model name(s) to remove.")]):
     """Remove models from the store, and the blobs no other model uses."""
-    from hearth.store.store import human_bytes
+    from hearth.store.common import human_bytes
 
     store = _store()
     names = list(dict.fromkeys(names))
@@ -119,7 +119,7 @@ def export(
     output: Annotated[Path, typer.Option("--output", "-o", help="The bundle file to write (e.g. /media/usb/model.hearth).")],
 ):
     """Write a model (manifest + blobs with their digests) to one bundle file, for an air-gapped machine."""
-    from hearth.store.store import human_bytes
+    from hearth.store.common import human_bytes
 
     size = _store().export(name, output, progress=_progress())
     print(f"exported {name} to {output} ({human_bytes(size)}); on the other machine: hearth import {output.name}")

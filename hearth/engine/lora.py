@@ -28,8 +28,8 @@ import torch
 from torch import Tensor, nn
 
 from hearth.errors import HearthError
-from hearth.tune.lora import TARGETS
-from hearth.tune.peft_io import read_adapter
+from hearth.weights.adapters.peft import read_adapter
+from hearth.weights.adapters.targets import TARGETS
 
 log = logging.getLogger("hearth")
 
@@ -142,7 +142,7 @@ class ServedAdapters:
         return attr, 0, module.out_features
 
     def register_native(self, model, decoder) -> bool:
-        """Hand every adapter's updates to the native whole-token CPU step (hearth/model/cpu_decode.py), so decode
+        """Hand every adapter's updates to the native whole-token CPU step (hearth/fast/cpu_decode.py), so decode
         steps holding adapter rows stay on it. False (nothing registered) where the model's products are not the
         fused four the native step runs."""
         per_layer = []
@@ -163,12 +163,12 @@ class ServedAdapters:
         return True
 
     @classmethod
-    def applied(cls, model: nn.Module, adapter: str | Path) -> ServedAdapters:
+    def applied(cls, model: nn.Module, adapter: str | Path, decoder=None) -> ServedAdapters:
         """One adapter on every row, for good (`hearth run --adapter` on the fast path): the base weights stay as
         loaded (4-bit blocks, fused products) and, on a CPU, the native decode step carries the update too."""
         served = cls(model, {Path(adapter).name: adapter})
         served.groups = [(1, None)]
-        dec = model.__dict__.get("_cpu_decoder")
+        dec = decoder  # the loaded model's whole-step CPU decoder (LoadedModel.decoder), if any
         if dec is not None and served.register_native(model, dec):
             dec.adapter = 1
         return served

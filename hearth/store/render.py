@@ -13,8 +13,9 @@ import sys
 from typing import Any
 
 from hearth.store import license as lic
+from hearth.store.common import human_bytes, human_count
 from hearth.store.manifest import Manifest
-from hearth.store.store import Store, VerifyReport, human_bytes, human_count
+from hearth.store.store import Store, VerifyReport
 from hearth.textsafe import json_safe, terminal_safe
 
 

@@ -9,7 +9,6 @@ with hearth's own readers, so a model hearth cannot run is refused before anythi
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import tarfile
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from hearth.errors import HearthError
+from hearth.packaged import PACKAGED_MODELS, package_dirs
 from hearth.store import license as lic
 from hearth.store.manifest import NAME_RE, LicenseInfo, Summary
 
@@ -156,22 +156,14 @@ def _hub_entry(p: Path) -> Source:
 
 
 def _package(ref: str) -> Source | None:
-    from hearth.loader import PACKAGED_MODELS
-
     module = ref.replace("-", "_")
     if ref in PACKAGED_MODELS:  # `hearth pull smollm2` means the package that ships it
         module = PACKAGED_MODELS[ref][0]
-    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", module):
-        return None  # dotted names would import their parent package: never
-    try:
-        spec = importlib.util.find_spec(module)
-    except (ImportError, ValueError):
-        return None
-    if spec is None or not spec.submodule_search_locations:
+    dirs = package_dirs(module)  # [] for a dotted name (find_spec would import its parent package): never
+    if not dirs:
         return None
     name = PACKAGE_NAMES.get(module) or default_name(re.sub(r"^llm[_-]", "", module))
-    for loc in spec.submodule_search_locations:
-        base = Path(loc)
+    for base in dirs:
         ggufs = sorted(base.glob("*.gguf"))
         if len(ggufs) > 1:
             raise HearthError(f"package {ref} ships {len(ggufs)} GGUF files ({', '.join(g.name for g in ggufs)}); pull one by its path")

@@ -28,25 +28,12 @@ from pathlib import Path
 
 from hearth.errors import HearthError
 from hearth.store.blobs import Blobs, Staged, free_bytes, fsync_dir, os_error, short, store_lock, write_atomic
+from hearth.store.common import Result, default_home, human_bytes
 from hearth.store.manifest import NAME_RE, Layer, Manifest, ManifestError, check_name
 from hearth.store.upkeep import digests_mentioned, read_manifest_file, sweep_leftovers
 from hearth.store.progress import SILENT, Progress
 
 log = logging.getLogger("hearth")
-
-
-def default_home() -> Path:
-    """$HEARTH_HOME, or ~/.hearth. Read at each call, never at import."""
-    return Path(os.environ.get("HEARTH_HOME") or "~/.hearth").expanduser()
-
-
-def check_outside_store(path: Path, what: str, root: Path | None = None) -> None:
-    """Refuse to write `path` (an output the user named as `what`) inside the store: blobs and models there are the
-    store's own, and a later `hearth rm` or `verify` would delete or condemn what was written."""
-    root = root if root is not None else default_home()
-    if Path(path).expanduser().resolve().is_relative_to(root.expanduser().resolve()):
-        raise HearthError(f"{what} {path} is inside hearth's store ({root}); what is written inside the store by "
-                          "hand is lost to `hearth rm` and `verify`: write somewhere else")
 
 
 def stored_model_path(ref: str) -> Path | None:
@@ -60,17 +47,6 @@ def stored_model_path(ref: str) -> Path | None:
     if not store.manifest_path(ref).is_file():
         return None
     return store.model_path(ref)
-
-
-@dataclass
-class Result:
-    """What a pull, import or copy did."""
-
-    manifest: Manifest
-    new_bytes: int = 0  # bytes of blobs this operation added to the store
-    reused: int = 0  # blobs that were already there
-    replaced: bool = False  # a model of that name existed and now points at these blobs
-    skipped: bool = False  # --if-missing and the model was already there
 
 
 @dataclass
@@ -430,18 +406,3 @@ class Store:
         from hearth.store.bundle import import_bundle
 
         return import_bundle(self, Path(path).expanduser(), name, progress or SILENT, force)
-
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} TB"
-
-
-def human_count(n: int) -> str:
-    for unit, div in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if n >= div:
-            return f"{n / div:.1f}{unit}"
-    return str(n)
-

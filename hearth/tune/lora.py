@@ -3,7 +3,8 @@
     y = base(x) + (alpha / r) * B(A(dropout(x)))        A: (r, in), B: (out, r), B starts at zero
 
 Target modules are named the PEFT / Hugging Face way (q_proj ... down_proj) and mapped onto hearth's
-modules here, so an adapter trained by hearth is a PEFT adapter and the other way round (peft_io.py).
+modules (the table and LoraConfig: weights/adapters/targets.py), so an adapter trained by hearth is a PEFT adapter
+and the other way round (peft_io.py).
 Initialisation follows PEFT (A: Kaiming-uniform with a=sqrt(5), B: zeros), so a fresh adapter is a no-op.
 """
 
@@ -11,53 +12,12 @@ from __future__ import annotations
 
 import contextlib
 import math
-from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
 
 from hearth.errors import HearthError
-
-# PEFT/HF module name → (hearth sub-module of a Block, attribute, HF parent module)
-TARGETS: dict[str, tuple[str, str, str]] = {
-    "q_proj": ("attention", "wq", "self_attn"),
-    "k_proj": ("attention", "wk", "self_attn"),
-    "v_proj": ("attention", "wv", "self_attn"),
-    "o_proj": ("attention", "wo", "self_attn"),
-    "gate_proj": ("feed_forward", "w1", "mlp"),
-    "up_proj": ("feed_forward", "w3", "mlp"),
-    "down_proj": ("feed_forward", "w2", "mlp"),
-}
-ALL_TARGETS = tuple(TARGETS)
-
-
-@dataclass(frozen=True)
-class LoraConfig:
-    """LoRA hyper-parameters. `targets` uses PEFT's names; "all" means all seven projections."""
-
-    r: int = 8
-    alpha: float = 16.0
-    dropout: float = 0.0
-    targets: tuple[str, ...] = field(default=ALL_TARGETS)
-
-    def __post_init__(self) -> None:
-        if self.r <= 0:
-            raise HearthError(f"LoRA rank must be positive, got {self.r}")
-        if self.alpha <= 0:
-            raise HearthError(f"LoRA alpha must be positive, got {self.alpha}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise HearthError(f"LoRA dropout must be in [0, 1), got {self.dropout}")
-        targets = tuple(self.targets)
-        if targets == ("all",) or targets == ("all-linear",):
-            targets = ALL_TARGETS
-        unknown = [t for t in targets if t not in TARGETS]
-        if unknown or not targets:
-            raise HearthError(f"unknown LoRA target module(s) {unknown or '(none)'}; choose from {', '.join(ALL_TARGETS)}")
-        object.__setattr__(self, "targets", tuple(dict.fromkeys(targets)))
-
-    @property
-    def scaling(self) -> float:
-        return self.alpha / self.r
+from hearth.weights.adapters.targets import TARGETS, LoraConfig
 
 
 class LoRALinear(nn.Module):

@@ -96,7 +96,7 @@ def check_output_dir(out: Path, resume: bool) -> bool:
     """Refuse, before any work, an output that would overwrite something: a file, another run's results (unless
     resuming it), or a place inside hearth's store. Returns whether to resume from a checkpoint: False for
     `resume` on a run killed before its first checkpoint was complete, which starts over (nothing in it to keep)."""
-    from hearth.store.store import check_outside_store
+    from hearth.store.common import check_outside_store
 
     if out.exists() and not out.is_dir():
         raise HearthError(f"output {out} exists and is not a directory")

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from hearth.errors import HearthError
-from hearth.tune.lora import TARGETS, LoraConfig
+from hearth.weights.adapters.targets import TARGETS, LoraConfig, expected_shapes
 from hearth.weights.gguf_reader import unpermute_rope
 from hearth.weights.gguf_writer import hearth_to_gguf, permute_rope
 from hearth.weights.names import gguf_to_hearth
@@ -36,7 +36,7 @@ def _gguf_name(layer: int, target: str) -> str:
 
 def write_lora_gguf(path: str | Path, cfg: LoraConfig, weights: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]],
                     mc, name: str | None = None) -> Path:
-    """Write an adapter (peft_io.read_adapter's weights for a model of config `mc`) as one GGUF file, atomically."""
+    """Write an adapter (peft.read_adapter's weights for a model of config `mc`) as one GGUF file, atomically."""
     import gguf
 
     path = Path(path)
@@ -108,8 +108,6 @@ def read_lora_gguf(path: str | Path, mc) -> tuple[LoraConfig, dict[tuple[int, st
         pairs.setdefault((layer, target), {})[which] = torch.from_numpy(np.array(data, dtype=np.float32))
     if not pairs:
         raise HearthError(f"{path} holds no LoRA tensors")
-    from hearth.tune.peft_io import expected_shapes
-
     ranks = {p["lora_a"].shape[0] for p in pairs.values() if "lora_a" in p}
     if len(ranks) != 1:
         raise HearthError(f"{path}: its updates have ranks {sorted(ranks)}; hearth needs one rank per adapter")
