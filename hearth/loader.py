@@ -108,9 +108,9 @@ def build_model(
     items = list(ckpt.tensors.items())
     iterator = items
     if progress:
-        from rich.progress import track
+        from hearth.progress import track
 
-        iterator = track(items, description=f"loading {ckpt.path.name}", transient=True, console=_stderr())
+        iterator = track(items, description=f"loading {ckpt.path.name}")
     for name, lazy in iterator:
         if name not in expected:
             continue
@@ -148,10 +148,7 @@ def _swap_in_quantized(model: Transformer, name: str, q, ckpt: Checkpoint, dtype
         setattr(parent, attr, GGUFLinear(q, gguf_ops()))
 
 
-def _stderr():
-    from rich.console import Console
 
-    return Console(stderr=True)
 
 
 def load(

@@ -177,13 +177,13 @@ def test_sweep_removes_only_dead_staging_dirs(home):
 
 
 def test_write_atomic_keeps_the_old_file_when_the_rename_fails(tmp_path, monkeypatch):
-    from hearth.store import blobs
+    from hearth import fsutil
 
     target = tmp_path / "m.json"
-    blobs.write_atomic(target, b"old")
-    monkeypatch.setattr(blobs.os, "replace", lambda *a: (_ for _ in ()).throw(OSError(28, "No space left on device")))
+    fsutil.atomic_write(target, b"old")
+    monkeypatch.setattr(fsutil.os, "replace", lambda *a: (_ for _ in ()).throw(OSError(28, "No space left on device")))
     with pytest.raises(OSError):
-        blobs.write_atomic(target, b"new")
+        fsutil.atomic_write(target, b"new")
     assert target.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["m.json"]  # no temp file left behind
 

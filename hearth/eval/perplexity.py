@@ -158,12 +158,9 @@ class _bar:
     def __enter__(self):
         if not self.enabled:
             return lambda ppl: None
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+        from hearth import progress
 
-        self.bar = Progress(TextColumn("perplexity"), BarColumn(), MofNCompleteColumn(), TextColumn("chunks"),
-                            TextColumn("{task.fields[ppl]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                            console=Console(stderr=True), transient=True)
+        self.bar = progress.bar("perplexity", ":bar", ":count", "chunks", "{task.fields[ppl]}", ":elapsed", ":left")
         self.bar.__enter__()
         tid = self.bar.add_task("ppl", total=self.total, ppl="")
         return lambda ppl: self.bar.update(tid, advance=1, ppl=f"PPL {ppl:.4f}")

@@ -38,6 +38,7 @@ from typing import BinaryIO
 
 from hearth import safejson
 from hearth.errors import HearthError
+from hearth.fsutil import atomic_write, fsync_dir
 
 log = logging.getLogger("hearth")
 
@@ -59,31 +60,6 @@ def blob_filename(digest: str) -> str:
     if not DIGEST_RE.match(digest):
         raise HearthError(f"bad digest {digest!r}; expected sha256:<64 hex digits>")
     return digest.replace(":", "-", 1)
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_atomic(path: Path, data: bytes, durable: bool = True) -> None:
-    """Write `path` so that readers see the old content or the new, never a mix (temp + fsync + rename)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            if durable:
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-    if durable:
-        fsync_dir(path.parent)
 
 
 def copy_stream(src: BinaryIO, dst: BinaryIO, h, advance: Advance, limit: int | None = None) -> int:
@@ -230,7 +206,7 @@ class Blobs:
         try:
             st = st or os.stat(self.path(digest))
             self.verified.mkdir(parents=True, exist_ok=True)
-            write_atomic(self.verified / blob_filename(digest), json.dumps(self._signature(st)).encode(), durable=False)
+            atomic_write(self.verified / blob_filename(digest), json.dumps(self._signature(st)).encode(), durable=False)
         except OSError as e:  # a read-only store still loads; it just rehashes next time
             log.debug("cannot record verification of %s: %s", digest, e)
 

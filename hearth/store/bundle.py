@@ -20,19 +20,18 @@ zeros on extraction, are refused outright.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import io
 import json
-import os
 import re
 import tarfile
 from collections.abc import Callable
 from pathlib import Path
 
 from hearth.errors import HearthError
-from hearth.store.blobs import Staged, Staging, blob_filename, free_bytes, fsync_dir, os_error, short
+from hearth.fsutil import atomic_open
+from hearth.store.blobs import Staged, Staging, blob_filename, free_bytes, os_error, short
 from hearth.store.common import Result, check_outside_store, human_bytes
 from hearth.store.manifest import MAX_BYTES, Manifest, ManifestError, check_name, load_json
 from hearth.store.progress import Progress
@@ -67,9 +66,8 @@ def export_bundle(store, m: Manifest, out: Path, progress: Progress) -> int:
     check_outside_store(out, "-o", store.root)
     if not out.parent.is_dir():
         raise HearthError(f"cannot write {out}: the directory {out.parent} does not exist")
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     try:
-        with open(tmp, "wb") as raw:
+        with atomic_open(out) as raw:
             with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tf:
                 doc = json.dumps({"format": FORMAT, "version": VERSION, "manifest": m.to_dict()}, indent=2).encode()
                 info = tarfile.TarInfo(BUNDLE_MANIFEST)
@@ -92,15 +90,8 @@ def export_bundle(store, m: Manifest, out: Path, progress: Progress) -> int:
                     if "sha256:" + reader.h.hexdigest() != layer.digest:
                         raise HearthError(f"cannot export {m.name}: blob {short(layer.digest)} ({layer.label}) is corrupt on disk; "
                                           "run `hearth verify`, then pull the model again")
-            raw.flush()
-            os.fsync(raw.fileno())
-        os.replace(tmp, out)
-        fsync_dir(out.parent)
     except OSError as e:
         raise HearthError(f"cannot write {out}: {e.strerror or e}") from None
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
     return out.stat().st_size
 
 

@@ -20,12 +20,9 @@ class Progress:
         if not self.enabled or total < MIN_BYTES:
             yield lambda n: None
             return
-        from rich.console import Console
-        from rich.progress import BarColumn, DownloadColumn, TextColumn, TimeRemainingColumn, TransferSpeedColumn
-        from rich.progress import Progress as RichProgress
+        from hearth import progress
 
-        columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn())
-        with RichProgress(*columns, console=Console(stderr=True), transient=True) as bar:
+        with progress.bar("{task.description}", ":bar", ":bytes", ":speed", ":left") as bar:
             from rich.markup import escape
 
             from hearth.textsafe import terminal_safe

@@ -27,7 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hearth.errors import HearthError
-from hearth.store.blobs import Blobs, Staged, free_bytes, fsync_dir, os_error, short, store_lock, write_atomic
+from hearth.fsutil import atomic_write, fsync_dir
+from hearth.store.blobs import Blobs, Staged, free_bytes, os_error, short, store_lock
 from hearth.store.common import Result, default_home, human_bytes
 from hearth.store.manifest import NAME_RE, Layer, Manifest, ManifestError, check_name
 from hearth.store.upkeep import digests_mentioned, read_manifest_file, sweep_leftovers
@@ -272,7 +273,7 @@ class Store:
         self.manifests.mkdir(parents=True, exist_ok=True)
         for stale in self.manifests.glob(".*.tmp"):  # left by a process killed mid-write (we hold the lock)
             stale.unlink(missing_ok=True)
-        write_atomic(self.manifest_path(manifest.name), manifest.to_json())
+        atomic_write(self.manifest_path(manifest.name), manifest.to_json())
 
     def remove(self, name: str) -> int:
         """Forget a model; delete the blobs no other model uses. Returns the bytes freed."""

@@ -8,41 +8,22 @@ first checkpoint was complete leaves its log and at most that `.tmp`: `unsaved_r
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from hearth.errors import HearthError
+from hearth.fsutil import atomic_open
 
 NAME = "state.pt"
 
 
-def _fsync_dir(d: Path) -> None:
-    try:
-        fd = os.open(d, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def save_atomic(state: dict[str, Any], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
+    # a fixed temporary name: unsaved_run recognises what a run killed mid-save left
+    with atomic_open(path, tmp=path.with_name(path.name + ".tmp")) as f:
+        torch.save(state, f)
 
 
 def checkpoint_path(out_dir: Path) -> Path:

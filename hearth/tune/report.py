@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
+
+from hearth import progress
+from hearth.fsutil import atomic_open
 
 
 class Progress:
@@ -15,15 +17,8 @@ class Progress:
         self.bar = None
         if not enabled:
             return
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichProgress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-        self.bar = RichProgress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[tps]} tok/s"),
-            TimeElapsedColumn(), TextColumn("left"), TimeRemainingColumn(),
-            console=Console(stderr=True), transient=False,
-        )
+        self.bar = progress.bar("{task.description}", ":bar", ":count", "loss {task.fields[loss]}",
+                                "{task.fields[tps]} tok/s", ":elapsed", "left", ":left", transient=False)
         self.task = self.bar.add_task(description, total=total, completed=done, loss="-", tps="-")
         self.bar.start()
 
@@ -43,11 +38,10 @@ class JsonLog:
 
     def __init__(self, path: Path, history: list[dict[str, Any]]):
         self.path = path
-        tmp = path.with_suffix(".tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
+        # a fixed temporary name: checkpoint.unsaved_run recognises log.tmp as what a killed run left
+        with atomic_open(path, "w", durable=False, tmp=path.with_suffix(".tmp"), encoding="utf-8") as f:
             for rec in history:
                 f.write(json.dumps(rec) + "\n")
-        os.replace(tmp, path)
 
     def write(self, rec: dict[str, Any]) -> None:
         with open(self.path, "a", encoding="utf-8") as f:
@@ -74,8 +68,9 @@ def plot_loss(history: list[dict[str, Any]], path: Path, title: str = "training 
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with atomic_open(path, durable=False, tmp=path.with_name(path.name + ".tmp.png")) as f:
+            fig.savefig(f, format="png")
+    finally:
+        plt.close(fig)
     return path
