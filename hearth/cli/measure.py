@@ -104,8 +104,6 @@ def eval_(
 
     Example: hearth eval smollm2 --tasks arc_easy,hellaswag --limit 200
     """
-    import math
-
     from hearth.eval.loglik import score
     from hearth.eval.tasks import load_task
 
@@ -119,9 +117,7 @@ def eval_(
     for t, items in loaded.items():
         with _item_progress(f"{t}", len(items)) as advance:
             r = score(items, lm, on_progress=advance)
-        n = len(r.items)
-        err = math.sqrt(r.acc * (1 - r.acc) / (n - 1)) if n > 1 else float("nan")
-        results.append({"task": t, "variant": variant, "items": n, "acc": r.acc, "acc_stderr": err,
+        results.append({"task": t, "variant": variant, "items": len(r.items), "acc": r.acc, "acc_stderr": r.acc_stderr,
                         "acc_norm": r.acc_norm, "seconds": r.seconds})
     if json_out:
         print(json.dumps({"model": model, "results": results}))

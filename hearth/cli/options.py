@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import inspect
 import logging
 import re
 import sys
@@ -87,17 +90,6 @@ def _logit_bias(items: list[str] | None) -> tuple[tuple[int, float], ...]:
     return tuple(out)
 
 
-def sampling_params(max_tokens, temperature, top_p, top_k, min_p, repeat_penalty, seed, stop, json_schema=None, grammar=None,
-            logit_bias=None):
-    from hearth.engine.sampling import SamplingParams
-
-    return SamplingParams(
-        max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
-        repetition_penalty=repeat_penalty, seed=seed, stop=tuple(unescape(s) for s in stop or ()),
-        structure=_structure(json_schema, grammar), logit_bias=_logit_bias(logit_bias),
-    )
-
-
 def load_model(model: str, device: str, dtype: str, adapter: Path | None = None, kv_cache: str = "auto"):
     from hearth.loader import load
 
@@ -114,3 +106,75 @@ def load_model(model: str, device: str, dtype: str, adapter: Path | None = None,
         load_adapter(lm.model, adapter, dtype=lm.dtype)
     logging.getLogger("hearth").info("loaded %s in %.2fs", lm.checkpoint.path.name, lm.load_seconds)
     return lm
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerationOptions:
+    """The options `generate` and `run` share, as their commands receive them (see `generation_options`)."""
+
+    max_tokens: int
+    temperature: float
+    top_p: float
+    top_k: int
+    min_p: float
+    repeat_penalty: float
+    seed: int | None
+    stop: list[str] | None
+    device: str
+    dtype: str
+    kv_cache: str
+    json_out: bool
+    json_schema: str | None
+    grammar: str | None
+    logit_bias: list[str] | None
+    adapter: Path | None
+    compile: bool
+
+    def sampling_params(self):
+        from hearth.engine.sampling import SamplingParams
+
+        return SamplingParams(
+            max_tokens=self.max_tokens, temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
+            min_p=self.min_p, repetition_penalty=self.repeat_penalty, seed=self.seed,
+            stop=tuple(unescape(s) for s in self.stop or ()), structure=_structure(self.json_schema, self.grammar),
+            logit_bias=_logit_bias(self.logit_bias),
+        )
+
+    def load(self, model: str):
+        return load_model(model, self.device, self.dtype, self.adapter, self.kv_cache)
+
+
+# (name, option type, default) of each GenerationOptions field, in the order `--help` lists them; max_tokens' default
+# is the command's own.
+_GENERATION_OPTIONS = (
+    ("max_tokens", MaxTokens, None), ("temperature", Temperature, 0.8), ("top_p", TopP, 0.95), ("top_k", TopK, 40),
+    ("min_p", MinP, 0.05), ("repeat_penalty", RepeatPenalty, 1.0), ("seed", Seed, None), ("stop", Stop, None),
+    ("device", Device, "cpu"), ("dtype", DType, "auto"), ("kv_cache", KVCacheType, "auto"), ("json_out", Json, False),
+    ("json_schema", JsonSchema, None), ("grammar", Grammar, None), ("logit_bias", LogitBias, None),
+    ("adapter", Adapter, None), ("compile", Compile, False),
+)
+
+
+def generation_options(*, max_tokens: int):
+    """Give a command the options `generate` and `run` share, after its own parameters; it receives them as one
+    GenerationOptions in its parameter `opts`. typer reads the command's parameters from its signature, so the
+    wrapper's signature is the command's own (less `opts`) followed by the shared options."""
+
+    def wrap(command):
+        own = [p for p in inspect.signature(command, eval_str=True).parameters.values() if p.name != "opts"]
+        shared = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=kind,
+                                    default=max_tokens if name == "max_tokens" else default)
+                  for name, kind, default in _GENERATION_OPTIONS]
+
+        @functools.wraps(command)
+        def with_options(**kwargs):
+            opts = GenerationOptions(**{name: kwargs.pop(name) for name, _, _ in _GENERATION_OPTIONS})
+            return command(**kwargs, opts=opts)
+
+        params = own + shared
+        with_options.__signature__ = inspect.Signature(params)
+        with_options.__annotations__ = {p.name: p.annotation for p in params}
+        return with_options
+
+    return wrap
+

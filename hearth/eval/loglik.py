@@ -81,6 +81,13 @@ class Result:
     def acc_norm(self) -> float:
         return sum(it.pred_norm == it.gold for it in self.items) / len(self.items)
 
+    @property
+    def acc_stderr(self) -> float:
+        """The standard error of `acc` (a mean of 0/1 outcomes, sample variance), as lm-eval reports it; nan for one
+        item."""
+        n = len(self.items)
+        return math.sqrt(self.acc * (1 - self.acc) / (n - 1)) if n > 1 else float("nan")
+
 
 def _argmax(xs: list[float]) -> int:
     best = 0
