@@ -4,7 +4,7 @@
 
 Batch 1: decode tokens/s of hearth's plain path (one Python call per layer, as `hearth run` ran before CUDA graphs),
 its fixed-shape step replayed as a CUDA graph, the same step compiled with torch.compile before recording, and
-hearth's Triton kernels for the step (hearth/model/gpu_decode.py, what `hearth run` uses on a GPU) as a CUDA graph;
+hearth's Triton kernels for the step (hearth/fast/gpu_decode.py, what `hearth run` uses on a GPU) as a CUDA graph;
 transformers' `generate` (eager, default SDPA attention) as the peer; the memory-bandwidth roofline (weights read once
 per token at the measured device-to-device copy rate).
 
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -26,9 +25,10 @@ from types import SimpleNamespace
 import torch
 
 from hearth.config import ModelConfig
+from hearth.fast import apply_fast_path
+from hearth.fast.static_decode import StaticDecoder
 from hearth.model import Transformer
 from hearth.model.llama import rope_frequencies
-from hearth.model.static_decode import StaticDecoder
 
 SHAPES = {
     "tiny": dict(dim=256, hidden_dim=512, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=1000, tie_embeddings=True),  # smoke test
@@ -58,7 +58,7 @@ def build(shape: dict) -> Transformer:
         torch.nn.init.normal_(m.tok_embeddings.weight, std=0.02)  # built without init (see Transformer)
     m = m.to(torch.bfloat16).eval()
     m.inv_freq = rope_frequencies(cfg).cuda()  # RoPE frequencies stay fp32 on the device, as hearth.loader sets them
-    m.use_fast_path(None)  # q|k|v and gate|up as single products, as `hearth run` does on a GPU
+    apply_fast_path(m)  # q|k|v and gate|up as single products, as `hearth run` does on a GPU
     return m
 
 
@@ -88,9 +88,8 @@ def hearth_batch1(m: Transformer, prompt: int, new: int, mode: str) -> tuple[flo
         dt = timed(lambda: out.append(run()))
         return new / dt, torch.cat(out[0], 1)[0].tolist(), setup
     # triton_nopdl: the same kernels launched without programmatic dependent launch
-    os.environ["HEARTH_TRITON_PDL"] = "0" if mode == "triton_nopdl" else "1"
     dec = StaticDecoder(m, 1, prompt + new + 1, graphs=True, compile=mode == "compile",
-                        kernels=mode.startswith("triton"))
+                        kernels=mode.startswith("triton"), pdl=mode != "triton_nopdl")
     t0 = time.perf_counter()
     nxt = dec.prefill(ids).argmax(-1, keepdim=True)
     dec.step(nxt)  # compile (if asked) and record the graph

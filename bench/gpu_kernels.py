@@ -7,7 +7,7 @@ The weight shapes of the Llama-3.2-1B and Llama-3.1-8B decode step at batch 1. E
 graph of calls over enough distinct weight copies that none is still in L2 when it comes round again (the model
 reads every matrix once per token), median of several replays; bandwidth = weight bytes / time, and its share of
 the device-to-device copy rate. Prints the best configuration per shape: what `gemv_config` in
-hearth/model/gpu_decode.py encodes.
+hearth/fast/gpu_decode.py encodes.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from gpu import copy_bandwidth  # bench/gpu.py: the copy rate both scripts compare against
 
-from hearth.model.gpu_decode import GEMV, Attend, gemv_config
+from hearth.fast.gpu_decode import GEMV, Attend, gemv_config
 
 SHAPES = {  # name: (rows, cols); each with the prologue/epilogue the step gives it (ROLES)
     "1b qkv": (3072, 2048), "1b o": (2048, 2048), "1b gate|up": (16384, 2048), "1b down": (2048, 8192),

@@ -10,9 +10,10 @@ from pathlib import Path
 import torch
 
 from hearth.errors import HearthError, ModelFormatError
+from hearth.fast import CPUDecoder, apply_fast_path
+from hearth.fast.quant import GGUFEmbedding, GGUFLinear
 from hearth.model import Transformer
 from hearth.model.llama import rope_frequencies
-from hearth.model.quant import GGUFEmbedding, GGUFLinear
 from hearth.packaged import PACKAGED_MODELS, package_dirs, package_file
 from hearth.tokenizer import ChatTemplate, Tokenizer
 from hearth.weights import Checkpoint, open_checkpoint
@@ -72,6 +73,9 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
 
 @dataclass
 class LoadedModel:
+    """A loaded model and what runs it. `decoder`: the whole-step CPU decoder the loader built for it
+    (hearth/fast/cpu_decode.py; None where it does not apply), for the Generator and the engine to use."""
+
     model: Transformer
     tokenizer: Tokenizer
     chat_template: ChatTemplate
@@ -79,6 +83,7 @@ class LoadedModel:
     device: torch.device
     dtype: torch.dtype
     load_seconds: float = 0.0
+    decoder: CPUDecoder | None = None
 
 
 def native_quantized(ckpt: Checkpoint, device: torch.device) -> dict:
@@ -148,11 +153,9 @@ def _swap_in_quantized(model: Transformer, name: str, q, ckpt: Checkpoint, dtype
         setattr(parent, attr, GGUFLinear(q, gguf_ops()))
 
 
-
-
-
 def load(
-    ref: str = DEFAULT_MODEL, device: str = "cpu", dtype: str = "auto", progress: bool = False, kv_cache: str = "auto"
+    ref: str = DEFAULT_MODEL, device: str = "cpu", dtype: str = "auto", progress: bool = False, kv_cache: str = "auto",
+    kernels: bool = True,
 ) -> LoadedModel:
     """Load a model by path or packaged name, ready to generate. Raises HearthError on bad input.
 
@@ -162,7 +165,11 @@ def load(
 
     kv_cache: what KV caches hold on the CPU. "auto": fp16 where the whole decode step runs natively (dtype auto, GGUF
     block or F16 weights; llama.cpp's default cache type: half the memory and the bytes attention reads per token),
-    else the compute dtype; "f16" or "f32" to choose. On CUDA the cache holds the compute dtype."""
+    else the compute dtype; "f16" or "f32" to choose. On CUDA the cache holds the compute dtype.
+
+    kernels: use hearth's native CPU kernels where they apply (False: the fused PyTorch modules and dequantized
+    weights; the CLI passes False under HEARTH_NO_KERNELS=1). Process-wide settings (hearth.runtime) are the
+    program's to make, not load's."""
     t0 = time.perf_counter()
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
@@ -170,25 +177,25 @@ def load(
         raise HearthError(f"unknown KV cache type {kv_cache!r}; use {', '.join(KV_CACHE_TYPES)}")
     if kv_cache != "auto" and dev.type != "cpu":
         raise HearthError(f"--kv-cache {kv_cache} applies to the CPU; on {dev.type} the cache holds the compute dtype (use auto)")
-    if dev.type == "cpu":
-        from hearth.runtime import return_large_frees
-
-        return_large_frees()  # freed prefill activations go back to the OS, not kept in the heap (hearth/runtime.py)
     ckpt = open_checkpoint(resolve_model(ref))
     tokenizer = Tokenizer.from_data(ckpt.tokenizer)
     template = ChatTemplate(ckpt.tokenizer.chat_template, ckpt.tokenizer.special_tokens)
     if template.is_fallback:
         log.warning("%s has no chat template; using ChatML", ckpt.path.name)
-    model = build_model(ckpt, dev, dt, progress=progress, native=dtype == "auto")
+    model = build_model(ckpt, dev, dt, progress=progress, native=dtype == "auto" and kernels)
+    decoder = None
     if dtype == "auto":  # the fast path; an explicit dtype keeps the plain reference modules
         from hearth.kernels import gguf_ops
 
         # CPU: fused projections + hearth's kernels; CUDA: fused projections only (one GEMV for q|k|v, one for
         # gate|up: fewer, larger kernels in the decode graph, as bench/gpu.py measures)
-        model.use_fast_path(gguf_ops() if dev.type == "cpu" else None)
+        ops = gguf_ops() if dev.type == "cpu" and kernels else None
+        apply_fast_path(model, ops)
+        # GGUF block weights on the CPU: one-token steps run the whole model in one native call
+        decoder = CPUDecoder.build(model, ops)
     if kv_cache == "auto":
-        native = dev.type == "cpu" and model.__dict__.get("_cpu_decoder") is not None
+        native = dev.type == "cpu" and decoder is not None
         model.kv_dtype = torch.float16 if native else None
     else:
         model.kv_dtype = KV_CACHE_TYPES[kv_cache]
-    return LoadedModel(model, tokenizer, template, ckpt, dev, dt, time.perf_counter() - t0)
+    return LoadedModel(model, tokenizer, template, ckpt, dev, dt, time.perf_counter() - t0, decoder)

@@ -27,11 +27,11 @@ def _contiguous(model, ids: list[int], n: int):
     return cache
 
 
-def _paged_step(model, lengths: list[int], block_size: int = 4, seed: int = 0):
+def _paged_step(lm, lengths: list[int], block_size: int = 4, seed: int = 0):
     """Sequences of `lengths` cached tokens copied into a paged pool with shuffled blocks; one step_paged for all of
     them against one contiguous step per sequence. Returns (paged logits, contiguous logits, pool, the pool as the
     contiguous steps wrote it)."""
-    dec = model._cpu_decoder
+    model, dec = lm.model, lm.decoder
     ids = list(tiny.corpus_ids(max(lengths) + 8))
     need = [-(-(n + 1) // block_size) for n in lengths]
     num_blocks = sum(need) + 3
@@ -72,21 +72,21 @@ def test_paged_step_is_the_contiguous_step(tiny_gguf, name, lengths, kv):  # noq
     """Through shuffled blocks, the same logits to the bit and the same k/v written, as the contiguous whole step
     gives each sequence alone (past 64 positions: two attention chunks), with fp16 (the default) or fp32 caches."""
     _, paths = tiny_gguf
-    model = load(str(paths[name]), kv_cache=kv).model
-    assert model._cpu_decoder is not None
-    assert model.cache_dtype == {"f16": torch.float16, "f32": torch.float32}[kv]
-    got, ref, pool, want = _paged_step(model, lengths)
+    lm = load(str(paths[name]), kv_cache=kv)
+    assert lm.decoder is not None
+    assert lm.model.cache_dtype == {"f16": torch.float16, "f32": torch.float32}[kv]
+    got, ref, pool, want = _paged_step(lm, lengths)
     assert torch.equal(got, ref)
     assert torch.equal(pool.k, want.k) and torch.equal(pool.v, want.v)
 
 
 def test_paged_step_on_two_threads(tiny_gguf):  # noqa: F811
     _, paths = tiny_gguf
-    model = load(str(paths["Q4_1"])).model
-    one, *_ = _paged_step(model, [5, 70, 33], seed=1)
+    lm = load(str(paths["Q4_1"]))
+    one, *_ = _paged_step(lm, [5, 70, 33], seed=1)
     torch.set_num_threads(2)
     try:
-        two, ref, pool, want = _paged_step(model, [5, 70, 33], seed=1)
+        two, ref, pool, want = _paged_step(lm, [5, 70, 33], seed=1)
     finally:
         torch.set_num_threads(1)
     assert torch.equal(two, one) and torch.equal(two, ref)
@@ -95,8 +95,8 @@ def test_paged_step_on_two_threads(tiny_gguf):  # noqa: F811
 
 def test_paged_step_refuses_bad_tables(tiny_gguf):  # noqa: F811
     _, paths = tiny_gguf
-    model = load(str(paths["Q8_0"])).model
-    dec = model._cpu_decoder
+    lm = load(str(paths["Q8_0"]))
+    model, dec = lm.model, lm.decoder
     pool = PagedKVCache(model.config, 4, 4, torch.device("cpu"), model.cache_dtype)
     with torch.inference_mode():
         with pytest.raises(RuntimeError, match="outside the block table"):
@@ -128,8 +128,8 @@ def test_paged_step_with_lora_is_the_per_layer_path(tiny_gguf, targets, tmp_path
     adapter = make_adapter(tmp_path / "adapter", LoraConfig(r=4, alpha=8, targets=targets), seed=0, std=0.1,
                            model=str(paths["Q4_1"]))
 
-    model = load(str(paths["Q4_1"])).model
-    dec = model._cpu_decoder
+    lm = load(str(paths["Q4_1"]))
+    model, dec = lm.model, lm.decoder
     served = ServedAdapters(model, {"a": str(adapter)})
     assert served.register_native(model, dec)
     ids = list(tiny.corpus_ids(48))
@@ -142,13 +142,9 @@ def test_paged_step_with_lora_is_the_per_layer_path(tiny_gguf, targets, tmp_path
             pool.k[:, first : first + n] = cache.k[:, 0, :, :n].transpose(1, 2)
             pool.v[:, first : first + n] = cache.v[:, 0, :, :n].transpose(1, 2)
         tok = torch.tensor([ids[n]])
-        del model.__dict__["_cpu_decoder"]  # the per-layer path for one token
-        try:
-            want = model(tok.view(1, 1), n, cache)[0, 0]
-            served.clear()
-            base = model(tok.view(1, 1), n, _contiguous(model, ids, n))[0, 0]
-        finally:
-            model.__dict__["_cpu_decoder"] = dec
+        want = model(tok.view(1, 1), n, cache)[0, 0]  # the model alone: the per-layer path for one token
+        served.clear()
+        base = model(tok.view(1, 1), n, _contiguous(model, ids, n))[0, 0]
         table = torch.tensor([[0, 1], [2, 3]])
         # row 0 with the adapter, row 1 (the same cache contents) without: one step
         got = dec.paged(model, torch.tensor([ids[n], ids[n]]), torch.tensor([n, n]), pool, table, torch.tensor([1, 0]))
@@ -162,7 +158,7 @@ def test_paged_step_with_lora_is_the_per_layer_path(tiny_gguf, targets, tmp_path
     dec.adapter = 1
     try:
         with torch.inference_mode():
-            one = model(tok.view(1, 1), n, cache)[0, 0]
+            one = dec.forward(model, tok.view(1, 1), n, cache)[0, 0]  # the contiguous whole step
     finally:
         dec.adapter = 0
     assert torch.equal(one, got[0])

@@ -57,8 +57,8 @@ def test_native_batch_mostly_equals_alone():
     # The default native path: all-decode steps take the whole-token native route over the paged cache
     # (hearth/engine/runner.py, tests/test_cpu_paged_decode.py for its exactness)
     native = load("smollm2")
-    assert native.model._cpu_decoder is not None
-    gen = Generator(native.model, native.tokenizer)
+    assert native.decoder is not None
+    gen = Generator(native.model, native.tokenizer, decoder=native.decoder)
     eng = LLMEngine(native, EngineConfig(max_num_seqs=8, max_num_batched_tokens=48, kv_cache_bytes=64 << 20))
     assert eng.runner.cpu_decoder is not None
     for i, p in enumerate(PROMPTS):

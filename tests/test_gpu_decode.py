@@ -1,4 +1,4 @@
-"""The GPU decode step's Triton kernels (hearth/model/gpu_decode.py) against the plain path, run on the CPU in Triton's
+"""The GPU decode step's Triton kernels (hearth/fast/gpu_decode.py) against the plain path, run on the CPU in Triton's
 interpreter (TRITON_INTERPRET=1), so CI checks their arithmetic without a GPU; tests/test_cuda.py runs them compiled.
 
 The interpreter executes the kernels' programs one by one with numpy, so the models here are tiny and the ranges of
@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from hearth.config import ModelConfig
+from hearth.fast import apply_fast_path
 from hearth.model import Transformer
 
 triton = pytest.importorskip("triton")
@@ -40,14 +41,13 @@ def tiny(dtype=torch.bfloat16, seed=0, **kw) -> Transformer:
         torch.nn.init.normal_(n.weight, mean=1.0, std=0.1)
     m = m.to(DEV, dtype).eval()
     m.inv_freq = m.inv_freq.float()
-    m.use_fast_path(None)
-    return m
+    return apply_fast_path(m)
 
 
 def decode_both(m, prompt: int, steps: int, cache_len: int, monkey_gemv=None, chunk=None):
     """Greedy decode `steps` tokens after a prompt, once with the plain path and once with GPUDecoder over a copy
     of the same prefilled cache; returns both logit lists."""
-    from hearth.model import gpu_decode
+    from hearth.fast import gpu_decode
 
     ids = torch.randint(0, m.config.vocab_size, (1, prompt), generator=torch.Generator().manual_seed(1)).to(DEV)
     cache = m.new_cache(1, cache_len)
@@ -117,7 +117,7 @@ def test_long_cache_in_ranges_is_merged(interpreted):
 @torch.inference_mode()
 def test_gemv_masks_ragged_shapes(interpreted):
     """Row and column counts that the blocks do not divide, with each prologue/epilogue, against torch."""
-    from hearth.model.gpu_decode import GEMV
+    from hearth.fast.gpu_decode import GEMV
     from hearth.model.llama import RMSNorm
 
     torch.manual_seed(0)
@@ -146,7 +146,7 @@ def test_gemv_masks_ragged_shapes(interpreted):
 
 
 def test_usable_only_where_it_applies():
-    from hearth.model.gpu_decode import GPUDecoder
+    from hearth.fast.gpu_decode import GPUDecoder
 
     m = tiny()
     # the CPU never (the interpreter is for tests); on a GPU batch 1 only, and only 16-bit weights
@@ -160,7 +160,7 @@ def test_usable_only_where_it_applies():
 @torch.inference_mode()
 def test_paged_step_reads_and_writes_through_the_block_table(interpreted):
     """The engine's single-sequence step: K/V in a paged pool, scattered over blocks in table order."""
-    from hearth.model.gpu_decode import GPUDecoder
+    from hearth.fast.gpu_decode import GPUDecoder
     from hearth.model.paged import PagedKVCache
 
     m = tiny(dtype=torch.float16, seed=4)

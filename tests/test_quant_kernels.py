@@ -7,6 +7,7 @@ quantized tiny model must agree with llama.cpp running the same file.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -14,9 +15,9 @@ import pytest
 import torch
 
 import tiny
+from hearth.fast.quant import GGUFLinear
 from hearth.kernels import gguf_ops
 from hearth.loader import load
-from hearth.model.quant import GGUFLinear
 from hearth.weights.gguf_writer import write_gguf
 from hearth.weights.types import QuantizedTensor
 
@@ -327,12 +328,9 @@ def test_fast_path_on_float_weights_equals_plain_modules(tiny_gguf):
     assert tiny.hearth_greedy(fast, ids[:20], 16) == tiny.hearth_greedy(ref, ids[:20], 16)
 
 
-def test_without_kernels_auto_falls_back_to_dequantized_weights(tiny_gguf, monkeypatch):
-    import hearth.loader
-
+def test_without_kernels_auto_falls_back_to_dequantized_weights(tiny_gguf):
     _, paths = tiny_gguf
-    monkeypatch.setattr("hearth.kernels.gguf_ops", lambda: None)
-    lm = hearth.loader.load(str(paths["Q4_1"]))
+    lm = load(str(paths["Q4_1"]), kernels=False)
     assert type(lm.model.output) is torch.nn.Linear
     ids = list(tiny.corpus_ids(20))
     plain = load(str(paths["Q4_1"]), dtype="float32")
@@ -359,21 +357,19 @@ def test_decode_attention_over_several_chunks():
 
 
 @torch.inference_mode()
-def _decode(model, ids, prompt, steps, batch=1, whole_step=True):
+def _decode(lm, ids, prompt, steps, batch=1, whole_step=True):
     """Logits of a prompt's last position and of `steps` greedy decode steps (batch copies of the prompt, row r
-    starting from token ids[r]), with the whole-step kernel or the per-layer path; and the cache."""
-    dec = model.__dict__["_cpu_decoder"]
-    model._cpu_decoder = dec if whole_step else None
-    try:
-        cache = model.new_cache(batch, prompt + steps)
-        rows = torch.tensor([ids[r : r + prompt] for r in range(batch)])
-        logits = [model(rows, 0, cache, last_only=True)[:, -1]]
-        for i in range(steps):
-            tok = logits[-1].argmax(-1, keepdim=True)
-            logits.append(model(tok, prompt + i, cache)[:, -1])
-        return torch.stack(logits, 1), cache
-    finally:
-        model._cpu_decoder = dec
+    starting from token ids[r]), with the whole-step kernel (the loader's decoder) or the per-layer path (the model
+    alone); and the cache."""
+    model = lm.model
+    forward = functools.partial(lm.decoder.forward, model) if whole_step else model
+    cache = model.new_cache(batch, prompt + steps)
+    rows = torch.tensor([ids[r : r + prompt] for r in range(batch)])
+    logits = [forward(rows, 0, cache, last_only=True)[:, -1]]
+    for i in range(steps):
+        tok = logits[-1].argmax(-1, keepdim=True)
+        logits.append(forward(tok, prompt + i, cache)[:, -1])
+    return torch.stack(logits, 1), cache
 
 
 @pytest.mark.parametrize("kv", ["f16", "f32"])
@@ -382,8 +378,8 @@ def test_whole_decode_step_is_the_per_layer_path(tiny_gguf, name, kv):
     """CPUDecoder (one native call per token) gives bit-identical logits, caches and greedy tokens to the per-layer
     fast path it replaces, over fp16 (the default) or fp32 KV caches."""
     _, paths = tiny_gguf
-    model = load(str(paths[name]), kv_cache=kv).model
-    assert model._cpu_decoder is not None
+    model = load(str(paths[name]), kv_cache=kv)
+    assert model.decoder is not None
     ids = list(tiny.corpus_ids(40))
     whole, cache_w = _decode(model, ids, 20, 12)
     layers, cache_l = _decode(model, ids, 20, 12, whole_step=False)
@@ -396,7 +392,7 @@ def test_whole_decode_step_on_two_threads_and_a_batch(tiny_gguf):
     """Threads split rows and attention chunks without changing any sum: 2 threads give the 1-thread numbers; a batch
     of 2 gives each row's numbers alone."""
     _, paths = tiny_gguf
-    model = load(str(paths["Q4_1"])).model
+    model = load(str(paths["Q4_1"]))
     ids = list(tiny.corpus_ids(120))
     # decoding from 60 to 70 crosses 64 positions (two attention chunks); the batch's prompt rows (2 x 60) stay under
     # the 128 rows from which prefill products switch to fp32 mm (another summation order)
@@ -416,11 +412,11 @@ def test_whole_decode_step_on_two_threads_and_a_batch(tiny_gguf):
 def test_whole_decode_step_past_its_first_rope_table(tiny_gguf):
     """The RoPE tables start at 256 positions and grow: rows on both sides equal Transformer.rope's."""
     _, paths = tiny_gguf
-    model = load(str(paths["Q4_0"])).model
+    model = load(str(paths["Q4_0"]))
     ids = list(tiny.corpus_ids(300))
     whole, _ = _decode(model, ids, 250, 12)
     layers, _ = _decode(model, ids, 250, 12, whole_step=False)
-    assert model._cpu_decoder._cos.shape[0] >= 262 and torch.equal(whole, layers)
+    assert model.decoder._cos.shape[0] >= 262 and torch.equal(whole, layers)
 
 
 @torch.inference_mode()
@@ -447,14 +443,15 @@ def test_long_prompt_in_chunks_over_the_fp16_cache(tiny_gguf):
 
 def test_whole_decode_step_only_where_it_applies(tiny_gguf):
     ref, paths = tiny_gguf
-    assert load(str(ref.checkpoint.path)).model._cpu_decoder is None  # float weights: the per-layer fast path
-    assert load(str(paths["Q8_0"]), dtype="float32").model.__dict__.get("_cpu_decoder") is None  # plain modules
-    model = load(str(paths["Q8_0"])).model
+    assert load(str(ref.checkpoint.path)).decoder is None  # float weights: the per-layer fast path
+    assert load(str(paths["Q8_0"]), dtype="float32").decoder is None  # plain modules
+    lm = load(str(paths["Q8_0"]))
+    model, dec = lm.model, lm.decoder
     cache = model.new_cache(1, 8)
     with torch.inference_mode():
         model(torch.tensor([[5, 6, 7]]), 0, cache)
         with pytest.raises(ValueError, match="exceeds"):
-            model(torch.tensor([[5]]), 8, cache)
+            dec.forward(model, torch.tensor([[5]]), 8, cache)
         with pytest.raises(RuntimeError, match="cache does not fit"):  # a batch of 2 against a cache for 1
-            cos, sin = model._cpu_decoder._tables(model, 3)
-            model._cpu_decoder._plan.step(torch.zeros(2, model.config.dim), cache.k, cache.v, cos, sin, 3)
+            cos, sin = dec._tables(model, 3)
+            dec._plan.step(torch.zeros(2, model.config.dim), cache.k, cache.v, cos, sin, 3)

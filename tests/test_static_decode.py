@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from hearth.config import ModelConfig
+from hearth.fast import apply_fast_path
+from hearth.fast.static_decode import StaticDecoder, cache_bucket
 from hearth.model import Transformer
-from hearth.model.static_decode import StaticDecoder, cache_bucket
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -68,7 +69,7 @@ def test_static_step_with_fused_projections():
     m = tiny(seed=3)
     ids = torch.randint(0, 97, (1, 5), generator=torch.Generator().manual_seed(2))
     ref, ref_toks = reference(m, ids, 8)
-    m.use_fast_path(None)  # q|k|v and gate|up fused, as the GPU path runs them
+    apply_fast_path(m)  # q|k|v and gate|up fused, as the GPU path runs them
     assert m.layers[0].attention.wqkv is not None
     got, toks = static(m, ids, 8, max_seq_len=32)
     for a, b in zip(ref, got):

@@ -11,11 +11,14 @@ from hearth.tokenizer.limits import surely_too_long
 
 
 class ChatSession:
-    def __init__(self, lm, params: SamplingParams, system: str | None = None, compile: bool = False):
+    def __init__(self, lm, params: SamplingParams, system: str | None = None, compile: bool = False,
+                 graphs: bool | None = None, triton: bool = True, pdl: bool | None = None):
+        """compile, graphs, triton, pdl: the Generator's (hearth/engine/generate.py)."""
         self.lm = lm
         self.params = params
         self.system = system
-        self.generator = Generator(lm.model, lm.tokenizer, compile=compile)
+        self.generator = Generator(lm.model, lm.tokenizer, graphs=graphs, compile=compile,
+                                   decoder=getattr(lm, "decoder", None), triton=triton, pdl=pdl)
         self.reset()
 
     def reset(self) -> None:

@@ -6,7 +6,7 @@ faster path (batched engine, compiled decode) is tested against.
 
 from __future__ import annotations
 
-import os
+import functools
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -15,7 +15,8 @@ import torch
 from hearth.errors import ContextLengthError
 from hearth.engine.sampling import Sampler, SamplingParams
 from hearth.model import Transformer
-from hearth.model.static_decode import StaticDecoder, cache_bucket
+from hearth.fast.cpu_decode import CPUDecoder
+from hearth.fast.static_decode import StaticDecoder, cache_bucket
 from hearth.tokenizer import Tokenizer
 
 
@@ -83,24 +84,29 @@ class _StopMatcher:
 class Generator:
     """Runs one prompt at a time through a model with a preallocated KV cache.
 
-    On a GPU each decode step is a CUDA-graph replay of the fixed-shape step (hearth/model/static_decode.py), one
+    On a GPU each decode step is a CUDA-graph replay of the fixed-shape step (hearth/fast/static_decode.py), one
     recorded per cache size (powers of two): hearth's Triton kernels where they apply (batch 1, bf16/fp16;
-    HEARTH_NO_TRITON=1 turns them off), else the torch ops; `compile=True` compiles the torch ops with torch.compile
-    instead. HEARTH_NO_CUDA_GRAPHS=1 (or graphs=False) keeps the plain per-layer path, for debugging.
+    triton=False turns them off; pdl: programmatic dependent launch, None: on Hopper and later), else the torch ops;
+    `compile=True` compiles the torch ops with torch.compile instead. graphs=False keeps the plain per-layer path,
+    for debugging (None: graphs on CUDA). decoder: the loaded model's whole-step CPU decoder (LoadedModel.decoder),
+    which then runs the one-token steps of the plain path.
     """
 
-    def __init__(self, model: Transformer, tokenizer: Tokenizer, graphs: bool | None = None, compile: bool = False):
+    def __init__(self, model: Transformer, tokenizer: Tokenizer, graphs: bool | None = None, compile: bool = False,
+                 decoder: CPUDecoder | None = None, triton: bool = True, pdl: bool | None = None):
         self.model = model
         self.tokenizer = tokenizer
         if graphs is None:
-            graphs = model.device.type == "cuda" and os.environ.get("HEARTH_NO_CUDA_GRAPHS") != "1"
+            graphs = model.device.type == "cuda"
         self.graphs, self.compile = graphs, compile
+        self.decoder, self.triton, self.pdl = decoder, triton, pdl
         self._decoders: dict[int, StaticDecoder] = {}
 
     def _decoder(self, n_tokens: int) -> StaticDecoder:
         size = min(cache_bucket(n_tokens), self.model.config.max_seq_len)
         if size not in self._decoders:
-            self._decoders[size] = StaticDecoder(self.model, 1, size, compile=self.compile)  # graphs on CUDA
+            self._decoders[size] = StaticDecoder(self.model, 1, size, compile=self.compile,  # graphs on CUDA
+                                                 kernels=None if self.triton else False, pdl=self.pdl)
         return self._decoders[size]
 
     @property
@@ -129,13 +135,14 @@ class Generator:
                 return dec.step(torch.tensor([[token]], device=self.device))[0]
         else:
             cache = self.model.new_cache(1, len(prompt_ids) + params.max_tokens)
-            logits = self.model(tokens, 0, cache, last_only=True)[0, -1]
+            forward = self.model if self.decoder is None else functools.partial(self.decoder.forward, self.model)
+            logits = forward(tokens, 0, cache, last_only=True)[0, -1]
             pos = len(prompt_ids)
 
             def step(token: int) -> torch.Tensor:
                 nonlocal pos
                 pos += 1
-                return self.model(torch.tensor([[token]], device=self.device), pos - 1, cache)[0, -1]
+                return forward(torch.tensor([[token]], device=self.device), pos - 1, cache)[0, -1]
         while True:
             if sampler.uses_context and generated:
                 nxt = sampler(logits, torch.cat([context, torch.tensor(generated)]))

@@ -46,6 +46,8 @@ class EngineConfig:
     max_waiting: int = 256  # queued requests beyond this are refused (HTTP 429)
     max_model_len: int | None = None  # None: the model's context length
     cuda_graphs: bool | None = None  # decode steps as CUDA graphs; None: on when the model is on a GPU
+    triton: bool = True  # a lone sequence's graph step as hearth's Triton kernels where they apply
+    triton_pdl: bool | None = None  # their programmatic dependent launch; None: on Hopper and later
     enable_prefix_caching: bool = True  # prompts reuse the cached KV blocks of a prefix already computed
     adapters: dict[str, str] = field(default_factory=dict)  # LoRA adapters served beside the base: name -> PEFT dir
     # what a structured-output spec may hold and how long its compile may take (grammar_limits.py)
@@ -91,7 +93,8 @@ class LLMEngine:
             cap = CPU_PREFILL_WITH_DECODES if lm.model.device.type == "cpu" else 0
         self.scheduler = Scheduler(self.blocks, config.max_num_seqs, config.max_num_batched_tokens, cap or None)
         self.runner = ModelRunner(lm.model, num_blocks, config.block_size, config.max_num_seqs, self.max_model_len,
-                                  graphs=config.cuda_graphs)
+                                  graphs=config.cuda_graphs, decoder=getattr(lm, "decoder", None),  # LoadedModel's
+                                  triton=config.triton, pdl=config.triton_pdl)
         # wrapped after the runner recorded its fast paths (CUDA graphs, the native CPU step): those keep the base weights
         self.adapters = ServedAdapters(lm.model, config.adapters) if config.adapters else None
         self.runner.adapters = self.adapters

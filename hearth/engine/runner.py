@@ -5,7 +5,7 @@ Two ways to run a step:
   * CUDA graph (GPU only): steps where every sequence decodes one token. The batch is padded to a bucket size and
     each sequence's block table to a bucket width, so a handful of shapes cover every step; each is recorded once
     and replayed (one launch instead of hundreds). Padded rows write their K/V to a scratch block nobody owns.
-    A lone sequence (batch 1, bf16/fp16) runs hearth's Triton step (hearth/model/gpu_decode.py) over its block table.
+    A lone sequence (batch 1, bf16/fp16) runs hearth's Triton step (hearth/fast/gpu_decode.py) over its block table.
   * native (CPU, GGUF block weights): the same all-decode steps as one whole-token call into hearth's kernels
     (DecodePlan.step_paged via CPUDecoder.paged), reading and writing the paged cache through the block tables.
 The greedy choice of every row (argmax) is made on the device, so the engine copies back one id per sequence, not a
@@ -22,10 +22,11 @@ import torch
 from torch import Tensor
 
 from hearth.engine.scheduler import SchedulerOutput
+from hearth.fast.cpu_decode import CPUDecoder
+from hearth.fast.gpu_decode import GPUDecoder
+from hearth.fast.static_decode import record_graph
 from hearth.model import Transformer
-from hearth.model.gpu_decode import GPUDecoder
 from hearth.model.paged import BatchMeta, PagedKVCache, PrefillChunk
-from hearth.model.static_decode import record_graph
 
 
 @dataclass
@@ -65,8 +66,9 @@ class DecodeGraphs:
     """CUDA graphs of the all-decode step, one per (padded batch, padded block-table width), recorded on first use."""
 
     def __init__(self, model: Transformer, cache: PagedKVCache, max_num_seqs: int, max_blocks_per_seq: int,
-                 scratch_block: int):
+                 scratch_block: int, triton: bool = True, pdl: bool | None = None):
         self.model, self.cache, self.scratch_block = model, cache, scratch_block
+        self.triton, self.pdl = triton, pdl  # hearth's Triton step for a lone sequence; its dependent launch
         bs = cache.block_size
         self.batch_sizes = sorted({b for b in (1, 2, 4, 8, 16, 24, 32, 48, 64) if b < max_num_seqs} | {max_num_seqs})
         self.widths = []
@@ -129,10 +131,10 @@ class DecodeGraphs:
             self._record_base(b, w)
 
     def _record_base(self, b: int, w: int) -> None:
-        if b == 1 and GPUDecoder.usable(self.model, 1, self.cache):
+        if b == 1 and self.triton and GPUDecoder.usable(self.model, 1, self.cache):
             # one sequence decoding (a single client): hearth's Triton step over its block table, as `hearth run`
             dec = GPUDecoder(self.model, self.cache, self.tokens[:1].view(1, 1), self.positions[:1],
-                             table=self.tables[0, :w])
+                             table=self.tables[0, :w], pdl=self.pdl)
 
             def fn():
                 logits = dec.step()
@@ -146,8 +148,13 @@ class DecodeGraphs:
 
 
 class ModelRunner:
+    """decoder: the loaded model's whole-step CPU decoder (LoadedModel.decoder), for all-decode steps on a CPU.
+    triton / pdl: whether CUDA-graph steps of a lone sequence may run hearth's Triton step, and its dependent launch
+    (None: where the GPU has it)."""
+
     def __init__(self, model: Transformer, num_blocks: int, block_size: int, max_num_seqs: int = 64,
-                 max_model_len: int | None = None, graphs: bool | None = None):
+                 max_model_len: int | None = None, graphs: bool | None = None, decoder: CPUDecoder | None = None,
+                 triton: bool = True, pdl: bool | None = None):
         self.model = model
         self.block_size = block_size
         self.device = model.device
@@ -157,12 +164,12 @@ class ModelRunner:
         use_graphs = self.device.type == "cuda" if graphs is None else graphs
         max_len = max_model_len or model.config.max_seq_len
         self.graphs = (
-            DecodeGraphs(model, self.cache, max_num_seqs, -(-max_len // block_size), self.scratch_block)
+            DecodeGraphs(model, self.cache, max_num_seqs, -(-max_len // block_size), self.scratch_block, triton, pdl)
             if use_graphs else None
         )
         # On the CPU, with GGUF block weights: all-decode steps run the whole token in one native call
-        # (CPUDecoder.paged, hearth/model/cpu_decode.py), as `hearth run` does; everything else stays eager.
-        dec = model.__dict__.get("_cpu_decoder")
+        # (CPUDecoder.paged, hearth/fast/cpu_decode.py), as `hearth run` does; everything else stays eager.
+        dec = decoder
         with torch.no_grad():  # steps run under inference mode (execute)
             native = self.graphs is None and self.device.type == "cpu" and dec is not None and dec.usable_paged(self.cache)
         self.cpu_decoder = dec if native else None

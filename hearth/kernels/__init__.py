@@ -2,11 +2,11 @@
 
 `gguf_cpu.cpp` multiplies by GGUF Q4_0/Q4_1/Q8_0 and F16 weights in place on x86 CPUs with AVX2 (see the file for
 why it is hand-written); it also holds the fp32 glue of the fast path and `torch.classes.hearth.DecodePlan`, a whole
-one-token step in one call (hearth/model/cpu_decode.py). It is built with PyTorch's C++-extension machinery the
+one-token step in one call (hearth/fast/cpu_decode.py). It is built with PyTorch's C++-extension machinery the
 first time it is needed (~1 min on two cores) into ``$HEARTH_HOME/kernels`` (default ``~/.cache/hearth/kernels``)
 keyed by the source hash, so later processes load it in milliseconds. Where it cannot be built (no AVX2, no
-compiler), `gguf_ops()` returns None and callers fall back to dequantized weights; set ``HEARTH_NO_KERNELS=1`` to
-force that path.
+compiler), `gguf_ops()` returns None and callers fall back to dequantized weights; `load(..., kernels=False)`
+(the CLI's ``HEARTH_NO_KERNELS=1``) forces that path.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def cache_dir() -> Path:
 @functools.cache
 def gguf_ops():
     """torch.ops.hearth with gguf_mm / gguf_dequant, or None when the native kernels are unavailable here."""
-    if os.environ.get("HEARTH_NO_KERNELS") == "1" or not _cpu_has_avx2():
+    if not _cpu_has_avx2():
         return None
     digest = hashlib.sha256(_SRC.read_bytes() + torch.__version__.encode() + " ".join(_CFLAGS).encode()).hexdigest()[:16]
     build = cache_dir() / f"gguf_cpu-{digest}"

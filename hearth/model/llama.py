@@ -27,11 +27,8 @@ class RMSNorm(nn.Module):
         super().__init__()
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(dim))
-        self.ops = None  # hearth's fused CPU kernels, set by Transformer.use_fast_path
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.ops is not None and x.dtype == torch.float32 and x.device.type == "cpu":
-            return self.ops.rms_norm(x, self.weight, self.eps)
         # Normalise in fp32 and cast back before the weight, exactly as the reference implementations do:
         # in bf16 the order of these two steps changes the logits.
         xf = x.float()
@@ -106,23 +103,14 @@ class Attention(nn.Module):
         self.wk = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=False)
         self.wv = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=False)
         self.wo = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=False)
-        # Fast path (Transformer.use_fast_path): q|k|v in one product, RoPE and decode attention fused.
-        self.wqkv: nn.Module | None = None
-        self.ops = None
 
     def _qkv(self, x: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """x (N, dim), cos/sin (N, head_dim) → rotated q (N, H, D), k and v (N, KVH, D)."""
-        n, hd = x.shape[0], self.head_dim
-        nq, nk = self.n_heads * hd, self.n_kv_heads * hd
-        if self.wqkv is not None:
-            qkv = self.wqkv(x)
-            if self.ops is not None and qkv.dtype == torch.float32 and qkv.device.type == "cpu":
-                self.ops.rope_(qkv, cos, sin, self.n_heads + self.n_kv_heads, hd)
-                q, k, v = qkv.split((nq, nk, nk), dim=-1)
-                return q.view(n, self.n_heads, hd), k.view(n, self.n_kv_heads, hd), v.view(n, self.n_kv_heads, hd)
-            q, k, v = qkv.split((nq, nk, nk), dim=-1)
-        else:
-            q, k, v = self.wq(x), self.wk(x), self.wv(x)
+        q, k, v = self.wq(x), self.wk(x), self.wv(x)
+        return self._rotate(q, k, v, cos, sin)
+
+    def _rotate(self, q: Tensor, k: Tensor, v: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        n, hd = q.shape[0], self.head_dim
         q, k = q.view(n, self.n_heads, hd), k.view(n, self.n_kv_heads, hd)
         q, k = apply_rope(q, cos[:, None], sin[:, None]), apply_rope(k, cos[:, None], sin[:, None])
         return q, k, v.view(n, self.n_kv_heads, hd)
@@ -131,26 +119,7 @@ class Attention(nn.Module):
         b, t, _ = x.shape
         if isinstance(start, Tensor):
             return self._forward_static(x, cos, sin, start, cache)
-        if t == 1 and cache is not None and self.wqkv is not None and self.ops is not None and x.dtype == torch.float32:
-            # The decode step, in four calls: q|k|v product, RoPE in place, cache write + attention, output product.
-            qkv = self.wqkv(x.view(b, -1))
-            c, s_ = (cos.view(1, -1), sin.view(1, -1)) if b == 1 else (cos.view(1, -1).expand(b, -1), sin.view(1, -1).expand(b, -1))
-            self.ops.rope_(qkv, c, s_, self.n_heads + self.n_kv_heads, self.head_dim)
-            y = self.ops.attend_decode(qkv, cache.k, cache.v, self.layer, start, self.n_heads, self.n_kv_heads,
-                                       1.0 / math.sqrt(self.head_dim))
-            return self.wo(y).view(b, 1, -1)  # y is (b, H*D): wo takes the 2-D fast path
-        if self.wqkv is not None:
-            flat_cos = cos.reshape(t, -1).repeat(b, 1) if b > 1 else cos.reshape(t, -1)
-            flat_sin = sin.reshape(t, -1).repeat(b, 1) if b > 1 else sin.reshape(t, -1)
-            q, k, v = self._qkv(x.reshape(b * t, -1), flat_cos, flat_sin)
-            q = q.view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
-            k = k.view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
-            v = v.view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        else:
-            q = self.wq(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
-            k = self.wk(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
-            v = self.wv(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
-            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        q, k, v = self._project(x, cos, sin)
         if cache is not None:
             k, v = cache.update(self.layer, start, k, v)
         if start == 0 or t == 1:
@@ -166,11 +135,18 @@ class Attention(nn.Module):
         )
         return self.wo(y.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim))
 
+    def _project(self, x: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """x (B, T, dim), cos/sin (1, 1, T, head_dim) → rotated q (B, H, T, D), k and v (B, KVH, T, D)."""
+        b, t, _ = x.shape
+        q = self.wq(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
+        k = self.wk(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        v = self.wv(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
 
     def _forward_static(self, x: Tensor, cos: Tensor, sin: Tensor, pos: Tensor, cache: KVCache) -> Tensor:
         """One new token per sequence at position `pos` (a (1,) tensor on the device, not a Python int), attending over
         the whole preallocated cache under a mask. Shapes never change from step to step and nothing reads a device
-        value on the host, so the step can be captured as a CUDA graph and compiled (hearth/model/static_decode.py)."""
+        value on the host, so the step can be captured as a CUDA graph and compiled (hearth/fast/static_decode.py)."""
         b, hd, kvh = x.shape[0], self.head_dim, self.n_kv_heads
         q, k, v = self._qkv(x.view(b, -1), cos.view(1, hd).expand(b, hd), sin.view(1, hd).expand(b, hd))
         kc, vc = cache.k[self.layer], cache.v[self.layer]  # (B, KVH, S, D) views of the cache
@@ -198,17 +174,9 @@ class FeedForward(nn.Module):
         self.w1 = nn.Linear(cfg.dim, cfg.hidden_dim, bias=False)  # gate
         self.w3 = nn.Linear(cfg.dim, cfg.hidden_dim, bias=False)  # up
         self.w2 = nn.Linear(cfg.hidden_dim, cfg.dim, bias=False)  # down
-        self.w13: nn.Module | None = None  # fast path: gate|up in one product
-        self.ops = None
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.w13 is None:
-            return self.w2(F.silu(self.w1(x)) * self.w3(x))
-        gu = self.w13(x)
-        if self.ops is not None and gu.dtype == torch.float32 and gu.device.type == "cpu":
-            return self.w2(self.ops.silu_mul(gu))
-        g, u = gu.chunk(2, dim=-1)
-        return self.w2(F.silu(g) * u)
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
 
 
 class Block(nn.Module):
@@ -245,35 +213,13 @@ class Transformer(nn.Module):
         self.prefill_chunk = 512  # tokens per pass of a long prompt into a KV cache (forward)
         self.kv_dtype: torch.dtype | None = None  # KV cache element type; None: the compute dtype (see cache_dtype)
 
-    def use_fast_path(self, ops=None) -> None:
-        """Inference only: fuse q|k|v and gate|up into single products and, given hearth's CPU kernels (`ops`),
-        run RMSNorm, RoPE, SwiGLU and one-token attention as fused kernels. The unfused modules are dropped."""
-        from hearth.model.quant import fuse_linears
-
-        for layer in self.layers:
-            att, ff = layer.attention, layer.feed_forward
-            qkv = fuse_linears([att.wq, att.wk, att.wv])
-            if qkv is not None:
-                att.wqkv = qkv
-                del att.wq, att.wk, att.wv
-            w13 = fuse_linears([ff.w1, ff.w3])
-            if w13 is not None:
-                ff.w13 = w13
-                del ff.w1, ff.w3
-            att.ops = ff.ops = layer.attention_norm.ops = layer.ffn_norm.ops = ops
-        self.norm.ops = ops
-        # GGUF block weights on the CPU: one-token steps run the whole model in one native call (forward)
-        from hearth.model.cpu_decode import CPUDecoder
-
-        self._cpu_decoder = CPUDecoder.build(self, ops)
-
     @property
     def device(self) -> torch.device:
         return self.norm.weight.device
 
     @property
     def dtype(self) -> torch.dtype:
-        """The compute dtype (weights may be stored quantized: see hearth/model/quant.py)."""
+        """The compute dtype (weights may be stored quantized: see hearth/fast/quant.py)."""
         return self.norm.weight.dtype
 
     @property
@@ -315,9 +261,6 @@ class Transformer(nn.Module):
         b, t = tokens.shape
         if cache is not None and isinstance(start, int) and start + t > cache.max_seq_len:
             raise ValueError(f"sequence of {start + t} tokens exceeds the cache's {cache.max_seq_len}")
-        dec = self.__dict__.get("_cpu_decoder")  # hearth/model/cpu_decode.py, set by use_fast_path
-        if t == 1 and dec is not None and isinstance(start, int) and dec.usable(tokens, cache):
-            return dec(self, tokens, start, cache)
         chunk = self.prefill_chunk
         if cache is not None and isinstance(start, int) and t > chunk:
             # A long prompt into a cache goes through in chunks, as llama.cpp's n_ubatch: the activations of one chunk

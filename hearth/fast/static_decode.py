@@ -31,12 +31,14 @@ class StaticDecoder:
 
     graphs: record the step as a CUDA graph (default: on CUDA). compile: torch.compile the step first (fuses the
     small ops; costs tens of seconds once per shape). kernels: run the step as hearth's Triton kernels
-    (hearth/model/gpu_decode.py; default: where they apply — CUDA, batch 1, bf16/fp16 — unless compile is asked
-    for; HEARTH_NO_TRITON=1 turns them off). On the CPU none of these applies and the step runs as is.
+    (hearth/fast/gpu_decode.py; default: where they apply — CUDA, batch 1, bf16/fp16 — unless compile is asked
+    for; False turns them off). pdl: the kernels' programmatic dependent launch (None: on Hopper and later). On the
+    CPU none of these applies and the step runs as is.
     """
 
     def __init__(self, model: Transformer, batch_size: int = 1, max_seq_len: int | None = None,
-                 graphs: bool | None = None, compile: bool = False, kernels: bool | None = None):
+                 graphs: bool | None = None, compile: bool = False, kernels: bool | None = None,
+                 pdl: bool | None = None):
         self.model = model
         self.max_seq_len = max_seq_len or model.config.max_seq_len
         self.cache = model.new_cache(batch_size, self.max_seq_len)
@@ -45,15 +47,15 @@ class StaticDecoder:
         self.tokens = torch.zeros(batch_size, 1, dtype=torch.long, device=dev)
         self.pos = torch.zeros(1, dtype=torch.long, device=dev)
         self.length = 0  # host-side copy of the position, for bounds checks
-        from hearth.model.gpu_decode import GPUDecoder
+        from hearth.fast.gpu_decode import GPUDecoder
 
         if kernels is None:
             kernels = not compile and GPUDecoder.usable(model, batch_size, self.cache)
         elif kernels and not GPUDecoder.usable(model, batch_size, self.cache):
-            raise ValueError("hearth's GPU kernels need CUDA, batch 1, bf16/fp16 weights fused by use_fast_path and Triton")
+            raise ValueError("hearth's GPU kernels need CUDA, batch 1, bf16/fp16 weights fused by apply_fast_path and Triton")
         self.kernels = kernels
         if kernels:
-            gpu = GPUDecoder(model, self.cache, self.tokens, self.pos)
+            gpu = GPUDecoder(model, self.cache, self.tokens, self.pos, pdl=pdl)
             self._fn = lambda tokens, pos: gpu.step()
         else:
             self._fn = torch.compile(self._decode, fullgraph=True, dynamic=False) if compile else self._decode

@@ -1,13 +1,14 @@
 """A whole one-token decode step in one native call, for GGUF block (or F16) weights on the CPU.
 
-The per-layer fast path (hearth/model/llama.py with hearth's kernels) makes ~12 small calls per layer; for a 135M
+The per-layer fast path (hearth/fast/modules.py with hearth's kernels) makes ~12 small calls per layer; for a 135M
 model that is as much time in Python and in starting and stopping OpenMP thread teams as in the products. Here
 every layer, the final norm and the output product run inside one parallel region of hearth's C++ kernels
 (`DecodePlan.step` in hearth/kernels/gguf_cpu.cpp), as llama.cpp runs a token. The arithmetic is the per-layer
 path's own (the same row functions and products), so the logits are bit-identical to it.
 
-`CPUDecoder.build(model)` packs the weights' addresses once (when the fast path is enabled); the model's forward
-hands one-token steps with a contiguous fp32 `KVCache` to it and keeps the per-layer path for everything else.
+`CPUDecoder.build(model, ops)` packs the weights' addresses once (the loader calls it after `apply_fast_path` and
+hands the decoder on as `LoadedModel.decoder`); `CPUDecoder.forward` runs one-token steps over a contiguous `KVCache`
+here and everything else through the model's own forward (what hearth.engine.generate.Generator calls).
 The serving engine's all-decode steps call `CPUDecoder.paged` (hearth/engine/runner.py): the same step over its
 paged cache (`DecodePlan.step_paged`), each sequence at its own position, its K/V read and written through its
 block table; per sequence bit-identical to the contiguous step on the same cache contents.
@@ -19,7 +20,7 @@ import torch
 from torch import Tensor
 
 from hearth.model.llama import KVCache
-from hearth.model.quant import GGUFEmbedding, GGUFLinear
+from hearth.fast.quant import GGUFEmbedding, GGUFLinear
 
 _CACHE_DTYPES = (torch.float32, torch.float16)  # KV caches the native step reads and writes
 
@@ -37,7 +38,7 @@ class CPUDecoder:
 
     @classmethod
     def build(cls, model, ops) -> CPUDecoder | None:
-        """None unless every product of `model` (after Transformer.use_fast_path) is a GGUF block weight that
+        """None unless every product of `model` (after hearth.fast.apply_fast_path) is a GGUF block weight that
         hearth's kernels read, and the rest is fp32 on the CPU."""
         if ops is None or not hasattr(torch.classes.hearth, "DecodePlan"):
             return None
@@ -59,10 +60,10 @@ class CPUDecoder:
         for layer in model.layers:
             att, ff = layer.attention, layer.feed_forward
             tensors.append(layer.attention_norm.weight.detach())
-            if not (add(att.wqkv) and add(att.wo)):
+            if not (add(getattr(att, "wqkv", None)) and add(att.wo)):
                 return None
             tensors.append(layer.ffn_norm.weight.detach())
-            if not (add(ff.w13) and add(ff.w2)):
+            if not (add(getattr(ff, "w13", None)) and add(ff.w2)):
                 return None
         tensors.append(model.norm.weight.detach())
         if not add(model.output):
@@ -86,6 +87,13 @@ class CPUDecoder:
             and self._norm.dtype == torch.float32
             and not (torch.is_grad_enabled() and self._norm.requires_grad)
         )
+
+    def forward(self, model, tokens: Tensor, start: int, cache, last_only: bool = False) -> Tensor:
+        """`model(tokens, start, cache, last_only)`, with one-token steps that fit the cache run here (bit-identical)."""
+        if (tokens.shape[1] == 1 and isinstance(start, int) and self.usable(tokens, cache)
+                and start < cache.max_seq_len):
+            return self(model, tokens, start, cache)
+        return model(tokens, start, cache, last_only=last_only)
 
     def _tables(self, model, pos: int) -> tuple[Tensor, Tensor]:
         """cos/sin tables (> pos rows, head_dim), row p bit-identical to Transformer.rope(p, 1): built by that same

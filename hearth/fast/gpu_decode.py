@@ -3,9 +3,9 @@
 Per layer five or six launches: RMSNorm + q|k|v product; RoPE + cache write + attention over the filled part of the
 cache, in ranges (+ their merge, unless one range covers the cache); output product + residual; RMSNorm + gate|up
 product + SwiGLU; down product + residual. Then the final norm + output product, writing fp32 logits. Shapes are fixed and the
-position is read on the device, so StaticDecoder (hearth/model/static_decode.py) records the whole step as one CUDA
+position is read on the device, so StaticDecoder (hearth/fast/static_decode.py) records the whole step as one CUDA
 graph, as it does the plain step. Batch 1 only (what `hearth run` decodes); bf16 or fp16 weights; the fused
-q|k|v and gate|up products of `Transformer.use_fast_path`.
+q|k|v and gate|up products of `hearth.fast.apply_fast_path`.
 
 Launch configurations come from `gemv_config`, measured on an H100 with bench/gpu_kernels.py (see bench/README.md).
 """
@@ -13,7 +13,6 @@ Launch configurations come from `gemv_config`, measured on an H100 with bench/gp
 from __future__ import annotations
 
 import math
-import os
 
 import torch
 from torch import Tensor, nn
@@ -22,15 +21,12 @@ _DTYPES = (torch.bfloat16, torch.float16)
 
 
 def pdl_default(device) -> bool:
-    """Programmatic dependent launch (kernels overlap their neighbours' ramp-up and tail): Hopper and later, unless
-    HEARTH_TRITON_PDL=0."""
-    return (torch.device(device).type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 9
-            and os.environ.get("HEARTH_TRITON_PDL") != "0")
+    """Programmatic dependent launch (kernels overlap their neighbours' ramp-up and tail): Hopper and later. Callers
+    pass pdl=False to turn it off (the CLI does under HEARTH_TRITON_PDL=0)."""
+    return torch.device(device).type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 9
 
 
 def triton_available() -> bool:
-    if os.environ.get("HEARTH_NO_TRITON") == "1":
-        return False
     try:
         import triton  # noqa: F401
     except ImportError:
@@ -145,10 +141,11 @@ class GPUDecoder:
 
     `step()` reads `tokens` (1, 1) and `pos` (1,) from the device and writes `logits` (1, vocab) fp32, advancing
     nothing itself (StaticDecoder owns the position). With `table` (the sequence's block ids on the device), `cache`
-    is the engine's PagedKVCache and the step reads and writes the sequence's K/V through it."""
+    is the engine's PagedKVCache and the step reads and writes the sequence's K/V through it. pdl: programmatic
+    dependent launch between the kernels (None: where the GPU has it, Hopper and later)."""
 
     def __init__(self, model, cache, tokens: Tensor, pos: Tensor, chunk: int | None = None,
-                 table: Tensor | None = None):
+                 table: Tensor | None = None, pdl: bool | None = None):
         cfg = model.config
         dev, dt = model.device, model.dtype
         self.tokens, self.pos, self.model = tokens, pos, model
@@ -167,18 +164,18 @@ class GPUDecoder:
         for i, layer in enumerate(model.layers):
             a, ff = layer.attention, layer.feed_forward
             self._launches += [
-                GEMV(a.wqkv.weight, self.x, qkv, norm=layer.attention_norm),
+                GEMV(a.wqkv.weight, self.x, qkv, norm=layer.attention_norm, pdl=pdl),
                 Attend(qkv, *kv(i), att, pos, inv_freq, h, kvh, hd, chunk=chunk, table=table,
-                       block_size=getattr(cache, "block_size", 1)),
-                GEMV(a.wo.weight, att, self.x, residual=self.x),
-                GEMV(ff.w13.weight, self.x, act, norm=layer.ffn_norm, swiglu=True),
-                GEMV(ff.w2.weight, act, self.x, residual=self.x),
+                       block_size=getattr(cache, "block_size", 1), pdl=pdl),
+                GEMV(a.wo.weight, att, self.x, residual=self.x, pdl=pdl),
+                GEMV(ff.w13.weight, self.x, act, norm=layer.ffn_norm, swiglu=True, pdl=pdl),
+                GEMV(ff.w2.weight, act, self.x, residual=self.x, pdl=pdl),
             ]
-        self._launches.append(GEMV(model.output.weight, self.x, self.logits, norm=model.norm))
+        self._launches.append(GEMV(model.output.weight, self.x, self.logits, norm=model.norm, pdl=pdl))
 
     @classmethod
     def usable(cls, model, batch_size: int, cache) -> bool:
-        """Whether this step can run `model`: CUDA, batch 1, bf16/fp16 plain weights fused by use_fast_path, a
+        """Whether this step can run `model`: CUDA, batch 1, bf16/fp16 plain weights fused by apply_fast_path, a
         power-of-two head size."""
         if model.device.type != "cuda" or batch_size != 1 or model.dtype not in _DTYPES or not triton_available():
             return False
@@ -187,9 +184,9 @@ class GPUDecoder:
             return False
         if cache.k.dtype != model.dtype or not cache.k.is_contiguous():
             return False
-        mods = [model.output] + [m for layer in model.layers
-                                 for m in (layer.attention.wqkv, layer.attention.wo, layer.feed_forward.w13,
-                                           layer.feed_forward.w2)]
+        mods = [model.output] + [m for layer in model.layers  # plain (unfused) modules have no wqkv / w13
+                                 for m in (getattr(layer.attention, "wqkv", None), layer.attention.wo,
+                                           getattr(layer.feed_forward, "w13", None), layer.feed_forward.w2)]
         if any(type(m) is not nn.Linear or m.bias is not None or m.weight.dtype != model.dtype
                or m.weight.stride(1) != 1 for m in mods):
             return False
