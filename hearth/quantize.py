@@ -189,9 +189,9 @@ class Measurement:
 
 
 def compare(before: str, after: str, ppl_chunks: int = 2, n_ctx: int = 512, decode_tokens: int = 32,
-            progress: bool = False) -> list[Measurement]:
+            progress: bool = False, kernels: bool = True) -> list[Measurement]:
     """Size, perplexity (llama-perplexity's protocol, the first `ppl_chunks` chunks of the Austen novels;
-    0: skipped) and decode tokens/s of a model and its quantized copy, on the same token ids."""
+    0: skipped) and decode tokens/s of a model and its quantized copy, on the same token ids (kernels: load's)."""
     from hearth.eval.perplexity import check_args
 
     check_args(n_ctx, ppl_chunks or None)
@@ -203,17 +203,17 @@ def compare(before: str, after: str, ppl_chunks: int = 2, n_ctx: int = 512, deco
         text = austen_text()[: 8 * n_ctx * ppl_chunks]
     out = []
     for label, ref in (("before", before), ("after", after)):
-        out.append(_measure(label, ref, text, n_ctx, ppl_chunks, decode_tokens, progress))
+        out.append(_measure(label, ref, text, n_ctx, ppl_chunks, decode_tokens, progress, kernels))
     return out
 
 
 def _measure(label: str, ref: str, text: str | None, n_ctx: int, ppl_chunks: int, decode_tokens: int,
-             progress: bool) -> Measurement:
+             progress: bool, kernels: bool = True) -> Measurement:
     from hearth.eval.perplexity import text_perplexity
     from hearth.loader import load, resolve_model
 
     path = resolve_model(ref)
-    lm = load(str(path), progress=progress)
+    lm = load(str(path), progress=progress, kernels=kernels)
     ppl = err = tps = None
     if text is not None:
         r = text_perplexity(lm, text, n_ctx=n_ctx, max_chunks=ppl_chunks, progress=progress)

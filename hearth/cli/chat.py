@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from hearth.chat_loop import chat_loop, print_stream
-from hearth.cli.options import GenerationOptions, ModelArg, generation_options
+from hearth.cli.options import GenerationOptions, ModelArg, Switches, generation_options
 from hearth.errors import HearthError
 
 
@@ -29,7 +29,7 @@ def generate(
     from hearth.engine.generate import Generator
 
     ids = lm.tokenizer.encode(prompt)
-    gen = Generator(lm.model, lm.tokenizer, compile=opts.compile)
+    gen = Generator(lm.model, lm.tokenizer, compile=opts.compile, decoder=lm.decoder, **Switches.from_env().generator())
     if opts.json_out:
         c = gen.complete(ids, params)
         print(json.dumps({"prompt_token_ids": ids, "token_ids": c.token_ids, "text": c.text, "finish_reason": c.finish_reason}, ensure_ascii=False))
@@ -56,7 +56,7 @@ def run(
     lm = opts.load(model)
     from hearth.engine.chat import ChatSession
 
-    session = ChatSession(lm, params, system=system, compile=opts.compile)
+    session = ChatSession(lm, params, system=system, compile=opts.compile, **Switches.from_env().generator())
     if prompt is None and not sys.stdin.isatty():
         prompt = sys.stdin.read().strip()
         if not prompt:

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from hearth.cli.options import Device, ModelArg, load_model
+from hearth.cli.options import Device, ModelArg, load_model, prepare_process
 from hearth.cli.store import print_stored
 from hearth.errors import HearthError
 
@@ -115,6 +115,7 @@ def tune(
         grad_clip=grad_clip, weight_decay=weight_decay, grad_checkpointing=grad_checkpointing, val_fraction=val_fraction,
         eval_every=eval_every, save_every=save_every, seed=seed, dpo_beta=0.1 if beta is None else beta,
     )
+    prepare_process(device)
     outcome = run_tune(model, data, output, cfg, data=_data_options(on_bad_line, overlong, template, max_line_bytes), device=device, dtype=dtype,
                        resume=resume, progress=not quiet and sys.stderr.isatty(), merge=merge, memory_limit=_gib(memory_limit))
     _report(outcome, "adapter" if method != "full" else "model")
@@ -159,6 +160,7 @@ def distill(
     cfg = TrainConfig(method="full", lr=lr, warmup_steps=warmup_steps, max_steps=max_steps, epochs=epochs, batch_size=batch_size,
                       grad_accum=grad_accum, max_len=max_len, grad_clip=grad_clip, val_fraction=val_fraction,
                       eval_every=eval_every, save_every=save_every, seed=seed)
+    prepare_process(device)
     outcome = run_distill(teacher, student, data, output, cfg, temperature=temperature, alpha=alpha,
                           data=_data_options(on_bad_line, overlong, True, max_line_bytes), device=device, resume=resume,
                           progress=not quiet and sys.stderr.isatty(), memory_limit=_gib(memory_limit))

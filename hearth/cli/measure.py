@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from hearth.cli.options import Device, DType, KVCacheType, ModelArg, Threads, load_model
+from hearth.cli.options import Device, DType, KVCacheType, ModelArg, Switches, Threads, load_model, prepare_process
 from hearth.errors import HearthError
 
 
@@ -187,7 +187,9 @@ def quantize(
                        store=output is None or name is not None, progress=sys.stderr.isatty())
     where = f"{q.path}" + (f", stored as {q.name}" if q.name else "")
     print(f"quantized {model} to {q.qtype} in {q.seconds:.1f} s ({q.n_quantized} weight matrices): {where}")
-    rows = compare(model, str(q.path), ppl_chunks=ppl_chunks, n_ctx=ctx, decode_tokens=decode_tokens, progress=sys.stderr.isatty())
+    prepare_process("cpu")  # compare loads both on the CPU
+    rows = compare(model, str(q.path), ppl_chunks=ppl_chunks, n_ctx=ctx, decode_tokens=decode_tokens,
+                   progress=sys.stderr.isatty(), kernels=Switches.from_env().kernels)
     from rich.console import Console
 
     Console(highlight=False).print(report_table(rows, ppl_chunks, ctx))

@@ -6,6 +6,7 @@ import dataclasses
 import functools
 import inspect
 import logging
+import os
 import re
 import sys
 from pathlib import Path
@@ -90,16 +91,54 @@ def _logit_bias(items: list[str] | None) -> tuple[tuple[int, float], ...]:
     return tuple(out)
 
 
+@dataclasses.dataclass(frozen=True)
+class Switches:
+    """The environment variables that change how hearth runs a model, read once here, at the program's edge, and
+    passed on as parameters (README.md, "Environment variables"). Each is for debugging or comparison."""
+
+    kernels: bool = True  # HEARTH_NO_KERNELS=1: no native CPU kernels (fused PyTorch modules, dequantized weights)
+    triton: bool = True  # HEARTH_NO_TRITON=1: no Triton decode step on a GPU (torch ops in the CUDA graph)
+    pdl: bool | None = None  # HEARTH_TRITON_PDL=0: the Triton kernels without programmatic dependent launch
+    graphs: bool | None = None  # HEARTH_NO_CUDA_GRAPHS=1: `run` / `generate` decode on the plain per-layer path
+
+    @classmethod
+    def from_env(cls, env=None) -> Switches:
+        env = os.environ if env is None else env
+        return cls(kernels=env.get("HEARTH_NO_KERNELS") != "1", triton=env.get("HEARTH_NO_TRITON") != "1",
+                   pdl=False if env.get("HEARTH_TRITON_PDL") == "0" else None,
+                   graphs=False if env.get("HEARTH_NO_CUDA_GRAPHS") == "1" else None)
+
+    def generator(self) -> dict:
+        """Generator / ChatSession keyword arguments (hearth/engine/generate.py)."""
+        return dict(graphs=self.graphs, triton=self.triton, pdl=self.pdl)
+
+
+def prepare_process(device: str) -> None:
+    """Process-wide settings the library leaves to the program: on a CPU, freed prefill activations go back to the OS
+    instead of staying in glibc's heap (hearth/runtime.py)."""
+    from hearth.loader import resolve_device
+    from hearth.runtime import return_large_frees
+
+    try:
+        cpu = resolve_device(device).type == "cpu"
+    except HearthError:  # a bad device: the load that follows says so, in its place
+        return
+    if cpu:
+        return_large_frees()
+
+
 def load_model(model: str, device: str, dtype: str, adapter: Path | None = None, kv_cache: str = "auto"):
     from hearth.loader import load
 
-    lm = load(model, device=device, dtype=dtype, progress=sys.stderr.isatty(), kv_cache=kv_cache)
+    prepare_process(device)
+    lm = load(model, device=device, dtype=dtype, progress=sys.stderr.isatty(), kv_cache=kv_cache,
+              kernels=Switches.from_env().kernels)
     if adapter is not None and dtype == "auto":
         # the fast path (4-bit blocks, fused products, the native decode step) plus the adapter's update, unmerged,
         # as llama.cpp's --lora runs
         from hearth.engine.lora import ServedAdapters
 
-        ServedAdapters.applied(lm.model, adapter)
+        ServedAdapters.applied(lm.model, adapter, decoder=lm.decoder)
     elif adapter is not None:  # the exact path's plain projections wrapped as `hearth tune` trains them
         from hearth.tune.peft_io import load_adapter
 

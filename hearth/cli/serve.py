@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from hearth.cli.options import Device, DType, KVCacheType, load_model
+from hearth.cli.options import Device, DType, KVCacheType, Switches, load_model
 from hearth.errors import HearthError
 
 
@@ -99,10 +99,12 @@ def serve(
         name = served_model_name or model
         adapters = _served_adapters(adapter, name)
         lm = load_model(model, device, dtype, kv_cache=kv_cache)
+        switches = Switches.from_env()
         config = EngineConfig(max_num_seqs=max_num_seqs, max_num_batched_tokens=max_batched_tokens,
                               max_waiting=max_waiting, max_prefill_with_decodes=max_prefill_with_decodes,
                               enable_prefix_caching=prefix_caching, kv_cache_bytes=int(kv_cache_gib * (1 << 30)),
-                              adapters=adapters, structure_limits=StructureLimits(compile_seconds=structure_timeout))
+                              adapters=adapters, structure_limits=StructureLimits(compile_seconds=structure_timeout),
+                              triton=switches.triton, triton_pdl=switches.pdl)
         engine = AsyncEngine(lm, config, model_name=name)
         web = build_app(engine, api_key=key, served_model_name=name, max_body_bytes=max_body_bytes,
                         allowed_hosts=allowed_hosts_for(host, allowed_host or ()),
