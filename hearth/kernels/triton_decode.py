@@ -1,4 +1,4 @@
-"""Triton kernels for a one-token decode step on the GPU (hearth/model/gpu_decode.py strings them together).
+"""Triton kernels for a one-token decode step on the GPU (hearth/fast/gpu_decode.py strings them together).
 
 Why by hand: at batch 1 a decode step reads every weight once and does two flops per weight, so its speed is the
 rate at which the products stream their matrices. cuBLAS's and inductor's one-row products reach it only for the

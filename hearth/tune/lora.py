@@ -61,7 +61,7 @@ def _base_weight(module: nn.Module) -> Tensor:
     """The dense weight of an nn.Linear or of a quantized linear (dequantized)."""
     if hasattr(module, "dequantize"):  # hearth.tune.quant.NF4Linear
         return module.dequantize()
-    if hasattr(module, "dequantized"):  # hearth.model.quant.GGUFLinear (a GGUF file run natively)
+    if hasattr(module, "dequantized"):  # hearth.fast.quant.GGUFLinear (a GGUF file run natively)
         return module.dequantized()
     return module.weight
 
