@@ -77,3 +77,23 @@ def test_user_setting_is_respected(monkeypatch):
         assert runtime.return_large_frees() is False
     finally:
         runtime.return_large_frees.cache_clear()
+
+
+@linux_glibc
+def test_the_program_sets_it_not_the_library():
+    """load() leaves process-wide malloc settings alone; the CLI sets them before it loads a model on a CPU."""
+    script = textwrap.dedent(
+        """
+        import sys
+        sys.path.insert(0, {root!r})
+        from hearth import runtime
+        from hearth.cli.options import prepare_process
+        from hearth.loader import load
+        load("smollm2")
+        assert runtime.return_large_frees.cache_info().misses == 0
+        prepare_process("cpu")
+        assert runtime.return_large_frees.cache_info().misses == 1
+        """
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    subprocess.run([sys.executable, "-c", script.format(root=str(ROOT))], env=env, timeout=300, check=True)
