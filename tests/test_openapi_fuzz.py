@@ -38,7 +38,7 @@ from schemathesis.checks import (  # noqa: E402
 )
 
 from fake_engine import FakeEngine  # noqa: E402
-from hearth.server import build_app  # noqa: E402
+from hearth.server.app import build_app  # noqa: E402
 from serve_kit import ServerProcess  # noqa: E402
 from store_kit import write_tiny_gguf  # noqa: E402
 

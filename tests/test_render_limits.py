@@ -24,7 +24,7 @@ import httpx
 import pytest
 
 from fake_engine import FakeEngine, tiny_tokenizer
-from hearth.server import build_app
+from hearth.server.app import build_app
 from hearth.tokenizer import ChatTemplate, Tokenizer
 from hearth.tokenizer.chat import CHATML, RenderBudget, TemplateBudgetError
 from hearth.tokenizer.limits import chars_per_token, surely_too_long

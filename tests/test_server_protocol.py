@@ -17,7 +17,7 @@ import uvicorn
 from fastapi.testclient import TestClient
 
 from fake_engine import FakeEngine
-from hearth.server import build_app
+from hearth.server.app import build_app
 from hearth.server.common import ServerContext
 
 CHAT = "/v1/chat/completions"

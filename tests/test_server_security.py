@@ -22,7 +22,7 @@ from fastapi.testclient import TestClient
 
 from fake_engine import FakeEngine
 from hearth.errors import HearthError
-from hearth.server import build_app
+from hearth.server.app import build_app
 from hearth.server.security import allowed_hosts_for
 from serve_kit import free_port
 from store_kit import write_tiny_gguf

@@ -22,7 +22,7 @@ import httpx
 import uvicorn
 
 from fake_engine import FakeEngine
-from hearth.server import build_app
+from hearth.server.app import build_app
 from hearth.server.transport import DrainingServer
 from serve_kit import free_port
 

@@ -305,7 +305,8 @@ def test_structured_output_sees_the_same_token_bytes(m):
     import torch
 
     from hearth.engine.sampling import Sampler, SamplingParams
-    from hearth.engine.structured import Structure, ll_tokenizer
+    from hearth.engine.grammar_pool import ll_tokenizer
+    from hearth.engine.structured import Structure
 
     ll = ll_tokenizer(m.tok)
     differ = [i for i in range(m.tok.vocab_size) if ll.decode_bytes([i]) != m.tok.token_bytes(i)]

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
-import weakref
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -21,7 +19,7 @@ from torch import Tensor
 
 from hearth import safejson
 from hearth.engine.grammar_limits import MAX_JSON_DEPTH, StructureLimits
-from hearth.engine.grammar_pool import CompiledGrammar, compiler_for, first_line
+from hearth.engine.grammar_pool import CompiledGrammar, compiler_for
 from hearth.errors import HearthError
 
 log = logging.getLogger("hearth")
@@ -85,28 +83,6 @@ class Structure:
         """The spec compiled for this tokenizer (safely: grammar_pool.py); HearthError naming the problem for a schema,
         regex or grammar that cannot be used or is too complex."""
         return compiler_for(tokenizer, limits).compile(self)
-
-
-_LL_TOKENIZERS: "weakref.WeakKeyDictionary[Any, Any]" = weakref.WeakKeyDictionary()
-_LL_LOCK = threading.Lock()
-
-
-def ll_tokenizer(tokenizer):
-    """llguidance's view of a hearth Tokenizer (built once per tokenizer: ~0.7 s for a 49K vocabulary). It reads the
-    same `tokenizers` JSON hearth encodes with, so both agree on every token's bytes and on special tokens."""
-    import llguidance
-
-    with _LL_LOCK:
-        ll = _LL_TOKENIZERS.get(tokenizer)
-        if ll is None:
-            if not tokenizer.eos_ids:
-                raise HearthError("structured output needs a model whose tokenizer has an end-of-sequence token")
-            try:
-                ll = llguidance.LLTokenizer(tokenizer.backend.to_str(), eos_token=list(tokenizer.eos_ids))
-            except Exception as e:  # a vocabulary llguidance cannot read
-                raise HearthError(f"structured output is not available for this tokenizer ({first_line(str(e))})") from None
-            _LL_TOKENIZERS[tokenizer] = ll
-        return ll
 
 
 class Constraint:
