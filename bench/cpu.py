@@ -175,15 +175,20 @@ class HearthRunner:
 
         sys.path.insert(0, str(ROOT))
         from hearth.loader import load
+        from hearth.runtime import return_large_frees
 
         self.torch = torch
         self.import_s = time.perf_counter() - t0
         self.rss_import_mib = rss_mib()[0]  # the runtime: Python + the runner's libraries (torch: ~220 MiB)
         torch.set_num_threads(threads)
+        return_large_frees()  # as the hearth command does before it loads a model on a CPU (hearth/runtime.py)
         t0 = time.perf_counter()
         self.lm = load(model, device="cpu", dtype="auto" if dtype == "native" else dtype, kv_cache=kv_cache)
         self.load_s = time.perf_counter() - t0
         self.model = self.lm.model
+        # one-token steps through the loader's whole-step decoder where it built one, as `hearth run` decodes
+        dec = self.lm.decoder
+        self.forward = self.model if dec is None else (lambda *a, **k: dec.forward(self.model, *a, **k))
         self.info = dict(torch=torch.__version__, dtype=str(self.lm.dtype).replace("torch.", ""),
                          kv_cache=str(self.model.cache_dtype).replace("torch.", ""),
                          torch_threads=torch.get_num_threads(), eos=list(self.lm.tokenizer.eos_ids))
@@ -202,14 +207,14 @@ class HearthRunner:
                 return torch_greedy(logits, mask_t)
 
             t0 = time.perf_counter()
-            logits = self.model(prompt, 0, cache, last_only=True)
+            logits = self.forward(prompt, 0, cache, last_only=True)
             t1 = time.perf_counter()
             tok = greedy(logits)
             out = [tok]
             pos = len(ids)
             t2 = time.perf_counter()
             for _ in range(n_gen):
-                logits = self.model(torch.tensor([[tok]], dtype=torch.long), pos, cache)
+                logits = self.forward(torch.tensor([[tok]], dtype=torch.long), pos, cache)
                 tok = greedy(logits)
                 out.append(tok)
                 pos += 1

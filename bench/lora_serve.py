@@ -25,6 +25,7 @@ from hearth.engine.llm_engine import EngineConfig, LLMEngine  # noqa: E402
 from hearth.engine.request import EngineRequest  # noqa: E402
 from hearth.engine.sampling import SamplingParams  # noqa: E402
 from hearth.loader import load  # noqa: E402
+from hearth.runtime import return_large_frees  # noqa: E402
 from hearth.tune.lora import LoraConfig, apply_lora, lora_modules  # noqa: E402
 from hearth.tune.peft_io import save_adapter  # noqa: E402
 
@@ -66,6 +67,7 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=48)
     ap.add_argument("--rank", type=int, default=16)
     args = ap.parse_args()
+    return_large_frees()  # as `hearth serve` does on a CPU
     with tempfile.TemporaryDirectory() as tmp:
         adapters = make_adapters(args.model, Path(tmp), 3, args.rank)
         lm = load(args.model, dtype=args.dtype)

@@ -24,6 +24,7 @@ from hearth.engine.llm_engine import EngineConfig, LLMEngine  # noqa: E402
 from hearth.engine.request import EngineRequest  # noqa: E402
 from hearth.engine.sampling import SamplingParams  # noqa: E402
 from hearth.loader import load  # noqa: E402
+from hearth.runtime import return_large_frees  # noqa: E402
 
 GPL3 = "/usr/share/common-licenses/GPL-3"
 
@@ -63,6 +64,7 @@ def main() -> None:
     ap.add_argument("--budget", type=int, default=512, help="max_num_batched_tokens (the step budget)")
     ap.add_argument("--caps", type=int, nargs="+", default=[0, 256, 128, 64])
     args = ap.parse_args()
+    return_large_frees()  # as `hearth serve` does on a CPU
     lm = load(args.model)
     long_ids = lm.tokenizer.encode(Path(GPL3).read_text())[: args.prompt_tokens]
     print(f"{args.model} on {lm.model.device}: {args.streams} streams decoding, then a {len(long_ids)}-token prompt; "

@@ -72,7 +72,9 @@ class FusedAttention(Attention):
                 and x.dtype == torch.float32):
             # The decode step, in four calls: q|k|v product, RoPE in place, cache write + attention, output product.
             qkv = self.wqkv(x.view(b, -1))
-            c, s_ = (cos.view(1, -1), sin.view(1, -1)) if b == 1 else (cos.view(1, -1).expand(b, -1), sin.view(1, -1).expand(b, -1))
+            c, s_ = cos.view(1, -1), sin.view(1, -1)
+            if b > 1:
+                c, s_ = c.expand(b, -1), s_.expand(b, -1)
             self.ops.rope_(qkv, c, s_, self.n_heads + self.n_kv_heads, self.head_dim)
             y = self.ops.attend_decode(qkv, cache.k, cache.v, self.layer, start, self.n_heads, self.n_kv_heads,
                                        1.0 / math.sqrt(self.head_dim))
