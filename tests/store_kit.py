@@ -13,7 +13,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-import torch
 
 import tiny
 
@@ -26,18 +25,11 @@ Llama 3.2 Version Release Date: September 25, 2024
 
 @functools.lru_cache(maxsize=None)
 def _tiny_parts():
-    from hearth.config import ModelConfig
-    from hearth.model import Transformer
     from hearth.tokenizer import Tokenizer
     from hearth.weights.types import TokenizerData
 
-    cfg = ModelConfig(vocab_size=tiny.TOKENIZER_VOCAB, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, hidden_dim=128,
-                      max_seq_len=512, tie_embeddings=True, name="tiny")
-    torch.manual_seed(0)
-    model = Transformer(cfg)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0, 0.08)
+    model = tiny.random_transformer(vocab_size=tiny.TOKENIZER_VOCAB, max_seq_len=512, tie_embeddings=True, name="tiny")
+    cfg = model.config
     state = tiny.state_dict_of(model)
     with tempfile.TemporaryDirectory() as d:  # from_data reads the file at once
         tiny.train_tokenizer().save(str(Path(d) / "tokenizer.json"))

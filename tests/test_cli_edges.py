@@ -14,13 +14,6 @@ from hearth.store.manifest import Manifest, check_name
 from store_kit import manifest_json, one_line_error, run_main, write_tiny_gguf
 
 
-@pytest.fixture
-def home(tmp_path, monkeypatch):
-    h = tmp_path / "hearth-home"
-    monkeypatch.setenv("HEARTH_HOME", str(h))
-    return h
-
-
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     return write_tiny_gguf(tmp_path_factory.mktemp("edges") / "tiny.gguf", license="mit")

@@ -27,11 +27,11 @@ GREEDY = SamplingParams(temperature=0, max_tokens=12)
 
 
 @pytest.fixture(scope="module")
-def lm():
+def lm(smollm2_model_f32):
     # The exact fp32 path: batched and alone then agree to the token. With the native 4-bit path (dtype auto) a
     # last-bit difference in attention (batched vs alone) can cross an 8-bit activation rounding boundary and
     # flip a near-tie greedy token, as in llama.cpp; test_native_batch_mostly_equals_alone bounds that.
-    return load("smollm2", dtype="float32")
+    return smollm2_model_f32
 
 
 @pytest.fixture(scope="module")

@@ -121,10 +121,8 @@ def test_check_context_rejects_empty_prompt():
 
 
 @pytest.fixture(scope="module")
-def lm():
-    from hearth.loader import load
-
-    return load("smollm2")
+def lm(smollm2_model):
+    return smollm2_model
 
 
 @pytest.fixture(scope="module")

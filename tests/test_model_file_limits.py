@@ -23,15 +23,10 @@ from hearth.weights import open_checkpoint
 from hearth.weights.gguf_file import GGUFFile, StringArray, _Cursor
 from store_kit import one_line_error, run_main, write_tiny_gguf, write_tiny_hf
 
+pytestmark = pytest.mark.usefixtures("home")  # every test runs against an empty store of its own
+
 # The GGUF value types, as the spec numbers them
 U32, I32, STRING, ARRAY, U64 = 4, 5, 8, 9, 10
-
-
-@pytest.fixture(autouse=True)
-def home(tmp_path, monkeypatch):
-    h = tmp_path / "hearth-home"
-    monkeypatch.setenv("HEARTH_HOME", str(h))
-    return h
 
 
 @pytest.fixture(scope="module")

@@ -83,7 +83,8 @@ def gqa(root) -> SimpleNamespace:
 
 
 def _llama(path: Path, n_ctx: int = 512):
-    llama_cpp = pytest.importorskip("llama_cpp")
+    import llama_cpp
+
     # fp32 KV cache: llama.cpp's default f16 cache alone moves logits by ~1e-2.
     # One thread: ggml's spinning thread barrier makes 2-thread single-token decodes take ~0.5 s each
     # when the 2 cores are busy with anything else (torch's own threads included).
@@ -200,6 +201,7 @@ def test_gguf_f32_roundtrip(variant):
     assert g.chat_template.render(msgs) == variant.hearth.chat_template.render(msgs)
 
 
+@pytest.mark.reference
 def test_llama_cpp_runs_hearth_gguf(variant):
     llm = _llama(_gguf_f32(variant))
     logits, new = _llama_run(llm, variant.prompt, NEW_TOKENS)
@@ -261,6 +263,7 @@ def test_gguf_requantize_keeps_vocabulary_and_metadata(gqa, tmp_path):
         assert ckpt.quantization == "Q8_0"
 
 
+@pytest.mark.reference
 def test_llama_cpp_runs_hearth_quantized_gguf(gqa):
     """llama.cpp reads the blocks hearth wrote as hearth does (loosely: it quantizes activations too)."""
     for qtype in ("Q8_0", "Q4_0", "Q5_1"):
@@ -277,6 +280,7 @@ def test_llama_cpp_runs_hearth_quantized_gguf(gqa):
 K_QUANTS = {"Q2_K": {"Q2_K", "Q3_K", "Q6_K"}, "Q3_K_M": {"Q3_K", "Q4_K", "Q5_K", "Q6_K"}, "Q4_K_M": {"Q4_K", "Q6_K"}}
 
 
+@pytest.mark.reference
 @pytest.mark.parametrize("ftype", list(K_QUANTS))
 def test_k_quants_made_by_llama_cpp(gqa, ftype):
     """hearth reads llama.cpp's K-quant files as llama.cpp runs them.
@@ -286,7 +290,8 @@ def test_k_quants_made_by_llama_cpp(gqa, ftype):
     relative error, 92-95% argmax agreement; a wrong q/k permutation gives 1.2 and 3%, shuffled
     sub-blocks 1.4 and 0%, and ignoring the quantization (the fp32 weights) 0.12-1.1.
     """
-    llama_cpp = pytest.importorskip("llama_cpp")
+    import llama_cpp
+
     src = _gguf_f32(gqa)
     dst = src.parent / f"gqa.{ftype}.gguf"
     params = llama_cpp.llama_model_quantize_default_params()
@@ -352,6 +357,7 @@ def test_write_gguf_errors(tmp_path):
         write_gguf(tmp_path / "d.gguf", cfg_small, sd_small, tok)
 
 
+@pytest.mark.reference
 def test_sentencepiece_tokenizer_roundtrip(tmp_path):
     """A Llama 2-style vocabulary (byte fallback) is written as tokenizer.ggml.model "llama" with scores."""
     from hearth.tokenizer import Tokenizer

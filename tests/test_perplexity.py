@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import torch
 
-from hearth.config import ModelConfig
 from hearth.errors import HearthError
 from hearth.eval import corpus
 from hearth.eval.perplexity import perplexity, text_ids, text_perplexity
@@ -28,14 +27,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def tiny_model() -> Transformer:
-    cfg = ModelConfig(vocab_size=64, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, hidden_dim=64, max_seq_len=128)
-    torch.manual_seed(0)
-    model = Transformer(cfg)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            p.copy_(1.0 + 0.2 * torch.randn_like(p) if "norm" in name else 0.3 * torch.randn_like(p))
-    return model.eval()
+def tiny_model(tiny_transformer) -> Transformer:
+    return tiny_transformer(0, std=0.3, norm_std=0.2, vocab_size=64, dim=32, hidden_dim=64, max_seq_len=128)
 
 
 def by_hand(model, ids, n_ctx, bos=None, max_chunks=None):
@@ -182,7 +175,8 @@ def f32_smollm2(tmp_path_factory):
 
 def llama_cpp_perplexity(path, ids, n_ctx, n_chunks):
     """The same protocol over llama.cpp's logits (as ../shared/bench/peers/perplexity.py computes it)."""
-    llama_cpp = pytest.importorskip("llama_cpp")
+    import llama_cpp
+
     # fp32 KV cache (llama.cpp's default f16 cache alone moves logits by ~1e-2); one thread (see test_model_variants)
     llm = llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx, logits_all=True,
                           n_threads=1, n_threads_batch=1, type_k=0, type_v=0, verbose=False)

@@ -278,9 +278,11 @@ def _stepwise(model, ids, prefix):
 
 
 @pytest.mark.parametrize("name", list(QTYPES))
+@pytest.mark.reference
 def test_native_model_agrees_with_llama_cpp(tiny_gguf, name):
     """llama.cpp runs the same file with the same arithmetic (fp32 KV cache so attention is exact on both sides)."""
-    llama_cpp = pytest.importorskip("llama_cpp")
+    import llama_cpp
+
     _, paths = tiny_gguf
     ids = list(tiny.corpus_ids(40))
     native = tiny.hearth_logits(load(str(paths[name])).model, ids)
@@ -297,12 +299,14 @@ def test_native_model_agrees_with_llama_cpp(tiny_gguf, name):
     assert (native.argmax(-1) == theirs.argmax(-1)).float().mean().item() > 0.9
 
 
+@pytest.mark.reference
 def test_native_f16_model_agrees_with_llama_cpp(tiny_gguf):
     """F16: both round the activations to fp16 before each product (ggml's vec_dot_type for F16), so hearth is closer to
     llama.cpp than the exact fp32 evaluation of the same weights. Not to 1e-5 as for the block types: an fp16 rounding
     step is 2^-11 of a value (8-bit steps are coarser but rarer to straddle), and fp32 differences in the last bits
     upstream (ggml sums RMSNorm in double, hearth in fp32) move some activations across one."""
-    llama_cpp = pytest.importorskip("llama_cpp")
+    import llama_cpp
+
     _, paths = tiny_gguf
     ids = list(tiny.corpus_ids(40))
     native = tiny.hearth_logits(load(str(paths["F16"])).model, ids)

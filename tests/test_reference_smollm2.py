@@ -20,10 +20,9 @@ from hearth.engine.generate import Generator
 from hearth.engine.sampling import SamplingParams
 from hearth.loader import load, resolve_model
 
-llama_cpp = pytest.importorskip("llama_cpp")
 transformers = pytest.importorskip("transformers")
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.reference]
 
 SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
 PROMPTS = [
@@ -42,6 +41,8 @@ def gguf_path():
 
 @pytest.fixture(scope="module")
 def f32_gguf(gguf_path, tmp_path_factory):
+    import llama_cpp
+
     out = tmp_path_factory.mktemp("f32") / "smollm2.F32.gguf"
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = 0  # LLAMA_FTYPE_ALL_F32
@@ -53,6 +54,8 @@ def f32_gguf(gguf_path, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def llama(f32_gguf):
+    import llama_cpp
+
     return llama_cpp.Llama(model_path=str(f32_gguf), n_ctx=1024, n_batch=512, logits_all=True, n_threads=1, verbose=False)  # ggml threads spin badly on a busy 2-core box
 
 
@@ -65,8 +68,8 @@ def hf_model(gguf_path):
 
 
 @pytest.fixture(scope="module")
-def hearth_lm():
-    return load("smollm2", dtype="float32")
+def hearth_lm(smollm2_model_f32):
+    return smollm2_model_f32
 
 
 @pytest.fixture(scope="module")

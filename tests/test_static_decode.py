@@ -7,22 +7,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hearth.config import ModelConfig
 from hearth.fast import apply_fast_path
 from hearth.fast.static_decode import StaticDecoder, cache_bucket
 from hearth.model import Transformer
+from tiny import random_transformer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(seed: int = 0, **kw) -> Transformer:
-    torch.manual_seed(seed)
-    cfg = ModelConfig(**{**dict(vocab_size=97, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, hidden_dim=128,
-                                max_seq_len=64), **kw})
-    m = Transformer(cfg)
-    for p in m.parameters():
-        torch.nn.init.normal_(p, std=0.2)
-    return m.eval()
+    return random_transformer(seed, std=0.2, **{"max_seq_len": 64, **kw})
 
 
 def reference(m: Transformer, ids: torch.Tensor, steps: int) -> tuple[list[torch.Tensor], torch.Tensor]:

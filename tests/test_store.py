@@ -30,13 +30,6 @@ A tiny model that exists only for hearth's tests.
 """
 
 
-@pytest.fixture
-def home(tmp_path, monkeypatch) -> Path:
-    h = tmp_path / "hearth-home"
-    monkeypatch.setenv("HEARTH_HOME", str(h))
-    return h
-
-
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     t = tmp_path_factory.mktemp("store-models")

@@ -60,13 +60,6 @@ def bundle(path: Path, m: dict, blobs: list[bytes] | None = None, extra: list[tu
     return path
 
 
-@pytest.fixture
-def home(tmp_path, monkeypatch) -> Path:
-    h = tmp_path / "home"
-    monkeypatch.setenv("HEARTH_HOME", str(h))
-    return h
-
-
 def snapshot(home: Path) -> dict[str, bytes | str]:
     """Every file and link in the store but the lock and the verification cache: path -> bytes or link target.
     (Empty directories, e.g. tmp/ made by the first import, do not count.)"""

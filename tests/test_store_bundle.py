@@ -36,13 +36,6 @@ def exported(tmp_path_factory):
             "manifests": {n: manifest_json(src_home, n) for n in ("tiny", "tiny-hf")}}
 
 
-@pytest.fixture
-def home(tmp_path, monkeypatch) -> Path:
-    h = tmp_path / "air-gapped-home"
-    monkeypatch.setenv("HEARTH_HOME", str(h))
-    return h
-
-
 def members(bundle: Path) -> list[tuple[tarfile.TarInfo, bytes]]:
     with tarfile.open(bundle) as tf:
         return [(m, tf.extractfile(m).read()) for m in tf.getmembers()]

@@ -47,13 +47,6 @@ blobs.copy_stream = slow
 RUN_MAIN = "\nfrom hearth.cli import main\nsys.exit(main(sys.argv[1:]))\n"
 
 
-@pytest.fixture
-def home(tmp_path, monkeypatch) -> Path:
-    h = tmp_path / "hearth-home"
-    monkeypatch.setenv("HEARTH_HOME", str(h))
-    return h
-
-
 @pytest.fixture(scope="module")
 def src(tmp_path_factory):
     t = tmp_path_factory.mktemp("robust")

@@ -17,7 +17,6 @@ from hearth.engine.request import EngineRequest, FinishReason
 from hearth.engine.sampling import Sampler, SamplingParams
 from hearth.engine.structured import Structure
 from hearth.errors import HearthError
-from hearth.loader import load
 
 PERSON = {
     "type": "object",
@@ -33,8 +32,8 @@ PERSON = {
 
 
 @pytest.fixture(scope="module")
-def lm():
-    return load("smollm2")
+def lm(smollm2_model):
+    return smollm2_model
 
 
 @pytest.fixture(scope="module")

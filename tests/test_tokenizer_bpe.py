@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import inspect
 import json
 import textwrap
@@ -93,7 +92,8 @@ def smollm2(smollm2_path) -> Tokenizer:
 
 @pytest.fixture(scope="module")
 def llama_smollm2(smollm2_path):
-    llama_cpp = pytest.importorskip("llama_cpp")
+    import llama_cpp
+
     return llama_cpp.Llama(model_path=str(smollm2_path), vocab_only=True, verbose=False)
 
 
@@ -122,12 +122,14 @@ def test_smollm2_pinned_agreements(smollm2, text):
 
 
 @pytest.mark.parametrize("name", list(CORPUS))
+@pytest.mark.reference
 def test_smollm2_matches_llama_cpp(smollm2, llama_smollm2, name):
     text = CORPUS[name]
     assert smollm2.encode(text) == llama_smollm2.tokenize(text.encode("utf-8"), add_bos=False, special=True)
 
 
 @pytest.mark.parametrize("text", list(PINNED) + list(AGREED))
+@pytest.mark.reference
 def test_pinned_ids_are_llama_cpps(llama_smollm2, text):
     expected = PINNED[text][0] if text in PINNED else AGREED[text]
     assert llama_smollm2.tokenize(text.encode("utf-8"), add_bos=False, special=True) == expected
@@ -292,14 +294,17 @@ def test_llama3_decode(l3, name):
 
 
 @pytest.mark.parametrize("name", list(L3_CORPUS))
+@pytest.mark.reference
 def test_llama3_matches_llama_cpp(l3, name):
-    llama_cpp = pytest.importorskip("llama_cpp")
+    import llama_cpp
+
     if not hasattr(l3, "llama"):
         l3.llama = llama_cpp.Llama(model_path=str(l3.gguf_path), vocab_only=True, verbose=False)
     text = L3_CORPUS[name]
     assert l3.tok.encode(text) == l3.llama.tokenize(text.encode("utf-8"), add_bos=True, special=True)
 
 
+@pytest.mark.reference
 def test_llama3_ignore_merges(tmp_path):
     """A word that is itself in the vocabulary is one token even when the merges would not reach it
     (Llama 3's tokenizer.json sets ignore_merges; llama.cpp does the same for llama-bpe)."""
@@ -315,15 +320,15 @@ def test_llama3_ignore_merges(tmp_path):
     ref = HFTokenizer(models.BPE({t: i for i, t in enumerate(tokens)}, [tuple(m.split()) for m in merges], ignore_merges=True))
     ref.pre_tokenizer = _llama3_pre()
     assert ref.encode("abc xabc").ids == tok.encode("abc xabc")
-    if importlib.util.find_spec("llama_cpp") is not None:
-        import llama_cpp
+    import llama_cpp
 
-        _write_bpe_gguf(tmp_path / "v.gguf", v, bos=0)
-        llama = llama_cpp.Llama(model_path=str(tmp_path / "v.gguf"), vocab_only=True, verbose=False)
-        assert llama.tokenize(b"abc xabc", add_bos=False, special=True) == tok.encode("abc xabc")
+    _write_bpe_gguf(tmp_path / "v.gguf", v, bos=0)
+    llama = llama_cpp.Llama(model_path=str(tmp_path / "v.gguf"), vocab_only=True, verbose=False)
+    assert llama.tokenize(b"abc xabc", add_bos=False, special=True) == tok.encode("abc xabc")
 
 
 @pytest.mark.parametrize("pre", ["gpt-2", "default"])
+@pytest.mark.reference
 def test_gpt2_regex_pre_tokenizer(l3, tmp_path, pre):
     """"gpt-2" and "default" both mean GPT-2's byte-level regex in hearth.
 
@@ -340,7 +345,8 @@ def test_gpt2_regex_pre_tokenizer(l3, tmp_path, pre):
     texts = {k: L3_CORPUS[k] for k in ("textwrap_source", "contractions", "numbers", "scripts", "specials", "whitespace_runs")}
     for name, text in texts.items():
         assert tok.encode(text) == ref.encode(text, add_special_tokens=False).ids, name
-    llama_cpp = pytest.importorskip("llama_cpp")
+    import llama_cpp
+
     _write_bpe_gguf(tmp_path / "v.gguf", v, bos=0)
     llama = llama_cpp.Llama(model_path=str(tmp_path / "v.gguf"), vocab_only=True, verbose=False)
     same = {name: llama.tokenize(t.encode("utf-8"), add_bos=False, special=True) == tok.encode(t) for name, t in texts.items()}
@@ -350,6 +356,7 @@ def test_gpt2_regex_pre_tokenizer(l3, tmp_path, pre):
         assert not same["contractions"] and not same["textwrap_source"] and same["scripts"], same
 
 
+@pytest.mark.reference
 def test_smollm2_token_bytes_are_llama_cpps(smollm2, llama_smollm2):
     """Every token's own bytes (OpenAI logprobs' `bytes`), partial UTF-8 characters included, as llama.cpp's
     token_to_piece gives them (llama-cpp-python's buffer holds 32 bytes: longer pieces come back empty there)."""

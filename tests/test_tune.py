@@ -12,7 +12,6 @@ import torch
 
 import tiny
 import tune_kit
-from hearth.config import ModelConfig
 from hearth.errors import HearthError
 from hearth.loader import load
 from hearth.model import Transformer
@@ -22,7 +21,7 @@ from hearth.tune.forward import logits
 from hearth.tune.lora import LoraConfig, adapters_disabled, apply_lora, dense_state_dict, lora_modules, merge_lora
 from hearth.tune.objectives import SFT, Distill
 from hearth.tune.quant import NF4Linear, dequantize_nf4, quantize_nf4
-from hearth.tune.recipes import DataOptions, distill, tune
+from hearth.tune.recipes import distill, tune
 from hearth.tune.train import TrainConfig, lr_at, train
 
 
@@ -45,13 +44,7 @@ def chat_file(tmp_path_factory):
 
 
 def _rand_model(seed=0, **kw) -> Transformer:
-    cfg = ModelConfig(**{**dict(vocab_size=300, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, hidden_dim=128, max_seq_len=256), **kw})
-    torch.manual_seed(seed)
-    m = Transformer(cfg)
-    with torch.no_grad():
-        for p in m.parameters():
-            p.normal_(0, 0.08) if p.dim() > 1 else p.copy_(1 + 0.2 * torch.randn_like(p))
-    return m.eval()
+    return tiny.random_transformer(seed, norm_std=0.2, **{"vocab_size": 300, **kw})
 
 
 # ------------------------------------------------------------------------------- forward and LoRA

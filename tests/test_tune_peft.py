@@ -13,7 +13,6 @@ import pytest
 import torch
 
 import tiny
-import tune_kit
 from hearth.errors import HearthError
 from hearth.loader import load
 from hearth.tune.export import write_model
@@ -102,7 +101,8 @@ def test_incompatible_adapters_are_refused_in_one_line(base, adapted, tmp_path):
 
 
 def _llama_cpp_greedy(path, prompt, n):
-    llama_cpp = pytest.importorskip("llama_cpp")
+    import llama_cpp
+
     llm = llama_cpp.Llama(model_path=str(path), n_ctx=256, logits_all=True, n_threads=1, n_threads_batch=1, verbose=False,
                           type_k=0, type_v=0)
     llm.eval(prompt)
@@ -113,6 +113,7 @@ def _llama_cpp_greedy(path, prompt, n):
     return new
 
 
+@pytest.mark.reference
 def test_exported_adapted_model_gives_the_same_greedy_tokens(adapted, tmp_path):
     lm, _ = adapted
     prompt = list(tiny.corpus_ids(40))

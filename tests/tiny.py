@@ -162,6 +162,29 @@ def hearth_greedy(loaded, ids, n: int) -> list[int]:
     return done.token_ids
 
 
+# hearth's own random tiny Transformer (no transformers model behind it): small enough for a test, shaped as a Llama
+TINY_CONFIG = dict(vocab_size=97, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, hidden_dim=128, max_seq_len=256)
+
+
+def random_transformer(seed: int = 0, std: float = 0.08, norm_std: float | None = None, **config):
+    """A hearth Transformer (TINY_CONFIG with `config` overrides) with random weights, in eval mode.
+
+    Every parameter is drawn from N(0, std); with `norm_std`, the 1-D ones (the RMSNorm weights) are 1 + N(0, norm_std)
+    instead, as trained norms sit near 1. The same seed and arguments give the same weights, bit for bit."""
+    from hearth.config import ModelConfig
+    from hearth.model import Transformer
+
+    torch.manual_seed(seed)
+    model = Transformer(ModelConfig(**{**TINY_CONFIG, **config}))
+    with torch.no_grad():
+        for p in model.parameters():
+            if norm_std is not None and p.dim() == 1:
+                p.copy_(1 + norm_std * torch.randn_like(p))
+            else:
+                p.normal_(0, std)
+    return model.eval()
+
+
 def state_dict_of(model) -> dict[str, torch.Tensor]:
     """hearth-named tensors of a hearth Transformer (output.weight dropped when tied)."""
     sd = dict(model.state_dict())
