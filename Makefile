@@ -50,6 +50,7 @@ else
 endif
 
 test: $(STAMP) corpus
+	$(VENV)/bin/ruff check hearth tests bench
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 bench: $(STAMP)

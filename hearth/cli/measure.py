@@ -143,11 +143,9 @@ def _item_progress(label: str, total: int):
         if not sys.stderr.isatty():
             yield lambda done, total: None
             return
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        from hearth import progress
 
-        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                      console=Console(stderr=True), transient=True) as p:
+        with progress.bar("{task.description}", ":bar", ":count", ":left") as p:
             tid = p.add_task(label, total=total)
             yield lambda done, total: p.update(tid, completed=done)
 
