@@ -19,6 +19,8 @@ from pathlib import Path
 
 import torch
 
+from hearth.fsutil import atomic_write
+
 log = logging.getLogger(__name__)
 
 _SRC = Path(__file__).with_name("gguf_cpu.cpp")
@@ -73,9 +75,7 @@ def gguf_ops():
         # building from each checkout's own path would recompile on every switch between checkouts
         src = build / _SRC.name
         if not src.exists() or src.read_bytes() != _SRC.read_bytes():
-            tmp = build / f".{_SRC.name}.{os.getpid()}"
-            tmp.write_bytes(_SRC.read_bytes())
-            os.replace(tmp, src)
+            atomic_write(src, _SRC.read_bytes(), durable=False)
         load(
             name="hearth_gguf_cpu",
             sources=[str(src)],
