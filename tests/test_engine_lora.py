@@ -8,7 +8,6 @@ two adapters and of the base model share every step; each must equal its own ref
 from __future__ import annotations
 
 import pytest
-import torch
 
 from hearth.engine.generate import Generator
 from hearth.engine.llm_engine import EngineConfig, LLMEngine

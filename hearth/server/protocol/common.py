@@ -10,7 +10,6 @@ of being silently ignored. Fields real clients send that change nothing here (`u
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import time
