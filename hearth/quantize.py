@@ -76,6 +76,7 @@ def quantize_model(
     """Re-quantize model `ref` (store name, path, or `smollm2`). With `output`, write that file; with
     `store` (default when no `output`), add it to the store as `name` (default `<model>-<to>`)."""
     from hearth.loader import resolve_model
+    from hearth.tokenizer import Tokenizer
     from hearth.weights import open_checkpoint
     from hearth.weights.gguf_writer import write_gguf
 
@@ -100,6 +101,8 @@ def quantize_model(
         raise HearthError(f"-o {output} is the model being quantized; write the result to another file")
     ckpt = open_checkpoint(src)
     cfg = ckpt.config
+    # a GGUF source's vocabulary is copied as it is; a tokenizer.json is converted from the built tokenizer
+    tokenizer = ckpt.tokenizer if ckpt.tokenizer.gguf is not None else Tokenizer.from_data(ckpt.tokenizer)
     names = [n for n in ckpt.tensors if not (cfg.tie_embeddings and n == "output.weight")]
     metadata = {k: v for k, v in ckpt.metadata.items() if k.startswith("general.") and k not in _OWN_KEYS}
     metadata["general.quantized_by"] = "hearth"
@@ -115,7 +118,7 @@ def quantize_model(
             # 4-bit: the embedding (and output) matrix stays 8-bit, as llama.cpp's own Q4 mixes keep it higher:
             # it is the most sensitive matrix (on smollm2, where it is tied, Q4_1 there alone costs ~10% perplexity)
             keep8 = {n: "Q8_0" for n in ("tok_embeddings.weight", "output.weight")} if qtype.startswith("Q4") else None
-            write_gguf(target, cfg, state, ckpt.tokenizer, chat_template=ckpt.tokenizer.chat_template, qtype=qtype,
+            write_gguf(target, cfg, state, tokenizer, chat_template=ckpt.tokenizer.chat_template, qtype=qtype,
                        metadata=metadata, on_tensor=lambda n: advance(f"{qtype} {n}"), tensor_qtypes=keep8)
             del state
         path = target

@@ -149,6 +149,12 @@ class Tokenizer:
             self._special_cache = {i for i, t in added.items() if t.special}
         return self._special_cache
 
+    def to_gguf(self, n_vocab: int, pre: str | None = None):
+        """This vocabulary as write_gguf stores it, padded to `n_vocab` entries (hearth/tokenizer/to_gguf.py)."""
+        from hearth.tokenizer.to_gguf import gguf_tokenizer
+
+        return gguf_tokenizer(self, n_vocab, pre)
+
     def stream(self, skip_special: bool = True) -> "TextStreamDecoder":
         return TextStreamDecoder(self, skip_special)
 

@@ -17,7 +17,6 @@ Conventions followed (architecture "llama"):
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import re
 from collections.abc import Callable
@@ -115,130 +114,47 @@ def _check_state_dict(cfg: ModelConfig, state_dict: dict[str, torch.Tensor]) -> 
 # ---------------------------------------------------------------------------------------------- tokenizer
 
 
-def _pre_tokenizer_name(pre: dict | None) -> str:
-    """llama.cpp's name for a byte-level BPE pre-tokenizer (`tokenizer.ggml.pre`)."""
-    from hearth.tokenizer.from_gguf import LLAMA3_SPLIT
+@dataclasses.dataclass
+class GGUFTokenizer:
+    """A vocabulary as the writer stores it: the tokens and the special ids and flags (tokenizer.ggml.*). Built from a
+    hearth Tokenizer by hearth/tokenizer/to_gguf.py (`Tokenizer.to_gguf`)."""
 
-    if pre is None:
-        raise HearthError("byte-level tokenizer without a pre-tokenizer cannot be written to GGUF; pass pre=...")
-    steps = pre["pretokenizers"] if pre.get("type") == "Sequence" else [pre]
-    kinds = [s.get("type") for s in steps]
-    if kinds == ["ByteLevel"] and steps[0].get("use_regex", True) and not steps[0].get("add_prefix_space", False):
-        return "gpt-2"
-    if (
-        kinds == ["Digits", "ByteLevel"]
-        and steps[0].get("individual_digits")
-        and steps[1].get("use_regex", True)
-        and not steps[1].get("add_prefix_space", False)
-    ):
-        return "smollm"
-    if kinds == ["Split", "ByteLevel"] and not steps[1].get("use_regex", True):
-        pattern = steps[0].get("pattern", {})
-        if pattern.get("Regex") == LLAMA3_SPLIT:
-            return "llama-bpe"
-    raise HearthError(
-        f"byte-level pre-tokenizer {json.dumps(pre)[:120]} has no llama.cpp name hearth knows "
-        "(gpt-2, smollm, llama-bpe); pass pre=... to write_gguf"
-    )
+    vocab: GGUFVocab
+    bos: int | None
+    eos: list[int]
+    pad: int | None
+    unk: int | None
+    add_bos: bool | None
+    add_eos: bool
 
 
-def _spm_scores(vocab: dict[str, int], merges: list[tuple[str, str]]) -> dict[int, float]:
-    """SentencePiece-style scores from BPE merge ranks: the earlier a piece is formed, the higher its score."""
-    scores: dict[int, float] = {}
-    for rank, (a, b) in enumerate(merges):
-        idx = vocab.get(a + b)
-        if idx is not None and idx not in scores:
-            scores[idx] = -float(rank + 1)
-    unmerged = -float(len(merges) + 1)
-    for piece, idx in vocab.items():
-        if idx not in scores:
-            scores[idx] = 0.0 if len(piece) == 1 else unmerged
-    return scores
-
-
-def _vocab_from_backend(backend: Any, n_vocab: int, pre: str | None) -> GGUFVocab:
-    """GGUF vocabulary from a `tokenizers.Tokenizer` (byte-level BPE or SentencePiece-style BPE)."""
-    tj = json.loads(backend.to_str())
-    model = tj["model"]
-    if model.get("type") != "BPE":
-        raise HearthError(f"tokenizer model {model.get('type')!r} cannot be written to GGUF (BPE only)")
-    merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ", 1)) for m in model.get("merges", [])]
-    added = {t["id"]: t for t in tj.get("added_tokens", [])}
-    reverse = {i: t for t, i in backend.get_vocab(with_added_tokens=True).items()}
-    size = max(n_vocab, max(reverse) + 1 if reverse else 0)
-    sentencepiece = bool(model.get("byte_fallback"))
-    unk = model.get("unk_token")
-    tokens, types = [], []
-    for i in range(size):
-        tok = reverse.get(i)
-        if tok is None:
-            tokens.append(f"[PAD{i}]")
-            types.append(TOKEN_UNUSED)
-            continue
-        tokens.append(tok)
-        if sentencepiece and tok == unk:
-            types.append(TOKEN_UNKNOWN)
-        elif sentencepiece and re.fullmatch(r"<0x[0-9A-Fa-f]{2}>", tok):
-            types.append(TOKEN_BYTE)
-        elif i in added:
-            types.append(TOKEN_CONTROL if added[i].get("special") else TOKEN_USER_DEFINED)
-        else:
-            types.append(TOKEN_NORMAL)
-    if not sentencepiece:
-        return GGUFVocab(
-            model="gpt2",
-            pre=pre or _pre_tokenizer_name(tj.get("pre_tokenizer")),
-            tokens=tokens,
-            token_types=types,
-            merges=[f"{a} {b}" for a, b in merges],
-            scores=[],
-        )
-    scores = _spm_scores(model.get("vocab", {}), merges)
-    normalizer = json.dumps(tj.get("normalizer")) + json.dumps(tj.get("pre_tokenizer"))
-    add_space_prefix = '"Prepend"' in normalizer or ('"Metaspace"' in normalizer and '"never"' not in normalizer)
-    return GGUFVocab(
-        model="llama",
-        pre=pre or "default",
-        tokens=tokens,
-        token_types=types,
-        merges=[],
-        scores=[scores.get(i, -1000.0) for i in range(size)],
-        add_space_prefix=add_space_prefix,
-    )
-
-
-def _tokenizer_fields(tokenizer: Any, n_vocab: int, pre: str | None) -> tuple[GGUFVocab, dict[str, Any]]:
-    """(vocabulary, special ids and flags) from a hearth Tokenizer or a TokenizerData."""
-    if isinstance(tokenizer, TokenizerData):
+def _tokenizer_fields(tokenizer: Any, n_vocab: int, pre: str | None) -> GGUFTokenizer:
+    """The vocabulary to write, from a TokenizerData that carries a GGUF vocabulary (padded to `n_vocab`), a
+    GGUFTokenizer, or anything with `to_gguf(n_vocab, pre)`: a hearth Tokenizer."""
+    if isinstance(tokenizer, GGUFTokenizer):
+        return tokenizer if pre is None else dataclasses.replace(tokenizer, vocab=dataclasses.replace(tokenizer.vocab, pre=pre))
+    if isinstance(tokenizer, TokenizerData) and tokenizer.gguf is not None:
         data = tokenizer
-        if data.gguf is not None:
-            vocab = data.gguf if pre is None else dataclasses.replace(data.gguf, pre=pre)
-            if len(vocab.tokens) < n_vocab:
-                pad = n_vocab - len(vocab.tokens)
-                vocab = GGUFVocab(
-                    vocab.model, vocab.pre,
-                    vocab.tokens + [f"[PAD{i}]" for i in range(len(vocab.tokens), n_vocab)],
-                    vocab.token_types + [TOKEN_UNUSED] * pad, vocab.merges,
-                    vocab.scores + [-1000.0] * pad if vocab.scores else [], vocab.add_space_prefix,
-                )
-            unk = next((i for i, t in enumerate(vocab.token_types) if t == TOKEN_UNKNOWN), None)
-            flags = {"bos": data.bos_id, "eos": list(data.eos_ids), "pad": data.pad_id, "unk": unk,
-                     "add_bos": data.add_bos, "add_eos": data.add_eos}
-            return vocab, flags
-        from hearth.tokenizer import Tokenizer
-
-        tokenizer = Tokenizer.from_data(data)
-    backend = getattr(tokenizer, "backend", None)
-    if backend is None:
+        vocab = data.gguf if pre is None else dataclasses.replace(data.gguf, pre=pre)
+        if len(vocab.tokens) < n_vocab:
+            pad = n_vocab - len(vocab.tokens)
+            vocab = GGUFVocab(
+                vocab.model, vocab.pre,
+                vocab.tokens + [f"[PAD{i}]" for i in range(len(vocab.tokens), n_vocab)],
+                vocab.token_types + [TOKEN_UNUSED] * pad, vocab.merges,
+                vocab.scores + [-1000.0] * pad if vocab.scores else [], vocab.add_space_prefix,
+            )
+        unk = next((i for i, t in enumerate(vocab.token_types) if t == TOKEN_UNKNOWN), None)
+        return GGUFTokenizer(vocab, data.bos_id, list(data.eos_ids), data.pad_id, unk, data.add_bos, data.add_eos)
+    if isinstance(tokenizer, TokenizerData):
+        raise HearthError("a tokenizer.json vocabulary is written from a hearth Tokenizer: pass Tokenizer.from_data(data)")
+    if not hasattr(tokenizer, "to_gguf"):
         raise HearthError(f"cannot write a tokenizer of type {type(tokenizer).__name__}; pass a hearth Tokenizer")
-    vocab = _vocab_from_backend(backend, n_vocab, pre)
-    unk = next((i for i, t in enumerate(vocab.token_types) if t == TOKEN_UNKNOWN), None)
-    flags = {"bos": tokenizer.bos_id, "eos": list(tokenizer.eos_ids), "pad": tokenizer.pad_id, "unk": unk,
-             "add_bos": tokenizer.add_bos, "add_eos": tokenizer.add_eos}
-    return vocab, flags
+    return tokenizer.to_gguf(n_vocab, pre)
 
 
-def _add_tokenizer(w: Any, vocab: GGUFVocab, flags: dict[str, Any]) -> None:
+def _add_tokenizer(w: Any, tok: GGUFTokenizer) -> None:
+    vocab = tok.vocab
     w.add_tokenizer_model(vocab.model)
     w.add_tokenizer_pre(vocab.pre)
     w.add_token_list(vocab.tokens)
@@ -248,9 +164,9 @@ def _add_tokenizer(w: Any, vocab: GGUFVocab, flags: dict[str, Any]) -> None:
         w.add_add_space_prefix(vocab.add_space_prefix)
     if vocab.merges:
         w.add_token_merges(vocab.merges)
-    if flags["bos"] is not None:
-        w.add_bos_token_id(int(flags["bos"]))
-    eos = [int(e) for e in flags["eos"]]
+    if tok.bos is not None:
+        w.add_bos_token_id(int(tok.bos))
+    eos = [int(e) for e in tok.eos]
     if eos:
         w.add_eos_token_id(eos[0])
         # Control tokens such as <|eot_id|> or <|im_end|> are end-of-generation for llama.cpp (and hearth's
@@ -263,13 +179,13 @@ def _add_tokenizer(w: Any, vocab: GGUFVocab, flags: dict[str, Any]) -> None:
         ]
         if others:
             w.add_eot_token_id(others[0])
-    if flags["unk"] is not None:
-        w.add_unk_token_id(int(flags["unk"]))
-    if flags["pad"] is not None:
-        w.add_pad_token_id(int(flags["pad"]))
-    if flags["add_bos"] is not None:
-        w.add_add_bos_token(bool(flags["add_bos"]))
-    w.add_add_eos_token(bool(flags["add_eos"]))
+    if tok.unk is not None:
+        w.add_unk_token_id(int(tok.unk))
+    if tok.pad is not None:
+        w.add_pad_token_id(int(tok.pad))
+    if tok.add_bos is not None:
+        w.add_add_bos_token(bool(tok.add_bos))
+    w.add_add_eos_token(bool(tok.add_eos))
 
 
 # ---------------------------------------------------------------------------------------------- writer
@@ -290,8 +206,8 @@ def write_gguf(
 ) -> Path:
     """Write `state_dict` (hearth names, rotate-half q/k) as a llama.cpp-compatible GGUF file.
 
-    `tokenizer`: a hearth `Tokenizer` or a `TokenizerData` (None: no vocabulary, llama.cpp cannot
-    then tokenize). `qtype`: storage of the 2-D weights, one of QTYPES. `metadata`: extra keys
+    `tokenizer`: a hearth `Tokenizer` (its `to_gguf`), a `GGUFTokenizer`, or a `TokenizerData` read from a GGUF file
+    (None: no vocabulary, llama.cpp cannot then tokenize). `qtype`: storage of the 2-D weights, one of QTYPES. `metadata`: extra keys
     (str, bool, int, float or lists of them). `pre`: override the pre-tokenizer name. `on_tensor`:
     called with each tensor's hearth name once it is converted (for a progress bar). `tensor_qtypes`: per-tensor
     exceptions to `qtype` (hearth name → type), e.g. a 4-bit model keeping its embedding at Q8_0 as llama.cpp does.
@@ -353,12 +269,12 @@ def write_gguf(
             raise HearthError(f"rope frequency factors: {len(factors)} given, head_dim {cfg.head_dim} needs {cfg.head_dim // 2}")
         arrays.insert(0, ("rope_freqs.weight", np.asarray(factors, dtype=np.float32), None))
 
-    vocab = flags = None
+    tok = None
     if tokenizer is not None:
-        vocab, flags = _tokenizer_fields(tokenizer, cfg.vocab_size, pre)
-        if len(vocab.tokens) != cfg.vocab_size:
+        tok = _tokenizer_fields(tokenizer, cfg.vocab_size, pre)
+        if len(tok.vocab.tokens) != cfg.vocab_size:
             raise HearthError(
-                f"the tokenizer has {len(vocab.tokens)} tokens but the model's embedding has {cfg.vocab_size} rows; "
+                f"the tokenizer has {len(tok.vocab.tokens)} tokens but the model's embedding has {cfg.vocab_size} rows; "
                 "llama.cpp needs them equal"
             )
 
@@ -386,8 +302,8 @@ def write_gguf(
         raise HearthError(f"rope scaling {cfg.rope_scaling.kind!r} cannot be written to GGUF (llama3, linear)")
     w.add_file_type(int(file_type))
     w.add_quantization_version(gguf.GGML_QUANT_VERSION)
-    if vocab is not None:
-        _add_tokenizer(w, vocab, flags)
+    if tok is not None:
+        _add_tokenizer(w, tok)
     if chat_template is not None:
         w.add_chat_template(chat_template)
     for key, val in (metadata or {}).items():
