@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from hearth.cli.options import Device, DType, KVCacheType, load_model
+from hearth.cli.options import Device, DType, KVCacheType, Switches, load_model
 from hearth.errors import HearthError
 
 
@@ -84,54 +84,32 @@ def serve(
 
     Example: hearth serve smollm2 --port 8000, then point an OpenAI client at http://127.0.0.1:8000/v1
     """
-    import socket
-
-    import uvicorn
-
     from hearth.engine.async_engine import AsyncEngine, EngineConfig
     from hearth.engine.grammar_limits import StructureLimits
     from hearth.server.app import build_app
+    from hearth.server.launch import listen
+    from hearth.server.launch import serve as run_server
     from hearth.server.security import allowed_hosts_for
-    from hearth.server.transport import DrainingServer
 
     log = logging.getLogger("hearth")
     log.setLevel(logging.INFO)
     key = _api_key(api_key, api_key_file, os.environ.get("HEARTH_API_KEY"), log)
-    # Take the port before loading the model, so a port in use fails at once.
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock = listen(host, port)  # before loading the model, so a port in use fails at once
     try:
-        sock.bind((host, port))
-    except OSError as e:
+        name = served_model_name or model
+        adapters = _served_adapters(adapter, name)
+        lm = load_model(model, device, dtype, kv_cache=kv_cache)
+        switches = Switches.from_env()
+        config = EngineConfig(max_num_seqs=max_num_seqs, max_num_batched_tokens=max_batched_tokens,
+                              max_waiting=max_waiting, max_prefill_with_decodes=max_prefill_with_decodes,
+                              enable_prefix_caching=prefix_caching, kv_cache_bytes=int(kv_cache_gib * (1 << 30)),
+                              adapters=adapters, structure_limits=StructureLimits(compile_seconds=structure_timeout),
+                              triton=switches.triton, triton_pdl=switches.pdl)
+        engine = AsyncEngine(lm, config, model_name=name)
+        web = build_app(engine, api_key=key, served_model_name=name, max_body_bytes=max_body_bytes,
+                        allowed_hosts=allowed_hosts_for(host, allowed_host or ()),
+                        cors_origins=tuple(cors_origin or ()), public_metrics=public_metrics)
+    except BaseException:
         sock.close()
-        raise HearthError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
-    name = served_model_name or model
-    adapters = _served_adapters(adapter, name)
-    lm = load_model(model, device, dtype, kv_cache=kv_cache)
-    config = EngineConfig(max_num_seqs=max_num_seqs, max_num_batched_tokens=max_batched_tokens, max_waiting=max_waiting,
-                          max_prefill_with_decodes=max_prefill_with_decodes, enable_prefix_caching=prefix_caching,
-                          kv_cache_bytes=int(kv_cache_gib * (1 << 30)), adapters=adapters,
-                          structure_limits=StructureLimits(compile_seconds=structure_timeout))
-    engine = AsyncEngine(lm, config, model_name=name)
-    web = build_app(engine, api_key=key, served_model_name=name, max_body_bytes=max_body_bytes,
-                    allowed_hosts=allowed_hosts_for(host, allowed_host or ()), cors_origins=tuple(cors_origin or ()),
-                    public_metrics=public_metrics)
-
-    class Server(DrainingServer):
-        async def startup(self, sockets=None):
-            await super().startup(sockets)
-            if self.started:
-                log.info("serving %s on http://%s:%d", name, host, sock.getsockname()[1])
-
-    def drain() -> None:  # called from the signal handler: only sets a flag
-        web.state.draining = True  # new requests get 503 while running ones finish
-
-    # timeout_graceful_shutdown: what uvicorn gives the responses DrainingServer has already ended to close.
-    server = Server(uvicorn.Config(web, log_level="warning", access_log=False, timeout_graceful_shutdown=2),
-                    live=web.state.live, on_drain=drain, shutdown_timeout=shutdown_timeout)
-    engine.start()
-    try:
-        server.run(sockets=[sock])
-    finally:
-        engine.shutdown()
-        sock.close()
+        raise
+    run_server(web, engine, sock, host=host, model_name=name, shutdown_timeout=shutdown_timeout)
