@@ -12,9 +12,9 @@ import os
 import pytest
 import torch
 
-from hearth.config import ModelConfig
 from hearth.fast import apply_fast_path
 from hearth.model import Transformer
+from tiny import random_transformer
 
 triton = pytest.importorskip("triton")
 
@@ -31,12 +31,7 @@ def interpreted():
 
 
 def tiny(dtype=torch.bfloat16, seed=0, **kw) -> Transformer:
-    torch.manual_seed(seed)
-    cfg = ModelConfig(**{**dict(vocab_size=90, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, hidden_dim=96,
-                                max_seq_len=256), **kw})
-    m = Transformer(cfg)
-    for p in m.parameters():
-        torch.nn.init.normal_(p, std=0.15)
+    m = random_transformer(seed, std=0.15, **{"vocab_size": 90, "hidden_dim": 96, **kw})
     for n in [m.norm] + [n for l in m.layers for n in (l.attention_norm, l.ffn_norm)]:
         torch.nn.init.normal_(n.weight, mean=1.0, std=0.1)
     m = m.to(DEV, dtype).eval()
