@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
-    except SystemExit as e:  # click turns a closed stdout pipe (`hearth list | head -1`) into exit(1): not an error
+    except SystemExit:  # click turns a closed stdout pipe (`hearth list | head -1`) into exit(1): not an error
         if type(sys.stdout).__name__ == "PacifyFlushWrapper":
             return 0
         raise
