@@ -562,7 +562,7 @@ def test_null_means_the_default(client, engine):
 def test_more_sequences_than_the_server_holds_is_400(client, engine):
     """A request that could never be admitted whole is refused as such, not answered "retry later" (429)."""
     err = assert_error(client.post(COMPLETIONS, json={"prompt": ["a"] * 40, "n": 2, "max_tokens": 1}), 400, "n",
-                       f"needs 80 sequences")
+                       "needs 80 sequences")
     assert str(engine.max_group) in err["message"]
     assert not engine.requests
     still_serving(client)
