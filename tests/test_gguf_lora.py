@@ -122,10 +122,19 @@ def test_bad_inputs_are_one_line_errors(case, capsys, tmp_path):
     with pytest.raises(HearthError, match="is not a GGUF LoRA adapter"):
         read_adapter(model, mc)  # a model file, not an adapter
     (tmp_path / "junk.gguf").write_bytes(b"not a gguf at all")
-    with pytest.raises(HearthError, match="is not a readable GGUF file"):
+    with pytest.raises(HearthError, match="is not a GGUF file"):
         read_adapter(tmp_path / "junk.gguf", mc)
     cfg, weights = read_adapter(peft, mc)
     gguf_lora.write_lora_gguf(tmp_path / "mine.gguf", cfg, weights, mc)
+    # an adapter file is as untrusted as a model file: header counts are checked against its size before any
+    # allocation (gguf.GGUFReader, read before, built its field lists first)
+    good = (tmp_path / "mine.gguf").read_bytes()
+    for offset, value, words in ((8, 900_000, "truncated or corrupt"), (16, 1 << 40, "implausible header")):
+        bad = bytearray(good)
+        bad[offset:offset + 8] = value.to_bytes(8, "little")
+        (tmp_path / "bad.gguf").write_bytes(bytes(bad))
+        with pytest.raises(HearthError, match=words):
+            read_adapter(tmp_path / "bad.gguf", mc)
     for other in (dataclasses.replace(mc, hidden_dim=2 * mc.hidden_dim), dataclasses.replace(mc, n_layers=1)):
         with pytest.raises(HearthError, match="does not fit this model"):
             read_adapter(tmp_path / "mine.gguf", other)

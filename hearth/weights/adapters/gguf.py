@@ -11,6 +11,7 @@ so B of q_proj / k_proj is permuted like those weights on the way out and back o
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ import torch
 
 from hearth.errors import HearthError
 from hearth.weights.adapters.targets import TARGETS, LoraConfig, expected_shapes
+from hearth.weights.gguf_file import GGUFFile
 from hearth.weights.gguf_reader import unpermute_rope
 from hearth.weights.gguf_writer import hearth_to_gguf, permute_rope
 from hearth.weights.names import gguf_to_hearth
@@ -70,9 +72,8 @@ def write_lora_gguf(path: str | Path, cfg: LoraConfig, weights: dict[tuple[int, 
     return path
 
 
-def _field(reader, key: str):
-    f = reader.fields.get(key)
-    return None if f is None else f.contents()
+def _field(f, key: str):
+    return f.metadata.get(key)
 
 
 def read_lora_gguf(path: str | Path, mc) -> tuple[LoraConfig, dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]]]:
@@ -81,10 +82,9 @@ def read_lora_gguf(path: str | Path, mc) -> tuple[LoraConfig, dict[tuple[int, st
     import gguf
 
     path = Path(path)
-    try:
-        reader = gguf.GGUFReader(str(path))
-    except (ValueError, OSError, IndexError) as e:
-        raise HearthError(f"{path} is not a readable GGUF file ({e})") from None
+    # hearth's own parser, not gguf.GGUFReader: an adapter file is as untrusted as a model file, and this one bounds
+    # every count, length and tensor extent by the file's size before anything is allocated
+    reader = GGUFFile(path)
     if _field(reader, "general.type") != "adapter" or _field(reader, "adapter.type") != "lora":
         raise HearthError(f"{path} is not a GGUF LoRA adapter (general.type {_field(reader, 'general.type')!r}, "
                           f"adapter.type {_field(reader, 'adapter.type')!r})")
@@ -92,16 +92,16 @@ def read_lora_gguf(path: str | Path, mc) -> tuple[LoraConfig, dict[tuple[int, st
     if arch != "llama":
         raise HearthError(f"{path} adapts a {arch!r} model; hearth runs llama models")
     pairs: dict[tuple[int, str], dict[str, torch.Tensor]] = {}
-    for t in reader.tensors:
+    for t in reader.tensors.values():
         base, _, which = t.name.rpartition(".")
         hearth_name = gguf_to_hearth(base) if which in ("lora_a", "lora_b") else None
         target = _ATTR_TO_TARGET.get(".".join(hearth_name.split(".")[2:4])) if hearth_name else None
         if target is None:
             raise HearthError(f"{path}: tensor {t.name} is not a LoRA update of a Llama projection")
-        if t.tensor_type not in (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16, gguf.GGMLQuantizationType.BF16):
-            raise HearthError(f"{path}: tensor {t.name} is {t.tensor_type.name}; hearth reads F32, F16 and BF16 adapters")
-        shape = tuple(int(d) for d in reversed(list(t.shape)))
-        data = gguf.quants.dequantize(t.data, t.tensor_type).reshape(shape)
+        qtype = gguf.GGMLQuantizationType(t.type_id)
+        if qtype not in (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16, gguf.GGMLQuantizationType.BF16):
+            raise HearthError(f"{path}: tensor {t.name} is {qtype.name}; hearth reads F32, F16 and BF16 adapters")
+        data = gguf.quants.dequantize(reader.data(t), qtype).reshape(t.shape)
         layer = int(hearth_name.split(".")[1])
         if layer >= mc.n_layers:
             raise HearthError(f"adapter {path} does not fit this model: it has layer {layer}, the model has {mc.n_layers} layers")
@@ -113,6 +113,8 @@ def read_lora_gguf(path: str | Path, mc) -> tuple[LoraConfig, dict[tuple[int, st
         raise HearthError(f"{path}: its updates have ranks {sorted(ranks)}; hearth needs one rank per adapter")
     r = ranks.pop()
     alpha = _field(reader, "adapter.lora.alpha")
+    if alpha is not None and (isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha)):
+        raise HearthError(f"{path}: adapter.lora.alpha = {str(alpha)[:40]!r} is not a finite number")
     alpha = float(alpha) if alpha else float(r)  # llama.cpp: no alpha (or 0) means scale 1
     targets = sorted({target for _, target in pairs}, key=list(TARGETS).index)
     cfg = LoraConfig(r=r, alpha=alpha, targets=tuple(targets))
