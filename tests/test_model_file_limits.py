@@ -278,6 +278,27 @@ def test_index_shards_outside_the_directory_are_refused(good_hf, tmp_path):
     refused(_index(d, "sub/secret.safetensors"), "outside the model directory")
 
 
+def test_pull_refuses_any_file_that_links_out_of_the_directory(good_hf, tmp_path, capsys):
+    """Not only shards: a README, generation config or licence that links to a secret would be copied into the store
+    and travel in every bundle exported from it."""
+    secret = tmp_path / "docker-config.json"  # valid JSON: the readers parse generation_config.json first
+    secret.write_text('{"auths": {"registry.example": {"auth": "c2VjcmV0"}}}')
+    for name in ("README.md", "generation_config.json", "LICENSE"):
+        d = hf_copy(good_hf, tmp_path / f"hf-{name}")
+        (d / name).unlink(missing_ok=True)
+        (d / name).symlink_to(secret)
+        rc, out, err = run_main(capsys, "pull", str(d), "--name", "leak")
+        one_line_error(rc, err, "links outside the model directory")
+        rc, out, _ = run_main(capsys, "list")
+        assert "leak" not in out
+    d = hf_copy(good_hf, tmp_path / "hf-inside")
+    (d / "README.md").unlink(missing_ok=True)
+    (d / "notes.md").write_text("# notes\n")
+    (d / "README.md").symlink_to(d / "notes.md")  # a link within the directory is fine
+    rc, _, err = run_main(capsys, "pull", str(d), "--name", "fine")
+    assert rc == 0, err
+
+
 def test_index_shard_inside_the_directory_still_loads(good_hf, tmp_path):
     d = hf_copy(good_hf, tmp_path / "hf")
     (d / "weights").mkdir()

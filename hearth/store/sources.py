@@ -230,7 +230,7 @@ def _gguf_layers(source: Source, ckpt, given) -> tuple[list[PlannedLayer], Licen
 
 
 def _hf_layers(source: Source, ckpt, given) -> tuple[list[PlannedLayer], LicenseInfo | None]:
-    from hearth.weights.hf_reader import _weight_files
+    from hearth.weights.hf_reader import _weight_files, inside_model_dir
 
     d = source.path
     layers: list[PlannedLayer] = []
@@ -257,6 +257,12 @@ def _hf_layers(source: Source, ckpt, given) -> tuple[list[PlannedLayer], License
             text += f"\nFound in {info.source}; the full license text did not ship with the model.\n"
             layers.append(PlannedLayer("license", "text/plain", None, data=text.encode()))
     layers += [PlannedLayer("license", media_type(f.name), f.name, path=f) for f in license_files]
+    # Every file copied into the store must really be the directory's: a README.md or tokenizer_config.json that links
+    # to ~/.ssh/id_rsa would otherwise be stored, and travel in every bundle exported from the store.
+    for layer in layers:
+        if layer.path is not None and layer.path.parent.resolve() == d.resolve() and not inside_model_dir(d, layer.path):
+            raise HearthError(f"{d}: {layer.path.name} links outside the model directory ({layer.path.resolve()}); "
+                              "refusing to store it")
     return layers, info
 
 

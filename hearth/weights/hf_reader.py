@@ -130,12 +130,18 @@ def _shard_path(path: Path, name: Any, index: Path) -> Path:
     rel = Path(name)
     if rel.is_absolute() or ".." in rel.parts:
         raise ModelFormatError(f"{index}: shard {name!r} lies outside the model directory; refusing to read it")
+    if not inside_model_dir(path, path / rel):
+        raise ModelFormatError(f"{index}: shard {name!r} resolves outside the model directory "
+                               f"({(path / rel).resolve()}); refusing to read it")
+    return path / rel
+
+
+def inside_model_dir(path: Path, f: Path) -> bool:
+    """Whether file `f` of model directory `path` really lies inside it: resolved into the directory, or a link into
+    `../../blobs` (the hub cache's and hearth's store's layout; see `_shard_path`)."""
     root = path.resolve()
     allowed = [root, root.parent.parent / "blobs"]  # not resolved: a blobs/ that is itself a link out does not count
-    target = (path / rel).resolve()
-    if not any(target.is_relative_to(a) for a in allowed) or not (path / rel).parent.resolve().is_relative_to(root):
-        raise ModelFormatError(f"{index}: shard {name!r} resolves outside the model directory ({target}); refusing to read it")
-    return path / rel
+    return any(f.resolve().is_relative_to(a) for a in allowed) and f.parent.resolve().is_relative_to(root)
 
 
 def _weight_files(path: Path) -> list[Path]:
