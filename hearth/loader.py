@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import logging
 import time
 from dataclasses import dataclass
@@ -46,7 +48,25 @@ def resolve_model(ref: str) -> Path:
         if p is not None:
             return p
         raise HearthError(f"package {pkg} is installed but lacks {fname}; reinstall it")
-    return Path(ref).expanduser()
+    path = Path(ref).expanduser()
+    if not path.exists():
+        _not_found(ref)
+    return path
+
+
+def _not_found(ref: str) -> None:
+    """A name that is no model: say what was probably meant (Ollama's "did you mean"), or that a prompt came first."""
+    from difflib import get_close_matches
+
+    from hearth.store import Store
+
+    if " " in ref.strip() and "/" not in ref:
+        raise HearthError(f"model not found: {ref!r} looks like a prompt; the model comes first: "
+                          f"hearth run MODEL {json.dumps(ref)} (see hearth list)")
+    known = sorted(set(Store().names()) | set(PACKAGED_MODELS))
+    close = get_close_matches(ref, known, n=3, cutoff=0.6)
+    if close:
+        raise HearthError(f"model not found: {ref}; did you mean {' or '.join(close)}? (see hearth list)")
 
 
 def resolve_device(device: str) -> torch.device:

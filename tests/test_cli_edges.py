@@ -165,3 +165,25 @@ def test_serve_adapter_option(tmp_path, capsys):
     # refused before the model loads or the port is taken: one line
     rc, _, err = run_main(capsys, "serve", "smollm2", "--port", "0", "--adapter", f"x={tmp_path / 'nowhere'}")
     one_line_error(rc, err, "is not a directory")
+
+
+def test_version(capsys):
+    from importlib.metadata import version
+
+    rc, out, err = run_main(capsys, "--version")
+    assert rc == 0 and out.strip() == f"hearth {version('hearth')}", err
+
+
+def test_a_misspelled_model_name_gets_a_suggestion(home, capsys, tiny):
+    rc, _, err = run_main(capsys, "pull", str(tiny), "--name", "tinyllama")
+    assert rc == 0, err
+    for typo, meant in (("smolm2", "smollm2"), ("tinylama", "tinyllama")):
+        rc, _, err = run_main(capsys, "generate", typo, "hi", "--max-tokens", "1")
+        one_line_error(rc, err, f"model not found: {typo}", f"did you mean {meant}")
+    rc, _, err = run_main(capsys, "generate", "zzzz", "hi", "--max-tokens", "1")
+    assert "did you mean" not in one_line_error(rc, err, "model not found")
+
+
+def test_a_prompt_given_as_the_model_says_the_model_comes_first(capsys):
+    rc, _, err = run_main(capsys, "run", "Why is the sky blue?")
+    one_line_error(rc, err, "looks like a prompt", 'hearth run MODEL "Why is the sky blue?"')

@@ -34,6 +34,22 @@ app = typer.Typer(
     help="hearth: run, serve and own open-weights Llama-family models, offline.",
 )
 
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        print(f"hearth {version('hearth')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                 help="Print hearth's version and exit."),
+) -> None:
+    pass
+
+
 # The order of registration is the order of `hearth --help`.
 app.command()(chat.generate)
 app.command()(chat.run)
