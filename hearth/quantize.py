@@ -16,6 +16,7 @@ and after.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -26,6 +27,7 @@ from pathlib import Path
 import torch
 
 from hearth.errors import HearthError
+from hearth.store.common import refuse_overwrite, replacing
 
 # --to value -> GGUF type
 SCHEMES = {"int8": "Q8_0", "int4": "Q4_1", "q8_0": "Q8_0", "q4_1": "Q4_1", "q4_0": "Q4_0"}
@@ -72,13 +74,15 @@ def quantize_model(
     name: str | None = None,
     store: bool = True,
     progress: bool = False,
+    force: bool = False,
 ) -> Quantized:
     """Re-quantize model `ref` (store name, path, or `smollm2`). With `output`, write that file; with
-    `store` (default when no `output`), add it to the store as `name` (default `<model>-<to>`)."""
+    `store` (default when no `output`), add it to the store as `name` (default `<model>-<to>`). An existing
+    `output` file or store model `name` is replaced only with `force` (else HearthError before any work); the file
+    is written beside its place and renamed into it."""
     from hearth.loader import resolve_model
     from hearth.tokenizer import Tokenizer
     from hearth.weights import open_checkpoint
-    from hearth.weights.gguf_writer import write_gguf
 
     qtype = qtype_for(to, group_size)
     if output is not None:
@@ -87,12 +91,18 @@ def quantize_model(
             raise HearthError(f"cannot write {output}: the directory {output.parent} does not exist")
         if output.is_dir():
             raise HearthError(f"cannot write {output}: it is a directory; give a file name such as {output / 'model.gguf'}")
+        refuse_overwrite(output, force)
     if store:
         from hearth.store.manifest import check_name
 
         name = check_name(name) if name else default_store_name(ref, to)
         if name == ref:
             raise HearthError(f"--name {name} would replace the model being quantized; choose another name")
+        from hearth.store import Store
+
+        if not force and Store().exists(name):
+            raise HearthError(f"a model named {name!r} is already in the store; --force replaces it, "
+                              "--name NEW stores this one beside it")
     elif output is None:
         raise HearthError("nowhere to put the quantized model: give an output file or let it go into the store")
     t0 = time.perf_counter()
@@ -107,35 +117,45 @@ def quantize_model(
     metadata = {k: v for k, v in ckpt.metadata.items() if k.startswith("general.") and k not in _OWN_KEYS}
     metadata["general.quantized_by"] = "hearth"
     tmpdir = Path(tempfile.mkdtemp(prefix="hearth-quantize-")) if output is None else None
-    target = output if output is not None else tmpdir / f"{name}.gguf"
     try:
-        with _Bar(progress, 2 * len(names)) as advance:
-            state: dict[str, torch.Tensor] = {}
-            for n in names:
-                state[n] = ckpt.tensors[n]().to(torch.float32)  # dequantized, whatever the source stores
-                advance(f"reading {n}")
-            n_quant = sum(1 for t in state.values() if t.dim() == 2)
-            # 4-bit: the embedding (and output) matrix stays 8-bit, as llama.cpp's own Q4 mixes keep it higher:
-            # it is the most sensitive matrix (on smollm2, where it is tied, Q4_1 there alone costs ~10% perplexity)
-            keep8 = {n: "Q8_0" for n in ("tok_embeddings.weight", "output.weight")} if qtype.startswith("Q4") else None
-            write_gguf(target, cfg, state, tokenizer, chat_template=ckpt.tokenizer.chat_template, qtype=qtype,
-                       metadata=metadata, on_tensor=lambda n: advance(f"{qtype} {n}"), tensor_qtypes=keep8)
-            del state
-        path = target
+        with contextlib.ExitStack() as stack:
+            target = stack.enter_context(replacing(output, ".gguf")) if output is not None else tmpdir / f"{name}.gguf"
+            n_quant = _write(ckpt, target, qtype, tokenizer, names, metadata, progress)
+        path = output if output is not None else target
         if store:
             from hearth.store import Store
             from hearth.store.progress import Progress
 
-            Store().pull(str(target), name=name, progress=Progress(enabled=progress),
+            Store().pull(str(path), name=name, progress=Progress(enabled=progress), force=force,
                          source_label=f"hearth quantize {ref} --to {to} ({ckpt.quantization} -> {qtype})")
             if output is None:
                 path = resolve_model(name)
     except OSError as e:
-        raise HearthError(f"cannot write {target}: {e.strerror or e}") from None
+        raise HearthError(f"cannot write {output or name}: {e.strerror or e}") from None
     finally:
         if tmpdir is not None:
             shutil.rmtree(tmpdir, ignore_errors=True)
     return Quantized(path, qtype, name if store else None, n_quant, time.perf_counter() - t0)
+
+
+def keep_embeddings_8bit(qtype: str) -> dict[str, str] | None:
+    """4-bit: the embedding (and output) matrix stays 8-bit, as llama.cpp's own Q4 mixes keep it higher: it is the
+    most sensitive matrix (on smollm2, where it is tied, Q4_1 there alone costs ~10% perplexity)."""
+    return {n: "Q8_0" for n in ("tok_embeddings.weight", "output.weight")} if qtype.startswith("Q4") else None
+
+
+def _write(ckpt, target: Path, qtype: str, tokenizer, names: list[str], metadata: dict, progress: bool) -> int:
+    """Read `names` from `ckpt` dequantized to fp32 and write them to `target` as `qtype`; the 2-D weights written."""
+    from hearth.weights.gguf_writer import write_gguf
+
+    with _Bar(progress, 2 * len(names)) as advance:
+        state: dict[str, torch.Tensor] = {}
+        for n in names:
+            state[n] = ckpt.tensors[n]().to(torch.float32)  # dequantized, whatever the source stores
+            advance(f"reading {n}")
+        write_gguf(target, ckpt.config, state, tokenizer, chat_template=ckpt.tokenizer.chat_template, qtype=qtype,
+                   metadata=metadata, on_tensor=lambda n: advance(f"{qtype} {n}"), tensor_qtypes=keep_embeddings_8bit(qtype))
+        return sum(1 for t in state.values() if t.dim() == 2)
 
 
 # ---------------------------------------------------------------------------------------------- measuring

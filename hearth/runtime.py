@@ -38,3 +38,35 @@ def return_large_frees() -> bool:
     ok = mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1
     log.debug("malloc mmap threshold fixed at %d bytes: %s", MMAP_THRESHOLD, ok)
     return ok
+
+
+# ---------------------------------------------------------------------------------------------- threads
+
+
+def default_threads(cores: int, load: float, online: int | None = None) -> int:
+    """CPU threads to use when the user named none: one per core this process may run on, less one for each core
+    that other processes keep busy (`load`: the machine's 1-minute load average, read at start, before this process
+    has added to it; scaled to this process's share when its affinity allows only `cores` of the `online` CPUs).
+
+    Why back off: hearth's native decode step and torch's kernels split each step over their threads and meet at
+    barriers; a thread whose core another process holds makes every other thread wait at each one (4-30x slower on
+    a shared machine), while one fewer thread costs at most that thread's share."""
+    cores = max(1, int(cores))
+    if online and online > cores:
+        load = load * cores / online
+    busy = int(max(0.0, load) + 0.5)  # round half up: a load of 0.5 is a core half taken
+    return max(1, cores - busy)
+
+
+def machine_load() -> tuple[int, float, int]:
+    """(CPUs this process may run on, the 1-minute load average, CPUs online): what default_threads reads."""
+    online = os.cpu_count() or 1
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        cores = online
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):  # no load average (Windows)
+        load = 0.0
+    return cores, load, online

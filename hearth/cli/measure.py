@@ -9,15 +9,18 @@ from typing import Annotated, Optional
 
 import typer
 
-from hearth.cli.options import Device, DType, KVCacheType, ModelArg, Switches, Threads, load_model, prepare_process
+from hearth.cli.options import (
+    Device,
+    DType,
+    KVCacheType,
+    ModelArg,
+    Switches,
+    Threads,
+    apply_threads,
+    load_model,
+    prepare_process,
+)
 from hearth.errors import HearthError
-
-
-def _threads(n: int | None) -> None:
-    if n is not None:
-        import torch
-
-        torch.set_num_threads(n)
 
 
 def _ppl_text(text_file: Optional[Path], corpus: Optional[str], book: Optional[str]) -> tuple[str, str]:
@@ -67,7 +70,7 @@ def perplexity(
 
     from hearth.eval.perplexity import check_args, text_perplexity
 
-    _threads(threads)
+    apply_threads(threads)
     check_args(ctx, max_chunks)
     text, label = _ppl_text(text_file, corpus, book)
     lm = load_model(model, device, dtype, kv_cache=kv_cache)
@@ -107,7 +110,7 @@ def eval_(
     from hearth.eval.loglik import score
     from hearth.eval.tasks import load_task
 
-    _threads(threads)
+    apply_threads(threads)
     names = [t.strip() for t in tasks.split(",") if t.strip()]
     if not names:
         raise HearthError("--tasks is empty; name at least one task")
@@ -163,6 +166,7 @@ def quantize(
     ctx: Annotated[int, typer.Option(help="Tokens per perplexity chunk.", min=4)] = 512,
     decode_tokens: Annotated[int, typer.Option(help="Tokens to time decoding over (best of 3 runs), before/after (0: skip).", min=0)] = 32,
     threads: Threads = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace the -o file or the store model of that name if it exists (refused otherwise).")] = False,
 ):
     """Re-quantize MODEL's weights to 8 or 4 bits (GGUF Q8_0 / Q4_1), add it to the store, and report size,
     perplexity and decode speed before and after.
@@ -172,7 +176,7 @@ def quantize(
     from hearth.eval.perplexity import check_args
     from hearth.quantize import compare, qtype_for, report_table
 
-    _threads(threads)
+    apply_threads(threads)
     qtype_for(to, group_size)  # bad values fail before anything is read
     if ppl_chunks:
         check_args(ctx, ppl_chunks)
@@ -182,7 +186,7 @@ def quantize(
     from hearth.quantize import quantize_model
 
     q = quantize_model(model, to=to, group_size=group_size, output=output, name=name,
-                       store=output is None or name is not None, progress=sys.stderr.isatty())
+                       store=output is None or name is not None, progress=sys.stderr.isatty(), force=force)
     where = f"{q.path}" + (f", stored as {q.name}" if q.name else "")
     print(f"quantized {model} to {q.qtype} in {q.seconds:.1f} s ({q.n_quantized} weight matrices): {where}")
     prepare_process("cpu")  # compare loads both on the CPU

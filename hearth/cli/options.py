@@ -34,8 +34,9 @@ JsonSchema = Annotated[Optional[str], typer.Option("--json-schema", help="Constr
 LogitBias = Annotated[Optional[list[str]], typer.Option(help="Add BIAS to token ID's logit, as ID=BIAS (or llama.cpp's ID+BIAS / ID-BIAS); -100 bans the token, 100 forces it. Repeatable.")]
 Grammar = Annotated[Optional[str], typer.Option(help="Constrain the output to a grammar: GBNF (llama.cpp's grammars/*.gbnf) or Lark text, or a file holding one.")]
 Adapter = Annotated[Optional[Path], typer.Option(help="A LoRA adapter applied to the model unmerged: a PEFT directory (e.g. from `hearth tune`) or a llama.cpp GGUF adapter file.")]
-Threads = Annotated[Optional[int], typer.Option(help="CPU threads for torch (default: torch's choice, one per core). "
-                                                  "On a busy machine 1 can be much faster.", min=1)]
+Threads = Annotated[Optional[int], typer.Option(help="CPU threads for torch and hearth's native kernels (default: one per "
+                                                  "core, less one for each core other processes keep busy, from the load "
+                                                  "average at start; OMP_NUM_THREADS, if set, stands).", min=1)]
 
 
 _ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\"}
@@ -113,6 +114,29 @@ class Switches:
         return dict(graphs=self.graphs, triton=self.triton, pdl=self.pdl)
 
 
+def apply_threads(n: int | None, env=None) -> int:
+    """Set the CPU threads of this process (torch's intra-op pool, which hearth's native kernels and their OpenMP
+    regions read through at::get_num_threads) and return how many. n: --threads; None: hearth.runtime.default_threads
+    of the machine's load read now (logged when it backs off), never more than torch's own default; an
+    OMP_NUM_THREADS the user set stands. Call it before loading: threads started later inherit it."""
+    import torch
+
+    from hearth.runtime import default_threads, machine_load
+
+    env = os.environ if env is None else env
+    if n is None:
+        if env.get("OMP_NUM_THREADS"):
+            return torch.get_num_threads()
+        most = torch.get_num_threads()
+        cores, load, online = machine_load()
+        n = min(most, default_threads(cores, load, online))
+        if n < most:
+            logging.getLogger("hearth").warning("machine busy (load %.1f): using %d thread%s of %d; --threads to override",
+                                                load, n, "" if n == 1 else "s", most)
+    torch.set_num_threads(n)
+    return n
+
+
 def prepare_process(device: str) -> None:
     """Process-wide settings the library leaves to the program: on a CPU, freed prefill activations go back to the OS
     instead of staying in glibc's heap (hearth/runtime.py)."""
@@ -143,7 +167,8 @@ def load_model(model: str, device: str, dtype: str, adapter: Path | None = None,
         from hearth.tune.peft_io import load_adapter
 
         load_adapter(lm.model, adapter, dtype=lm.dtype)
-    logging.getLogger("hearth").info("loaded %s in %.2fs", lm.checkpoint.path.name, lm.load_seconds)
+    logging.getLogger("hearth").info("loaded %s from %s in %.2fs", lm.describe(), lm.origin or lm.checkpoint.path,
+                                     lm.load_seconds)
     return lm
 
 
@@ -168,6 +193,7 @@ class GenerationOptions:
     logit_bias: list[str] | None
     adapter: Path | None
     compile: bool
+    threads: int | None = None
 
     def sampling_params(self):
         from hearth.engine.sampling import SamplingParams
@@ -180,6 +206,7 @@ class GenerationOptions:
         )
 
     def load(self, model: str):
+        apply_threads(self.threads)
         return load_model(model, self.device, self.dtype, self.adapter, self.kv_cache)
 
 
@@ -190,7 +217,7 @@ _GENERATION_OPTIONS = (
     ("min_p", MinP, 0.05), ("repeat_penalty", RepeatPenalty, 1.0), ("seed", Seed, None), ("stop", Stop, None),
     ("device", Device, "cpu"), ("dtype", DType, "auto"), ("kv_cache", KVCacheType, "auto"), ("json_out", Json, False),
     ("json_schema", JsonSchema, None), ("grammar", Grammar, None), ("logit_bias", LogitBias, None),
-    ("adapter", Adapter, None), ("compile", Compile, False),
+    ("adapter", Adapter, None), ("compile", Compile, False), ("threads", Threads, None),
 )
 
 

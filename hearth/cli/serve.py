@@ -9,12 +9,12 @@ from typing import Annotated, Optional
 
 import typer
 
-from hearth.cli.options import Device, DType, KVCacheType, Switches, load_model
+from hearth.cli.options import Device, DType, KVCacheType, Switches, Threads, apply_threads, load_model
 from hearth.errors import HearthError
 
 
 
-def _served_adapters(items: list[str] | None, model_name: str) -> dict[str, str]:
+def _served_adapters(items: list[str] | None, model_names: tuple[str, ...]) -> dict[str, str]:
     """serve --adapter NAME=DIR | DIR  ->  {name: directory}, names unique and not the model's."""
     out: dict[str, str] = {}
     for item in items or ():
@@ -24,7 +24,7 @@ def _served_adapters(items: list[str] | None, model_name: str) -> dict[str, str]
         name, directory = name.strip(), directory.strip()
         if not name or not directory:
             raise HearthError(f"--adapter {item!r}: expected NAME=DIR (a PEFT LoRA adapter directory)")
-        if name == model_name or name in out:
+        if name in model_names or name in out:
             raise HearthError(f"--adapter {item!r}: the name {name!r} is already taken; give each adapter its own NAME=DIR")
         if not (Path(directory).is_dir() or (directory.endswith(".gguf") and Path(directory).is_file())):
             raise HearthError(f"--adapter {item!r}: {directory} is not a directory (expected a PEFT LoRA adapter) "
@@ -65,7 +65,9 @@ def serve(
     cors_origin: Annotated[Optional[list[str]], typer.Option(metavar="ORIGIN", help="Let web pages from ORIGIN (e.g. https://app.example.com) call the API from a browser (CORS). Repeatable; off by default.")] = None,
     public_metrics: Annotated[bool, typer.Option("--public-metrics", help="With an API key: leave /metrics, /openapi.json and /docs open (Prometheus scrapers, browsers).")] = False,
     shutdown_timeout: Annotated[float, typer.Option(help="On SIGTERM: seconds running requests may take to finish (new ones get 503) before the rest are ended with an error event.", min=0.0)] = 10.0,
-    served_model_name: Annotated[Optional[str], typer.Option(help="The model name clients use (default: MODEL).")] = None,
+    served_model_name: Annotated[Optional[list[str]], typer.Option(metavar="NAME", help="The model name clients ask for (vLLM's option; default: the store name, or a file's name without .gguf: model.gguf is 'model'). Repeatable: later names are aliases.")] = None,
+    access_log: Annotated[bool, typer.Option("--access-log/--no-access-log", help="Log one line per request (method, path, status, time, token counts, client; never content).")] = True,
+    threads: Threads = None,
     device: Device = "cpu",
     dtype: DType = "auto",
     kv_cache: KVCacheType = "auto",
@@ -93,12 +95,19 @@ def serve(
 
     log = logging.getLogger("hearth")
     log.setLevel(logging.INFO)
+    logging.getLogger("hearth.access").setLevel(logging.INFO if access_log else logging.WARNING)
     key = _api_key(api_key, api_key_file, os.environ.get("HEARTH_API_KEY"), log)
+    aliases = tuple(dict.fromkeys(n.strip() for n in served_model_name or ()))
+    if any(not n for n in aliases):
+        raise HearthError("--served-model-name is empty; give the name clients will ask for")
+    _served_adapters(adapter, aliases)  # bad adapters fail before the port is taken and the model loaded
     sock = listen(host, port)  # before loading the model, so a port in use fails at once
     try:
-        name = served_model_name or model
-        adapters = _served_adapters(adapter, name)
+        apply_threads(threads)
         lm = load_model(model, device, dtype, kv_cache=kv_cache)
+        names = aliases or (lm.display_name,)
+        name = names[0]
+        adapters = _served_adapters(adapter, names)
         switches = Switches.from_env()
         config = EngineConfig(max_num_seqs=max_num_seqs, max_num_batched_tokens=max_batched_tokens,
                               max_waiting=max_waiting, max_prefill_with_decodes=max_prefill_with_decodes,
@@ -106,7 +115,7 @@ def serve(
                               adapters=adapters, structure_limits=StructureLimits(compile_seconds=structure_timeout),
                               triton=switches.triton, triton_pdl=switches.pdl)
         engine = AsyncEngine(lm, config, model_name=name)
-        web = build_app(engine, api_key=key, served_model_name=name, max_body_bytes=max_body_bytes,
+        web = build_app(engine, api_key=key, served_model_name=names, max_body_bytes=max_body_bytes,
                         allowed_hosts=allowed_hosts_for(host, allowed_host or ()),
                         cors_origins=tuple(cors_origin or ()), public_metrics=public_metrics)
     except BaseException:

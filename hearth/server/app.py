@@ -21,6 +21,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import JSONResponse, Response
 
 from hearth.server import errors, openapi
+from hearth.server.access_log import AccessLog
 from hearth.server.common import ServerContext
 from hearth.server.errors import ClientGone, ServiceUnavailable
 from hearth.server.metrics import CONTENT_TYPE, Metrics, RequestCounter
@@ -67,7 +68,7 @@ def _respond(result, live: LiveResponses) -> Response:
 def build_app(
     engine,
     api_key: str | None = None,
-    served_model_name: str | None = None,
+    served_model_name: str | Sequence[str] | None = None,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     allowed_hosts: Sequence[str] | None = None,
     cors_origins: Sequence[str] = (),
@@ -75,13 +76,15 @@ def build_app(
 ) -> FastAPI:
     """A FastAPI app serving `engine`. With `api_key`, every route but /health needs
     `Authorization: Bearer <api_key>` (/metrics and the docs too, unless `public_metrics`). Requests naming
-    another model than `served_model_name` (default: the engine's model name) get 404.
+    another model than `served_model_name` (a name or several, the first listed first; the engine's model name is
+    always accepted) get 404. Every request is logged, without content, to `hearth.access` (access_log.py).
 
     Browser safety (security.py): a POST must be `application/json`; a Host header must name this server
     (`allowed_hosts`: names from security.allowed_hosts_for; None, as for an app behind the caller's own
     checks, accepts any); cross-origin browser requests are refused unless their origin is in `cors_origins`.
     /docs and /redoc serve their scripts from this server, never from a CDN."""
-    names = tuple(dict.fromkeys(n for n in (served_model_name, engine.model_name) if n))
+    aliases = (served_model_name,) if isinstance(served_model_name, str) else tuple(served_model_name or ())
+    names = tuple(dict.fromkeys(n for n in (*aliases, engine.model_name) if n))
     adapters = dict(getattr(engine, "adapters", {}))  # name -> directory
     ctx = ServerContext(engine, names, Metrics(engine), adapters=tuple(adapters))
     chat, completion, tokenize = ChatService(ctx), CompletionService(ctx), TokenizeService(ctx)
@@ -106,6 +109,7 @@ def build_app(
     if cors_origins:  # outermost, so that the guard's refusals carry CORS headers too
         app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "Content-Type"])
+    app.add_middleware(AccessLog)  # outermost: one `hearth.access` line per request, refusals included
 
     def authorized(request: Request) -> None:
         if api_key is not None:

@@ -9,6 +9,7 @@ Two steps, so that a caller can take the port before the minutes of loading a mo
 
 from __future__ import annotations
 
+import errno
 import logging
 import socket
 from typing import TYPE_CHECKING
@@ -25,17 +26,45 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("hearth")
 
+BACKLOG = 2048  # uvicorn's default
+
 
 def listen(host: str, port: int) -> socket.socket:
-    """A socket bound to host:port (port 0: any free port), not yet listening; HearthError if it cannot be had."""
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    """A socket bound to host:port (port 0: any free port) and listening; HearthError if it cannot be had.
+
+    It listens at once, before the minutes of loading a model: a bound socket that does not listen yet does not keep
+    another server (which binds with SO_REUSEADDR too) off the port, so both would load and the second fail only at
+    the end. Connections that arrive while the model loads wait in the backlog and are answered once it serves."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a restart need not wait out TIME_WAIT
     try:
         sock.bind((host, port))
+        sock.listen(BACKLOG)
     except OSError as e:
         sock.close()
+        if e.errno == errno.EADDRINUSE:
+            free = next_free_port(host, port)
+            hint = f"--port {free}" if free is not None else "--port with another port"
+            raise HearthError(f"port {port} on {host} is already in use (another server?); choose another: {hint}") from None
+        if e.errno == errno.EACCES and 0 < port < 1024:
+            raise HearthError(f"port {port} needs administrator rights (ports below 1024); choose one above: --port 8000") from None
         raise HearthError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
     return sock
+
+
+def next_free_port(host: str, port: int, tries: int = 50) -> int | None:
+    """The first port after `port` that can be bound and listened on at `host` (None if none of `tries` can)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    for p in range(port + 1, min(port + 1 + tries, 65536)):
+        with socket.socket(family) as s:
+            try:
+                s.bind((host, p))
+                s.listen(1)
+            except OSError:
+                continue
+            return p
+    return None
 
 
 def serve(web: FastAPI, engine: AsyncEngine, sock: socket.socket, *, host: str, model_name: str,

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 
 from hearth.engine.request import EngineRequest, TokenLogprob
 from hearth.server import tool_calls
+from hearth.server.access_log import note_usage
 from hearth.server.common import EventStream, RequestGroup, ServerContext, logprob, random_id, sampling_params
 from hearth.server.errors import error_event
 from hearth.server.protocol import (
@@ -102,6 +103,7 @@ class ChatService:
                 finish_reason="tool_calls" if reply.calls else reasons[i],
             ))
         usage = UsageInfo(prompt_tokens=n_prompt, completion_tokens=sum(generated), total_tokens=n_prompt + sum(generated))
+        note_usage(n_prompt, sum(generated))
         return ChatCompletionResponse(id=rid, model=model, choices=choices, usage=usage)
 
     async def _stream(self, req, group: RequestGroup, rid: str, model: str, n_prompt: int) -> AsyncIterator[str]:
@@ -138,6 +140,7 @@ class ChatService:
                     yield event([ChatChunkChoice(index=i, delta=delta, logprobs=lp, finish_reason=reason)])
                 elif text or (lp and lp.content):
                     yield event([ChatChunkChoice(index=i, delta={"content": text}, logprobs=lp)])
+            note_usage(n_prompt, generated)
             if include_usage:
                 yield event([], UsageInfo(prompt_tokens=n_prompt, completion_tokens=generated, total_tokens=n_prompt + generated))
         except Exception as e:  # noqa: BLE001 - the status line is sent: report it in the stream

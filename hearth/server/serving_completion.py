@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from hearth.engine.request import EngineRequest, RequestOutput, TokenLogprob
 from hearth.tokenizer.tokenizer import TextStreamDecoder
+from hearth.server.access_log import note_usage
 from hearth.server.common import EventStream, RequestGroup, ServerContext, logprob, random_id, sampling_params
 from hearth.server.errors import error_event
 from hearth.server.protocol import CompletionChoice, CompletionLogprobs, CompletionRequest, CompletionResponse, UsageInfo
@@ -124,6 +125,7 @@ class CompletionService:
         async for i, out in group.outputs():
             self._update(req, choices[i], out)
         generated = sum(c.generated for c in choices)
+        note_usage(n_prompt, generated)
         return CompletionResponse(
             id=rid, model=model,
             choices=[CompletionChoice(index=i, text=c.text, logprobs=c.logprobs, finish_reason=c.finish_reason)
@@ -149,8 +151,9 @@ class CompletionService:
                 c.text = ""
                 if c.logprobs is not None:
                     c.logprobs = CompletionLogprobs()
+            generated = sum(c.generated for c in choices)
+            note_usage(n_prompt, generated)
             if req.include_usage:
-                generated = sum(c.generated for c in choices)
                 yield event([], UsageInfo(prompt_tokens=n_prompt, completion_tokens=generated, total_tokens=n_prompt + generated))
         except Exception as e:  # noqa: BLE001 - the status line is sent: report it in the stream
             yield error_event(e)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 
+from hearth.server.access_log import note_usage
 from hearth.server.common import ServerContext
 from hearth.server.errors import BadRequest
 from hearth.server.protocol import Embedding, EmbeddingRequest, EmbeddingResponse, EmbeddingUsage
@@ -42,6 +43,7 @@ class EmbeddingService:
                 out = vec.tolist()
             data.append(Embedding(index=i, embedding=out))
         n = sum(len(ids) for ids in all_ids)
+        note_usage(n)
         return EmbeddingResponse(data=data, model=model, usage=EmbeddingUsage(prompt_tokens=n, total_tokens=n))
 
     def _ids(self, inputs: list) -> list[list[int]]:

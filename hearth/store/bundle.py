@@ -32,7 +32,7 @@ from pathlib import Path
 from hearth.errors import HearthError
 from hearth.fsutil import atomic_open
 from hearth.store.blobs import Staged, Staging, blob_filename, free_bytes, os_error, short
-from hearth.store.common import Result, check_outside_store, human_bytes
+from hearth.store.common import Result, check_outside_store, human_bytes, refuse_overwrite
 from hearth.store.manifest import MAX_BYTES, Manifest, ManifestError, check_name, load_json
 from hearth.store.progress import Progress
 from hearth.store.sources import BUNDLE_MANIFEST
@@ -59,11 +59,12 @@ class _HashingReader(io.RawIOBase):
         return True
 
 
-def export_bundle(store, m: Manifest, out: Path, progress: Progress) -> int:
-    """Write the bundle to `out` (temp file + fsync + rename). Returns its size in bytes."""
+def export_bundle(store, m: Manifest, out: Path, progress: Progress, force: bool = False) -> int:
+    """Write the bundle to `out` (temp file + fsync + rename; an existing file only with `force`). Returns its size."""
     if out.is_dir():
         raise HearthError(f"{out} is a directory; give the bundle a file name, e.g. -o {out / (m.name + '.hearth')}")
     check_outside_store(out, "-o", store.root)
+    refuse_overwrite(out, force)
     if not out.parent.is_dir():
         raise HearthError(f"cannot write {out}: the directory {out.parent} does not exist")
     try:

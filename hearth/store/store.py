@@ -174,8 +174,9 @@ class Store:
     def pull(self, source: str, name: str | None = None, license_file: Path | None = None,
              if_missing: bool = False, progress: Progress | None = None, source_label: str | None = None,
              force: bool = False) -> Result:
-        """Add a model from SOURCE (see sources.py). Re-pulling a name replaces it; blobs are shared. A bundle
-        replaces a model with other weights only with `force` (see import_bundle)."""
+        """Add a model from SOURCE (see sources.py); blobs are shared. A model of that name with other layers (weights,
+        license, template, ...) is replaced only with `force` (else HearthError, nothing written); with the same layers
+        nothing is written (Result.unchanged) unless a blob needs repair."""
         from hearth.store import sources
 
         src = sources.detect(source)
@@ -189,9 +190,9 @@ class Store:
         if if_missing and self.exists(name):
             return Result(self.get(name), skipped=True)
         plan = sources.plan(src, license_file)
-        return self._add(plan, name, progress or SILENT, source_label)
+        return self._add(plan, name, progress or SILENT, source_label, force)
 
-    def _add(self, plan, name: str, progress: Progress, source_label: str | None = None) -> Result:
+    def _add(self, plan, name: str, progress: Progress, source_label: str | None = None, force: bool = False) -> Result:
         need = sum(p.path.stat().st_size for p in plan.layers if p.path is not None)
         self._check_root()
         try:
@@ -218,7 +219,9 @@ class Store:
                         staged.append(s)
                 manifest = Manifest(name=name, format=plan.format, layers=layers, summary=plan.summary,
                                     license=plan.license, source=source_label or plan.source.description, created=_now())
-                replaced = self._commit(manifest, staged)
+                if not staged and self._has_layers(name, layers):  # the same model again, intact: up to date
+                    return Result(self.get(name), reused=reused, unchanged=True)
+                replaced = self._commit(manifest, staged, force=force, command="hearth pull SOURCE --force")
         except OSError as e:
             raise os_error(e, self.root) from None
         except HearthError:
@@ -230,12 +233,19 @@ class Store:
     def _already_stored(self, s: Staged) -> bool:
         return self.blobs.path(s.digest).exists() and self.blobs.check(s.digest, s.size) is None
 
-    def _commit(self, manifest: Manifest, staged: list[Staged], force: bool = True) -> bool:
+    def _has_layers(self, name: str, layers: list[Layer]) -> bool:
+        try:
+            return self.exists(name) and self.get(name).layers == layers
+        except HearthError:  # a damaged manifest: pulling again repairs it
+            return False
+
+    def _commit(self, manifest: Manifest, staged: list[Staged], force: bool = True,
+                command: str = "hearth import FILE --force") -> bool:
         """Under the lock: the HF links built aside, blobs into place, then the manifest, then the links swapped in,
         then GC. Whatever fails before the manifest is written leaves no model behind. `force`: replace a model of
         that name with other weights (else refused, see check_replace). True if it replaced a model."""
         with self._writing():
-            self.check_replace(manifest, force)
+            self.check_replace(manifest, force, command)
             links = self._build_links(manifest) if manifest.format == "hf" else None
             try:
                 for s in staged:
@@ -256,7 +266,7 @@ class Store:
             self._collect_garbage()
         return replaced
 
-    def check_replace(self, manifest: Manifest, force: bool) -> None:
+    def check_replace(self, manifest: Manifest, force: bool, command: str = "hearth import FILE --force") -> None:
         """Refuse (unless `force`) to let `manifest` replace a model of the same name with other layers: its
         weights would be gone at the next garbage collection. The same layers again is a repair, not a replacement."""
         if force or not self.exists(manifest.name):
@@ -266,8 +276,8 @@ class Store:
                 return
         except HearthError:
             pass  # a damaged manifest of that name: replacing it is still the user's call
-        raise HearthError(f"a model named {manifest.name!r} is already in the store with other weights; nothing was imported: "
-                          "`hearth import FILE --force` replaces it, `--name NEW` stores this one beside it")
+        raise HearthError(f"a model named {manifest.name!r} is already in the store with other weights or files; nothing "
+                          f"was stored: `{command}` replaces it, `--name NEW` stores this one beside it")
 
     def _write_manifest(self, manifest: Manifest) -> None:
         self.manifests.mkdir(parents=True, exist_ok=True)
@@ -394,10 +404,11 @@ class Store:
 
     # ------------------------------------------------------------------------------------ bundles
 
-    def export(self, name: str, out: Path, progress: Progress | None = None) -> int:
+    def export(self, name: str, out: Path, progress: Progress | None = None, force: bool = False) -> int:
+        """Write `name` as a bundle file `out` (replacing an existing file only with `force`); its size in bytes."""
         from hearth.store.bundle import export_bundle
 
-        return export_bundle(self, self.get(name), Path(out).expanduser(), progress or SILENT)
+        return export_bundle(self, self.get(name), Path(out).expanduser(), progress or SILENT, force)
 
     def import_bundle(self, path: Path, name: str | None = None, progress: Progress | None = None,
                       force: bool = False) -> Result:
