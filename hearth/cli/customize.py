@@ -172,33 +172,51 @@ def export_weights(
     output: Annotated[Path, typer.Option("--output", "-o", help="A directory (safetensors) or a .gguf file path.")],
     fmt: Annotated[str, typer.Option("--format", help="safetensors (a Hugging Face directory) or gguf (llama.cpp).")] = "safetensors",
     adapter: Annotated[Optional[Path], typer.Option(help="Merge this LoRA adapter (PEFT format) into the weights first.")] = None,
-    dtype: Annotated[str, typer.Option(help="float32, bfloat16 or float16 weights.")] = "float32",
+    dtype: Annotated[Optional[str], typer.Option(help="float32 (the default), bfloat16 or float16 weights; with gguf, the same as --quant f32/bf16/f16.")] = None,
+    quant: Annotated[str, typer.Option(help="gguf: the weights' type: auto (the base model's own, tensor by tensor: a Q4_1 base gives a Q4_1 file of about its size), q8_0, q4_1, q4_0, f16, bf16 or f32.")] = "auto",
+    force: Annotated[bool, typer.Option("--force", help="Replace -o if it exists (a directory only if it holds a model).")] = False,
 ):
     """Write a model's weights for other tools: a HF directory (transformers) or a GGUF file (llama.cpp).
 
-    Quantized models are dequantized. Example: hearth export-weights my-tuned --format gguf -o my-tuned.gguf
+    safetensors are float32 (or --dtype); a GGUF keeps the base model's quantization (--quant to choose), with an
+    adapter's update merged into the weights before they are quantized again.
+    Example: hearth export-weights smollm2 --adapter out/adapter --format gguf -o my-tuned.gguf
     """
     from hearth.loader import DTYPES
-    from hearth.tune.export import FORMATS, write_model
+    from hearth.store.common import check_outside_store, human_bytes, refuse_overwrite
+    from hearth.tune.export import FORMATS, QUANTS, write_model
 
     if fmt not in FORMATS:
         raise HearthError(f"--format must be safetensors or gguf, not {fmt!r}")
-    if dtype not in DTYPES:
+    if dtype is not None and dtype not in DTYPES:
         raise HearthError(f"unknown dtype {dtype!r}; use float32, bfloat16 or float16")
-    from hearth.store.common import check_outside_store
-
+    quant = quant.lower()
+    if quant not in QUANTS:
+        raise HearthError(f"unknown --quant {quant!r}; choose one of {', '.join(QUANTS)}")
+    if quant != "auto" and fmt != "gguf":
+        raise HearthError(f"--quant {quant} applies to --format gguf; safetensors take --dtype")
+    if quant != "auto" and dtype is not None:
+        raise HearthError(f"give --quant or --dtype for a GGUF file, not both (--quant {quant} --dtype {dtype})")
     check_outside_store(output, "-o")
-    if fmt == "gguf" and output.exists() and not output.is_dir():  # before the minutes of loading and merging
-        raise HearthError(f"{output} already exists; remove it or choose another output path")
+    if fmt == "gguf" and output.is_dir():  # before the minutes of loading and merging
+        raise HearthError(f"-o {output} is a directory; give the GGUF file's path, e.g. {output / 'model.gguf'}")
+    if output.exists() and (fmt == "gguf" or not output.is_dir() or any(output.iterdir())):
+        refuse_overwrite(output, force)
     lm = load_model(model, "cpu", "float32", adapter)
-    path = write_model(lm, fmt, output, dtype=DTYPES[dtype])
-    print(f"wrote {path} ({fmt})")
+    path = write_model(lm, fmt, output, dtype=DTYPES[dtype] if dtype else None, quant=quant, force=force)
+    if fmt == "gguf":
+        from hearth.tune.export import describe_gguf
+
+        print(f"wrote {path} ({describe_gguf(path, lm.checkpoint, quant)})")
+    else:
+        print(f"wrote {path} (safetensors, {dtype or 'float32'}; {human_bytes(sum(f.stat().st_size for f in path.iterdir()))})")
 
 
 def export_adapter(
     model: Annotated[str, typer.Argument(help="The base model the adapter was trained on (store name, file, 'smollm2').")],
     adapter: Annotated[Path, typer.Argument(help="A LoRA adapter: a PEFT directory (e.g. from `hearth tune`).")],
     output: Annotated[Path, typer.Option("--output", "-o", help="The .gguf file to write.")],
+    force: Annotated[bool, typer.Option("--force", help="Replace -o if it exists.")] = False,
 ):
     """Write a LoRA adapter as a llama.cpp GGUF adapter (llama-cli --lora, llama-server --lora, llama-cpp-python
     lora_path), checked against MODEL's shapes.
@@ -206,7 +224,7 @@ def export_adapter(
     Example: hearth export-adapter smollm2 out/adapter -o adapter.gguf
     """
     from hearth.loader import resolve_model
-    from hearth.store.common import check_outside_store
+    from hearth.store.common import check_outside_store, refuse_overwrite, replacing
     from hearth.weights import open_checkpoint
     from hearth.weights.adapters.gguf import write_lora_gguf
     from hearth.weights.adapters.peft import read_adapter
@@ -214,7 +232,13 @@ def export_adapter(
     check_outside_store(output, "-o")
     if output.suffix != ".gguf":
         raise HearthError(f"-o {output}: the adapter file's name must end in .gguf")
+    if output.is_dir():
+        raise HearthError(f"-o {output} is a directory; give the adapter GGUF file's path")
+    refuse_overwrite(output, force)
     mc = open_checkpoint(resolve_model(model)).config
     cfg, weights = read_adapter(adapter, mc)
-    path = write_lora_gguf(output, cfg, weights, mc, name=adapter.name)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with replacing(output, ".gguf") as tmp:
+        write_lora_gguf(tmp, cfg, weights, mc, name=adapter.name)
+    path = output
     print(f"wrote {path} (LoRA r={cfg.r}, alpha={cfg.alpha:g}, {len(weights)} projections; llama.cpp: --lora {path})")
