@@ -91,6 +91,8 @@ def quantize_model(
             raise HearthError(f"cannot write {output}: the directory {output.parent} does not exist")
         if output.is_dir():
             raise HearthError(f"cannot write {output}: it is a directory; give a file name such as {output / 'model.gguf'}")
+        if output.exists() and os.path.samefile(output, resolve_model(ref)):
+            raise HearthError(f"-o {output} is the model being quantized; write the result to another file")
         refuse_overwrite(output, force)
     if store:
         from hearth.store.manifest import check_name
@@ -107,8 +109,6 @@ def quantize_model(
         raise HearthError("nowhere to put the quantized model: give an output file or let it go into the store")
     t0 = time.perf_counter()
     src = resolve_model(ref)
-    if output is not None and output.exists() and src.exists() and os.path.samefile(output, src):
-        raise HearthError(f"-o {output} is the model being quantized; write the result to another file")
     ckpt = open_checkpoint(src)
     cfg = ckpt.config
     # a GGUF source's vocabulary is copied as it is; a tokenizer.json is converted from the built tokenizer

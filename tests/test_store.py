@@ -195,7 +195,9 @@ def test_cp_shares_everything(home, models, capsys):
 
 def test_repull_replaces_and_collects_old_blobs(home, models, capsys):
     pull(capsys, models["gguf"], "--name", "m")
-    out = pull(capsys, models["gguf_nolicense"], "--name", "m")
+    rc, _, err = run_main(capsys, "pull", str(models["gguf_nolicense"]), "--name", "m")
+    assert rc == 1 and "--force" in err  # other weights: only with --force (tests/test_cli_force.py)
+    out = pull(capsys, models["gguf_nolicense"], "--name", "m", "--force")
     assert "replaced" in out
     assert manifest_json(home, "m")["license"] is None
     digests = {layer["digest"].replace(":", "-") for layer in manifest_json(home, "m")["layers"]}

@@ -95,7 +95,7 @@ def test_pull_killed_mid_copy_leaves_a_valid_store_and_the_next_pull_finishes(ho
     assert rc == 0, err
 
     # The next pull sweeps the dead staging directory and finishes the job.
-    rc, out, err = run_main(capsys, "pull", str(src["b"]), "--name", "m")
+    rc, out, err = run_main(capsys, "pull", str(src["b"]), "--name", "m", "--force")
     assert rc == 0, err
     assert not partial[0].exists() and list((home / "tmp").iterdir()) == []
     assert manifest_json(home, "m")["layers"][0]["size"] == src["b"].stat().st_size
