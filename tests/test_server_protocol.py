@@ -776,7 +776,8 @@ def test_serve_fails_fast_when_the_port_is_taken():
         r = subprocess.run([sys.executable, "-m", "hearth.cli", "serve", "smollm2", "--port", str(port)],
                            capture_output=True, text=True, timeout=60)
     assert r.returncode == 1 and "Traceback" not in r.stderr
-    assert f"cannot listen on 127.0.0.1:{port}" in r.stderr and "loaded" not in r.stderr  # before the model loads
+    assert f"port {port} on 127.0.0.1 is already in use" in r.stderr and "--port " in r.stderr
+    assert "loaded" not in r.stderr  # before the model loads
 
 
 def test_tool_history_reaches_the_engine_as_tokenize_shows_it(client, engine, monkeypatch):

@@ -123,5 +123,5 @@ def test_exported_adapted_model_gives_the_same_greedy_tokens(adapted, tmp_path):
     assert tiny.hearth_greedy(load(str(hf_dir), dtype="float32"), prompt, 16) == ours
     gguf = write_model(lm, "gguf", tmp_path / "model.gguf")
     assert _llama_cpp_greedy(gguf, prompt, 16) == ours
-    with pytest.raises(HearthError, match="not an empty directory"):
+    with pytest.raises(HearthError, match="already exists; --force replaces it"):
         write_model(lm, "safetensors", tmp_path / "hf")
