@@ -59,13 +59,15 @@ def run(
     lm = opts.load(model)
     from hearth.engine.chat import ChatSession
 
-    session = ChatSession(lm, params, system=system, compile=opts.compile, **Switches.from_env().generator())
     if prompt is None and not sys.stdin.isatty():
         prompt = sys.stdin.read().strip()
         if not prompt:
             raise HearthError("no prompt: stdin was empty; pass PROMPT or pipe some text")
     elif prompt is not None and not prompt.strip():
         raise HearthError("the prompt is empty; give some text, or leave PROMPT out to chat")
+    # One answer: no cache kept for later turns (it is sized to the prompt, not rounded up to a bucket).
+    session = ChatSession(lm, params, system=system, compile=opts.compile, reuse=prompt is None,
+                          **Switches.from_env().generator())
     if prompt is not None:
         if opts.json_out:
             c = session.complete(prompt)
