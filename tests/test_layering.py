@@ -32,7 +32,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("hearth.fast",),  # fused/quantized modules and the CPU, static and GPU decoders, applied to a model from outside
     ("hearth.store", "hearth.netguard"),
     ("hearth.loader", "hearth.runtime"),
-    ("hearth.engine", "hearth.chat_loop"),
+    ("hearth.engine", "hearth.chat_commands", "hearth.chat_loop", "hearth.chat_repl"),
     ("hearth.server",),
     ("hearth.eval",),
     ("hearth.quantize",),

@@ -43,12 +43,15 @@ def run(
     model: Annotated[str, typer.Argument(help="A store name (hearth list), a .gguf file, a HF model directory, or 'smollm2'.")] = "smollm2",
     prompt: Annotated[Optional[str], typer.Argument(help="Answer this once and exit; without it, chat interactively.")] = None,
     system: Annotated[Optional[str], typer.Option(help="A system message that starts the conversation.")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", help="After each chat answer, print the time to the first "
+                                          "token, tokens/s and the prompt's tokens (how many were cached).")] = False,
     *,
     opts: GenerationOptions,
 ):
-    """Chat with a model using its own chat template. Type /bye to quit, /clear to forget the conversation.
+    """Chat with a model using its own chat template. /help lists the commands; /bye or Ctrl-D quits.
 
-    With PROMPT, or when stdin is not a terminal, answer once and exit.
+    With PROMPT, or when stdin is not a terminal, answer once and exit. On a terminal the chat has line editing,
+    history (in $HEARTH_HOME/chat_history), pastes of any length as one message, and Ctrl-C stops an answer.
 
     Example: hearth run smollm2 "Name three rivers in Europe."
     """
@@ -56,13 +59,15 @@ def run(
     lm = opts.load(model)
     from hearth.engine.chat import ChatSession
 
-    session = ChatSession(lm, params, system=system, compile=opts.compile, **Switches.from_env().generator())
     if prompt is None and not sys.stdin.isatty():
         prompt = sys.stdin.read().strip()
         if not prompt:
             raise HearthError("no prompt: stdin was empty; pass PROMPT or pipe some text")
     elif prompt is not None and not prompt.strip():
         raise HearthError("the prompt is empty; give some text, or leave PROMPT out to chat")
+    # One answer: no cache kept for later turns (it is sized to the prompt, not rounded up to a bucket).
+    session = ChatSession(lm, params, system=system, compile=opts.compile, reuse=prompt is None,
+                          **Switches.from_env().generator())
     if prompt is not None:
         if opts.json_out:
             c = session.complete(prompt)
@@ -71,4 +76,10 @@ def run(
             print_stream(session.send(prompt))
             print()
         return
-    chat_loop(session, lm.checkpoint.config.name, lm.checkpoint.quantization)
+    read = input  # stdout not a terminal: the plain line reader, as before
+    if sys.stdout.isatty():
+        from hearth.chat_repl import terminal_reader
+        from hearth.store.common import default_home
+
+        read = terminal_reader(default_home() / "chat_history")
+    chat_loop(session, lm.checkpoint.config.name, lm.checkpoint.quantization, read=read, verbose=verbose)

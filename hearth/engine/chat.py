@@ -1,10 +1,15 @@
-"""A conversation: history of messages rendered through the model's chat template each turn."""
+"""A conversation: history of messages rendered through the model's chat template each turn.
+
+The whole history is rendered and tokenized each turn, but only the tokens past what the last turn left in the KV
+cache are fed to the model (hearth/engine/prefix_reuse.py), so a turn costs its new tokens, not the history's.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
 from hearth.engine.generate import Completion, Generator, StreamChunk
+from hearth.engine.prefix_reuse import PrefixCache
 from hearth.engine.sampling import SamplingParams
 from hearth.errors import ContextLengthError
 from hearth.tokenizer.limits import surely_too_long
@@ -12,16 +17,25 @@ from hearth.tokenizer.limits import surely_too_long
 
 class ChatSession:
     def __init__(self, lm, params: SamplingParams, system: str | None = None, compile: bool = False,
-                 graphs: bool | None = None, triton: bool = True, pdl: bool | None = None):
-        """compile, graphs, triton, pdl: the Generator's (hearth/engine/generate.py)."""
+                 graphs: bool | None = None, triton: bool = True, pdl: bool | None = None, reuse: bool = True):
+        """compile, graphs, triton, pdl: the Generator's (hearth/engine/generate.py). reuse: keep the KV cache from
+        turn to turn (False: every turn prefills the whole history, as before; for comparison)."""
         self.lm = lm
         self.params = params
         self.system = system
         self.generator = Generator(lm.model, lm.tokenizer, graphs=graphs, compile=compile,
                                    decoder=getattr(lm, "decoder", None), triton=triton, pdl=pdl)
+        self.prefix = PrefixCache() if reuse else None
+        self.prompt_tokens = 0  # the last turn's prompt, in tokens
         self.reset()
 
+    @property
+    def cached_tokens(self) -> int:
+        """How many of the last turn's prompt tokens were already in the KV cache (not fed again)."""
+        return 0 if self.prefix is None else self.prefix.cached
+
     def reset(self) -> None:
+        """Forget the conversation (the system message stays); the cache's memory is kept for the next turn."""
         self.messages = [{"role": "system", "content": self.system}] if self.system else []
         self.dropped = 0  # exchanges the last turn dropped from the history to fit the context
 
@@ -55,16 +69,31 @@ class ChatSession:
         return messages, ids
 
     def send(self, user_text: str) -> Iterator[StreamChunk]:
-        """Stream the assistant's answer; the turn joins the history only once it completes."""
+        """Stream the assistant's answer; the exchange joins the history once the answer completes.
+
+        Stopped by the user (Ctrl-C: KeyboardInterrupt, or the stream closed early), the question stays in the
+        history and the partial answer is dropped, as `ollama run` does; an error (the message too long for the
+        context) leaves the history as it was."""
         messages, ids = self._fit(user_text)
+        self.prompt_tokens = len(ids)
         parts = []
-        for chunk in self.generator.stream(ids, self.params):
-            parts.append(chunk.text)
-            yield chunk
+        try:
+            for chunk in self.generator.stream(ids, self.params, self.prefix):
+                parts.append(chunk.text)
+                yield chunk
+        except (KeyboardInterrupt, GeneratorExit):
+            self.messages = messages
+            raise
         self.messages = messages + [{"role": "assistant", "content": "".join(parts)}]
 
     def complete(self, user_text: str) -> Completion:
         messages, ids = self._fit(user_text)
-        c = self.generator.complete(ids, self.params)
+        self.prompt_tokens = len(ids)
+        c = Completion(prompt_ids=list(ids))
+        for chunk in self.generator.stream(ids, self.params, self.prefix):
+            c.text += chunk.text
+            if chunk.token_id is not None:
+                c.token_ids.append(chunk.token_id)
+            c.finish_reason = chunk.finish_reason or c.finish_reason
         self.messages = messages + [{"role": "assistant", "content": c.text}]
         return c

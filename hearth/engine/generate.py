@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import torch
 
 from hearth.errors import ContextLengthError
+from hearth.engine.prefix_reuse import PrefixCache
 from hearth.engine.sampling import Sampler, SamplingParams
 from hearth.model import Transformer
 from hearth.fast.cpu_decode import CPUDecoder
@@ -114,8 +115,13 @@ class Generator:
         return self.model.device
 
     @torch.inference_mode()
-    def stream(self, prompt_ids: list[int], params: SamplingParams) -> Iterator[StreamChunk]:
-        """Yield text as it becomes final; the last chunk carries the finish reason."""
+    def stream(self, prompt_ids: list[int], params: SamplingParams,
+               prefix: PrefixCache | None = None) -> Iterator[StreamChunk]:
+        """Yield text as it becomes final; the last chunk carries the finish reason.
+
+        prefix: a conversation's cache kept between calls (hearth/engine/prefix_reuse.py): the prompt's leading tokens
+        already in it are not fed again, and it keeps what this call feeds, for the next. The plain path only; the
+        CUDA-graph path prefills in full into its own cache (the record is then forgotten)."""
         cfg = self.model.config
         check_context(len(prompt_ids), params.max_tokens, cfg.max_seq_len)
         if params.max_tokens == 0:
@@ -128,21 +134,31 @@ class Generator:
         generated: list[int] = []
         tokens = torch.tensor([prompt_ids], dtype=torch.long, device=self.device)
         if self.graphs:
+            if prefix is not None:
+                prefix.forget()
+                prefix.cached, prefix.prompt = 0, len(prompt_ids)
             dec = self._decoder(len(prompt_ids) + params.max_tokens)
             logits = dec.prefill(tokens)[0]
 
             def step(token: int) -> torch.Tensor:
                 return dec.step(torch.tensor([[token]], device=self.device))[0]
         else:
-            cache = self.model.new_cache(1, len(prompt_ids) + params.max_tokens)
+            total = len(prompt_ids) + params.max_tokens
+            start = 0 if prefix is None else prefix.start(self.model, prompt_ids, total)
+            cache = self.model.new_cache(1, total) if prefix is None else prefix.cache
             forward = self.model if self.decoder is None else functools.partial(self.decoder.forward, self.model)
-            logits = forward(tokens, 0, cache, last_only=True)[0, -1]
+            logits = forward(tokens[:, start:], start, cache, last_only=True)[0, -1]
+            if prefix is not None:
+                prefix.fed(prompt_ids[start:])
             pos = len(prompt_ids)
 
             def step(token: int) -> torch.Tensor:
                 nonlocal pos
                 pos += 1
-                return forward(torch.tensor([[token]], device=self.device), pos - 1, cache)[0, -1]
+                out = forward(torch.tensor([[token]], device=self.device), pos - 1, cache)[0, -1]
+                if prefix is not None:
+                    prefix.fed([token])
+                return out
         while True:
             if sampler.uses_context and generated:
                 nxt = sampler(logits, torch.cat([context, torch.tensor(generated)]))
