@@ -82,4 +82,4 @@ def run(
         from hearth.store.common import default_home
 
         read = terminal_reader(default_home() / "chat_history")
-    chat_loop(session, lm.checkpoint.config.name, lm.checkpoint.quantization, read=read, verbose=verbose)
+    chat_loop(session, lm.display_name, lm.checkpoint.quantization, read=read, verbose=verbose)
