@@ -59,15 +59,14 @@ _NOT_SAVED = {"model", "teacher", "output", "resume", "merge", "memory_limit", "
 def _run_options(ctx: typer.Context, resume: bool) -> dict:
     """The options this run goes with: those typed (or their defaults); with --resume, the ones saved in the
     run's checkpoint, overridden by those typed again, which must agree (checkpoint.resume_options)."""
-    from click.core import ParameterSource
-
     from hearth.tune.checkpoint import resume_options, saved_options
     from hearth.tune.train import EXTENDABLE
 
     opts = {k: (str(Path(v).resolve()) if isinstance(v, Path) else v) for k, v in ctx.params.items() if k not in _NOT_SAVED}
     saved = saved_options(ctx.params["output"]) if resume else None
     if saved is not None:
-        typed = {k: v for k, v in opts.items() if ctx.get_parameter_source(k) not in (ParameterSource.DEFAULT, None)}
+        # by name: typer may bring its own copy of click, whose enum is not click.core's
+        typed = {k: v for k, v in opts.items() if getattr(ctx.get_parameter_source(k), "name", "DEFAULT") not in ("DEFAULT", "DEFAULT_MAP")}
         opts = resume_options(saved, typed, EXTENDABLE, overridable=("data",))
     if opts.get("data") is None:
         raise HearthError("--data is required (a JSONL file of training examples)" if not resume else
