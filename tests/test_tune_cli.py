@@ -109,32 +109,45 @@ def test_bad_inputs_are_one_line_errors(env, trained, case, tmp_path):
 
 def test_ctrl_c_finishes_the_step_saves_and_resume_continues(env, tmp_path):
     """Ctrl-C keeps the progress: the step under way finishes, a checkpoint is written (here long before the next
-    --save-every), the exit is 130 with one line saying how to continue, and --resume does."""
+    --save-every), the exit is 130 with one line saying how to continue, and --resume does, with no other option
+    (they are saved in the checkpoint), to the loss sequence of a run never interrupted. A higher --max-steps
+    extends the finished run; an option given again with another value is refused, naming both values."""
     import signal
     import time
 
     root, mdir, data, _ = env
     out = tmp_path / "o"
-    args = ["tune", str(mdir), "--data", str(data), "-o", str(out), "--max-steps", "60", "--batch-size", "1",
-            "--save-every", "1000", "--quiet"]
-    p = subprocess.Popen([sys.executable, "-m", "hearth.cli", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         text=True, env=dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1"))
+    opts = ["--data", str(data), "--max-steps", "30", "--batch-size", "1", "--lr", "0.003", "--save-every", "1000", "--quiet"]
+    p = subprocess.Popen([sys.executable, "-m", "hearth.cli", "tune", str(mdir), "-o", str(out), *opts], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1"))
     log = out / "log.jsonl"
     deadline = time.monotonic() + TIMEOUT
     while not (log.exists() and len(log.read_text().splitlines()) >= 2) and p.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     p.send_signal(signal.SIGINT)
     _, err = p.communicate(timeout=TIMEOUT)
-    r = subprocess.CompletedProcess(args, p.returncode, "", err)
+    r = subprocess.CompletedProcess([], p.returncode, "", err)
     assert p.returncode == 130, err
     line = _one_error_line(r)
     assert "stopped at step" in line and "--resume" in line
     step = int(line.split("stopped at step ")[1].split("/")[0])
-    assert 2 <= step < 60 and len(log.read_text().splitlines()) == step
+    assert 2 <= step < 30 and len(log.read_text().splitlines()) == step
     assert (out / "checkpoint" / "state.pt").is_file()
-    again = _run(*args[:-1], "--resume", "--quiet")
-    assert again.returncode == 0 and "60 steps" in again.stdout, again.stderr
-    assert len(log.read_text().splitlines()) == 60
+    whole = _run("tune", str(mdir), "-o", str(tmp_path / "whole"), *opts)  # the same run, uninterrupted
+    assert whole.returncode == 0, whole.stderr
+    again = _run("tune", str(mdir), "-o", str(out), "--resume", "--quiet")
+    assert again.returncode == 0 and "30 steps" in again.stdout, again.stderr
+
+    def losses(d):
+        return [json.loads(x)["loss"] for x in (d / "log.jsonl").read_text().splitlines()]
+    assert losses(out) == losses(tmp_path / "whole") and len(losses(out)) == 30
+    r = _run("tune", str(mdir), "-o", str(out), "--resume", "--lr", "0.01", "--quiet")
+    assert "--lr 0.01 differs from this run's saved --lr 0.003" in _one_error_line(r)
+    more = _run("tune", str(mdir), "-o", str(out), "--resume", "--max-steps", "34", "--quiet")
+    assert more.returncode == 0 and "34 steps" in more.stdout, more.stderr
+    log = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
+    assert losses(out)[:30] == losses(tmp_path / "whole") and [r["step"] for r in log] == list(range(1, 35))
+    assert log[30]["lr"] > log[29]["lr"]  # the cosine recomputed for 34 steps: step 31 is not at the old minimum
 
 
 def test_outputs_that_would_overwrite_are_refused_before_work(env, trained, tmp_path):

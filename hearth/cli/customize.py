@@ -9,12 +9,12 @@ from typing import Annotated, Optional
 
 import typer
 
-from hearth.cli.options import Device, ModelArg, load_model, prepare_process
+from hearth.cli.options import Device, ModelArg, Threads, apply_threads, load_model, prepare_process
 from hearth.cli.store import print_stored
 from hearth.errors import HearthError
 
 
-DataFile = Annotated[Path, typer.Option("--data", help="Training data, JSONL: {\"messages\": [...]} or {\"prompt\", \"completion\"} per line ({\"prompt\", \"chosen\", \"rejected\"} for dpo).")]
+DataFile = Annotated[Optional[Path], typer.Option("--data", help="Training data, JSONL: {\"messages\": [...]} or {\"prompt\", \"completion\"} per line ({\"prompt\", \"chosen\", \"rejected\"} for dpo). Required, except with --resume (the run's saved path).")]
 OutDir = Annotated[Path, typer.Option("--output", "-o", help="Output directory: adapter/model, log.jsonl, loss.png, checkpoint/.")]
 Lr = Annotated[float, typer.Option(help="Peak learning rate (AdamW), > 0.")]
 Steps = Annotated[int, typer.Option(help="Optimizer steps (0: --epochs passes over the data).", min=0)]
@@ -33,8 +33,8 @@ Pack = Annotated[bool, typer.Option("--pack", help="Pack several examples into e
 OnBadLine = Annotated[str, typer.Option(help="Malformed JSONL lines: stop (error naming the line) or skip (warn with their numbers).")]
 Overlong = Annotated[str, typer.Option(help="Examples longer than --max-len: truncate or drop (a warning counts them).")]
 MaxLineBytes = Annotated[Optional[int], typer.Option(help="Longest JSONL line read, in bytes; a longer line is never read whole: dropped with --overlong drop, else a bad line (default: 192 bytes per --max-len token, at least 1 MiB).", min=1)]
-Resume = Annotated[bool, typer.Option("--resume", help="Continue the run in --output from its last checkpoint, exactly (a run killed before its first checkpoint starts over).")]
-MemLimit = Annotated[Optional[float], typer.Option(help="Refuse to start if the estimated memory exceeds this many GiB (default: what is free).", min=0.0)]
+Resume = Annotated[bool, typer.Option("--resume", help="Continue the run in --output from its last checkpoint, exactly, with the options saved in it (options given again must agree; --max-steps/--epochs may be raised to extend a finished run). A run killed before its first checkpoint starts over.")]
+MemLimit = Annotated[Optional[float], typer.Option(help="Refuse to start if the estimated memory exceeds this many GiB (default: what is free now).", min=0.0)]
 Quiet = Annotated[bool, typer.Option("--quiet", help="No progress bar.")]
 
 
@@ -52,6 +52,28 @@ def _gib(x: float | None) -> int | None:
     return None if x is None else int(x * (1 << 30))
 
 
+# Options of a run that its checkpoint does not keep: where and how it runs, what it does after training
+_NOT_SAVED = {"model", "teacher", "output", "resume", "merge", "memory_limit", "device", "quiet", "threads"}
+
+
+def _run_options(ctx: typer.Context, resume: bool) -> dict:
+    """The options this run goes with: those typed (or their defaults); with --resume, the ones saved in the
+    run's checkpoint, overridden by those typed again, which must agree (checkpoint.resume_options)."""
+    from hearth.tune.checkpoint import resume_options, saved_options
+    from hearth.tune.train import EXTENDABLE
+
+    opts = {k: (str(Path(v).resolve()) if isinstance(v, Path) else v) for k, v in ctx.params.items() if k not in _NOT_SAVED}
+    saved = saved_options(ctx.params["output"]) if resume else None
+    if saved is not None:
+        # by name: typer may bring its own copy of click, whose enum is not click.core's
+        typed = {k: v for k, v in opts.items() if getattr(ctx.get_parameter_source(k), "name", "DEFAULT") not in ("DEFAULT", "DEFAULT_MAP")}
+        opts = resume_options(saved, typed, EXTENDABLE, overridable=("data",))
+    if opts.get("data") is None:
+        raise HearthError("--data is required (a JSONL file of training examples)" if not resume else
+                          f"--data is required: the run in {ctx.params['output']} has no saved options to resume from")
+    return opts
+
+
 def _report(outcome, what: str) -> None:
     s = outcome.summary()
     val = f", validation loss {s['val_loss']:.4f}" if s["val_loss"] is not None else ""
@@ -60,9 +82,10 @@ def _report(outcome, what: str) -> None:
 
 
 def tune(
+    ctx: typer.Context,
     model: ModelArg,
-    data: DataFile,
     output: OutDir,
+    data: DataFile = None,
     method: Annotated[str, typer.Option(help="lora, qlora (4-bit NF4 frozen base), full, or dpo (LoRA on {prompt, chosen, rejected}).")] = "lora",
     lora_r: Annotated[int, typer.Option(help="LoRA rank.", min=1)] = 8,
     lora_alpha: Annotated[float, typer.Option(help="LoRA alpha (the update is scaled by alpha / r).", min=0.0)] = 16.0,
@@ -94,40 +117,57 @@ def tune(
     device: Device = "cpu",
     dtype: Annotated[str, typer.Option(help="auto (fp32 on CPU, bf16 on CUDA), float32 or bfloat16.")] = "auto",
     quiet: Quiet = False,
+    threads: Threads = None,
 ):
     """Fine-tune MODEL on chat or prompt/completion data (loss on the assistant tokens only).
 
     Writes a PEFT adapter (lora, qlora, dpo) or a HF model directory (full) into --output.
 
-    Example: hearth tune smollm2 --data chats.jsonl -o my-adapter --epochs 2 --lora-r 16
+    Example: hearth tune smollm2 --data examples/chats.jsonl -o my-adapter --epochs 2 --lora-r 16
+
+    --resume continues the run in --output with the options saved in its checkpoint (hearth tune smollm2 -o
+    my-adapter --resume); --max-steps or --epochs given higher extend a finished run, its cosine schedule
+    recomputed for the new length (as HF Trainer and torchtune do).
     """
     from hearth.tune.lora import LoraConfig
     from hearth.tune.recipes import tune as run_tune
     from hearth.tune.train import TrainConfig
 
     logging.getLogger("hearth").setLevel(logging.INFO)
-    if beta is not None and method != "dpo":
-        raise HearthError(f"--beta applies to --method dpo only (this run is --method {method}); leave it out")
-    targets = tuple(t.strip() for t in target_modules.split(",") if t.strip())
+    o = _run_options(ctx, resume)
+    if o["beta"] is not None and o["method"] != "dpo":
+        raise HearthError(f"--beta applies to --method dpo only (this run is --method {o['method']}); leave it out")
+    targets = tuple(t.strip() for t in o["target_modules"].split(",") if t.strip())
     cfg = TrainConfig(
-        method=method, lora=LoraConfig(lora_r, lora_alpha, lora_dropout, targets), lr=lr, warmup_steps=warmup_steps,
-        max_steps=max_steps, epochs=epochs, batch_size=batch_size, grad_accum=grad_accum, max_len=max_len, pack=pack,
-        grad_clip=grad_clip, weight_decay=weight_decay, grad_checkpointing=grad_checkpointing, val_fraction=val_fraction,
-        eval_every=eval_every, save_every=save_every, seed=seed, dpo_beta=0.1 if beta is None else beta,
+        method=o["method"], lora=LoraConfig(o["lora_r"], o["lora_alpha"], o["lora_dropout"], targets), lr=o["lr"],
+        warmup_steps=o["warmup_steps"], max_steps=o["max_steps"], epochs=o["epochs"], batch_size=o["batch_size"],
+        grad_accum=o["grad_accum"], max_len=o["max_len"], pack=o["pack"], grad_clip=o["grad_clip"],
+        weight_decay=o["weight_decay"], grad_checkpointing=o["grad_checkpointing"], val_fraction=o["val_fraction"],
+        eval_every=o["eval_every"], save_every=o["save_every"], seed=o["seed"], dpo_beta=0.1 if o["beta"] is None else o["beta"],
     )
     prepare_process(device)
-    outcome = run_tune(model, data, output, cfg, data=_data_options(on_bad_line, overlong, template, max_line_bytes), device=device, dtype=dtype,
-                       resume=resume, progress=not quiet and sys.stderr.isatty(), merge=merge, memory_limit=_gib(memory_limit))
-    _report(outcome, "adapter" if method != "full" else "model")
+    apply_threads(threads)
+    outcome = run_tune(model, o["data"], output, cfg, data=_data_options(o["on_bad_line"], o["overlong"], o["template"], o["max_line_bytes"]),
+                       device=device, dtype=o["dtype"], resume=resume, progress=not quiet and sys.stderr.isatty(), merge=merge,
+                       memory_limit=_gib(memory_limit), options=o)
+    _report(outcome, "adapter" if o["method"] != "full" else "model")
     if outcome.merged is not None:
         print_stored("merged into the store as", outcome.merged)
 
 
+STUDENT_HELP = ("The student: a JSON config for a fresh model (Hugging Face or hearth key names: hidden_size/dim, "
+                "num_hidden_layers/n_layers, num_attention_heads/n_heads, num_key_value_heads/n_kv_heads, "
+                "intermediate_size/hidden_dim, vocab_size, max_position_embeddings/max_seq_len, rms_norm_eps/norm_eps, "
+                "rope_theta, tie_word_embeddings/tie_embeddings, head_dim; every key left out is the teacher's, so {} is "
+                "the teacher's shape; see examples/student.json), or a model to start from. It must use the teacher's vocabulary.")
+
+
 def distill(
+    ctx: typer.Context,
     teacher: Annotated[str, typer.Option(help="The teacher model (store name, .gguf, HF directory, smollm2).")],
-    student: Annotated[str, typer.Option(help="A JSON file of model-config fields (a fresh student) or a model to start from; it must use the teacher's vocabulary.")],
-    data: Annotated[Path, typer.Option("--data", help="JSONL: {\"text\"}, {\"messages\"} or {\"prompt\", \"completion\"} per line.")],
     output: OutDir,
+    student: Annotated[Optional[str], typer.Option(help=STUDENT_HELP)] = None,
+    data: Annotated[Optional[Path], typer.Option("--data", help="JSONL: {\"text\"}, {\"messages\"} or {\"prompt\", \"completion\"} per line. Required, except with --resume.")] = None,
     temperature: Annotated[float, typer.Option(help="Softmax temperature of teacher and student logits.", min=0.01)] = 2.0,
     alpha: Annotated[float, typer.Option(help="Weight of the KL term; 1 - alpha weighs the LM loss (0: no teacher).", min=0.0, max=1.0)] = 0.5,
     lr: Lr = 1e-3,
@@ -149,21 +189,33 @@ def distill(
     memory_limit: MemLimit = None,
     device: Device = "cpu",
     quiet: Quiet = False,
+    threads: Threads = None,
 ):
     """Distill a teacher into a smaller student (KL on temperature-softened logits mixed with the LM loss).
 
-    Example: hearth distill --teacher smollm2 --student student.json --data corpus.jsonl -o student-out
+    Example: hearth distill --teacher smollm2 --student examples/student.json --data examples/corpus.jsonl -o my-student
+
+    examples/student.json: {"num_hidden_layers": 4, "hidden_size": 192, "num_attention_heads": 3,
+    "num_key_value_heads": 1, "intermediate_size": 512}; the vocabulary, norm epsilon, RoPE base and context are
+    the teacher's. Unknown keys are refused with the list of accepted ones.
     """
     from hearth.tune.recipes import distill as run_distill
     from hearth.tune.train import TrainConfig
 
-    cfg = TrainConfig(method="full", lr=lr, warmup_steps=warmup_steps, max_steps=max_steps, epochs=epochs, batch_size=batch_size,
-                      grad_accum=grad_accum, max_len=max_len, grad_clip=grad_clip, val_fraction=val_fraction,
-                      eval_every=eval_every, save_every=save_every, seed=seed)
+    logging.getLogger("hearth").setLevel(logging.INFO)
+    if student is not None and Path(student).is_file():
+        ctx.params["student"] = str(Path(student).resolve())
+    o = _run_options(ctx, resume)
+    if o.get("student") is None:
+        raise HearthError("--student is required: a JSON student config (e.g. examples/student.json) or a model to start from")
+    cfg = TrainConfig(method="full", lr=o["lr"], warmup_steps=o["warmup_steps"], max_steps=o["max_steps"], epochs=o["epochs"],
+                      batch_size=o["batch_size"], grad_accum=o["grad_accum"], max_len=o["max_len"], grad_clip=o["grad_clip"],
+                      val_fraction=o["val_fraction"], eval_every=o["eval_every"], save_every=o["save_every"], seed=o["seed"])
     prepare_process(device)
-    outcome = run_distill(teacher, student, data, output, cfg, temperature=temperature, alpha=alpha,
-                          data=_data_options(on_bad_line, overlong, True, max_line_bytes), device=device, resume=resume,
-                          progress=not quiet and sys.stderr.isatty(), memory_limit=_gib(memory_limit))
+    apply_threads(threads)
+    outcome = run_distill(teacher, o["student"], o["data"], output, cfg, temperature=o["temperature"], alpha=o["alpha"],
+                          data=_data_options(o["on_bad_line"], o["overlong"], True, o["max_line_bytes"]), device=device, resume=resume,
+                          progress=not quiet and sys.stderr.isatty(), memory_limit=_gib(memory_limit), options=o)
     _report(outcome, "student")
 
 

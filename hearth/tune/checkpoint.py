@@ -60,3 +60,33 @@ def load_checkpoint(out_dir: Path) -> dict[str, Any]:
     except Exception as e:  # a damaged file from outside hearth (ours are written atomically)
         raise HearthError(f"the checkpoint {path} cannot be read ({type(e).__name__}); to start the run over, remove it "
                           f"(rm {path}) and run the same command with --resume, or choose another output directory") from None
+
+
+def saved_options(out_dir: Path) -> dict[str, Any] | None:
+    """The command options saved with the run's checkpoint (read without loading its tensors), or None: no
+    checkpoint yet, or one written before options were saved."""
+    path = checkpoint_path(out_dir)
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # load_checkpoint reports a damaged file, with its remedy
+        return None
+    return state.get("options") or None
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def resume_options(saved: dict[str, Any], given: dict[str, Any], extendable: tuple[str, ...] = (),
+                   overridable: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The options a resumed run continues with: the saved ones, with those given again on the command line.
+    A given option must agree with its saved value, except `extendable` ones (a run's length) and `overridable`
+    ones (checked another way, e.g. the data path, whose content the checkpoint's fingerprint checks); a
+    conflict is one error line naming the option, the saved value and the given one."""
+    for name, value in given.items():
+        if name in saved and name not in extendable + overridable and saved[name] != value:
+            raise HearthError(f"{_flag(name)} {value} differs from this run's saved {_flag(name)} {saved[name]}; leave "
+                              f"it out to continue with the saved value (on --resume only {', '.join(map(_flag, extendable))} may change)")
+    return {**saved, **given}

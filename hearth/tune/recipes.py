@@ -22,7 +22,7 @@ from hearth.errors import HearthError
 from hearth.tune import data as D
 from hearth.tune.checkpoint import checkpoint_path, unsaved_run
 from hearth.tune.lora import apply_lora
-from hearth.tune.memory import check_memory, estimate
+from hearth.tune.memory import check_memory, largest_micro_batch
 from hearth.tune.objectives import DPO, SFT, Distill
 from hearth.tune.peft_io import save_adapter
 from hearth.tune.quant import quantize_blocks
@@ -124,8 +124,12 @@ def tune(
     model_ref: str, data_path: str | Path, out_dir: str | Path, cfg: TrainConfig, *, data: DataOptions | None = None,
     device: str = "cpu", dtype: str = "auto", resume: bool = False, progress: bool = True, merge: str | None = None,
     memory_limit: int | None = None, on_step: Callable[[int], None] | None = None, loaded=None,
+    options: dict[str, Any] | None = None,
 ) -> Outcome:
-    """Fine-tune `model_ref` on `data_path` (JSONL) into `out_dir`. See the module docstring for the outputs."""
+    """Fine-tune `model_ref` on `data_path` (JSONL) into `out_dir`. See the module docstring for the outputs.
+
+    `memory_limit` (bytes) replaces what is free as the bound of the memory check; `options` (the command's
+    options, plain values) are saved in the checkpoint for `--resume`."""
     from hearth.loader import load
 
     data = data or DataOptions()
@@ -150,13 +154,12 @@ def tune(
                         data.on_bad_line, data.use_template, data.max_line_bytes)
     train_items, val_items = D.split(ds.items, cfg.val_fraction, cfg.seed)
     prepare(loaded, cfg)
-    est = estimate(loaded.model, cfg.batch_size * (2 if kind == "dpo" else 1), max_len, cfg.grad_checkpointing,
-                   loaded.device, extra_models=1 if kind == "dpo" else 0)
-    check_memory(est, memory_limit)
+    cfg = dataclasses.replace(cfg, max_len=max_len)
+    check_memory(loaded.model, largest_micro_batch(train_items, cfg), cfg, loaded.device, kind, memory_limit)
     pad = _pad_id(loaded.tokenizer)
     objective = DPO(loaded.device, cfg.dpo_beta, pad) if kind == "dpo" else SFT(loaded.device, pad, cfg.pack)
-    cfg = dataclasses.replace(cfg, max_len=max_len)
-    result = train(loaded.model, objective, train_items, val_items, cfg, out, resume=resume, progress=progress, on_step=on_step)
+    result = train(loaded.model, objective, train_items, val_items, cfg, out, resume=resume, progress=progress,
+                   on_step=on_step, options=options)
     base = str(model_ref)
     if cfg.method == "full":
         from hearth.tune.export import write_model
@@ -179,18 +182,16 @@ def tune(
 
 
 def student_from(ref: str, teacher, device: torch.device, dtype: torch.dtype, seed: int):
-    """A student: a model (store name, path) to start from, or a JSON file of ModelConfig fields for a fresh one."""
-    from hearth.config import ModelConfig
+    """A student: a model (store name, path) to start from, or a JSON student config (student.py: Hugging Face or
+    hearth key names, every key left out the teacher's) for a fresh one."""
     from hearth.loader import load
     from hearth.model import Transformer
+    from hearth.tune.student import describe, student_config
 
     p = Path(ref)
     if p.suffix == ".json" and p.is_file():
-        try:
-            fields = json.loads(p.read_text())
-            cfg = ModelConfig.from_dict(fields)
-        except (json.JSONDecodeError, ValueError, TypeError) as e:
-            raise HearthError(f"{p}: not a usable student config ({e})") from None
+        cfg = student_config(p, teacher.config)
+        log.info("student: %s (teacher: %s)", describe(cfg), describe(teacher.config))
         torch.manual_seed(seed)
         model = Transformer(cfg)
         with torch.no_grad():
@@ -212,6 +213,7 @@ def distill(
     teacher_ref: str, student_ref: str, data_path: str | Path, out_dir: str | Path, cfg: TrainConfig, *,
     temperature: float = 2.0, alpha: float = 0.5, data: DataOptions | None = None, device: str = "cpu",
     dtype: str = "auto", resume: bool = False, progress: bool = True, memory_limit: int | None = None, teacher=None,
+    options: dict[str, Any] | None = None,
 ) -> Outcome:
     """Train a student on the teacher's softened logits (alpha > 0) mixed with the LM loss; alpha=0 is plain
     training from the same start (the baseline). Writes OUT/model (a HF directory with the teacher's tokenizer)."""
@@ -231,11 +233,11 @@ def distill(
                         data.on_bad_line, data.use_template, data.max_line_bytes)
     train_items, val_items = D.split(ds.items, cfg.val_fraction, cfg.seed)
     student = student_from(student_ref, teacher.model, teacher.device, teacher.dtype, cfg.seed)
-    max_len = min(max_len, student.config.max_seq_len)
-    check_memory(estimate(student, cfg.batch_size, max_len, cfg.grad_checkpointing, teacher.device, extra_models=1), memory_limit)
-    cfg = dataclasses.replace(cfg, method="full", max_len=max_len)
+    cfg = dataclasses.replace(cfg, method="full", max_len=min(max_len, student.config.max_seq_len))
+    check_memory(student, largest_micro_batch(train_items, cfg), cfg, teacher.device, "distill", memory_limit)
     objective = Distill(teacher.model, teacher.device, temperature, alpha, _pad_id(teacher.tokenizer))
-    result = train(student, objective, train_items, val_items, cfg, out_dir, resume=resume, progress=progress)
+    result = train(student, objective, train_items, val_items, cfg, out_dir, resume=resume, progress=progress,
+                   label="distill", options=options)
     out = Path(out_dir)
     student_loaded = copy.copy(teacher)
     student_loaded.model = student

@@ -11,14 +11,17 @@ from hearth.fsutil import atomic_open
 
 
 class Progress:
-    """A rich progress bar with loss, tokens/s and time left (on stderr; silent when `enabled` is False)."""
+    """A rich progress bar on stderr (silent when `enabled` is False), e.g.
+
+        lora ━━━━━━━━━━━╸━━━━━━ 12/40 loss 2.1034 · 1,840 tok/s · elapsed 0:00:15 · 0:01:03 left
+    """
 
     def __init__(self, total: int, done: int = 0, enabled: bool = True, description: str = "training"):
         self.bar = None
         if not enabled:
             return
-        self.bar = progress.bar("{task.description}", ":bar", ":count", "loss {task.fields[loss]}",
-                                "{task.fields[tps]} tok/s", ":elapsed", "left", ":left", transient=False)
+        self.bar = progress.bar("{task.description}", ":bar", ":count", "loss {task.fields[loss]} ·",
+                                "{task.fields[tps]} tok/s ·", "elapsed", ":elapsed", "·", ":left", "left", transient=False)
         self.task = self.bar.add_task(description, total=total, completed=done, loss="-", tps="-")
         self.bar.start()
 

@@ -35,6 +35,8 @@ from hearth.tune.lora import LoraConfig
 from hearth.tune.report import JsonLog, Progress, plot_loss
 
 METHODS = ("lora", "qlora", "full", "dpo")
+# What a resumed run may change: its length (a finished run continues to the new end; see `lr_at`)
+EXTENDABLE = ("max_steps", "epochs")
 
 
 @dataclass(frozen=True)
@@ -85,8 +87,17 @@ class TrainConfig:
         return d
 
 
+def total_steps(cfg: TrainConfig, micro_batches_per_epoch: int) -> int:
+    """Optimizer steps of a run: --max-steps, or --epochs passes over the training split."""
+    return cfg.max_steps or max(1, math.ceil(cfg.epochs * micro_batches_per_epoch / cfg.grad_accum))
+
+
 def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
-    """Linear warm-up to cfg.lr over warmup_steps, then cosine down to lr * min_lr_ratio at `total`."""
+    """Linear warm-up to cfg.lr over warmup_steps, then cosine down to lr * min_lr_ratio at `total`.
+
+    A pure function of (step, total): a run resumed with a higher --max-steps (or --epochs) follows the cosine
+    recomputed for the new total, as Hugging Face's Trainer and torchtune do when resumed with more steps; the
+    learning rate rises from where the shorter schedule had brought it to the longer schedule's value there."""
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
     span = max(1, total - cfg.warmup_steps)
@@ -182,11 +193,16 @@ def train(
     resume: bool = False,
     progress: bool = True,
     on_step: Callable[[int], None] | None = None,
+    label: str | None = None,
+    options: dict[str, Any] | None = None,
 ) -> TrainResult:
     """Train the parameters of `model` that require grad. `objective` is an SFT/DPO/Distill (objectives.py).
 
     Writes into out_dir: checkpoint/state.pt (every save_every steps and at the end), log.jsonl, loss.png.
-    `on_step(step)` runs after each step's checkpoint (tests use it to simulate a crash).
+    `on_step(step)` runs after each step's checkpoint (tests use it to simulate a crash). `label` names the run
+    on its progress bar and plot (default: the method). `options` (plain values: the command's options) is
+    saved in every checkpoint, so `--resume` can continue without them (checkpoint.resume_options).
+    A resume may raise max_steps / epochs (EXTENDABLE): a finished run continues to the new end.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -196,16 +212,21 @@ def train(
     packed = cfg.pack and not isinstance(train_items[0], PrefPair)
     stream = BatchStream(train_items, cfg.batch_size, cfg.max_len, packed, cfg.seed, getattr(objective, "pad_id", 0))
     per_epoch = stream.micro_batches_per_epoch()
-    total = cfg.max_steps or max(1, math.ceil(cfg.epochs * per_epoch / cfg.grad_accum))
+    total = total_steps(cfg, per_epoch)
     data_fp = fingerprint(train_items)
     model_fp = model_fingerprint(model)
     step, consumed, history, tokens_seen = 0, 0, [], 0
 
     if resume:
         state = load_checkpoint(out)
-        if state["config"] != cfg.to_dict():
-            diff = [k for k in cfg.to_dict() if state["config"].get(k) != cfg.to_dict()[k]]
-            raise HearthError(f"the checkpoint in {out} was made with other settings ({', '.join(diff)}); resume with the same options")
+        now = cfg.to_dict()
+        diff = [f"{k}: saved {state['config'].get(k)!r}, given {now[k]!r}" for k in now
+                if k not in EXTENDABLE and state["config"].get(k) != now[k]]
+        if diff:
+            raise HearthError(f"the checkpoint in {out} was made with other settings ({'; '.join(diff)}); resume with the same options")
+        if total < state["step"]:
+            raise HearthError(f"the run in {out} is already at step {state['step']}, past this run's end ({total} steps); "
+                              f"give --max-steps {state['step']} or more to continue it")
         if state["data"] != data_fp:
             raise HearthError(f"the checkpoint in {out} was made on other training data; resume with the same --data")
         if state.get("model", model_fp) != model_fp:  # (checkpoints from before this check have none)
@@ -228,11 +249,12 @@ def train(
         save_atomic({
             "config": cfg.to_dict(), "data": data_fp, "model": model_fp, "step": step, "consumed": consumed, "tokens": tokens_seen,
             "weights": {n: p.detach().cpu().clone() for n, p in trainable.items()},
-            "optimizer": opt.state_dict(), "rng": _rng_state(), "history": history,
+            "optimizer": opt.state_dict(), "rng": _rng_state(), "history": history, "options": dict(options or {}),
         }, ckpt_file)
 
     log = JsonLog(out / "log.jsonl", history)
-    bar = Progress(total, step, enabled=progress, description=cfg.method)
+    label = label or cfg.method
+    bar = Progress(total, step, enabled=progress, description=label)
     params = list(trainable.values())
     t_start = time.perf_counter()
     # a run killed after its final checkpoint resumes at step == total: the loop is skipped, the loss measured is kept
@@ -286,6 +308,6 @@ def train(
         stop.release()
         bar.close()
         model.eval()
-        plot_loss(history, out / "loss.png", f"{cfg.method}: loss per step")
+        plot_loss(history, out / "loss.png", f"{label}: loss per step")
     return TrainResult(step, history, history[-1]["loss"] if history else None, val_loss,
                        time.perf_counter() - t_start, tokens_seen)
