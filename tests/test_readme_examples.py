@@ -183,7 +183,8 @@ def _param(e: Example):
         marks.append(pytest.mark.skip(reason=SKIP[e.text]))
     elif e.text in SLOW and not RUN_SLOW:
         marks.append(pytest.mark.skip(reason=f"{SLOW[e.text]}: runs with HEARTH_README_SLOW=1"))
-    return pytest.param(e, id=f"L{e.line}", marks=marks)
+    slug = re.sub(r"[^A-Za-z0-9.]+", "-", e.text.split("\n")[0])[:48].strip("-")
+    return pytest.param(e, id=f"L{e.line}-{slug}", marks=marks)
 
 
 # ---------------------------------------------------------------- the lists
