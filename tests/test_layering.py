@@ -25,7 +25,7 @@ MAX_LINES = 450
 # The layers, first to last: a module may import from its own layer and the ones before it, never from a later one.
 LAYERS: list[tuple[str, ...]] = [
     ("hearth", "hearth.config", "hearth.errors", "hearth.safejson", "hearth.textsafe", "hearth.fsutil", "hearth.progress",
-     "hearth.packaged"),
+     "hearth.packaged", "hearth.workerproc"),
     ("hearth.weights",),
     ("hearth.tokenizer", "hearth.kernels"),
     ("hearth.model",),

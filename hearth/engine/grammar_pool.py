@@ -20,12 +20,7 @@ runs through `asyncio.to_thread`, and hands the matcher over with the request.
 from __future__ import annotations
 
 import atexit
-import json
-import os
 import queue
-import selectors
-import subprocess
-import sys
 import threading
 import time
 import weakref
@@ -37,10 +32,10 @@ from hearth.engine import grammar_limits
 from hearth.engine.grammar_limits import StructureLimits
 from hearth.engine.grammar_worker import HEADER, InvalidSpec, build_matcher
 from hearth.errors import HearthError
+from hearth.workerproc import POLL_SECONDS, WorkerGone, WorkerProcess
 
 WORKER = Path(__file__).with_name("grammar_worker.py")
 STARTUP_SECONDS = 120.0  # Python, llguidance and the vocabulary (~1 s for 49K tokens); not charged to a compile
-POLL_SECONDS = 0.05  # how often a waiting compile looks at its cancel event
 SERVER_STACK_BYTES = 64 << 20  # 8x grammar_worker.COMPILE_STACK_BYTES
 CACHE_ENTRIES = 128  # compiled grammars kept per compiler (a server sees a few schemas again and again)
 DEFAULT_WORKERS = 2
@@ -60,10 +55,6 @@ class CompileTimeout(HearthError):
     """The compile outlived its budget. Not cached: on a machine busy for a while a usable spec may be slow once, and
     caching would not slow an attacker down (an expensive spec is easy to vary). Callers already waiting for the same
     spec share the outcome, so n choices of one request are refused after one budget, not n."""
-
-
-class WorkerGone(Exception):
-    """The worker died (a crash in native code, its memory cap) or stopped answering."""
 
 
 def first_line(message: str) -> str:
@@ -99,83 +90,33 @@ def _unwrap(result: "CompiledGrammar | HearthError") -> CompiledGrammar:
     return result
 
 
-class _Worker:
-    """One worker process with the tokenizer loaded, used by one thread at a time."""
+def _start_worker(tokenizer_json: str, eos: list[int]) -> WorkerProcess:
+    """A worker process with the tokenizer loaded (one thread at a time uses it)."""
+    deadline = time.monotonic() + STARTUP_SECONDS
+    worker: WorkerProcess | None = None
+    try:
+        worker = WorkerProcess.start(WORKER, HEADER, "grammar worker", deadline)
+        reply = worker.call({"tokenizer": tokenizer_json, "eos": eos}, deadline)
+        if reply.get("error"):
+            raise HearthError(f"structured output is not available for this tokenizer ({first_line(reply['message'])})")
+        return worker
+    except BaseException as e:
+        if worker is not None:
+            worker.kill()
+        if isinstance(e, (WorkerGone, TimeoutError)):
+            raise WorkerUnavailable("structured output is unavailable: the grammar worker process did not start") from None
+        raise
 
-    def __init__(self, tokenizer_json: str, eos: list[int]):
-        self.proc = subprocess.Popen([sys.executable, "-I", str(WORKER)], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, bufsize=0)
-        self.pid = os.getpid()
-        os.set_blocking(self.proc.stdin.fileno(), False)
-        os.set_blocking(self.proc.stdout.fileno(), False)
-        try:
-            deadline = time.monotonic() + STARTUP_SECONDS
-            try:
-                ready = self._read(deadline, None) == {"ready": True}
-                reply = self.call({"tokenizer": tokenizer_json, "eos": eos}, deadline, None) if ready else {}
-            except (WorkerGone, TimeoutError):
-                ready = False
-            if not ready:
-                raise WorkerUnavailable("structured output is unavailable: the grammar worker process did not start")
-            if reply.get("error"):
-                raise HearthError(f"structured output is not available for this tokenizer ({first_line(reply['message'])})")
-        except BaseException:
-            self.kill()
-            raise
 
-    @property
-    def alive(self) -> bool:
-        return self.proc is not None and self.pid == os.getpid() and self.proc.poll() is None
+def _until(cancel: threading.Event | None):
+    """The wait check that ends a compile when `cancel` is set."""
+    if cancel is None:
+        return None
 
-    def kill(self) -> None:
-        if self.proc is not None and self.pid == os.getpid():  # a forked copy leaves the parent's process alone
-            self.proc.kill()
-            self.proc.wait()
-            self.proc.stdin.close()
-            self.proc.stdout.close()
-        self.proc = None
-
-    def call(self, request: dict, deadline: float, cancel: threading.Event | None) -> dict:
-        body = json.dumps(request).encode("ascii")
-        self._write(HEADER.pack(len(body)) + body, deadline, cancel)
-        return self._read(deadline, cancel)
-
-    def _wait(self, sel, deadline: float, cancel: threading.Event | None) -> None:
-        while not sel.select(min(POLL_SECONDS, max(0.0, deadline - time.monotonic()))):
-            if cancel is not None and cancel.is_set():
-                raise CompileCancelled("the compile was cancelled")
-            if time.monotonic() >= deadline:
-                raise TimeoutError
-
-    def _write(self, data: bytes, deadline: float, cancel) -> None:
-        view = memoryview(data)
-        with selectors.DefaultSelector() as sel:
-            sel.register(self.proc.stdin, selectors.EVENT_WRITE)
-            while view:
-                self._wait(sel, deadline, cancel)
-                try:
-                    view = view[os.write(self.proc.stdin.fileno(), view):]
-                except BlockingIOError:
-                    continue
-                except BrokenPipeError:
-                    raise WorkerGone("the grammar worker exited") from None
-
-    def _read(self, deadline: float, cancel) -> dict:
-        buf, need = bytearray(), HEADER.size
-        with selectors.DefaultSelector() as sel:
-            sel.register(self.proc.stdout, selectors.EVENT_READ)
-            while len(buf) < need:
-                self._wait(sel, deadline, cancel)
-                try:
-                    chunk = os.read(self.proc.stdout.fileno(), max(need - len(buf), 1 << 16))
-                except BlockingIOError:
-                    continue
-                if not chunk:
-                    raise WorkerGone("the grammar worker exited")
-                buf += chunk
-                if need == HEADER.size and len(buf) >= HEADER.size:
-                    need = HEADER.size + HEADER.unpack_from(buf)[0]
-        return json.loads(bytes(buf[HEADER.size:need]))
+    def check() -> None:
+        if cancel.is_set():
+            raise CompileCancelled("the compile was cancelled")
+    return check
 
 
 def _on_big_stack(fn, *args):
@@ -237,10 +178,10 @@ class GrammarCompiler:
         self._tokenizer = weakref.ref(tokenizer)
         self.limits = limits or StructureLimits()
         self._ll_tokenizer = ll_tokenizer
-        self._idle: queue.LifoQueue[_Worker | None] = queue.LifoQueue()  # the warm one first; None: not started
+        self._idle: queue.LifoQueue[WorkerProcess | None] = queue.LifoQueue()  # the warm one first; None: not started
         for _ in range(workers):
             self._idle.put(None)
-        self._live: set[_Worker] = set()
+        self._live: set[WorkerProcess] = set()
         self._lock = threading.Lock()
         self._cache: OrderedDict[tuple[str, str], CompiledGrammar | HearthError] = OrderedDict()
         self._pending: dict[tuple[str, str], _Pending] = {}  # compiles under way: later callers wait
@@ -313,7 +254,7 @@ class GrammarCompiler:
                 worker = self._start()
             # no grace past the budget: a native compile cannot stop itself, so only the kill ends it
             deadline = time.monotonic() + self.limits.compile_seconds
-            return worker.call(request, deadline, cancel)
+            return worker.call(request, deadline, _until(cancel))
         except TimeoutError:
             worker = self._discard(worker)
             return None
@@ -326,7 +267,7 @@ class GrammarCompiler:
         finally:
             self._idle.put(worker)
 
-    def _take(self, cancel: threading.Event | None) -> _Worker | None:
+    def _take(self, cancel: threading.Event | None) -> WorkerProcess | None:
         while True:
             try:
                 return self._idle.get(timeout=POLL_SECONDS)
@@ -340,14 +281,14 @@ class GrammarCompiler:
             raise WorkerUnavailable("the model's tokenizer is gone")
         return tokenizer
 
-    def _start(self) -> _Worker:
+    def _start(self) -> WorkerProcess:
         tokenizer = self._live_tokenizer()
-        worker = _Worker(tokenizer.backend.to_str(), list(tokenizer.eos_ids))
+        worker = _start_worker(tokenizer.backend.to_str(), list(tokenizer.eos_ids))
         with self._lock:
             self._live.add(worker)
         return worker
 
-    def _discard(self, worker: _Worker | None) -> None:
+    def _discard(self, worker: WorkerProcess | None) -> None:
         if worker is not None:
             worker.kill()
             with self._lock:

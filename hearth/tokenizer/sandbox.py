@@ -13,18 +13,15 @@ worker (a new one starts on the next render), and the worker's own address space
 from __future__ import annotations
 
 import atexit
-import json
-import os
 import queue
-import selectors
 import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from hearth.tokenizer.render_worker import HEADER
+from hearth.workerproc import WorkerGone, WorkerProcess
 
 WORKER = Path(__file__).with_name("render_worker.py")
 STARTUP_SECONDS = 60.0  # starting Python and importing jinja2; not charged to a render (a busy machine is slow)
@@ -46,81 +43,32 @@ class RenderBudget:
             raise ValueError(f"a render budget needs seconds > 0, max_output_chars >= 1, memory_bytes >= 16 MiB: {self}")
 
 
-class WorkerGone(Exception):
-    """The worker died or stopped answering; the reply is lost."""
-
-
 class _Worker:
-    """One worker process, used by one thread at a time (the pool hands it out)."""
+    """One worker process, started on first use and again after it was killed or died; used by one thread at a time
+    (the pool hands it out)."""
 
     def __init__(self):
-        self.proc: subprocess.Popen | None = None
-        self.pid = os.getpid()
+        self._child: WorkerProcess | None = None
 
-    def _start(self) -> None:
-        # -I: no user site, no PYTHON* variables, not the current directory on sys.path: only the stdlib and jinja2
-        self.proc = subprocess.Popen([sys.executable, "-I", str(WORKER)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.DEVNULL, bufsize=0)
-        os.set_blocking(self.proc.stdin.fileno(), False)
-        os.set_blocking(self.proc.stdout.fileno(), False)
-        if self._read(time.monotonic() + STARTUP_SECONDS) != {"ready": True}:
-            raise WorkerGone("the template worker did not start")
+    @property
+    def proc(self) -> subprocess.Popen | None:  # the live child process, if any (its pid, for tests and diagnostics)
+        return self._child.proc if self._child is not None else None
 
     def kill(self) -> None:
-        if self.proc is not None and self.pid == os.getpid():
-            self.proc.kill()
-            self.proc.wait()
-            self.proc.stdin.close()
-            self.proc.stdout.close()
-        self.proc = None
+        if self._child is not None:
+            self._child.kill()
+        self._child = None
 
     def call(self, request: dict, seconds: float) -> dict:
-        if self.pid != os.getpid():  # a forked copy of the pool: the process belongs to the parent, leave it alone
-            self.proc, self.pid = None, os.getpid()
         try:
-            if self.proc is None or self.proc.poll() is not None:
+            if self._child is None or not self._child.alive:  # not started, dead, or a forked copy's (left alone)
                 self.kill()
-                self._start()
-            body = json.dumps(request).encode("ascii")  # ASCII: lone surrogates in messages survive the trip
+                self._child = WorkerProcess.start(WORKER, HEADER, "template worker", time.monotonic() + STARTUP_SECONDS)
             deadline = time.monotonic() + seconds + KILL_GRACE_SECONDS
-            self._write(HEADER.pack(len(body)) + body, deadline)
-            return self._read(deadline)
+            return self._child.call(request, deadline)
         except BaseException:  # late, dead, or the caller interrupted: the worker's state is unknown, so it goes
             self.kill()
             raise
-
-    def _write(self, data: bytes, deadline: float) -> None:
-        view = memoryview(data)
-        with selectors.DefaultSelector() as sel:
-            sel.register(self.proc.stdin, selectors.EVENT_WRITE)
-            while view:
-                if not sel.select(max(0.0, deadline - time.monotonic())):
-                    raise TimeoutError
-                try:
-                    view = view[os.write(self.proc.stdin.fileno(), view):]
-                except BlockingIOError:
-                    continue
-                except BrokenPipeError:
-                    raise WorkerGone("the template worker exited") from None
-
-    def _read(self, deadline: float) -> dict:
-        buf = bytearray()
-        need = HEADER.size
-        with selectors.DefaultSelector() as sel:
-            sel.register(self.proc.stdout, selectors.EVENT_READ)
-            while len(buf) < need:
-                if not sel.select(max(0.0, deadline - time.monotonic())):
-                    raise TimeoutError
-                try:
-                    chunk = os.read(self.proc.stdout.fileno(), max(need - len(buf), 1 << 16))
-                except BlockingIOError:
-                    continue
-                if not chunk:
-                    raise WorkerGone("the template worker exited")
-                buf += chunk
-                if need == HEADER.size and len(buf) >= HEADER.size:
-                    need = HEADER.size + HEADER.unpack_from(buf)[0]
-        return json.loads(bytes(buf[HEADER.size:need]))
 
 
 class RenderPool:
