@@ -42,7 +42,7 @@ def _chat(lines):
 def test_a_conversation_until_bye():
     session, out, err = _chat(["hello", "   ", "/clear", "too long", "third", "/bye", "never read"])
     assert session.sent == ["hello", "too long", "third"] and session.resets == 1
-    assert out == ">>> echo: hello\n>>> >>> >>> \n>>> echo: third\n>>> "
+    assert out == ">>> echo: hello\n>>> >>> >>> >>> echo: third\n>>> "  # a turn refused before any text adds no line
     assert "chatting with Tiny\\x1b]0;pwned\\x07 (Q4_0)" in err and "\x1b" not in err  # the name is the file's own
     assert "(conversation cleared)" in err
     assert "\nerror: the message is longer than the context" in err  # one bad turn does not end the chat

@@ -367,13 +367,14 @@ def test_pull_of_a_directory_with_an_unstorable_file_name(home, tmp_path, capsys
 
 
 def test_the_chat_banner_escapes_the_model_files_name(tmp_path, capsys, monkeypatch):
-    """`hearth run MODEL` on a terminal names the model by its GGUF general.name: a file's string."""
+    """`hearth run FILE` on a terminal names the model by the file's stem (a store name when it has one), and says
+    its GGUF general.name in --verbose descriptions: both are strings an attacker chooses."""
     import io
     import sys
 
     from store_kit import write_tiny_gguf
 
-    gguf = write_tiny_gguf(tmp_path / "t.gguf", name="Tiny" + HOSTILE)
+    gguf = write_tiny_gguf(tmp_path / ("Tiny" + HOSTILE + ".gguf"), name="Tiny" + HOSTILE)
 
     class Tty(io.StringIO):
         def isatty(self):

@@ -61,14 +61,14 @@ def test_apply_threads_sets_the_pool_that_later_threads_inherit(restore_threads)
 def test_default_backs_off_and_says_so(restore_threads, monkeypatch, caplog):
     torch.set_num_threads(2)
     monkeypatch.setattr(runtime, "machine_load", lambda: (2, 1.8, 2))
-    with caplog.at_level(logging.WARNING, logger="hearth"):
+    with caplog.at_level(logging.INFO, logger="hearth"):
         assert apply_threads(None, env={}) == 1
     assert torch.get_num_threads() == 1
     assert "machine busy (load 1.8): using 1 thread of 2; --threads to override" in caplog.text
     caplog.clear()
     torch.set_num_threads(2)
     monkeypatch.setattr(runtime, "machine_load", lambda: (2, 0.1, 2))
-    with caplog.at_level(logging.WARNING, logger="hearth"):
+    with caplog.at_level(logging.INFO, logger="hearth"):
         assert apply_threads(None, env={}) == 2  # idle: torch's own default, nothing said
     assert caplog.text == ""
     torch.set_num_threads(2)

@@ -117,8 +117,9 @@ class Switches:
 def apply_threads(n: int | None, env=None) -> int:
     """Set the CPU threads of this process (torch's intra-op pool, which hearth's native kernels and their OpenMP
     regions read through at::get_num_threads) and return how many. n: --threads; None: hearth.runtime.default_threads
-    of the machine's load read now (logged when it backs off), never more than torch's own default; an
-    OMP_NUM_THREADS the user set stands. Call it before loading: threads started later inherit it."""
+    of the machine's load read now, never more than torch's own default; an OMP_NUM_THREADS the user set stands.
+    Call it before loading: threads started later inherit it. Backing off is logged at INFO: serve and tune show it,
+    a one-shot command does not, as its stderr holds its answer's notes or one `error:` line."""
     import torch
 
     from hearth.runtime import default_threads, machine_load
@@ -131,8 +132,8 @@ def apply_threads(n: int | None, env=None) -> int:
         cores, load, online = machine_load()
         n = min(most, default_threads(cores, load, online))
         if n < most:
-            logging.getLogger("hearth").warning("machine busy (load %.1f): using %d thread%s of %d; --threads to override",
-                                                load, n, "" if n == 1 else "s", most)
+            logging.getLogger("hearth").info("machine busy (load %.1f): using %d thread%s of %d; --threads to override",
+                                             load, n, "" if n == 1 else "s", most)
     torch.set_num_threads(n)
     return n
 

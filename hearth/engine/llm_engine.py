@@ -63,6 +63,7 @@ class _ReqState:
     prompt_logprobs: list = field(default_factory=list)
     first_token_time: float | None = None
     sent_prompt_logprobs: bool = False
+    scores: dict[int, float] | None = None  # score_token_ids' logprobs, sent with the first token
 
 
 def _logprob_entry(logprobs: torch.Tensor, token: int, k: int) -> TokenLogprob:
@@ -121,8 +122,8 @@ class LLMEngine:
 
     def _check(self, req: EngineRequest) -> None:
         """validate's checks that cost nothing (no compile): also run on the step thread by add_request."""
-        if any(not (0 <= t < self.tokenizer.vocab_size) for t in req.prompt_ids):
-            bad = next(t for t in req.prompt_ids if not (0 <= t < self.tokenizer.vocab_size))
+        if any(not (0 <= t < self.tokenizer.vocab_size) for t in (*req.prompt_ids, *req.score_token_ids)):
+            bad = next(t for t in (*req.prompt_ids, *req.score_token_ids) if not (0 <= t < self.tokenizer.vocab_size))
             raise HearthError(f"invalid token id {bad}: ids must be in [0, {self.tokenizer.vocab_size})")
         check_context(len(req.prompt_ids), req.params.max_tokens, self.max_model_len)
         self._adapter_index(req.adapter)
@@ -202,16 +203,22 @@ class LLMEngine:
             if seq.num_generated >= seq.max_tokens:  # max_tokens == 0: prompt scored, nothing to generate
                 outputs.append(self._finish(seq, FinishReason.LENGTH, [], st.stops.flush()))
                 continue
-            lps = None
-            if st.sampler.plain_greedy and st.req.logprobs is None:
+            lps = scores = None
+            score_now = bool(st.req.score_token_ids) and seq.num_generated == 0
+            if st.sampler.plain_greedy and st.req.logprobs is None and not score_now:
                 token = result.greedy[row]  # chosen on the device: no row of logits comes back
             else:
                 last = result.row(row)
                 token = st.sampler(last, torch.tensor(seq.token_ids, dtype=torch.long))
-                if st.req.logprobs is not None:
-                    lps = [_logprob_entry(torch.log_softmax(last.float(), -1), token, st.req.logprobs)]
+                if st.req.logprobs is not None or score_now:
+                    logprobs = torch.log_softmax(last.float(), -1)
+                    if st.req.logprobs is not None:
+                        lps = [_logprob_entry(logprobs, token, st.req.logprobs)]
+                    if score_now:
+                        scores = {t: float(logprobs[t]) for t in st.req.score_token_ids}
             seq.token_ids.append(token)
             st.first_token_time = st.first_token_time or now
+            st.scores = scores
             if token in self.tokenizer.eos_ids and (not st.req.params.ignore_eos or st.sampler.done):
                 text = st.stops.feed(st.decoder.flush())[0] + st.stops.flush()
                 outputs.append(self._finish(seq, FinishReason.STOP, [token], text, lps))
@@ -251,6 +258,7 @@ class LLMEngine:
         if st.req.prompt_logprobs is not None and not st.sent_prompt_logprobs:
             out.prompt_logprobs = st.prompt_logprobs
             st.sent_prompt_logprobs = True
+        out.scores, st.scores = st.scores, None
         return out
 
     def _finish(self, seq: Sequence, reason: FinishReason, new: list[int], text: str, lps=None) -> RequestOutput:

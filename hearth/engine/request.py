@@ -28,6 +28,9 @@ class EngineRequest:
     logprobs: int | None = None  # None: none; k >= 0: chosen token's logprob plus the top k per generated token
     prompt_logprobs: int | None = None  # same, for every prompt position (the first has none)
     adapter: str | None = None  # a LoRA adapter the engine serves (EngineConfig.adapters); None: the base model
+    # token ids whose logprobs at the first generated position come back in the first output (RequestOutput.scores):
+    # a classifier's answer read as a probability (the guard's P(unsafe) against P(safe), as in Llama Guard's paper)
+    score_token_ids: tuple[int, ...] = ()
     arrival_time: float = field(default_factory=time.monotonic)
 
 
@@ -49,5 +52,6 @@ class RequestOutput:
     finish_reason: FinishReason | None = None
     logprobs: list[TokenLogprob] | None = None  # one per new token, when asked for
     prompt_logprobs: list[TokenLogprob | None] | None = None  # only in the first output, when asked for
+    scores: dict[int, float] | None = None  # EngineRequest.score_token_ids' logprobs, in the first output
     num_prompt_tokens: int = 0
     num_generated_tokens: int = 0
