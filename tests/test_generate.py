@@ -249,9 +249,9 @@ def test_chat_session_keeps_history(lm):
     seen = []
     real_stream = session.generator.stream
 
-    def spy(ids, p):
+    def spy(ids, p, *rest):
         seen.append(ids)
-        return real_stream(ids, p)
+        return real_stream(ids, p, *rest)
 
     session.generator.stream = spy
     session.params = dataclasses.replace(params, max_tokens=1)
