@@ -72,7 +72,7 @@ def lora_modules(model: nn.Module) -> dict[str, LoRALinear]:
 
 
 def apply_lora(model: nn.Module, cfg: LoraConfig, dtype: torch.dtype = torch.float32) -> list[str]:
-    """Freeze every parameter of `model`, wrap the target projections of every block in LoRALinear.
+    """Freeze every parameter of `model`, wrap the target projections of every block (of cfg.layers) in LoRALinear.
 
     Returns the hearth paths of the wrapped modules. Applying twice is an error (adapters do not stack).
     """
@@ -81,7 +81,11 @@ def apply_lora(model: nn.Module, cfg: LoraConfig, dtype: torch.dtype = torch.flo
     for p in model.parameters():
         p.requires_grad_(False)
     wrapped = []
+    if cfg.layers is not None and cfg.layers[-1] >= len(model.layers):
+        raise HearthError(f"LoRA layers {list(cfg.layers)} name a block the model lacks (it has {len(model.layers)})")
     for i, block in enumerate(model.layers):
+        if not cfg.carries(i):
+            continue
         for target in cfg.targets:
             parent_name, attr, _ = TARGETS[target]
             parent = getattr(block, parent_name)

@@ -84,6 +84,7 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["lora"]["targets"] = list(d["lora"]["targets"])
+        d["lora"]["layers"] = None if d["lora"]["layers"] is None else list(d["lora"]["layers"])
         return d
 
 

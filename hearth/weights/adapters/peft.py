@@ -65,7 +65,7 @@ def write_adapter(directory: str | Path, cfg: LoraConfig, weights: dict[tuple[in
         "init_lora_weights": True,
         "inference_mode": True,
         "modules_to_save": None,
-        "layers_to_transform": None,
+        "layers_to_transform": None if cfg.layers is None else list(cfg.layers),
         "rank_pattern": {},
         "alpha_pattern": {},
         "revision": None,
@@ -86,7 +86,7 @@ def read_adapter_config(directory: Path) -> tuple[LoraConfig, dict[str, Any]]:
         raise HearthError(f"{path} is not valid JSON ({e})") from None
     if not isinstance(raw, dict) or raw.get("peft_type") != "LORA":
         raise HearthError(f"{path}: only LoRA adapters are supported (peft_type {raw.get('peft_type') if isinstance(raw, dict) else None!r})")
-    unsupported = [k for k in ("use_dora", "modules_to_save", "layers_to_transform", "rank_pattern", "alpha_pattern") if raw.get(k)]
+    unsupported = [k for k in ("use_dora", "modules_to_save", "rank_pattern", "alpha_pattern", "layers_pattern") if raw.get(k)]
     if raw.get("bias", "none") != "none":
         unsupported.append("bias")
     if raw.get("fan_in_fan_out"):
@@ -106,7 +106,14 @@ def read_adapter_config(directory: Path) -> tuple[LoraConfig, dict[str, Any]]:
         raise HearthError(f"{path}: needs numeric 'r' and 'lora_alpha'") from None
     if raw.get("use_rslora"):
         alpha = alpha * math.sqrt(r)  # rsLoRA scales by alpha/sqrt(r); ours is alpha/r
-    return LoraConfig(r=r, alpha=alpha, dropout=0.0, targets=tuple(targets)), raw
+    layers = raw.get("layers_to_transform")
+    if isinstance(layers, int) and not isinstance(layers, bool):
+        layers = [layers]
+    if layers is not None and (not isinstance(layers, list) or not layers or len(layers) > 4096
+                               or any(not isinstance(i, int) or isinstance(i, bool) or i < 0 for i in layers)):
+        raise HearthError(f"{path}: layers_to_transform must be a list of block indices, got {layers!r}")
+    return LoraConfig(r=r, alpha=alpha, dropout=0.0, targets=tuple(targets),
+                      layers=None if layers is None else tuple(layers)), raw
 
 
 def read_adapter(directory: str | Path, mc) -> tuple[LoraConfig, dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]]]:
@@ -148,7 +155,10 @@ def read_adapter(directory: str | Path, mc) -> tuple[LoraConfig, dict[tuple[int,
                               f"(made for {made_for})")
         found[(layer, m.group(3), m.group(4))] = t
     out: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]] = {}
-    for i in range(n_layers):
+    if cfg.layers is not None and cfg.layers[-1] >= n_layers:
+        raise HearthError(f"adapter {directory} does not fit this model: its layers_to_transform names layer "
+                          f"{cfg.layers[-1]}, the model has {n_layers} layers (made for {made_for})")
+    for i in range(n_layers) if cfg.layers is None else cfg.layers:
         for target in cfg.targets:
             pair = []
             for which, shape in expected_shapes(mc, target, cfg.r).items():
@@ -163,5 +173,8 @@ def read_adapter(directory: str | Path, mc) -> tuple[LoraConfig, dict[tuple[int,
             out[(i, target)] = (pair[0], pair[1])
     if found:
         (i, target, which) = next(iter(found))
+        if not cfg.carries(i):
+            raise HearthError(f"adapter {directory} has layers.{i}.{target}.{which} but its layers_to_transform leaves "
+                              f"layer {i} out")
         raise HearthError(f"adapter {directory} has layers.{i}.{target}.{which} but its config does not list {target} in target_modules")
     return cfg, out

@@ -28,6 +28,8 @@ class LoraConfig:
     alpha: float = 16.0
     dropout: float = 0.0
     targets: tuple[str, ...] = field(default=ALL_TARGETS)
+    # the blocks that carry the adapter (PEFT's layers_to_transform); None: every block
+    layers: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.r <= 0:
@@ -43,6 +45,15 @@ class LoraConfig:
         if unknown or not targets:
             raise HearthError(f"unknown LoRA target module(s) {unknown or '(none)'}; choose from {', '.join(ALL_TARGETS)}")
         object.__setattr__(self, "targets", tuple(dict.fromkeys(targets)))
+        if self.layers is not None:
+            layers = tuple(sorted(set(self.layers)))
+            if not layers or any(not isinstance(i, int) or isinstance(i, bool) or i < 0 for i in layers):
+                raise HearthError(f"LoRA layers must be block indices >= 0, got {self.layers!r}")
+            object.__setattr__(self, "layers", layers)
+
+    def carries(self, layer: int) -> bool:
+        """Whether block `layer` carries the adapter."""
+        return self.layers is None or layer in self.layers
 
     @property
     def scaling(self) -> float:
