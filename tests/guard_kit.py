@@ -62,3 +62,8 @@ def write_guard_gguf(path: Path, chat_template: str, llama3: bool = True) -> Pat
     cfg, state, tok = _guard_parts(llama3)
     path.parent.mkdir(parents=True, exist_ok=True)
     return write_gguf(path, cfg, state, tok, chat_template, metadata={"general.name": "Tiny Guard"})
+
+
+def template_chatml() -> str:
+    """The tiny models' ChatML template (a chat model tuned as a guard reads the guard text as its user message)."""
+    return tiny.CHAT_TEMPLATE
