@@ -337,15 +337,19 @@ def test_long_conversation_keeps_its_latest_turns(tokenizer_8b, template_8b):
     assert len(tokenizer_8b.encode(one_more, add_bos=False)) + len(fmt.lead_ids) > fmt.max_len - ANSWER_TOKENS
 
 
-def test_huge_message_keeps_its_beginning_and_end(tokenizer_8b, template_8b):
+@pytest.mark.parametrize("unit", ["the quick brown fox jumps over the lazy dog. ", "你好，世界。"])
+def test_huge_message_keeps_its_beginning_and_end(tokenizer_8b, template_8b, unit):
+    """~2 characters a token of English with the tiny vocabulary, ~1/3 of Chinese (3 byte pieces a character): the
+    cut follows the message's own density, not a fixed guess."""
     fmt = GuardFormat(tokenizer_8b, template_8b, Policy(), 10_000)
-    fmt.max_len = _instructions_tokens(fmt) + ANSWER_TOKENS + 200
-    huge = "BEGINNING-MARK " + "the quick brown fox jumps over the lazy dog. " * 20_000 + "END-MARK"
+    base = _instructions_tokens(fmt)
+    fmt.max_len = base + ANSWER_TOKENS + 200
+    huge = "BEGINNING-MARK " + unit * 20_000 + " END-MARK"
     ids, dropped = fmt.prompt_ids([{"role": "user", "content": huge}], "user")
     text = tokenizer_8b.decode(ids, skip_special=False)
     assert dropped == 0 and len(ids) <= fmt.max_len - ANSWER_TOKENS
-    assert "User: BEGINNING-MARK the quick" in text and "lazy dog. END-MARK\n\n<END CONVERSATION>" in text
-    assert " … " in text and len(ids) > fmt.max_len - ANSWER_TOKENS - 60  # cut to fit, not to nothing
+    assert f"User: BEGINNING-MARK {unit[:4]}" in text and f"{unit[-4:]} END-MARK\n\n<END CONVERSATION>" in text
+    assert " … " in text and len(ids) - base > 100  # cut to fit, not to nothing: most of its room is used
 
 
 def test_response_keeps_the_prompt_it_answers(tokenizer_8b, template_8b):

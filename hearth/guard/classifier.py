@@ -19,6 +19,8 @@ from hearth.tokenizer.chat import TemplateError
 from hearth.tokenizer.limits import chars_per_token
 
 ANSWER_TOKENS = 12  # "unsafe\nS1,S10,S14" and an end token: enough for three codes
+MIN_KEEP_CHARS = 64  # a message is never cut shorter
+CUT = " … "  # where a message too long for the guard's context lost its middle
 
 
 @dataclass(frozen=True)
@@ -58,7 +60,7 @@ class GuardFormat:
             raise GuardTemplateError("the guard's tokenizer does not tell 'safe' from 'unsafe' in one token")
         self.lead_ids, self.safe_id, self.unsafe_id = safe[:n], safe[n], unsafe[n]
         self.text_parts = False  # Llama Guard 3 1B's template reads content as [{"type": "text", ...}] parts
-        self.own_categories = ""  # the categories block the template writes by itself
+        self.own_categories = ""  # a prompt the template wrote with its own categories (given none)
         if self.native:
             self._probe_native()
 
@@ -106,6 +108,9 @@ class GuardFormat:
         (a response keeps the prompt it answers); a message too long even then keeps its beginning and end."""
         turns = check_messages(messages, role)
         budget = self.max_len - answer_tokens - len(self.lead_ids)
+        if budget <= 0:
+            raise HearthError(f"the guard's context ({self.max_len} tokens) cannot hold its own instructions and a "
+                              "message; use a guard with a longer context")
         keep_turns = 2 if role == "assistant" else 1
         dropped = 0
         # A text longer than budget x (most characters one token covers) surely does not fit: cut it before
@@ -121,13 +126,16 @@ class GuardFormat:
                 cut = min(2, len(turns) - keep_turns)
                 turns, dropped = turns[cut:], dropped + cut
                 continue
+            # the longest message gives up its middle: as many characters as its share of the tokens over, and a
+            # few spare for the seams (a token estimate that fits every script, not ~4 characters a token)
             i = max(range(len(turns)), key=lambda j: len(turns[j]["content"]))
             text = turns[i]["content"]
-            over = len(ids) - budget
-            keep = len(text) - 4 * over - 64  # ~4 characters a token; the next round checks again
-            if keep < 64:
+            if len(text) <= MIN_KEEP_CHARS:  # every message is already cut down: the instructions alone are too long
                 raise HearthError(f"the guard's context ({self.max_len} tokens) cannot hold its own instructions "
                                   "and a message; use a guard with a longer context")
+            text_tokens = max(len(self.tokenizer.encode(text, add_bos=False)), 1)
+            room = text_tokens - (len(ids) - budget) - 8
+            keep = max(MIN_KEEP_CHARS, len(text) * room // text_tokens)
             turns = [*turns[:i], {**turns[i], "content": _middle_out(text, keep)}, *turns[i + 1:]]
 
     # -- answers -----------------------------------------------------------------------------------------------
@@ -148,11 +156,12 @@ class GuardFormat:
 
 
 def _middle_out(text: str, keep: int) -> str:
-    """`text` cut to about `keep` characters, its beginning and end kept (where a request's instructions and its
-    payload usually are)."""
+    """`text` cut to at most `keep` characters (`keep` >= 5), its beginning and end kept (where a request's
+    instructions and its payload usually are)."""
     if len(text) <= keep:
         return text
-    return text[: keep // 2] + " … " + text[len(text) - keep // 2:]
+    half = (keep - len(CUT)) // 2
+    return text[:half] + CUT + text[len(text) - half:]
 
 
 def classify(engine, fmt: GuardFormat, items: Iterable[tuple[list[dict], str]], adapter: str | None = None,

@@ -4,7 +4,7 @@
     check = "both"                 # input | output | both
     threshold = 0.5                # P(unsafe) at or above which a text is unsafe
     refusal = "I can't help with that here."
-    enabled = ["S1", "S2", ...]    # of S1-S14; default: all 14
+    enabled = ["S1", "S2", ...]    # of S1-S14; default: all 14 ([[custom]] ones are always checked)
     [actions]                      # block (default) | flag (logged and counted, allowed) | allow
     S6 = "allow"
     [[custom]]                     # categories of your own; the guard reads their description
@@ -13,7 +13,8 @@
     description = "Responses that reveal a patient's records ..."
     action = "block"
 
-The file is untrusted input: its size is bounded, every key is checked and any mistake is one error line.
+The prompt lists the enabled categories in Llama Guard's order, then the custom ones. The file is untrusted input:
+its size is bounded, every key is checked and any mistake is one error line.
 """
 
 from __future__ import annotations
