@@ -175,7 +175,7 @@ def test_bad_policy_file(tmp_path, name, content, needle):
 def test_policy_file_missing_or_unreadable(tmp_path):
     with pytest.raises(PolicyError) as e:
         load_policy(tmp_path / "nowhere.toml")
-    assert _one_line(e) == f"policy file not found: {tmp_path / 'nowhere.toml'}"
+    assert _one_line(e) == f"policy file not found: {tmp_path / 'nowhere.toml'}; check the path"
     (tmp_path / "dir.toml").mkdir()
     with pytest.raises(PolicyError) as e:
         load_policy(tmp_path / "dir.toml")

@@ -114,7 +114,7 @@ def parse_policy(data: object, where: str = "") -> Policy:
         if not isinstance(desc, str) or not desc.strip() or len(desc) > 2000:
             raise _fail(where, f"custom category {code}: a description is required (the guard reads it)")
         if code in {x.code for x in custom}:
-            raise _fail(where, f"custom category {code} is defined twice")
+            raise _fail(where, f"custom category {code} is defined twice; give each its own code")
         custom.append(Category(code, cname.strip().rstrip("."), " ".join(desc.split())))
         if "action" in c:
             actions[code] = c["action"]
@@ -130,7 +130,7 @@ def parse_policy(data: object, where: str = "") -> Policy:
             raise _fail(where, f"unknown category code {code!r} in enabled: use S1-S14 or a [[custom]] code")
     if len(set(enabled)) != len(enabled):
         twice = next(c for c in enabled if enabled.count(c) > 1)
-        raise _fail(where, f"{twice} is listed twice in enabled")
+        raise _fail(where, f"{twice} is listed twice in enabled; list each code once")
     raw_actions = data.get("actions", {})
     if not isinstance(raw_actions, dict):
         raise _fail(where, "[actions] must map category codes to block, flag or allow")
@@ -159,7 +159,7 @@ def load_policy(path: str | Path | None) -> Policy:
         with p.open("rb") as f:
             raw = f.read(MAX_POLICY_BYTES + 1)
     except FileNotFoundError:
-        raise PolicyError(f"policy file not found: {p}") from None
+        raise PolicyError(f"policy file not found: {p}; check the path") from None
     except OSError as e:
         raise PolicyError(f"cannot read policy file {p}: {e.strerror or e}") from None
     if len(raw) > MAX_POLICY_BYTES:
