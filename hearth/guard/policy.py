@@ -4,7 +4,7 @@
     check = "both"                 # input | output | both
     threshold = 0.5                # P(unsafe) at or above which a text is unsafe
     refusal = "I can't help with that here."
-    enabled = ["S1", "S2", ...]    # of S1-S14; default: all 14
+    enabled = ["S1", "S2", ...]    # of S1-S14; default: all 14 ([[custom]] ones are always checked)
     [actions]                      # block (default) | flag (logged and counted, allowed) | allow
     S6 = "allow"
     [[custom]]                     # categories of your own; the guard reads their description
@@ -13,7 +13,8 @@
     description = "Responses that reveal a patient's records ..."
     action = "block"
 
-The file is untrusted input: its size is bounded, every key is checked and any mistake is one error line.
+The prompt lists the enabled categories in Llama Guard's order, then the custom ones. The file is untrusted input:
+its size is bounded, every key is checked and any mistake is one error line.
 """
 
 from __future__ import annotations
@@ -59,11 +60,12 @@ class Policy:
         return self.actions.get(code, "block")
 
     def decide(self, unsafe: bool, codes: tuple[str, ...]) -> str:
-        """'block', 'flag' or 'allow' for a verdict: the strictest action of the categories it names; an unsafe
-        verdict naming none of the policy's categories is blocked (the guard said unsafe; we do not guess)."""
+        """'block', 'flag' or 'allow' for a verdict: the strictest action of the categories it names. A Llama Guard
+        category the policy leaves out is allowed (a guard whose template lists all 14 may still name it); an unsafe
+        verdict naming no category the guard knows is blocked (the guard said unsafe; we do not guess)."""
         if not unsafe:
             return "allow"
-        known = [self.action(c) for c in codes if c in self.codes]
+        known = [self.action(c) if c in self.codes else "allow" for c in codes if c in self.codes or c in BY_CODE]
         if not known:
             return "block"
         return min(known, key=ACTIONS.index)
@@ -112,10 +114,12 @@ def parse_policy(data: object, where: str = "") -> Policy:
         if not isinstance(desc, str) or not desc.strip() or len(desc) > 2000:
             raise _fail(where, f"custom category {code}: a description is required (the guard reads it)")
         if code in {x.code for x in custom}:
-            raise _fail(where, f"custom category {code} is defined twice")
+            raise _fail(where, f"custom category {code} is defined twice; give each its own code")
         custom.append(Category(code, cname.strip().rstrip("."), " ".join(desc.split())))
         if "action" in c:
             actions[code] = c["action"]
+            if isinstance(data.get("actions"), dict) and code in data["actions"]:
+                raise _fail(where, f"the action for {code} is given twice (in [actions] and in its [[custom]] table)")
 
     enabled = data.get("enabled", [c.code for c in LLAMA_GUARD_3])
     if not isinstance(enabled, list) or not all(isinstance(e, str) for e in enabled):
@@ -124,6 +128,9 @@ def parse_policy(data: object, where: str = "") -> Policy:
     for code in enabled:
         if code not in BY_CODE and code not in custom_codes:
             raise _fail(where, f"unknown category code {code!r} in enabled: use S1-S14 or a [[custom]] code")
+    if len(set(enabled)) != len(enabled):
+        twice = next(c for c in enabled if enabled.count(c) > 1)
+        raise _fail(where, f"{twice} is listed twice in enabled; list each code once")
     raw_actions = data.get("actions", {})
     if not isinstance(raw_actions, dict):
         raise _fail(where, "[actions] must map category codes to block, flag or allow")
@@ -133,7 +140,8 @@ def parse_policy(data: object, where: str = "") -> Policy:
         if act not in ACTIONS:
             raise _fail(where, f"action {act!r} for {code}: use block, flag or allow")
         actions[code] = act
-    categories = tuple(BY_CODE[c] for c in enabled if c in BY_CODE) + tuple(custom)
+    # Llama Guard's order (the order it was trained on), then the policy's own
+    categories = tuple(c for c in LLAMA_GUARD_3 if c.code in enabled) + tuple(custom)
     if not categories:
         raise _fail(where, "no category is enabled; the guard would check nothing")
     return Policy(name.strip(), categories, actions, check, float(threshold), refusal.strip())
@@ -144,22 +152,30 @@ def load_policy(path: str | Path | None) -> Policy:
     if path is None:
         return Policy()
     p = Path(path)
+    kind = {".toml": "TOML", ".yaml": "YAML", ".yml": "YAML"}.get(p.suffix.lower())
+    if kind is None:
+        raise PolicyError(f"policy file {p}: name it .toml or .yaml (the suffix says how to read it)")
     try:
-        if p.stat().st_size > MAX_POLICY_BYTES:
-            raise _fail(str(p), f"the file is larger than {MAX_POLICY_BYTES >> 10} KiB")
-        raw = p.read_bytes().decode("utf-8")
+        with p.open("rb") as f:
+            raw = f.read(MAX_POLICY_BYTES + 1)
     except FileNotFoundError:
-        raise PolicyError(f"policy file not found: {p}") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise PolicyError(f"cannot read policy file {p}: {e}") from None
+        raise PolicyError(f"policy file not found: {p}; check the path") from None
+    except OSError as e:
+        raise PolicyError(f"cannot read policy file {p}: {e.strerror or e}") from None
+    if len(raw) > MAX_POLICY_BYTES:
+        raise _fail(str(p), f"the file is larger than {MAX_POLICY_BYTES >> 10} KiB; a policy is a few lines")
     try:
-        if p.suffix.lower() in (".yaml", ".yml"):
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise _fail(str(p), f"not UTF-8 text (byte {e.start}); save it as UTF-8") from None
+    try:
+        if kind == "YAML":
             import yaml
 
-            data = yaml.safe_load(raw)
+            data = yaml.safe_load(text)
         else:
-            data = tomllib.loads(raw)
+            data = tomllib.loads(text)
     except Exception as e:  # noqa: BLE001 - a parser's own message, on one line
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise PolicyError(f"policy {p} is malformed: {first}") from None
+        why = " ".join(str(e).split())[:200] or type(e).__name__
+        raise PolicyError(f"policy {p} is not valid {kind} ({why}); fix the file") from None
     return parse_policy(data, str(p))

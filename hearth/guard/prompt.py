@@ -35,20 +35,31 @@ class GuardInputError(HearthError):
 
 def check_messages(messages: list[dict], role: str) -> list[dict]:
     """The conversation to classify, checked: user/assistant messages with text, ending with a `role` message
-    ('user' classifies a prompt, 'assistant' a response). System messages are not part of Llama Guard's format and
-    are left out."""
+    ('user' classifies a prompt, 'assistant' a response), in Llama Guard's shape: turns alternate and the first is the
+    user's (its templates refuse anything else). System (and tool) messages are not part of the format and are left
+    out; consecutive messages of one role are joined as one turn; assistant messages before the first user message
+    (a greeting) are left out, so a response is checked with the prompt it answers."""
     if role not in ROLES:
         raise GuardInputError(f"unknown role {role!r}: use user or assistant")
-    turns = []
+    if not isinstance(messages, list):
+        raise GuardInputError("the conversation must be a list of messages")
+    turns: list[dict] = []
     for m in messages:
         if not isinstance(m, dict) or not isinstance(m.get("content"), str):
             raise GuardInputError("each message needs a 'role' and a text 'content'")
-        if m.get("role") in ROLES:
+        if m.get("role") not in ROLES or (not turns and m["role"] != "user"):
+            continue
+        if turns and turns[-1]["role"] == m["role"]:
+            turns[-1] = {"role": m["role"], "content": turns[-1]["content"].strip() + "\n\n" + m["content"].strip()}
+        else:
             turns.append({"role": m["role"], "content": m["content"]})
-    if not turns or not turns[-1]["content"].strip():
+    last = next((m for m in reversed(messages) if isinstance(m, dict) and m.get("role") in ROLES), None)
+    if last is None or not last["content"].strip():
         raise GuardInputError("nothing to check: the input is empty")
-    if turns[-1]["role"] != role:
+    if last["role"] != role:
         raise GuardInputError(f"the conversation must end with a {role} message to check it as {role}")
+    if not turns:  # a lone response: Llama Guard reads a response only after the prompt it answers
+        raise GuardInputError("a response is checked with the prompt it answers: give the user message before it")
     return turns
 
 
@@ -81,12 +92,13 @@ class Answer:
     codes: tuple[str, ...] = ()
 
 
-_CODE = re.compile(r"\b([A-Z]{1,3}\d{1,3})\b")
+_CODE = re.compile(r"\b([A-Z]{1,3}\d{1,3})\b", re.IGNORECASE)
 
 
 def parse_answer(text: str) -> Answer:
-    """'safe' -> safe; 'unsafe' then a line of comma-separated codes -> unsafe with those codes (in order, unique).
-    Leading whitespace is allowed (Llama Guard 3 answers '\\n\\nsafe')."""
+    """'safe' -> safe; 'unsafe' then a line of comma-separated codes -> unsafe with those codes (upper-cased, in
+    order, each once). Case and surrounding blank lines are forgiven (Llama Guard 3 answers '\\n\\nsafe'); any other
+    first line is no answer (unsafe None), and 'unsafe' with no codes line is unsafe with no codes."""
     lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
     if not lines:
         return Answer(None)
@@ -95,5 +107,5 @@ def parse_answer(text: str) -> Answer:
         return Answer(False)
     if first != "unsafe":
         return Answer(None)
-    codes = list(dict.fromkeys(_CODE.findall(lines[1]))) if len(lines) > 1 else []
-    return Answer(True, tuple(codes))
+    codes = [c.upper() for c in _CODE.findall(lines[1])] if len(lines) > 1 else []
+    return Answer(True, tuple(dict.fromkeys(codes)))
