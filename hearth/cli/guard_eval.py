@@ -95,13 +95,15 @@ def guard_eval(
     from rich.table import Table
 
     table = Table(title=f"guard eval: {report['guard']} (policy {report['policy']}, threshold {report['threshold']})")
-    for col in ("set", "scorer", "items", "unsafe", "precision", "recall", "F1", "FPR", "AUPRC"):
-        table.add_column(col, justify="left" if col in ("set", "scorer") else "right")
+    for col in ("set", "scorer", "n", "unsafe", "P", "R", "F1", "FPR", "AUPRC"):
+        table.add_column(col, justify="left" if col in ("set", "scorer") else "right", no_wrap=True)
     for row in summary_rows(report):
         table.add_row(*row)
-    console = Console(highlight=False)
-    console.print(table)
-    print(f"overall: harmbench, overrefusal, guardmeter; bastion (prompt injection) is outside S1-S14 and not in it. "
-          f"Published Llama Guard 3 1B figures are on Meta's own test set. Overlap with training texts: "
-          f"{report['overlap']['eval_texts_in_training']} ({note}).")
+    Console(highlight=False).print(table)
+    print("P precision, R recall, FPR false-positive rate; unsafe is the positive class. overall: harmbench, "
+          "overrefusal, guardmeter; bastion (prompt injection) is outside S1-S14 and not in it. LG3-1B: Llama Guard 3 "
+          "1B's published English figures, on Meta's own test set (other data).")
+    found = report["overlap"]["eval_texts_in_training"]
+    print(f"overlap with the training texts {note}" if found is None else
+          f"evaluation texts found in the training texts (left out): {found}; {note}")
     print(f"wrote {output}/report.md, report.json, pr_curve.png, scores.jsonl")

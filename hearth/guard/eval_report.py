@@ -43,8 +43,10 @@ def markdown(report: dict) -> str:
     ev, ov = report["evaluated"], report["overlap"]
     out += [f"Evaluated: {ev['items']} items ({ev['unsafe']} unsafe); {ev['out_of_policy']} unsafe items of categories "
             f"the policy does not check left out.", "",
-            f"Overlap with the training texts: {ov['eval_texts_in_training']} evaluation texts found among them "
-            f"(normalized; any found are left out of the figures): {ov['note']}.", "", "## Overall", ""]
+            (f"Overlap with the training texts: {ov['eval_texts_in_training']} evaluation texts found among them "
+             f"(normalized; any found are left out of the figures): {ov['note']}."
+             if ov["eval_texts_in_training"] is not None else f"Overlap with the training texts {ov['note']}."),
+            "", "## Overall", ""]
     rows = [_metric_row(s["name"], s["overall"]) for s in scorers]
     rows.append([f"{pub['model']} (published)", "—", "—", "—", "—", fmt(pub["f1"]), fmt(pub["fpr"]), "—"])
     out += [_table(["scorer", "items", "unsafe", *COLUMNS], rows), "",
@@ -127,5 +129,5 @@ def summary_rows(report: dict) -> list[list[str]]:
     rows += [["bastion", s["name"], *(_metric_row("", s["sources"]["bastion"])[1:])]
              for s in report["scorers"] if "bastion" in s["sources"]]
     pub = report["published"]
-    rows.append(["published", pub["model"], "—", "—", "—", "—", fmt(pub["f1"]), fmt(pub["fpr"]), "—"])
+    rows.append(["published", "LG3-1B", "—", "—", "—", "—", fmt(pub["f1"]), fmt(pub["fpr"]), "—"])
     return rows

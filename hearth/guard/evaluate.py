@@ -207,6 +207,7 @@ class EvalRun:
     out_of_policy: int  # unsafe items of categories the policy does not check, left out
     in_training: list[EvalItem]  # items whose text the guard trained on, left out
     overlap_note: str  # how the overlap with the training texts was checked (or why not)
+    overlap_checked: bool = True  # False: no training texts were given
 
     def report(self) -> dict:
         return {"guard": self.guard, "policy": self.policy, "threshold": self.threshold,
@@ -214,7 +215,8 @@ class EvalRun:
                                      "about": BY_NAME[s.name].about} for s in self.loads},
                 "evaluated": {"items": len(self.items), "unsafe": sum(i.unsafe for i in self.items),
                               "out_of_policy": self.out_of_policy},
-                "overlap": {"eval_texts_in_training": len(self.in_training), "note": self.overlap_note,
+                "overlap": {"eval_texts_in_training": len(self.in_training) if self.overlap_checked else None,
+                            "note": self.overlap_note,
                             "examples": [i.text[:200] for i in self.in_training[:10]]},
                 "scorers": [summarize(self.items, s) for s in self.scored], "published": PUBLISHED}
 
@@ -222,7 +224,9 @@ class EvalRun:
 def run_evaluation(source, policy, opts: EvalOptions, loads: list[SourceLoad], train_texts: Sequence[str] | None,
                    overlap_note: str, progress: Callable[[str, int], Callable[[int], None]] | None = None) -> EvalRun:
     """Score the guard (`source`, a GuardSource) and, with opts.baselines, the keyword filter and its base model
-    zero-shot on the items of `loads`. `progress(label, total)` gives a callback advanced by items done."""
+    zero-shot on the items of `loads`. `train_texts`: what the guard trained on (items found among them are left
+    out and counted); None: not known, the report says the overlap was not checked. `progress(label, total)` gives a
+    callback advanced by items done."""
     from hearth.engine.llm_engine import EngineConfig, LLMEngine
     from hearth.guard.classifier import GuardFormat
     from hearth.guard.load import ADAPTER_NAME
@@ -250,4 +254,4 @@ def run_evaluation(source, policy, opts: EvalOptions, loads: list[SourceLoad], t
             scored.append(run("base", f"{source.base} without the adapter, zero-shot in the same Llama Guard format",
                               None))
     return EvalRun(source.describe(), policy.name, policy.threshold, loads, items, scored, out_of_policy, in_training,
-                   overlap_note)
+                   overlap_note, overlap_checked=train_texts is not None)
