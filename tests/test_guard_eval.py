@@ -45,6 +45,8 @@ def test_undefined_metrics_are_none():
     assert nothing_flagged.precision is None and nothing_flagged.f1 is None and nothing_flagged.recall == 0.0
     all_safe = metrics([False, False], [True, False], [0.9, 0.1])
     assert all_safe.recall is None and all_safe.auprc is None and all_safe.fpr == 0.5
+    all_unsafe = metrics([True, True], [True, False], [0.9, 0.1])
+    assert all_unsafe.auprc is None and average_precision([True, True], [0.9, 0.1]) == 1.0 and all_unsafe.fpr is None
     wrong = metrics([True, False], [False, True], [0.1, 0.9])
     assert wrong.precision == 0.0 and wrong.recall == 0.0 and wrong.f1 == 0.0
 

@@ -187,7 +187,7 @@ def load_harmbench() -> SourceLoad:
     src.path = str(path)
     cats = harmbench_categories(src)
     seen: set[str] = set()
-    uncategorised = 0
+    uncategorised, unmapped = 0, set()
     for line in _read_text(path).splitlines()[:MAX_ROWS]:
         if not line.strip():
             continue
@@ -195,10 +195,12 @@ def load_harmbench() -> SourceLoad:
         uncategorised += not cat
         code = HARMBENCH_TO_S.get(cat)
         if cat and code is None:
-            src.notes.append(f"HarmBench category {cat!r} has no S-code in HARMBENCH_TO_S")
-        src.add(line, True, (code,) if code else (), cat, seen)
+            unmapped.add(cat[:60])
+        src.add(line, True, (code,) if code else (), cat[:60], seen)
     if uncategorised and cats:
         src.notes.append(f"{uncategorised} prompts not found in llamator's file: no category")
+    if unmapped:
+        src.notes.append(f"HarmBench categories with no S-code in HARMBENCH_TO_S: {', '.join(sorted(unmapped))}")
     return src
 
 

@@ -6,7 +6,8 @@ Metrics, with "unsafe" the positive class:
 - AUPRC, the area under the precision-recall curve as average precision (sum over thresholds of the recall gained
   times the precision there, as scikit-learn's average_precision_score): threshold-free, what a guard's scores are
   worth for any threshold a deployment picks.
-Each is None where it is undefined (precision with nothing flagged, recall with no unsafe item, FPR with no safe one).
+Each is None where it is undefined (precision with nothing flagged, recall with no unsafe item, FPR with no safe one,
+AUPRC without both classes: a source of unsafe items only ranks perfectly whatever the scores).
 
 Figures come overall (the sources counted in it: not bastion's prompt injections, which are outside S1-S14), per
 source, per Llama Guard category (recall on the unsafe items of that category; FPR has no category, as safe items
@@ -79,7 +80,9 @@ def metrics(labels: Sequence[bool], flagged: Sequence[bool], scores: Sequence[fl
     tn = len(labels) - tp - fp - fn
     p, r = _ratio(tp, tp + fp), _ratio(tp, tp + fn)
     f1 = None if p is None or r is None else (2 * p * r / (p + r) if p + r else 0.0)
-    return Metrics(len(labels), tp + fn, tp, fp, fn, tn, p, r, f1, _ratio(fp, fp + tn), average_precision(labels, scores))
+    # with no safe item every ranking is perfect (AP 1): say nothing rather than something empty
+    auprc = average_precision(labels, scores) if fp + tn else None
+    return Metrics(len(labels), tp + fn, tp, fp, fn, tn, p, r, f1, _ratio(fp, fp + tn), auprc)
 
 
 @dataclass
