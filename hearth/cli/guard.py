@@ -10,6 +10,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from hearth.cli.guard_eval import guard_eval
 from hearth.cli.options import Threads, apply_threads, prepare_process
 from hearth.errors import HearthError
 
@@ -170,3 +171,6 @@ def train(
                           on_stage=lambda s: print(f"hearth: {s}", file=sys.stderr))
     print(f"guard adapter in {output} ({summary['steps']} steps, final loss {summary['final_loss']:.4f}, "
           f"{summary['seconds'] / 60:.1f} min); use it with --guard {output}")
+
+
+app.command("eval")(guard_eval)
