@@ -54,12 +54,16 @@ def _guard_parts(llama3: bool):
         return model.config, tiny.state_dict_of(model), Tokenizer.from_data(data)
 
 
-def write_guard_gguf(path: Path, chat_template: str, llama3: bool = True) -> Path:
+def write_guard_gguf(path: Path, chat_template: str, llama3: bool = True, logit_scale: float = 1.0) -> Path:
     """A loadable 2-layer F32 GGUF guard (~0.5 MB) whose tokenizer.chat_template is `chat_template`; `llama3`: its
-    vocabulary has Llama 3's header tokens (BOS <|begin_of_text|>, EOS <|eot_id|>), else ChatML's."""
+    vocabulary has Llama 3's header tokens (BOS <|begin_of_text|>, EOS <|eot_id|>), else ChatML's. `logit_scale`
+    multiplies the final norm's weight, so the logits: the random model's are nearly flat, and a score it gives
+    moves with its input only in the fourth decimal unless they are scaled up."""
     from hearth.weights.gguf_writer import write_gguf
 
     cfg, state, tok = _guard_parts(llama3)
+    if logit_scale != 1.0:
+        state = {**state, "norm.weight": state["norm.weight"] * logit_scale}
     path.parent.mkdir(parents=True, exist_ok=True)
     return write_gguf(path, cfg, state, tok, chat_template, metadata={"general.name": "Tiny Guard"})
 

@@ -114,9 +114,12 @@ def test_engine_keeps_the_padded_route_when_asked(tiny_gguf):  # noqa: F811
     assert eng.runner.graphs is not None and eng.runner.cpu_decoder is None
 
 
-@pytest.mark.parametrize("targets", [("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
-                                     ("q_proj", "v_proj", "down_proj")], ids=["all", "some"])
-def test_paged_step_with_lora_is_the_per_layer_path(tiny_gguf, targets, tmp_path):  # noqa: F811
+@pytest.mark.parametrize("targets,layers", [
+    (("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"), None),
+    (("q_proj", "v_proj", "down_proj"), None),
+    (("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"), (1,)),
+], ids=["all", "some", "top-block"])
+def test_paged_step_with_lora_is_the_per_layer_path(tiny_gguf, targets, layers, tmp_path):  # noqa: F811
     """Served LoRA adapters inside the native step (DecodePlan.add_lora / step_paged_lora): a sequence with an adapter
     gets what the per-layer path with BatchedLoRA gives it (the updates summed in another order: equal to ~1e-6,
     far below what the adapter changes), a sequence without one in the same step its base logits to the bit."""
@@ -125,7 +128,7 @@ def test_paged_step_with_lora_is_the_per_layer_path(tiny_gguf, targets, tmp_path
     from lora_kit import make_adapter
 
     ref, paths = tiny_gguf
-    adapter = make_adapter(tmp_path / "adapter", LoraConfig(r=4, alpha=8, targets=targets), seed=0, std=0.1,
+    adapter = make_adapter(tmp_path / "adapter", LoraConfig(r=4, alpha=8, targets=targets, layers=layers), seed=0, std=0.1,
                            model=str(paths["Q4_1"]))
 
     lm = load(str(paths["Q4_1"]))

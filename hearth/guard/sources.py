@@ -65,6 +65,10 @@ def _read(path: Path) -> str:
     return path.read_text(encoding="utf-8", errors="replace")
 
 
+def _skip(rep: SourceReport, why: str) -> None:
+    rep.skipped[why] = rep.skipped.get(why, 0) + 1
+
+
 def _ok(text: object) -> bool:
     return isinstance(text, str) and 0 < len(text.strip()) <= MAX_TEXT_CHARS
 
@@ -75,12 +79,19 @@ def advbench(rep: SourceReport) -> list[Labelled]:
     out = []
     for path in _files("pyrit", "datasets/seed_datasets/local/adv_bench.prompt"):
         rep.files.setdefault("advbench", []).append(str(path))
-        seeds = (yaml.safe_load(_read(path)) or {}).get("seeds", [])
-        for s in seeds if isinstance(seeds, list) else []:
+        try:
+            doc = yaml.safe_load(_read(path))
+        except yaml.YAMLError:
+            doc = None
+        seeds = doc.get("seeds") if isinstance(doc, dict) else None
+        if not isinstance(seeds, list):
+            _skip(rep, "advbench")
+            continue
+        for s in seeds:
             text = s.get("value") if isinstance(s, dict) else None
             labels = s.get("harm_categories") if isinstance(s, dict) else None
             if not _ok(text) or not isinstance(labels, list):
-                rep.skipped["advbench"] = rep.skipped.get("advbench", 0) + 1
+                _skip(rep, "advbench")
                 continue
             out.append(Labelled((("user", text.strip()),), True, mapping.advbench_codes(text, labels), "advbench"))
     return out
@@ -98,10 +109,10 @@ def donotanswer(rep: SourceReport) -> list[Labelled]:
             except (ValueError, KeyError, TypeError, IndexError):
                 code, text = "?", None
             if code is None:
-                rep.skipped["donotanswer (unmapped: not a hazard here)"] = rep.skipped.get("donotanswer (unmapped: not a hazard here)", 0) + 1
+                _skip(rep, "donotanswer (unmapped: not a hazard here)")
                 continue
             if code == "?" or not _ok(text):
-                rep.skipped["donotanswer"] = rep.skipped.get("donotanswer", 0) + 1
+                _skip(rep, "donotanswer")
                 continue
             out.append(Labelled((("user", text.strip()),), True, (code,), "donotanswer"))
     return out
@@ -121,15 +132,19 @@ def pyrit_harm(rep: SourceReport, unsafe_at: float = 0.625, safe_at: float = 0.2
                 scores = [float(v) for k, v in row.items() if k and k.startswith("human_score") and v not in (None, "")]
                 prompt, answer = row["objective"], row["assistant_response"]
             except (KeyError, ValueError, AttributeError):
-                rep.skipped["pyrit-harm"] = rep.skipped.get("pyrit-harm", 0) + 1
+                _skip(rep, "pyrit-harm")
                 continue
-            if cat is None or not scores or not _ok(prompt) or not _ok(answer) or (prompt, answer) in seen:
-                rep.skipped["pyrit-harm"] = rep.skipped.get("pyrit-harm", 0) + 1
+            if cat == "?":  # a category the mapping does not know: never a code "?" in training
+                _skip(rep, "pyrit-harm (unknown category)")
+                continue
+            if (cat is None or not scores or not all(0 <= x <= 1 for x in scores)  # (a NaN is no score either)
+                    or not _ok(prompt) or not _ok(answer) or (prompt, answer) in seen):
+                _skip(rep, "pyrit-harm")
                 continue
             seen.add((prompt, answer))
             mean = sum(scores) / len(scores)
             if safe_at < mean < unsafe_at:
-                rep.skipped["pyrit-harm (ambiguous score)"] = rep.skipped.get("pyrit-harm (ambiguous score)", 0) + 1
+                _skip(rep, "pyrit-harm (ambiguous score)")
                 continue
             unsafe = mean >= unsafe_at
             out.append(Labelled((("user", prompt.strip()), ("assistant", answer.strip())), unsafe,
@@ -145,13 +160,16 @@ def chatterbot(rep: SourceReport) -> list[Labelled]:
     for path in _files("chatterbot_corpus", "data/english/*.yml"):
         rep.files.setdefault("chatterbot", []).append(str(path))
         try:
-            convs = (yaml.safe_load(_read(path)) or {}).get("conversations", [])
+            doc = yaml.safe_load(_read(path))
         except yaml.YAMLError:
-            rep.skipped["chatterbot"] = rep.skipped.get("chatterbot", 0) + 1
+            doc = None
+        convs = doc.get("conversations") if isinstance(doc, dict) else None
+        if not isinstance(convs, list):
+            _skip(rep, "chatterbot")
             continue
-        for conv in convs if isinstance(convs, list) else []:
+        for conv in convs:
             if not isinstance(conv, list) or not conv or not all(isinstance(x, str) for x in conv):
-                rep.skipped["chatterbot"] = rep.skipped.get("chatterbot", 0) + 1
+                _skip(rep, "chatterbot")
                 continue
             q = conv[0].strip()
             if not _ok(q):
@@ -171,13 +189,15 @@ def rho_refusal(rep: SourceReport) -> list[Labelled]:
         try:
             rows = json.loads(_read(path))
         except ValueError:
-            rep.skipped["rho-refusal"] = rep.skipped.get("rho-refusal", 0) + 1
+            rows = None
+        if not isinstance(rows, list):
+            _skip(rep, "rho-refusal")
             continue
-        for r in rows if isinstance(rows, list) else []:
+        for r in rows:
             try:
                 benign, harmful, domain = r["text"], r["harmful_version"], r["domain"]
             except (KeyError, TypeError):
-                rep.skipped["rho-refusal"] = rep.skipped.get("rho-refusal", 0) + 1
+                _skip(rep, "rho-refusal")
                 continue
             for text, unsafe in ((benign, False), (harmful, True)):
                 if not _ok(text):
@@ -185,7 +205,7 @@ def rho_refusal(rep: SourceReport) -> list[Labelled]:
                 q, _, a = text.partition("\n\n")
                 code = mapping.rho_domain_code(str(domain)) if unsafe else None
                 if unsafe and code is None:
-                    rep.skipped["rho-refusal (unmapped)"] = rep.skipped.get("rho-refusal (unmapped)", 0) + 1
+                    _skip(rep, "rho-refusal (unmapped)")
                     continue
                 codes = (code,) if code else ()
                 out.append(Labelled((("user", q.strip()),), unsafe, codes, "rho-refusal"))
