@@ -65,6 +65,10 @@ SKIP: dict[str, str] = {
     ".venv/bin/python bench/cpu.py": "a benchmark: minutes, and needs llama-cpp-python",
     ".venv/bin/python bench/cpu.py --hf fp32,bf16 --as Q8_0": "a benchmark: minutes, and needs llama-cpp-python",
     ".venv/bin/python bench/serve.py": "a benchmark: minutes of concurrent clients",
+    "hearth guard eval -o guard-eval": "scores 629 items with the guard, its base model zero-shot and the keyword "
+                                       "filter: about 20 minutes on two cores (tests/test_guard_eval.py runs it on 8)",
+    "hearth guard train -o my-guard": "trains the shipped guard: most of an hour on two cores (tests/test_guard_train.py "
+                                      "and tests/test_guard_cli.py train on a tiny model)",
     "python bench/gpu.py": "needs a CUDA GPU",
     "python bench/gpu_kernels.py": "needs a CUDA GPU",
 }
