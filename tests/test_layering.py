@@ -33,6 +33,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("hearth.store", "hearth.netguard"),
     ("hearth.loader", "hearth.runtime"),
     ("hearth.engine", "hearth.chat_commands", "hearth.chat_loop", "hearth.chat_repl"),
+    ("hearth.guard",),  # the safety classifier over an engine; the server's checks (server/guarding.py) use it
     ("hearth.server",),
     ("hearth.eval",),
     ("hearth.quantize",),

@@ -91,7 +91,8 @@ class GuardFormat:
                 continue
             text = turns[0]["content"]
             over = len(ids) - budget
-            keep = max(0, len(text) - 4 * over - 64)  # ~4 characters a token; next round checks again
+            # characters a token as the whole prompt has them (digits can be 1, prose ~4); the next round checks again
+            keep = len(text) - int(over * len(text) / len(ids)) - 64
             if keep < 64:
                 raise HearthError(f"the guard's context ({self.max_len} tokens) cannot hold its own instructions")
             turns = [{**turns[0], "content": text[: keep // 2] + " … " + text[len(text) - keep // 2:]}]
