@@ -47,7 +47,7 @@ def free_port() -> int:
 def start(args, extra: list[str], log: Path) -> tuple[subprocess.Popen, str]:
     port = free_port()
     cmd = [sys.executable, "-m", "hearth.cli", "serve", args.model, "--port", str(port), "--device", args.device,
-           "--no-access-log", *extra]
+           "--no-access-log", *(["--threads", str(args.threads)] if args.threads else []), *extra]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(log, "w"))
     for _ in range(1200):
         try:
@@ -93,9 +93,15 @@ async def measure(url: str, model: str, clients: int, max_tokens: int, k0: int) 
             "prompt": alone["prompt"], "blocked": sum(t["reason"] == "content_filter" for t in turns)}
 
 
-def guard_checks(url: str) -> float:
+def counters(url: str) -> dict[str, float]:
+    """The guarded server's guard checks and prefix-cache tokens (looked up, found)."""
     text = urllib.request.urlopen(url + "/metrics", timeout=10).read().decode()
-    return sum(float(v) for v in re.findall(r"^hearth_guard_decisions_total\{[^}]*\} (\S+)$", text, re.M))
+
+    def total(name: str) -> float:
+        return sum(float(v) for v in re.findall(rf"^{name}(?:\{{[^}}]*\}})? (\S+)$", text, re.M))
+
+    return {"checks": total("hearth_guard_decisions_total"), "queried": total("hearth_prefix_cache_queries_total"),
+            "hits": total("hearth_prefix_cache_hits_total")}
 
 
 def main() -> None:
@@ -108,6 +114,7 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=128)
     ap.add_argument("--holdback", type=int, default=256)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=None, help="each server's CPU threads (default: serve's own)")
     args = ap.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -136,8 +143,9 @@ def main() -> None:
                     b["latency"], b["ttft"] = min(b["latency"], m["latency"]), min(b["ttft"], m["ttft"])
                     b["tok_s"] = max(b["tok_s"], m["tok_s"])
                     blocked += m["blocked"] if name == "guarded" else 0
-            checks = guard_checks(urls["guarded"])
-            where = re.search(r"guard: (.*)", (Path(tmp) / "guarded.log").read_text())
+            seen = counters(urls["guarded"])
+            where = re.search(r"guard: (.* (?:on the served engine|in its own engine).*)",
+                              (Path(tmp) / "guarded.log").read_text())
         finally:
             for p in procs:
                 p.terminate()
@@ -148,7 +156,8 @@ def main() -> None:
     lost = 1 - g["tok_s"] / u["tok_s"]
     print(f"model {args.model}, device {args.device}; guard {where.group(1) if where else args.guard}")
     print(f"a chat turn of {u['prompt']} prompt tokens and {args.max_tokens} answer tokens, streamed; best of "
-          f"{args.rounds} rounds; {checks:.0f} guard checks in all")
+          f"{args.rounds} rounds; {seen['checks']:.0f} guard checks in all; the guarded server's prefix cache found "
+          f"{seen['hits']:.0f} of {seen['queried']:.0f} prompt tokens")
     print("| | unguarded | guarded | change | target |")
     print("|---|---|---|---|---|")
     print(f"| latency, 1 client | {u['latency']:.2f} s | {g['latency']:.2f} s | {100 * added:+.1f} % | "

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import threading
 
 import httpx
@@ -318,26 +319,36 @@ def test_same_weights(files, tmp_path):
 # ------------------------------------------------------------------------------------------------ hearth serve
 
 
+@pytest.fixture
+def busy_port():
+    """A port already taken: an option checked after `listen` would fail as 'already in use' instead."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(1)
+        yield str(s.getsockname()[1])
+
+
 @pytest.mark.parametrize("policy_text, says", [
     ('enabled = ["S1", "S77x"]\n', "unknown category code 'S77x'"),
     ('threshold = 2\n', "threshold"),
     ('check = "input"\n[actions]\nS3 = "hide"\n', "action 'hide'"),
     ("name = \n", "malformed"),
 ])
-def test_a_bad_policy_is_one_error_line(files, home, tmp_path, capsys, policy_text, says):
+def test_a_bad_policy_is_one_error_line(files, home, tmp_path, capsys, busy_port, policy_text, says):
     model, guard = files
     path = tmp_path / "policy.toml"
     path.write_text(policy_text)
-    rc, _, err = run_main(capsys, "serve", str(model), "--port", "1", "--guard", str(guard), "--guard-policy", str(path))
-    one_line_error(rc, err, says)  # before the port (1: privileged) is taken
+    rc, _, err = run_main(capsys, "serve", str(model), "--port", busy_port, "--guard", str(guard),
+                          "--guard-policy", str(path))
+    one_line_error(rc, err, says)
 
 
-def test_guard_options_are_checked_before_the_port(files, home, tmp_path, capsys):
+def test_guard_options_are_checked_before_the_port(files, home, tmp_path, capsys, busy_port):
     model, guard = files
-    rc, _, err = run_main(capsys, "serve", str(model), "--port", "1", "--guard-policy", str(tmp_path / "p.toml"))
+    rc, _, err = run_main(capsys, "serve", str(model), "--port", busy_port, "--guard-policy", str(tmp_path / "p.toml"))
     one_line_error(rc, err, "--guard-policy needs --guard")
-    rc, _, err = run_main(capsys, "serve", str(model), "--port", "1", "--guard", str(tmp_path / "nothing-here"))
-    one_line_error(rc, err, "not found")
+    rc, _, err = run_main(capsys, "serve", str(model), "--port", busy_port, "--guard", str(tmp_path / "nothing-here"))
+    one_line_error(rc, err, "guard model not found")
 
 
 def test_a_guard_model_without_a_usable_template_is_one_error_line(files, home, tmp_path, capsys):

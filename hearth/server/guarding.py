@@ -109,15 +109,16 @@ class ServerGuard:
             await outputs.aclose()
         verdict = self.fmt.verdict(text, scores, dropped)
         done = Check(verdict, kind, time.monotonic() - start)
-        record(ctx, done)
+        record(ctx, done, self.policy)
         return done
 
 
-def record(ctx: ServerContext, check: Check) -> None:
+def record(ctx: ServerContext, check: Check, policy: Policy) -> None:
     m, v = ctx.metrics, check.verdict
     m.guard_latency.labels(check.kind).observe(check.seconds)
     role = "assistant" if check.kind == "output" else "user"
-    for category in (v.categories or ("unspecified",)) if v.unsafe else ("safe",):
+    named = [c for c in v.categories if c in policy.codes]  # a code the policy lacks is no label (bounded set)
+    for category in (named or ("unspecified",)) if v.unsafe else ("safe",):
         m.guard_decisions.labels(category, role, check.kind, v.action).inc()
     if v.action != "allow":
         log.warning("guard: %s %s (%s, P(unsafe)=%.3f)", v.action, check.kind,
