@@ -253,6 +253,22 @@ def test_a_held_back_stream_sends_the_same_text(serve):
     assert metric(http, "hearth_guard_latency_seconds_count", check="output") == checks
 
 
+def test_a_held_back_reply_with_tools_is_the_same(serve):
+    """Tool-call parsing holds text back too (tool_calls.ReplyStream): behind the guard's window the reply is the same."""
+    tools = [{"type": "function", "function": {"name": "now", "parameters": {"type": "object", "properties": {}}}}]
+
+    def reply(client):
+        chunks = list(client.chat.completions.create(model="tiny", messages=HELLO, max_tokens=40, tools=tools,
+                                                     tool_choice="required", stream=True, temperature=0))
+        deltas = [ch.delta for c in chunks for ch in c.choices]
+        return ("".join(d.content or "" for d in deltas), [t.function.name for d in deltas for t in d.tool_calls or []],
+                chunks[-1].choices[0].finish_reason)
+
+    plain = reply(serve(None)[0])
+    assert plain[0] or plain[1]
+    assert reply(serve(policy(NOTHING, "output"), holdback=4)[0]) == plain
+
+
 # ------------------------------------------------------------------------------------------------ flag, metrics, models
 
 
