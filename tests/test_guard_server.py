@@ -111,7 +111,7 @@ def serve(engine):
         guard = None
         if pol is not None:
             guard = ServerGuard(engine, fmt(engine.tokenizer, engine.chat_template, pol, engine.max_model_len), "guard",
-                                holdback=holdback, shared=True)
+                                holdback=holdback)
         http = TestClient(build_app(engine, served_model_name="tiny", guard=guard))
         http.__enter__()
         clients.append(http)
@@ -254,7 +254,8 @@ def test_a_held_back_stream_sends_the_same_text(serve):
 
 
 def test_a_held_back_reply_with_tools_is_the_same(serve):
-    """Tool-call parsing holds text back too (tool_calls.ReplyStream): behind the guard's window the reply is the same."""
+    """Tool-call parsing holds text back too (tool_calls.ReplyStream); behind the guard's window the reply is the
+    same."""
     tools = [{"type": "function", "function": {"name": "now", "parameters": {"type": "object", "properties": {}}}}]
 
     def reply(client):
@@ -327,6 +328,8 @@ def test_same_weights(files, tmp_path):
     model, _ = files
     copy = tmp_path / "copy.gguf"
     copy.write_bytes(model.read_bytes())
+    nothing = tmp_path / "nothing.toml"
+    nothing.write_text(f"threshold = {NOTHING}\n")
     other = write_tiny(tmp_path / "other.gguf")
     other.write_bytes(other.read_bytes()[:-1] + bytes([other.read_bytes()[-1] ^ 1]))
     assert same_weights(model, model) and same_weights(model, copy) and not same_weights(model, other)
@@ -373,8 +376,8 @@ def test_a_guard_model_without_a_usable_template_is_one_error_line(files, home, 
 
     model, _ = files
     cfg, state, tok = store_kit._tiny_parts()
-    fixed = ("{{ '<|im_start|>user\\nBEGIN UNSAFE CONTENT CATEGORIES\\nS1: Violent Crimes.\\n' }}{% for m in messages %}"
-             "{{ m['content'] }}{% endfor %}{{ '<|im_end|>\\n<|im_start|>assistant\\n' }}")
+    fixed = ("{{ '<|im_start|>user\\nBEGIN UNSAFE CONTENT CATEGORIES\\nS1: Violent Crimes.\\n' }}"
+             "{% for m in messages %}{{ m['content'] }}{% endfor %}{{ '<|im_end|>\\n<|im_start|>assistant\\n' }}")
     guard = write_gguf(tmp_path / "fixed.gguf", cfg, state, tok, fixed, metadata={"general.name": "fixed"})
     threads = torch.get_num_threads()
     try:
@@ -385,23 +388,44 @@ def test_a_guard_model_without_a_usable_template_is_one_error_line(files, home, 
 
 
 def test_hearth_serve_guard(files, tmp_path):
-    """The real command: the guard adapter of the served model's weights runs on its engine."""
+    """The real command. The guard adapter of the served model's weights runs on its engine; an adapter of another
+    model gets that model loaded in an engine of its own, started and stopped with the server."""
+    from hearth.tune.lora import LoraConfig
+    from lora_kit import make_adapter
+
     model, guard = files
     pol = tmp_path / "clinic.yaml"
     pol.write_text(f"check: input\nthreshold: {EVERYTHING:f}\nrefusal: {REFUSAL}\nenabled: [S1, S2, S15]\n"
                    "custom:\n  - {code: S15, name: Patient Records, description: Responses that reveal records.}\n")
-    proc = ServerProcess(tmp_path, "guarded", "--dtype", "float32", "--guard", str(guard), "--guard-policy", str(pol),
-                         "--guard-holdback", "64", model=str(model), threads=1)
+    nothing = tmp_path / "nothing.toml"
+    nothing.write_text(f"threshold = {NOTHING}\n")
+    other = write_tiny(tmp_path / "other.gguf")
+    other.write_bytes(other.read_bytes()[:-1] + bytes([other.read_bytes()[-1] ^ 1]))  # other weights
+    other_guard = make_adapter(tmp_path / "other-guard", LoraConfig(r=4, alpha=8), seed=1, std=0.05, model=str(other))
+    (other_guard / "recipe.json").write_text(json.dumps({"base": str(other)}))
+    procs = {"shared": ServerProcess(tmp_path, "shared", "--dtype", "float32", "--guard", str(guard), "--guard-policy",
+                                     str(pol), "--guard-holdback", "64", model=str(model), threads=1),
+             "own": ServerProcess(tmp_path, "own", "--dtype", "float32", "--guard", str(other_guard), "--guard-policy",
+                                  str(nothing), model=str(model), threads=1)}
     try:
-        proc.wait_healthy()
-        client = openai.OpenAI(base_url=proc.url + "/v1", api_key="x", max_retries=0, timeout=60)
+        for p in procs.values():
+            p.wait_healthy()
+        client = openai.OpenAI(base_url=procs["shared"].url + "/v1", api_key="x", max_retries=0, timeout=60)
         res = client.moderations.create(input="Hello").results[0]
         cats = res.categories.model_dump(by_alias=True)
         assert res.flagged and {"S1", "S2", "S15", "violence"} <= set(cats) and "S3" not in cats
         r = client.chat.completions.create(model="tiny", messages=HELLO, max_tokens=4)
         assert (r.choices[0].message.content, r.choices[0].finish_reason) == (REFUSAL, "content_filter")
-        assert "hearth_guard_decisions_total" in httpx.get(proc.url + "/metrics").text
+        assert "hearth_guard_decisions_total" in httpx.get(procs["shared"].url + "/metrics").text
+
+        own = openai.OpenAI(base_url=procs["own"].url + "/v1", api_key="x", max_retries=0, timeout=60)
+        assert not own.moderations.create(input="Hello").results[0].flagged
+        r = own.chat.completions.create(model="tiny", messages=HELLO, max_tokens=4, **NOISE)
+        assert r.choices[0].finish_reason == "length"
     finally:
-        proc.stop()
-    log = proc.log_path.read_text()
-    assert "on the served engine" in log and "policy 'clinic'" in log, log
+        for p in procs.values():
+            p.stop()
+    assert all(p.proc.returncode == 0 for p in procs.values())
+    shared, own = (p.log_path.read_text() for p in procs.values())
+    assert "on the served engine" in shared and "policy 'clinic'" in shared, shared
+    assert "in its own engine" in own, own

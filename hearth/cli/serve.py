@@ -126,7 +126,8 @@ def serve(
         shared = plan is not None and plan.shares(lm)
         if shared:
             if plan.adapter_name in adapters:
-                raise HearthError(f"--adapter: the name {plan.adapter_name!r} is the guard's; give that adapter another")
+                raise HearthError(f"--adapter: the name {plan.adapter_name!r} is the guard's; "
+                                  "give that adapter another")
             adapters[plan.adapter_name] = str(plan.source.adapter)
         switches = Switches.from_env()
         config = EngineConfig(max_num_seqs=max_num_seqs, max_num_batched_tokens=max_batched_tokens,
@@ -138,11 +139,11 @@ def serve(
         server_guard, beside = None, ()
         if plan is not None:
             if shared:
-                server_guard = plan.build(engine, shared=True)
+                server_guard = plan.build(engine)
             else:  # the guard's model loaded beside the served one, in an engine of its own
                 guard_engine = AsyncEngine(load_model(plan.source.base, device, dtype, kv_cache=kv_cache),
                                            plan.engine_config(config), model_name="guard")
-                server_guard, beside = plan.build(guard_engine, shared=False), (guard_engine,)
+                server_guard, beside = plan.build(guard_engine), (guard_engine,)
             log.info("guard: %s", plan.describe(shared))
         web = build_app(engine, api_key=key, served_model_name=names, max_body_bytes=max_body_bytes,
                         allowed_hosts=allowed_hosts_for(host, allowed_host or ()),

@@ -74,12 +74,11 @@ class GuardPlan:
         adapters = {ADAPTER_NAME: str(self.source.adapter)} if self.source.adapter is not None else {}
         return dataclasses.replace(served, adapters=adapters)
 
-    def build(self, engine, shared: bool) -> ServerGuard:
-        """The guard over `engine` (the served one when `shared`). GuardTemplateError: the model cannot carry the
-        Llama Guard format."""
+    def build(self, engine) -> ServerGuard:
+        """The guard over `engine` (the served one, or the guard's own). GuardTemplateError: the model cannot carry
+        the Llama Guard format."""
         adapter = ADAPTER_NAME if self.source.adapter is not None else None
-        return ServerGuard.on(engine, self.policy, adapter, holdback=self.holdback, label=self.source.label,
-                              shared=shared)
+        return ServerGuard.on(engine, self.policy, adapter, holdback=self.holdback)
 
     def describe(self, shared: bool) -> str:
         where = "on the served engine (adapter rows)" if shared else "in its own engine"

@@ -30,6 +30,7 @@ from hearth.engine.request import EngineRequest
 from hearth.engine.sampling import SamplingParams
 from hearth.guard.classifier import ANSWER_TOKENS, GuardFormat, Verdict
 from hearth.guard.policy import Policy
+from hearth.server.errors import ServiceUnavailable
 
 if TYPE_CHECKING:
     from hearth.server.common import ServerContext
@@ -62,13 +63,10 @@ class ServerGuard:
     """The guard as the server runs it: its format and policy, the engine it classifies on (with `adapter`: as that
     LoRA adapter's rows), the hold-back window of output checks."""
 
-    def __init__(self, engine, fmt: GuardFormat, adapter: str | None = None, holdback: int = DEFAULT_HOLDBACK,
-                 label: str = GUARD_MODEL, shared: bool = False):
+    def __init__(self, engine, fmt: GuardFormat, adapter: str | None = None, holdback: int = DEFAULT_HOLDBACK):
         if holdback < 0:
             raise ValueError("holdback must be >= 0")
         self.engine, self.fmt, self.adapter, self.holdback = engine, fmt, adapter, holdback
-        self.label = label  # for logs: where the guard came from
-        self.shared = shared  # runs on the served engine (then `adapter` is not a model clients may ask for)
 
     @classmethod
     def on(cls, engine, policy: Policy, adapter: str | None = None, **kw) -> ServerGuard:
@@ -107,6 +105,8 @@ class ServerGuard:
                         break  # safe: the categories are not needed, stop decoding (closing aborts the request)
         finally:
             await outputs.aclose()
+        if scores is None:  # the engine ended the request before its first token (shutting down)
+            raise ServiceUnavailable("the guard's check was stopped before it answered; retry later")
         verdict = self.fmt.verdict(text, scores, dropped)
         done = Check(verdict, kind, time.monotonic() - start)
         record(ctx, done, self.policy)

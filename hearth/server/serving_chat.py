@@ -15,7 +15,8 @@ from hearth.server import tool_calls
 from hearth.server.access_log import note_usage
 from hearth.server.common import EventStream, RequestGroup, ServerContext, logprob, random_id, sampling_params
 from hearth.server.errors import error_event
-from hearth.server.guarding import CONTENT_FILTER, HeldStream, gather_all, guard_turns, input_turns, with_answer, with_input_checks
+from hearth.server.guarding import (CONTENT_FILTER, HeldStream, gather_all, guard_turns, input_turns, with_answer,
+                                    with_input_checks)
 from hearth.server.protocol import (
     AssistantMessage,
     ChatChoice,

@@ -189,7 +189,8 @@ class CompletionService:
                 self._update(req, c, out)
                 chunk = None
                 if c.text or c.finish_reason or (c.logprobs and c.logprobs.tokens):
-                    chunk = event([CompletionChoice(index=i, text=c.text, logprobs=c.logprobs, finish_reason=c.finish_reason)])
+                    chunk = event([CompletionChoice(index=i, text=c.text, logprobs=c.logprobs,
+                                                    finish_reason=c.finish_reason)])
                 c.text = ""
                 if c.logprobs is not None:
                     c.logprobs = CompletionLogprobs()
@@ -197,7 +198,8 @@ class CompletionService:
                     if chunk is not None:
                         yield chunk
                     continue
-                sent = await (held[i].finish(chunk, out.new_text) if out.finished else held[i].push(chunk, out.new_text))
+                step = held[i].finish if out.finished else held[i].push
+                sent = await step(chunk, out.new_text)
                 for e in sent:
                     yield e
                 if held[i].blocked:
