@@ -68,9 +68,10 @@ class CompletionService:
         """Blocking (token ids are decoded): each prompt as the user turn the guard reads (None: empty)."""
         tok = self.ctx.engine.tokenizer
         out = []
-        for j, p in enumerate(req.prompts()):
+        prompts = req.prompts()
+        for j, p in enumerate(prompts):
             if not isinstance(p, str):
-                self.ctx.check_token_ids(p, f"prompt.{j}")
+                self.ctx.check_token_ids(p, "prompt" if len(prompts) == 1 else f"prompt.{j}")
             text = p if isinstance(p, str) else tok.decode(p)
             out.append([{"role": "user", "content": text}] if text.strip() else None)
         return out
