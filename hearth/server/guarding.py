@@ -209,6 +209,20 @@ class HeldStream:
         return out
 
 
+async def answers_blocked(ctx: ServerContext, answers: list[tuple[list[dict] | None, str]]) -> list[bool]:
+    """Whether the guard blocks each whole (conversation, answer), side by side: a response that is not streamed is
+    checked once, at the end. All False without output checks; an empty answer is not checked."""
+    guard = ctx.guard
+    if guard is None or not guard.policy.check_output:
+        return [False] * len(answers)
+    todo = [k for k, (_, answer) in enumerate(answers) if answer.strip()]
+    checks = await gather_all(guard.check(ctx, with_answer(*answers[k]), "output") for k in todo)
+    blocked = [False] * len(answers)
+    for k, check in zip(todo, checks):
+        blocked[k] = check.blocked
+    return blocked
+
+
 async def with_input_checks(ctx: ServerContext, conversations: list[list[dict] | None],
                             work: Awaitable[T]) -> tuple[T, list[bool]]:
     """Await `work` (the request's render and tokenization) while the guard checks each conversation's input, side

@@ -15,7 +15,7 @@ from hearth.server import tool_calls
 from hearth.server.access_log import note_usage
 from hearth.server.common import EventStream, RequestGroup, ServerContext, logprob, random_id, sampling_params
 from hearth.server.errors import error_event
-from hearth.server.guarding import (CONTENT_FILTER, HeldStream, gather_all, guard_turns, input_turns, with_answer,
+from hearth.server.guarding import (CONTENT_FILTER, HeldStream, answers_blocked, guard_turns, input_turns,
                                     with_input_checks)
 from hearth.server.protocol import (
     AssistantMessage,
@@ -125,7 +125,8 @@ class ChatService:
                 reasons[i] = out.finish_reason.value
                 generated[i] = out.num_generated_tokens
         answers = ["".join(t) for t in texts]
-        blocked = await self._check_answers(turns, answers)
+        asked = input_turns(turns or [])
+        blocked = await answers_blocked(self.ctx, [(asked, a) for a in answers])
         choices = []
         for i in range(req.n):
             if blocked[i]:  # nothing of it was sent: the whole answer is withheld
@@ -145,19 +146,6 @@ class ChatService:
         usage = UsageInfo(prompt_tokens=n_prompt, completion_tokens=sum(generated), total_tokens=n_prompt + sum(generated))
         note_usage(n_prompt, sum(generated))
         return ChatCompletionResponse(id=rid, model=model, choices=choices, usage=usage)
-
-    async def _check_answers(self, turns: list[dict] | None, answers: list[str]) -> list[bool]:
-        """Whether the guard blocks each whole answer (a response that is not streamed is checked once, at the end)."""
-        guard = self.ctx.guard
-        if guard is None or not guard.policy.check_output:
-            return [False] * len(answers)
-        todo = [i for i, a in enumerate(answers) if a.strip()]
-        checks = await gather_all(guard.check(self.ctx, with_answer(input_turns(turns or []), answers[i]), "output")
-                                  for i in todo)
-        blocked = [False] * len(answers)
-        for i, c in zip(todo, checks):
-            blocked[i] = c.blocked
-        return blocked
 
     async def _stream(self, req, group: RequestGroup, rid: str, model: str, n_prompt: int,
                       turns: list[dict] | None) -> AsyncIterator[str]:

@@ -17,7 +17,7 @@ from hearth.tokenizer.tokenizer import TextStreamDecoder
 from hearth.server.access_log import note_usage
 from hearth.server.common import EventStream, RequestGroup, ServerContext, logprob, random_id, sampling_params
 from hearth.server.errors import error_event
-from hearth.server.guarding import CONTENT_FILTER, HeldStream, gather_all, with_answer, with_input_checks
+from hearth.server.guarding import CONTENT_FILTER, HeldStream, answers_blocked, with_input_checks
 from hearth.server.protocol import CompletionChoice, CompletionLogprobs, CompletionRequest, CompletionResponse, UsageInfo
 
 
@@ -150,13 +150,11 @@ class CompletionService:
                        n_prompt: int):
         async for g, out in group.outputs():
             self._update(req, choices[slots[g]], out)
-        guard = self.ctx.guard
-        if guard is not None and guard.policy.check_output:  # not streamed: each whole answer, once
-            todo = [choices[i] for i in slots if choices[i].answer.strip()]
-            checks = await gather_all(guard.check(self.ctx, with_answer(c.turns, c.answer), "output") for c in todo)
-            for c, check in zip(todo, checks):
-                if check.blocked:  # nothing of it was sent: the whole answer is withheld
-                    c.text, c.logprobs, c.finish_reason = guard.policy.refusal, None, CONTENT_FILTER
+        blocked = await answers_blocked(self.ctx, [(choices[i].turns, choices[i].answer) for i in slots])
+        for i, b in zip(slots, blocked):
+            if b:  # nothing of it was sent: the whole answer is withheld
+                choices[i].text, choices[i].logprobs = self.ctx.guard.policy.refusal, None
+                choices[i].finish_reason = CONTENT_FILTER
         generated = sum(c.generated for c in choices)
         note_usage(n_prompt, generated)
         return CompletionResponse(
