@@ -116,8 +116,8 @@ class FakeEngine:
         try:
             if p.max_tokens == 0:
                 finished = True
-                yield RequestOutput(req.request_id, [], "", True, FinishReason.LENGTH, None, prompt_lps,
-                                    len(req.prompt_ids), 0)
+                yield RequestOutput(req.request_id, [], "", True, FinishReason.LENGTH, prompt_logprobs=prompt_lps,
+                                    num_prompt_tokens=len(req.prompt_ids), num_generated_tokens=0)
                 return
             for step in range(1, p.max_tokens + 1):
                 await asyncio.sleep(s.token_delay)
@@ -141,8 +141,9 @@ class FakeEngine:
                         text += tail + ("" if stopped else stops.flush())
                         reason = FinishReason.STOP if stopped else FinishReason.LENGTH
                 finished = reason is not None
-                yield RequestOutput(req.request_id, [token], text, finished, reason, lps,
-                                    prompt_lps if step == 1 else None, len(req.prompt_ids), step)
+                yield RequestOutput(req.request_id, [token], text, finished, reason, logprobs=lps,
+                                    prompt_logprobs=prompt_lps if step == 1 else None,
+                                    num_prompt_tokens=len(req.prompt_ids), num_generated_tokens=step)
                 if finished:
                     return
                 if s.fail_midway is not None:

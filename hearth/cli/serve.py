@@ -33,6 +33,17 @@ def _served_adapters(items: list[str] | None, model_names: tuple[str, ...]) -> d
     return out
 
 
+def _guard_plan(ref: str | None, policy: Path | None, holdback: int):
+    """--guard, --guard-policy, --guard-holdback checked (the policy read, the guard's model found), or None."""
+    from hearth.server.guard_plan import GuardPlan
+
+    if ref is None:
+        if policy is not None:
+            raise HearthError("--guard-policy needs --guard (default, a guard adapter directory or a guard model)")
+        return None
+    return GuardPlan.make(ref, policy, holdback)
+
+
 def _api_key(flag: str | None, file: Path | None, env: str | None, log: logging.Logger) -> str | None:
     """The server's API key from --api-key, --api-key-file or HEARTH_API_KEY (in that order)."""
     if flag is not None and file is not None:
@@ -81,6 +92,9 @@ def serve(
     max_body_bytes: Annotated[int, typer.Option(help="Largest request body accepted (HTTP 413 above).", min=1)] = 1 << 20,
     structure_timeout: Annotated[float, typer.Option(help="Seconds a structured-output spec (JSON schema, regex, grammar) may take to compile, in a worker process; slower ones get HTTP 400 as too complex.", min=0.01, max=3600)] = 5.0,
     adapter: Annotated[Optional[list[str]], typer.Option(help="Serve a LoRA adapter (a PEFT directory, e.g. from `hearth tune`, or a llama.cpp GGUF adapter) beside the model as NAME=DIR (or DIR: named after it); clients ask for it with model=NAME. Repeatable (vLLM's --lora-modules).")] = None,
+    guard: Annotated[Optional[str], typer.Option(metavar="default|NAME|PATH", help="Check prompts and answers with a safety guard (Llama Guard format): 'default' (hearth's own, an adapter of SmolLM2), a guard adapter directory (`hearth guard train -o DIR`), or a whole guard model (e.g. Llama Guard 3 1B). Blocked prompts and answers end with finish_reason content_filter; also serves POST /v1/moderations. An adapter of the served model's own weights runs on the same engine.")] = None,
+    guard_policy: Annotated[Optional[Path], typer.Option(metavar="FILE", help="The guard's content policy (TOML or YAML): categories, block/flag/allow per category, input/output/both, threshold, refusal text. Default: Llama Guard 3's 14 categories, all blocked, both checked.")] = None,
+    guard_holdback: Annotated[int, typer.Option(metavar="N", help="Characters of a streamed answer held back until the guard has checked them (each time N wait, and at the end), so a flagged part is never sent.", min=0)] = 256,
 ):
     """Serve MODEL over an OpenAI-compatible HTTP API (/v1/chat/completions, /v1/completions, ...).
 
@@ -101,6 +115,7 @@ def serve(
     if any(not n for n in aliases):
         raise HearthError("--served-model-name is empty; give the name clients will ask for")
     _served_adapters(adapter, aliases)  # bad adapters fail before the port is taken and the model loaded
+    plan = _guard_plan(guard, guard_policy, guard_holdback)  # so does a bad guard or policy
     sock = listen(host, port)  # before loading the model, so a port in use fails at once
     try:
         apply_threads(threads)
@@ -108,6 +123,12 @@ def serve(
         names = aliases or (lm.display_name,)
         name = names[0]
         adapters = _served_adapters(adapter, names)
+        shared = plan is not None and plan.shares(lm)
+        if shared:
+            if plan.adapter_name in adapters:
+                raise HearthError(f"--adapter: the name {plan.adapter_name!r} is the guard's; "
+                                  "give that adapter another")
+            adapters[plan.adapter_name] = str(plan.source.adapter)
         switches = Switches.from_env()
         config = EngineConfig(max_num_seqs=max_num_seqs, max_num_batched_tokens=max_batched_tokens,
                               max_waiting=max_waiting, max_prefill_with_decodes=max_prefill_with_decodes,
@@ -115,10 +136,19 @@ def serve(
                               adapters=adapters, structure_limits=StructureLimits(compile_seconds=structure_timeout),
                               triton=switches.triton, triton_pdl=switches.pdl)
         engine = AsyncEngine(lm, config, model_name=name)
+        server_guard, beside = None, ()
+        if plan is not None:
+            if shared:
+                server_guard = plan.build(engine)
+            else:  # the guard's model loaded beside the served one, in an engine of its own
+                guard_engine = AsyncEngine(load_model(plan.source.base, device, dtype, kv_cache=kv_cache),
+                                           plan.engine_config(config), model_name="guard")
+                server_guard, beside = plan.build(guard_engine), (guard_engine,)
+            log.info("guard: %s", plan.describe(shared))
         web = build_app(engine, api_key=key, served_model_name=names, max_body_bytes=max_body_bytes,
                         allowed_hosts=allowed_hosts_for(host, allowed_host or ()),
-                        cors_origins=tuple(cors_origin or ()), public_metrics=public_metrics)
+                        cors_origins=tuple(cors_origin or ()), public_metrics=public_metrics, guard=server_guard)
     except BaseException:
         sock.close()
         raise
-    run_server(web, engine, sock, host=host, model_name=name, shutdown_timeout=shutdown_timeout)
+    run_server(web, engine, sock, host=host, model_name=name, shutdown_timeout=shutdown_timeout, beside=beside)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
 from fastapi import Depends, FastAPI, Request
 from fastapi_offline import FastAPIOffline
@@ -32,12 +33,14 @@ from hearth.server.protocol import (
     EmbeddingRequest,
     ModelCard,
     ModelList,
+    ModerationRequest,
     TokenizeChatRequest,
     TokenizeCompletionRequest,
 )
 from hearth.server.serving_chat import ChatService
 from hearth.server.serving_completion import CompletionService
 from hearth.server.serving_embedding import EmbeddingService
+from hearth.server.serving_moderation import ModerationService
 from hearth.server.serving_tokenize import TokenizeService
 from hearth.server.security import BrowserGuard, check_api_key
 from hearth.server.transport import (
@@ -49,9 +52,12 @@ from hearth.server.transport import (
     until_disconnect,
 )
 
+if TYPE_CHECKING:
+    from hearth.server.guarding import ServerGuard
+
 ENDPOINTS = {
     "/v1/chat/completions", "/v1/completions", "/v1/models", "/tokenize", "/detokenize", "/tokenizer_info",
-    "/health", "/metrics", "/v1/embeddings",
+    "/health", "/metrics", "/v1/embeddings", "/v1/moderations",
 }
 
 
@@ -73,6 +79,7 @@ def build_app(
     allowed_hosts: Sequence[str] | None = None,
     cors_origins: Sequence[str] = (),
     public_metrics: bool = False,
+    guard: ServerGuard | None = None,
 ) -> FastAPI:
     """A FastAPI app serving `engine`. With `api_key`, every route but /health needs
     `Authorization: Bearer <api_key>` (/metrics and the docs too, unless `public_metrics`). Requests naming
@@ -82,13 +89,19 @@ def build_app(
     Browser safety (security.py): a POST must be `application/json`; a Host header must name this server
     (`allowed_hosts`: names from security.allowed_hosts_for; None, as for an app behind the caller's own
     checks, accepts any); cross-origin browser requests are refused unless their origin is in `cors_origins`.
-    /docs and /redoc serve their scripts from this server, never from a CDN."""
+    /docs and /redoc serve their scripts from this server, never from a CDN.
+
+    With `guard` (guarding.ServerGuard: `hearth serve --guard`), prompts and answers are checked as its policy says
+    and /v1/moderations answers; a guard adapter on this engine is no model clients can generate with (its
+    answers are a classifier's), so it is neither listed nor accepted as a model."""
     aliases = (served_model_name,) if isinstance(served_model_name, str) else tuple(served_model_name or ())
     names = tuple(dict.fromkeys(n for n in (*aliases, engine.model_name) if n))
     adapters = dict(getattr(engine, "adapters", {}))  # name -> directory
-    ctx = ServerContext(engine, names, Metrics(engine), adapters=tuple(adapters))
+    if guard is not None and guard.engine is engine and guard.adapter is not None:
+        adapters.pop(guard.adapter, None)
+    ctx = ServerContext(engine, names, Metrics(engine), adapters=tuple(adapters), guard=guard)
     chat, completion, tokenize = ChatService(ctx), CompletionService(ctx), TokenizeService(ctx)
-    embedding = EmbeddingService(ctx)
+    embedding, moderation = EmbeddingService(ctx), ModerationService(ctx)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -119,7 +132,7 @@ def build_app(
         if app.state.draining or not getattr(engine, "alive", True):
             raise ServiceUnavailable("the server is shutting down; retry on another instance or later")
 
-    guard = [Depends(authorized), Depends(serving)]
+    gates = [Depends(authorized), Depends(serving)]
 
     async def run(request: Request, work) -> Response:
         try:
@@ -127,20 +140,25 @@ def build_app(
         except ClientGone:
             return Response(status_code=499)
 
-    @app.post("/v1/chat/completions", dependencies=guard)
+    @app.post("/v1/chat/completions", dependencies=gates)
     async def chat_completions(request: Request) -> Response:
         req = parse(ChatCompletionRequest, await read_json(request, max_body_bytes))
         return await run(request, chat.create(req))
 
-    @app.post("/v1/completions", dependencies=guard)
+    @app.post("/v1/completions", dependencies=gates)
     async def completions(request: Request) -> Response:
         req = parse(CompletionRequest, await read_json(request, max_body_bytes))
         return await run(request, completion.create(req))
 
-    @app.post("/v1/embeddings", dependencies=guard)
+    @app.post("/v1/embeddings", dependencies=gates)
     async def embeddings(request: Request) -> Response:
         req = parse(EmbeddingRequest, await read_json(request, max_body_bytes))
         return await run(request, embedding.create(req))
+
+    @app.post("/v1/moderations", dependencies=gates)
+    async def moderations(request: Request) -> Response:
+        req = parse(ModerationRequest, await read_json(request, max_body_bytes))
+        return await run(request, moderation.create(req))
 
     @app.get("/v1/models", dependencies=[Depends(authorized)])
     async def models() -> Response:
@@ -156,13 +174,13 @@ def build_app(
             return ModelCard(id=name, max_model_len=engine.max_model_len, root=str(adapters[name]), parent=names[0])
         return ModelCard(id=name, max_model_len=engine.max_model_len)
 
-    @app.post("/tokenize", dependencies=guard)
+    @app.post("/tokenize", dependencies=gates)
     async def tokenize_route(request: Request) -> Response:
         data = await read_json(request, max_body_bytes)
         kind = TokenizeChatRequest if "messages" in data else TokenizeCompletionRequest
         return _json(await tokenize.tokenize(parse(kind, data)))
 
-    @app.post("/detokenize", dependencies=guard)
+    @app.post("/detokenize", dependencies=gates)
     async def detokenize_route(request: Request) -> Response:
         return _json(await tokenize.detokenize(parse(DetokenizeRequest, await read_json(request, max_body_bytes))))
 

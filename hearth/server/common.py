@@ -14,7 +14,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from hearth.engine.request import EngineRequest, FinishReason, RequestOutput
 from hearth.engine.sampling import SamplingParams
@@ -23,6 +23,9 @@ from hearth.server.errors import BadRequest, ModelNotFound, ServiceUnavailable
 from hearth.server.metrics import Metrics
 from hearth.server.protocol import SEED_MAX, SamplingFields
 from hearth.tokenizer.limits import surely_too_long
+
+if TYPE_CHECKING:
+    from hearth.server.guarding import ServerGuard
 
 LOGPROB_FLOOR = -9999.0  # JSON has no -inf; vLLM clamps the same way
 # Threads that render chat templates and tokenize prompts. Their own pool, so a flood of slow prompts (each bounded by
@@ -44,6 +47,7 @@ class ServerContext:
     model_names: tuple[str, ...]
     metrics: Metrics
     adapters: tuple[str, ...] = ()  # LoRA adapters served beside the model, requested by name as models
+    guard: ServerGuard | None = None  # hearth serve --guard: input and output checks, /v1/moderations
     _token_str: dict[int, str] = field(default_factory=dict)
     _token_bytes: dict[int, list[int]] = field(default_factory=dict)
     _prompt_threads: ThreadPoolExecutor = field(
@@ -173,6 +177,7 @@ class RequestGroup:
         self._tasks: list[asyncio.Task] = []
         self._buffer: list[tuple[int, RequestOutput]] = []
         self._open = set(range(len(requests)))
+        self._stopped: set[int] = set()
         self._last: dict[int, float] = {}
 
     async def start(self) -> None:
@@ -209,6 +214,8 @@ class RequestGroup:
         try:
             while self._open:
                 i, item = self._buffer.pop(0) if self._buffer else await self._queue.get()
+                if i in self._stopped:
+                    continue  # outputs queued before `stop`
                 if isinstance(item, BaseException):
                     raise item
                 if item is None:
@@ -239,6 +246,14 @@ class RequestGroup:
             m.prompt_tokens.inc(out.num_prompt_tokens)
             m.generation_tokens.inc(out.num_generated_tokens)
             m.e2e.observe(now - self.arrival)
+
+    def stop(self, i: int) -> None:
+        """Abort request i alone (its answer was flagged); `outputs` goes on with the others."""
+        if i in self._open:
+            self._tasks[i].cancel()
+            self.engine.abort(self.requests[i].request_id)
+            self._open.discard(i)
+            self._stopped.add(i)
 
     def close(self) -> None:
         """Abort what has not finished. Synchronous, so it also runs inside a cancelled task."""

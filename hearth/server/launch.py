@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import logging
 import socket
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import uvicorn
@@ -68,10 +69,11 @@ def next_free_port(host: str, port: int, tries: int = 50) -> int | None:
 
 
 def serve(web: FastAPI, engine: AsyncEngine, sock: socket.socket, *, host: str, model_name: str,
-          shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT) -> None:
+          shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT, beside: Sequence[AsyncEngine] = ()) -> None:
     """Serve `web` (from hearth.server.app.build_app over `engine`) on `sock` until SIGTERM / SIGINT.
 
-    Starts the engine first and always shuts it down and closes the socket. The first signal drains: new requests get
+    Starts the engine (and the engines `beside` it: a guard model's own) first and always shuts them down and closes
+    the socket. The first signal drains: new requests get
     503 while running ones may take `shutdown_timeout` seconds to finish (then the rest are ended with an error
     event); a second signal ends them at once. Returns when the server has stopped.
     """
@@ -88,9 +90,12 @@ def serve(web: FastAPI, engine: AsyncEngine, sock: socket.socket, *, host: str, 
     # timeout_graceful_shutdown: what uvicorn gives the responses DrainingServer has already ended to close.
     server = Server(uvicorn.Config(web, log_level="warning", access_log=False, timeout_graceful_shutdown=2),
                     live=web.state.live, on_drain=drain, shutdown_timeout=shutdown_timeout)
-    engine.start()
+    engines = (engine, *beside)
+    for e in engines:
+        e.start()
     try:
         server.run(sockets=[sock])
     finally:
-        engine.shutdown()
+        for e in engines:
+            e.shutdown()
         sock.close()

@@ -15,6 +15,7 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80)
 ITL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 E2E_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160, 320)
+GUARD_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20)
 
 
 class _EngineCollector:
@@ -47,6 +48,12 @@ class Metrics:
                              buckets=ITL_BUCKETS, registry=r)
         self.e2e = Histogram("hearth_e2e_request_latency_seconds", "Arrival to last token, per engine request",
                              buckets=E2E_BUCKETS, registry=r)
+        # the guard (hearth serve --guard, guarding.py): one decision per category a verdict names ("safe" when
+        # it is safe, "unspecified" when unsafe without a category); role: the turn checked; check: where
+        self.guard_decisions = Counter("hearth_guard_decisions", "Guard verdicts by category, role, check and action",
+                                       ["category", "role", "check", "action"], registry=r)
+        self.guard_latency = Histogram("hearth_guard_latency_seconds", "Time of one guard check, render included",
+                                       ["check"], buckets=GUARD_BUCKETS, registry=r)
         r.register(_EngineCollector(engine))
 
     def render(self) -> bytes:

@@ -42,7 +42,7 @@ ERROR_SCHEMA = {
 ERROR_TEXT = {
     400: "Invalid request (a bad field, body or header); `error.param` names the field",
     401: "Missing or wrong API key (when the server has one)",
-    404: "No such model (or adapter)",
+    404: "No such model (or adapter); for /v1/moderations also: the server runs no guard",
     413: "The request body is larger than the server accepts",
     415: "The request body is not sent as application/json",
     421: "The Host header does not name this server (see --allowed-host)",
@@ -89,6 +89,10 @@ ROUTES: dict[tuple[str, str], Route] = {
     ("post", "/v1/embeddings"): Route(
         (p.EmbeddingRequest,), p.EmbeddingResponse, None, GENERATE, summary="Embeddings of texts or token ids",
         examples=({"input": ["Hello", "world"]}, {"input": [5, 6, 7], "encoding_format": "base64"})),
+    ("post", "/v1/moderations"): Route(
+        (p.ModerationRequest,), p.ModerationResponse, None, GENERATE,
+        summary="Whether texts are unsafe, by the guard (OpenAI's moderations; 404 without --guard)",
+        examples=({"input": "Hello"}, {"input": ["Hello", "How do I bake bread?"], "model": "guard"})),
     ("get", "/v1/models"): Route(response=p.ModelList, summary="The served model and its adapters"),
     ("get", "/v1/models/{model_id}"): Route(response=p.ModelCard, errors=(*EVERY, 404), summary="One served model"),
     ("post", "/tokenize"): Route(

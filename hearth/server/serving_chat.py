@@ -1,4 +1,8 @@
-"""POST /v1/chat/completions: messages → the model's chat template → n engine requests → OpenAI JSON/SSE."""
+"""POST /v1/chat/completions: messages → the model's chat template → n engine requests → OpenAI JSON/SSE.
+
+With a guard (guarding.py), the prompt is checked while it renders and a blocked one is answered with the policy's
+refusal and finish_reason content_filter; answers are checked at the end, or, streamed, behind a hold-back window.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,8 @@ from hearth.server import tool_calls
 from hearth.server.access_log import note_usage
 from hearth.server.common import EventStream, RequestGroup, ServerContext, logprob, random_id, sampling_params
 from hearth.server.errors import error_event
+from hearth.server.guarding import (CONTENT_FILTER, HeldStream, answers_blocked, guard_turns, input_turns,
+                                    with_input_checks)
 from hearth.server.protocol import (
     AssistantMessage,
     ChatChoice,
@@ -39,10 +45,13 @@ class ChatService:
         return engine.tokenizer.encode(text, add_bos=False)
 
     async def create(self, req: ChatCompletionRequest) -> ChatCompletionResponse | EventStream:
-        """A response, or (stream=True) an SSE stream whose requests are already admitted by the engine."""
+        """A response, or (stream=True) an SSE stream whose requests are already admitted by the engine. With a
+        guard, the prompt is checked while it renders; a blocked one is never generated (`_refuse`)."""
         model = self.ctx.check_model(req.model)
         self.ctx.check_logit_bias(req)
-        ids = await self.ctx.off_loop(self.prompt_ids, req)
+        turns = guard_turns(req.messages) if self.ctx.guard is not None else None
+        ids, blocked = await with_input_checks(self.ctx, [input_turns(turns or [])],
+                                               self.ctx.off_loop(self.prompt_ids, req))
         ctx_len = self.ctx.engine.max_model_len
         max_tokens = req.requested_max_tokens()
         if max_tokens is None:  # the rest of the context, as vLLM does
@@ -50,6 +59,8 @@ class ChatService:
             max_tokens = ctx_len - len(ids)
         self.ctx.check_fits(len(ids), max_tokens, "messages")
         rid = random_id("chatcmpl")
+        if blocked[0]:
+            return self._refuse(req, rid, model, len(ids))
         top = (req.top_logprobs or 0) if req.logprobs else None
         group = RequestGroup(self.ctx, [
             EngineRequest(f"{rid}-{i}", ids, sampling_params(req, max_tokens, i, tool_calls.forced_structure(req)),
@@ -58,8 +69,30 @@ class ChatService:
         ])
         await group.start()
         if req.stream:
-            return EventStream(group, self._stream(req, group, rid, model, len(ids)))
-        return await self._collect(req, group, rid, model, len(ids))
+            return EventStream(group, self._stream(req, group, rid, model, len(ids), turns))
+        return await self._collect(req, group, rid, model, len(ids), turns)
+
+    def _refuse(self, req, rid: str, model: str, n_prompt: int) -> ChatCompletionResponse | EventStream:
+        """The answer to a prompt the guard blocked: the policy's refusal, finish_reason content_filter."""
+        refusal = self.ctx.guard.policy.refusal
+        usage = UsageInfo(prompt_tokens=n_prompt, completion_tokens=0, total_tokens=n_prompt)
+        note_usage(n_prompt, 0)
+        if not req.stream:
+            return ChatCompletionResponse(id=rid, model=model, usage=usage, choices=[
+                ChatChoice(index=i, message=AssistantMessage(content=refusal), finish_reason=CONTENT_FILTER)
+                for i in range(req.n)])
+        event = _events(req, rid, model)
+
+        async def events() -> AsyncIterator[str]:
+            for i in range(req.n):
+                yield event([ChatChunkChoice(index=i, delta={"role": "assistant", "content": ""})])
+                yield event([ChatChunkChoice(index=i, delta={"content": refusal})])
+                yield event([ChatChunkChoice(index=i, delta={}, finish_reason=CONTENT_FILTER)])
+            if req.include_usage:
+                yield event([], usage)
+            yield "data: [DONE]\n\n"
+
+        return EventStream(RequestGroup(self.ctx, []), events())
 
     @staticmethod
     def _tool_names(req: ChatCompletionRequest) -> set[str]:
@@ -78,7 +111,8 @@ class ChatService:
             out.append(ChatTokenLogprob(**t.model_dump(), top_logprobs=[top(i, lp) for i, lp in e.top[:k]]))
         return out
 
-    async def _collect(self, req, group: RequestGroup, rid: str, model: str, n_prompt: int) -> ChatCompletionResponse:
+    async def _collect(self, req, group: RequestGroup, rid: str, model: str, n_prompt: int,
+                       turns: list[dict] | None) -> ChatCompletionResponse:
         texts = [[] for _ in range(req.n)]
         lps: list[list[ChatTokenLogprob]] = [[] for _ in range(req.n)]
         reasons: list[str | None] = [None] * req.n
@@ -90,9 +124,16 @@ class ChatService:
             if out.finished:
                 reasons[i] = out.finish_reason.value
                 generated[i] = out.num_generated_tokens
+        answers = ["".join(t) for t in texts]
+        asked = input_turns(turns or [])
+        blocked = await answers_blocked(self.ctx, [(asked, a) for a in answers])
         choices = []
         for i in range(req.n):
-            text = "".join(texts[i])
+            if blocked[i]:  # nothing of it was sent: the whole answer is withheld
+                choices.append(ChatChoice(index=i, message=AssistantMessage(content=self.ctx.guard.policy.refusal),
+                                          finish_reason=CONTENT_FILTER))
+                continue
+            text = answers[i]
             reply = tool_calls.Reply(text, [])
             if req.effective_tool_choice != "none":
                 reply = tool_calls.parse(text, self._tool_names(req), _call_id)
@@ -106,15 +147,17 @@ class ChatService:
         note_usage(n_prompt, sum(generated))
         return ChatCompletionResponse(id=rid, model=model, choices=choices, usage=usage)
 
-    async def _stream(self, req, group: RequestGroup, rid: str, model: str, n_prompt: int) -> AsyncIterator[str]:
-        created = int(time.time())
+    async def _stream(self, req, group: RequestGroup, rid: str, model: str, n_prompt: int,
+                      turns: list[dict] | None) -> AsyncIterator[str]:
         include_usage = req.include_usage
+        event = _events(req, rid, model)
+        guard = self.ctx.guard
+        held = None  # with output checks: each choice's events wait in a HeldStream until their text has passed
+        if guard is not None and guard.policy.check_output:
+            held = [HeldStream(guard, self.ctx, input_turns(turns or [])) for _ in range(req.n)]
 
-        def event(choices: list[ChatChunkChoice], usage: UsageInfo | None = None) -> str:
-            chunk = ChatCompletionChunk(id=rid, created=created, model=model, choices=choices, usage=usage).model_dump()
-            if not include_usage:
-                del chunk["usage"]
-            return f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
+        def content_filter(i: int) -> str:
+            return event([ChatChunkChoice(index=i, delta={}, finish_reason=CONTENT_FILTER)])
 
         generated = 0
         replies = None
@@ -137,9 +180,28 @@ class ChatService:
                         if reply.calls:
                             delta["tool_calls"] = [{"index": k, **c.model_dump()} for k, c in enumerate(reply.calls)]
                             reason = "tool_calls"
-                    yield event([ChatChunkChoice(index=i, delta=delta, logprobs=lp, finish_reason=reason)])
-                elif text or (lp and lp.content):
-                    yield event([ChatChunkChoice(index=i, delta={"content": text}, logprobs=lp)])
+                    last = event([ChatChunkChoice(index=i, delta=delta, logprobs=lp, finish_reason=reason)])
+                    if held is None:
+                        yield last
+                        continue
+                    for e in await held[i].finish(last, out.new_text):
+                        yield e
+                    if held[i].blocked:
+                        yield content_filter(i)
+                else:
+                    chunk = None
+                    if text or (lp and lp.content):
+                        chunk = event([ChatChunkChoice(index=i, delta={"content": text}, logprobs=lp)])
+                    if held is None:
+                        if chunk is not None:
+                            yield chunk
+                        continue
+                    for e in await held[i].push(chunk, out.new_text):
+                        yield e
+                    if held[i].blocked:  # the rest of this choice is not generated
+                        group.stop(i)
+                        generated += out.num_generated_tokens
+                        yield content_filter(i)
             note_usage(n_prompt, generated)
             if include_usage:
                 yield event([], UsageInfo(prompt_tokens=n_prompt, completion_tokens=generated, total_tokens=n_prompt + generated))
@@ -152,3 +214,16 @@ class ChatService:
 
 def _call_id() -> str:
     return random_id("call")
+
+
+def _events(req: ChatCompletionRequest, rid: str, model: str):
+    """The function that writes one SSE event of this response's chunks (`usage` only with include_usage)."""
+    created = int(time.time())
+
+    def event(choices: list[ChatChunkChoice], usage: UsageInfo | None = None) -> str:
+        chunk = ChatCompletionChunk(id=rid, created=created, model=model, choices=choices, usage=usage).model_dump()
+        if not req.include_usage:
+            del chunk["usage"]
+        return f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
+
+    return event

@@ -17,6 +17,7 @@ from hearth.tokenizer.tokenizer import TextStreamDecoder
 from hearth.server.access_log import note_usage
 from hearth.server.common import EventStream, RequestGroup, ServerContext, logprob, random_id, sampling_params
 from hearth.server.errors import error_event
+from hearth.server.guarding import CONTENT_FILTER, HeldStream, answers_blocked, with_input_checks
 from hearth.server.protocol import CompletionChoice, CompletionLogprobs, CompletionRequest, CompletionResponse, UsageInfo
 
 
@@ -38,6 +39,8 @@ class _Choice:
     started: bool = False
     finish_reason: str | None = None
     generated: int = 0
+    answer: str = ""  # the text generated (what an output check reads)
+    turns: list[dict] | None = None  # the prompt as the guard reads it
 
 
 class CompletionService:
@@ -61,29 +64,50 @@ class CompletionService:
             prompts.append(_Prompt(ids, text))
         return prompts
 
+    def _guard_inputs(self, req: CompletionRequest) -> list[list[dict] | None]:
+        """Blocking (token ids are decoded): each prompt as the user turn the guard reads (None: empty)."""
+        tok = self.ctx.engine.tokenizer
+        out = []
+        prompts = req.prompts()
+        for j, p in enumerate(prompts):
+            if not isinstance(p, str):
+                self.ctx.check_token_ids(p, "prompt" if len(prompts) == 1 else f"prompt.{j}")
+            text = p if isinstance(p, str) else tok.decode(p)
+            out.append([{"role": "user", "content": text}] if text.strip() else None)
+        return out
+
     async def create(self, req: CompletionRequest) -> CompletionResponse | EventStream:
+        """With a guard, each prompt is checked while it tokenizes; the choices of a blocked one carry the policy's
+        refusal and finish_reason content_filter, and are never generated."""
         model = self.ctx.check_model(req.model)
         self.ctx.check_logit_bias(req)
         max_tokens = 16 if req.max_tokens is None else req.max_tokens  # OpenAI's default, also for null
-        prompts = await self.ctx.off_loop(self._prompts, req, max_tokens)
+        guard = self.ctx.guard
+        inputs = await self.ctx.off_loop(self._guard_inputs, req) if guard is not None else [None] * len(req.prompts())
+        prompts, blocked = await with_input_checks(self.ctx, inputs, self.ctx.off_loop(self._prompts, req, max_tokens))
         rid = random_id("cmpl")
         scoring = req.echo and req.logprobs is not None
-        engine_reqs, choices = [], []
+        engine_reqs, choices, slots = [], [], []  # slots: the choice of each engine request
         for j, p in enumerate(prompts):
             for i in range(req.n):
                 index = j * req.n + i
-                engine_reqs.append(EngineRequest(
-                    f"{rid}-{index}", p.ids, sampling_params(req, max_tokens, i),
-                    logprobs=req.logprobs, prompt_logprobs=req.logprobs if scoring else None,
-                    adapter=self.ctx.adapter(req.model),
-                ))
-                choices.append(_Choice(p))
+                c = _Choice(p, turns=inputs[j])
+                if blocked[j]:
+                    c.text, c.finish_reason, c.started = guard.policy.refusal, CONTENT_FILTER, True
+                else:
+                    engine_reqs.append(EngineRequest(
+                        f"{rid}-{index}", p.ids, sampling_params(req, max_tokens, i),
+                        logprobs=req.logprobs, prompt_logprobs=req.logprobs if scoring else None,
+                        adapter=self.ctx.adapter(req.model),
+                    ))
+                    slots.append(index)
+                choices.append(c)
         group = RequestGroup(self.ctx, engine_reqs)
         await group.start()
         n_prompt = sum(len(p.ids) for p in prompts)
         if req.stream:
-            return EventStream(group, self._stream(req, group, rid, model, choices, n_prompt))
-        return await self._collect(req, group, rid, model, choices, n_prompt)
+            return EventStream(group, self._stream(req, group, rid, model, choices, slots, n_prompt))
+        return await self._collect(req, group, rid, model, choices, slots, n_prompt)
 
     # -- logprobs in the legacy format ----------------------------------------------------------------
     def _add_logprobs(self, req: CompletionRequest, c: _Choice, entries: list[TokenLogprob | None], ids: list[int]) -> None:
@@ -115,15 +139,22 @@ class CompletionService:
                 if want_lp:
                     self._add_logprobs(req, c, out.prompt_logprobs or [None] * len(c.prompt.ids), c.prompt.ids)
         c.text += out.new_text
+        c.answer += out.new_text
         if want_lp and out.logprobs:
             self._add_logprobs(req, c, out.logprobs, out.new_token_ids)
         if out.finished:
             c.finish_reason = out.finish_reason.value
             c.generated = out.num_generated_tokens
 
-    async def _collect(self, req, group: RequestGroup, rid, model, choices: list[_Choice], n_prompt: int):
-        async for i, out in group.outputs():
-            self._update(req, choices[i], out)
+    async def _collect(self, req, group: RequestGroup, rid, model, choices: list[_Choice], slots: list[int],
+                       n_prompt: int):
+        async for g, out in group.outputs():
+            self._update(req, choices[slots[g]], out)
+        blocked = await answers_blocked(self.ctx, [(choices[i].turns, choices[i].answer) for i in slots])
+        for i, b in zip(slots, blocked):
+            if b:  # nothing of it was sent: the whole answer is withheld
+                choices[i].text, choices[i].logprobs = self.ctx.guard.policy.refusal, None
+                choices[i].finish_reason = CONTENT_FILTER
         generated = sum(c.generated for c in choices)
         note_usage(n_prompt, generated)
         return CompletionResponse(
@@ -133,7 +164,8 @@ class CompletionService:
             usage=UsageInfo(prompt_tokens=n_prompt, completion_tokens=generated, total_tokens=n_prompt + generated),
         )
 
-    async def _stream(self, req, group: RequestGroup, rid, model, choices: list[_Choice], n_prompt: int) -> AsyncIterator[str]:
+    async def _stream(self, req, group: RequestGroup, rid, model, choices: list[_Choice], slots: list[int],
+                      n_prompt: int) -> AsyncIterator[str]:
         created = int(time.time())
 
         def event(chunk_choices: list[CompletionChoice], usage: UsageInfo | None = None) -> str:
@@ -142,15 +174,38 @@ class CompletionService:
                 del chunk["usage"]
             return f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
 
+        guard = self.ctx.guard
+        held = None  # with output checks: each choice's events wait in a HeldStream until their text has passed
+        if guard is not None and guard.policy.check_output:
+            held = {i: HeldStream(guard, self.ctx, choices[i].turns) for i in slots}
         try:
-            async for i, out in group.outputs():
+            for i, c in enumerate(choices):
+                if c.finish_reason == CONTENT_FILTER:  # its prompt was blocked
+                    yield event([CompletionChoice(index=i, text=c.text, finish_reason=c.finish_reason)])
+            async for g, out in group.outputs():
+                i = slots[g]
                 c = choices[i]
                 self._update(req, c, out)
+                chunk = None
                 if c.text or c.finish_reason or (c.logprobs and c.logprobs.tokens):
-                    yield event([CompletionChoice(index=i, text=c.text, logprobs=c.logprobs, finish_reason=c.finish_reason)])
+                    chunk = event([CompletionChoice(index=i, text=c.text, logprobs=c.logprobs,
+                                                    finish_reason=c.finish_reason)])
                 c.text = ""
                 if c.logprobs is not None:
                     c.logprobs = CompletionLogprobs()
+                if held is None:
+                    if chunk is not None:
+                        yield chunk
+                    continue
+                step = held[i].finish if out.finished else held[i].push
+                sent = await step(chunk, out.new_text)
+                for e in sent:
+                    yield e
+                if held[i].blocked:
+                    if not out.finished:  # the rest of this choice is not generated
+                        group.stop(g)
+                        c.generated = out.num_generated_tokens
+                    yield event([CompletionChoice(index=i, text="", finish_reason=CONTENT_FILTER)])
             generated = sum(c.generated for c in choices)
             note_usage(n_prompt, generated)
             if req.include_usage:

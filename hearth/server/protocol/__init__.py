@@ -5,6 +5,7 @@
     completion.py   /v1/completions
     tokenize.py     /tokenize, /detokenize
     embedding.py    /v1/embeddings
+    moderation.py   /v1/moderations (the guard, hearth serve --guard)
     models.py       /v1/models
 
 The names below are re-exported for callers that want the whole format in one place (openapi.py).
@@ -68,6 +69,11 @@ from hearth.server.protocol.embedding import (
     EmbeddingUsage,
     EmbeddingResponse,
 )
+from hearth.server.protocol.moderation import (
+    ModerationRequest,
+    ModerationResult,
+    ModerationResponse,
+)
 from hearth.server.protocol.models import (
     ModelCard,
     ModelList,
@@ -122,6 +128,9 @@ __all__ = [
     "Embedding",
     "EmbeddingUsage",
     "EmbeddingResponse",
+    "ModerationRequest",
+    "ModerationResult",
+    "ModerationResponse",
     "ModelCard",
     "ModelList",
 ]
