@@ -351,7 +351,7 @@ def busy_port():
     ('enabled = ["S1", "S77x"]\n', "unknown category code 'S77x'"),
     ('threshold = 2\n', "threshold"),
     ('check = "input"\n[actions]\nS3 = "hide"\n', "action 'hide'"),
-    ("name = \n", "malformed"),
+    ("name = \n", "not valid TOML"),
 ])
 def test_a_bad_policy_is_one_error_line(files, home, tmp_path, capsys, busy_port, policy_text, says):
     model, guard = files
