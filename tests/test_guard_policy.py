@@ -230,3 +230,10 @@ def test_example_prompts_file():
         else:
             last = i["messages"][-1]["role"]
             assert len(check_messages(i["messages"], last)) == len(i["messages"])
+
+
+def test_a_yaml_threshold_in_exponent_form_is_a_number(tmp_path):
+    """YAML 1.1 reads `1e-06` (no dot) as text; a policy means the number."""
+    p = tmp_path / "p.yaml"
+    p.write_text("threshold: 1e-06\n")
+    assert load_policy(p).threshold == 1e-06

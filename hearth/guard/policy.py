@@ -32,7 +32,7 @@ CHECKS = ("input", "output", "both")
 MAX_POLICY_BYTES = 256 << 10
 DEFAULT_REFUSAL = "I can't help with that request."
 _CUSTOM_CODE = re.compile(r"S(1[5-9]|[2-9]\d)")
-_KEYS = {"name", "check", "threshold", "refusal", "enabled", "actions", "custom", "holdback"}
+_KEYS = {"name", "check", "threshold", "refusal", "enabled", "actions", "custom"}
 
 
 class PolicyError(HearthError):
@@ -84,7 +84,7 @@ def parse_policy(data: object, where: str = "") -> Policy:
         raise _fail(where, "expected a table of settings (name, check, enabled, actions, custom, refusal)")
     unknown = sorted(set(data) - _KEYS)
     if unknown:
-        raise _fail(where, f"unknown key {unknown[0]!r}; keys are {', '.join(sorted(_KEYS - {'holdback'}))}")
+        raise _fail(where, f"unknown key {unknown[0]!r}; keys are {', '.join(sorted(_KEYS))}")
     name = data.get("name", Path(where).stem if where else "policy")
     if not isinstance(name, str) or not name.strip() or len(name) > 100:
         raise _fail(where, "name must be a short text")
@@ -173,6 +173,9 @@ def load_policy(path: str | Path | None) -> Policy:
             import yaml
 
             data = yaml.safe_load(text)
+            if isinstance(data, dict) and isinstance(data.get("threshold"), str) \
+                    and re.fullmatch(r"[0-9.]+[eE][-+]?[0-9]+", data["threshold"]):
+                data["threshold"] = float(data["threshold"])  # YAML 1.1 reads 1e-06 (no dot) as text
         else:
             data = tomllib.loads(text)
     except Exception as e:  # noqa: BLE001 - a parser's own message, on one line
