@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import sys
 import time
 
@@ -26,9 +27,11 @@ class Chat:
     def __init__(self, home, *args: str):
         env = dict(os.environ, HEARTH_HOME=str(home), TERM="xterm", PROMPT_TOOLKIT_NO_CPR="1", OMP_NUM_THREADS="1",
                    PYTHONUNBUFFERED="1")
+        # SIGINT back to its default in the child: a test run started in the background by a shell without job
+        # control has it ignored, the child would inherit that, and Python then leaves Ctrl-C ignored
         self.p = pexpect.spawn(sys.executable, ["-m", "hearth.cli", "run", "smollm2", "--temperature", "0", *args],
                                env=env, encoding="utf-8", codec_errors="replace", timeout=TIMEOUT,
-                               dimensions=(40, 160))
+                               dimensions=(40, 160), preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         self.log: list[str] = []
         self.ready()
 
