@@ -51,3 +51,15 @@ def atomic_write(path: Path, data: bytes, durable: bool = True) -> None:
     """Write `data` to `path` so that readers see the old content or the new, never a mix."""
     with atomic_open(path, durable=durable) as f:
         f.write(data)
+
+
+def save_png(fig, path: Path) -> Path:
+    """Write a matplotlib figure to `path` as PNG (atomically: a reader never sees half a plot) and close it."""
+    import matplotlib.pyplot as plt
+
+    try:
+        with atomic_open(path, durable=False, tmp=path.with_name(path.name + ".tmp.png")) as f:
+            fig.savefig(f, format="png")
+    finally:
+        plt.close(fig)
+    return path

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from hearth.fsutil import atomic_open
+from hearth.fsutil import atomic_open, save_png
 from hearth.guard.evaluate import EvalRun
 from hearth.guard.taxonomy import BY_CODE
 
@@ -96,12 +96,7 @@ def plot_pr(report: dict, path: Path) -> Path:
     ax.grid(alpha=0.3)
     ax.legend(loc="lower left")
     fig.tight_layout()
-    try:
-        with atomic_open(path, durable=False, tmp=path.with_name(path.name + ".tmp.png")) as f:
-            fig.savefig(f, format="png")
-    finally:
-        plt.close(fig)
-    return path
+    return save_png(fig, path)
 
 
 def write_outputs(run: EvalRun, directory: Path) -> dict:

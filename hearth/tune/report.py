@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from hearth import progress
-from hearth.fsutil import atomic_open
+from hearth.fsutil import atomic_open, save_png
 
 
 class Progress:
@@ -71,9 +71,4 @@ def plot_loss(history: list[dict[str, Any]], path: Path, title: str = "training 
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    try:
-        with atomic_open(path, durable=False, tmp=path.with_name(path.name + ".tmp.png")) as f:
-            fig.savefig(f, format="png")
-    finally:
-        plt.close(fig)
-    return path
+    return save_png(fig, path)
