@@ -36,6 +36,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("hearth.guard",),  # the Llama Guard format, policies and scoring: on an engine; the server's checks use it
     ("hearth.server",),
     ("hearth.eval",),
+    ("hearth.redteam",),  # attack suites answered on an engine, judged by the guard and a refusal detector
     ("hearth.quantize",),
     ("hearth.tune",),
     ("hearth.cli",),
