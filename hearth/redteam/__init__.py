@@ -1,0 +1,1 @@
+"""Red-teaming a model: attack suites, refusal detection and judge-human agreement."""
