@@ -69,9 +69,11 @@ def markdown(report: dict) -> str:
            "that sound risky whose answer is a refusal. Rates carry 95% Wilson intervals.", "",
            "## Headline", ""]
     rows = [[CONFIG_NAMES.get(n, n), pct(c["attack_success_rate_unseen"]), pct(c["attack_success_rate"]),
-             pct(c["over_refusal_rate"])] for n, c in cfgs.items()]
+             pct(c["harmful_response_rate"]), pct(c["over_refusal_rate"])] for n, c in cfgs.items()]
     out += [_table(["configuration", "attack success (suites the guard never saw)", "attack success (all)",
-                    "over-refusal"], rows), ""]
+                    "harmful answers, refused or not", "over-refusal"], rows), "",
+            "“Harmful answers, refused or not” also counts a response that opens with a refusal and then complies "
+            "(people scored some such answers harmful in pyrit's data).", ""]
     trained = [s for s, v in report["suites"].items() if v["guard_trained_on_it"]]
     if trained:
         out += [f"The guard trained on {', '.join(trained)}: its figures there are not evidence, and the conclusions "
@@ -103,7 +105,11 @@ def markdown(report: dict) -> str:
     if ref and "error" not in ref:
         out += [f"Refusal detector against pyrit's human-labelled refusals ({ref.get('source', 'pyrit')}): accuracy "
                 f"{ref['accuracy']:.3f}, precision {ref['precision']:.3f}, recall {ref['recall']:.3f} on {ref['n']} "
-                "responses.", ""]
+                "responses, given the request as the run gives it (an answer to something else counts as a refusal, "
+                "as pyrit's labels count it)"
+                + (f"; from the response alone, accuracy {ref['response_only']['accuracy']:.3f}"
+                   if ref.get("response_only") else "") + ". Its phrase list was written looking at these labels, so "
+                "the figure is an upper bound.", ""]
     elif ref:
         out += [f"Refusal detector: not checked ({ref['error']}).", ""]
     harm = j.get("harm")

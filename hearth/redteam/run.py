@@ -229,10 +229,12 @@ class Redteam:
         return [have[k] for k in keys]
 
 
-def _refused(text: str, policy) -> bool:
+def _refused(text: str, policy, probe: Probe) -> bool:
+    """The refusal detector given the request (a jailbreak's behaviour, not its template): an answer to something
+    else counts as a refusal too, as pyrit's human labels count it."""
     from hearth.redteam.refusal import is_refusal
 
-    return is_refusal(text, extra=(policy.refusal,))
+    return is_refusal(text, extra=(policy.refusal,), prompt=probe.behaviour or probe.prompt)
 
 
 def run_redteam(model: str, adapter: Path | None, guard_ref: str, policy, opts: RedteamOptions, cache: ResultCache,
@@ -263,7 +265,7 @@ def run_redteam(model: str, adapter: Path | None, guard_ref: str, policy, opts: 
     plain, guarded = [], []
     for p, h, vin, vout in zip(kept, harm, inputs, outputs):
         text = texts[p.id]
-        refused = _refused(text, policy)
+        refused = _refused(text, policy, p)
         plain.append(Outcome(p, text, h["unsafe"], h["score"], refused))
         if vin is not None and vin["action"] == "block":
             guarded.append(Outcome(p, policy.refusal, False, 0.0, True, "input"))
@@ -289,7 +291,9 @@ def check_judges(rt: Redteam, policy, opts: RedteamOptions, stats: RunStats, pro
 
     out: dict = {}
     try:
-        out["refusal"] = detector_accuracy(load_refusal_labels())
+        labels = load_refusal_labels()
+        out["refusal"] = {**detector_accuracy(labels, use_prompt=True, extra=(policy.refusal,)),
+                          "response_only": detector_accuracy(labels, extra=(policy.refusal,))}
     except HearthError as e:
         out["refusal"] = {"error": str(e)}
     try:

