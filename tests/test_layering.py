@@ -39,6 +39,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("hearth.redteam",),  # attack suites answered on an engine, judged by the guard and a refusal detector
     ("hearth.quantize",),
     ("hearth.tune",),
+    ("hearth.release",),  # a release folder: weights, card, licence files, documents, signature, the gate
     ("hearth.cli",),
 ]
 

@@ -69,6 +69,11 @@ SKIP: dict[str, str] = {
                                        "filter: about 20 minutes on two cores (tests/test_guard_eval.py runs it on 8)",
     "hearth guard train -o my-guard": "trains the shipped guard: most of an hour on two cores (tests/test_guard_train.py "
                                       "and tests/test_guard_cli.py train on a tiny model)",
+    "hearth redteam smollm2 --limit 100 -o redteam-smollm2": "700 probes answered and judged: about half an hour on "
+                                                               "two cores (the --limit 3 example below runs the same "
+                                                               "code; tests/test_redteam_run.py)",
+    "hearth redteam smollm2 --adapter my-adapter --policy examples/guard/clinic.toml -o rt-mine":
+        "needs a LoRA adapter made by `hearth tune`, and every suite at full size: hours on two cores",
     "python bench/gpu.py": "needs a CUDA GPU",
     "python bench/gpu_kernels.py": "needs a CUDA GPU",
 }
@@ -77,6 +82,8 @@ SKIP: dict[str, str] = {
 SLOW: dict[str, str] = {
     "hearth perplexity smollm2 --max-chunks 20": "about 40 s: 10,240 tokens of prefill (the book.txt example below "
                                                  "runs the same code on 2 chunks)",
+    "hearth eval smollm2 --tasks gsm8k --limit 50 --dtype auto": "about a minute: 50 problems of up to 512 generated "
+                                                                   "tokens (the --json example below runs 5)",
     "hearth quantize smollm2 --to int8": "about 30 s: writes a 143 MB model, then measures perplexity and decode "
                                          "speed before and after (the int4 example below runs the same code)",
 }
@@ -99,6 +106,8 @@ EXPECT: dict[str, str] = {
     'hearth generate smollm2 "Q: How many days are in a week? A:" --grammar \'root ::= " " [0-9]{1,3} "\\n"\'':
         r"^ [0-9]{1,3}\n*$",
     'hearth generate smollm2 "Once upon a time" --json': r'"token_ids"',
+    "hearth eval smollm2 --tasks arc_challenge,gsm8k --limit 5 --dtype auto --json":
+        r'^\{"model": "smollm2", .*"digest": "sha256:[0-9a-f]{64}".*"task": "gsm8k"',
     "hearth list": r"llama3\.2-1b",
     "hearth verify": r"smollm2",
 }

@@ -14,7 +14,7 @@ import sys
 import click
 import typer
 
-from hearth.cli import chat, customize, guard, measure, redteam, serve, store
+from hearth.cli import chat, customize, guard, measure, redteam, release, serve, store
 from hearth.errors import HearthError, Interrupted
 
 # typer >= 0.20 vendors its own copy of click (typer._click) and raises its exceptions, not click's.
@@ -71,6 +71,7 @@ app.command("export-weights")(customize.export_weights)
 app.command("export-adapter")(customize.export_adapter)
 app.add_typer(guard.app, name="guard")
 app.command()(redteam.redteam)
+app.add_typer(release.app, name="release")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -95,7 +95,7 @@ def adapted_weights(model) -> frozenset[str]:
 
 
 def write_model(loaded, fmt: str, path: str | Path, dtype: torch.dtype | None = None, note: str | None = None,
-                quant: str = "auto", force: bool = False) -> Path:
+                quant: str = "auto", force: bool = False, metadata: dict | None = None) -> Path:
     """Write `loaded.model` (adapters merged) as fmt "safetensors" (a HF directory of `dtype`, default fp32) or "gguf"
     (one file, its weights in `quant`'s types: gguf_types; auto with a `dtype` means that float type). An existing
     `path` is replaced only with `force` (a directory only if it holds a model); the result is written beside it and
@@ -117,6 +117,7 @@ def write_model(loaded, fmt: str, path: str | Path, dtype: torch.dtype | None = 
         meta = {"general.name": f"{cfg.name}"}
         if info is not None and info.id:
             meta["general.license"] = info.id
+        meta.update(metadata or {})  # a release's lineage: general.base_model.*, general.license*
         if quant == "auto" and dtype is not None:
             qtype, types = {torch.float16: "F16", torch.bfloat16: "BF16"}.get(dtype, "F32"), None
         else:

@@ -177,7 +177,12 @@ def tune(
         from hearth.tune.export import merge_into_store
 
         outcome.merged = merge_into_store(loaded, merge, note=f"{base} with a LoRA adapter ({cfg.method}) merged by hearth.")
-    (out / "summary.json").write_text(json.dumps({"model": base, "method": cfg.method, **outcome.summary()}, indent=2) + "\n")
+    from hearth.tune.lineage import license_id, lineage
+
+    record = lineage(base, loaded.checkpoint.path, license_id(loaded.checkpoint), [Path(data_path)], cfg,
+                     result.tokens, result.seconds)
+    (out / "summary.json").write_text(json.dumps({"model": base, "method": cfg.method, **outcome.summary(),
+                                                  "lineage": record}, indent=2) + "\n")
     return outcome
 
 

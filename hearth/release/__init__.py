@@ -1,0 +1,1 @@
+"""Releasing a model responsibly: licence obligations, the model card, openness, the BOM, provenance, signing, the gate."""
