@@ -15,6 +15,7 @@ import click
 import typer
 
 from hearth.cli import chat, customize, guard, measure, redteam, release, serve, store
+from hearth.cli import license as license_cli
 from hearth.errors import HearthError, Interrupted
 
 # typer >= 0.20 vendors its own copy of click (typer._click) and raises its exceptions, not click's.
@@ -72,6 +73,7 @@ app.command("export-adapter")(customize.export_adapter)
 app.add_typer(guard.app, name="guard")
 app.command()(redteam.redteam)
 app.add_typer(release.app, name="release")
+app.add_typer(license_cli.app, name="license")
 
 
 def main(argv: list[str] | None = None) -> int:
