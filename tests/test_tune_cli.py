@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
@@ -54,7 +55,16 @@ def trained(env):
 def test_tune_then_run_with_adapter_merged_model_and_exports_agree(env, trained):
     root, mdir, _, _ = env
     assert json.loads((trained / "adapter_config.json").read_text())["peft_type"] == "LORA"
-    assert json.loads((trained / "summary.json").read_text())["steps"] == 4
+    summary = json.loads((trained / "summary.json").read_text())
+    assert summary["steps"] == 4
+    # the lineage a release reads weeks later (issue 18): the base's digest and licence, the data's digest and rows
+    from hearth.tune.lineage import model_digest, sha256_file
+
+    lin = summary["lineage"]
+    assert lin["base"]["digest"] == model_digest(mdir) and lin["base"]["ref"] == str(mdir)
+    data = Path(lin["data"][0]["path"])
+    assert lin["data"][0]["sha256"] == sha256_file(data) and lin["data"][0]["rows"] == 24
+    assert lin["settings"]["max_steps"] == 4 and lin["tokens"] == summary["tokens"] and lin["energy_kwh"] is None
     gen = ["--temperature", "0", "--max-tokens", "8", "--json"]
     with ThreadPoolExecutor(4) as pool:
         jobs = {

@@ -81,6 +81,8 @@ def create(
     gate_v = result.gate["verdict"] if result.gate else "no gate"
     print(f"released {model} into {result.folder}: {len(result.files)} files; gate: {gate_v}; "
           f"{'signed (model.sig)' if result.signed else 'not signed (no --sign-key)'}")
+    for line in result.openness:
+        print(line)
     for f in result.files:
         print(f"  {f}")
 

@@ -54,6 +54,7 @@ class ReleaseResult:
     gate: dict | None
     license: dict
     signed: bool
+    openness: list[str] = field(default_factory=list)
 
 
 def _read_json(path: Path | None, what: str) -> dict | None:
@@ -170,8 +171,8 @@ def release(model: str, out: Path, opts: ReleaseOptions, on_line=print) -> Relea
             meta["general.license"] = lic.spdx or lic.family
         if llama:
             meta["general.license.name"] = llama[0]
-        relation, weights = _write_weights(where.path, model, opts, tmp, meta)
-        docs = _licence_files(lic, tmp)
+        relation, _ = _write_weights(where.path, model, opts, tmp, meta)
+        _licence_files(lic, tmp)
         if opts.guard_policy is not None:
             if not Path(opts.guard_policy).is_file():
                 raise HearthError(f"--guard-policy {opts.guard_policy} not found")
@@ -206,21 +207,27 @@ def release(model: str, out: Path, opts: ReleaseOptions, on_line=print) -> Relea
             obligations=[f"{o.key}: {o.detail} ({o.clause})" for o in lic.obligations if o.applies],
             built_with=llama[3] if llama else None, notice=llama[5] if llama else None,
             use_policy=llama[2] if llama else None)
-        (tmp / "README.md").write_text(C.render_card(inputs), encoding="utf-8")
-        params = _params(where.path)
-        write_eu(tmp / "eu", name, where.name, params, lineage, summary)
-        facts = _facts(tmp, name, opts, where.name, base_digest, lic, relation, weights, lineage, summary, started,
-                       docs, evals)
         from hearth.release.bom import write_bom
-        from hearth.release.openness import write_mof
+        from hearth.release.openness import build_mof, classify_mof, osi_verdict, write_mof
         from hearth.release.provenance import write_provenance
 
+        # openness depends on what is released and under which licence, not on the files' hashes: judged before
+        # the card (which states it) is written
+        draft = _facts(tmp, name, opts, where.name, base_digest, lic, relation, lineage, started)
+        mof = classify_mof(build_mof(draft))
+        osi, why = osi_verdict(draft)
+        inputs.openness = [*(f"- {line}" for line in mof.lines()), f"- OSI Open Source AI Definition 1.0: {osi}",
+                           *(f"  - {r}" for r in why)]
+        (tmp / "README.md").write_text(C.render_card(inputs), encoding="utf-8")
+        write_eu(tmp / "eu", name, where.name, _params(where.path), lineage, summary)
+        facts = _facts(tmp, name, opts, where.name, base_digest, lic, relation, lineage, started)
         write_mof(facts, tmp / "mof.yml")
         write_bom(facts, tmp / "bom.cdx.json", C.card_data(inputs).to_dict())
         write_provenance(facts, tmp / "provenance.intoto.json", accepted_risk=opts.accept_risk)
         record = {"model": model, "name": name, "base_digest": base_digest, "relation": relation,
                   "license": lic.to_json(), "gate": outcome.to_json() if outcome else None,
                   "accepted_risk": opts.accept_risk, "started": started,
+                  "openness": {"mof_class": mof.label, "osi": osi, "osi_reasons": why},
                   "inputs": {k: str(v) for k, v in (("evals", opts.evals), ("redteam", opts.redteam),
                                                     ("tune_summary", summary_path), ("adapter", opts.adapter)) if v}}
         (tmp / "release.json").write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
@@ -237,7 +244,8 @@ def release(model: str, out: Path, opts: ReleaseOptions, on_line=print) -> Relea
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
-    return ReleaseResult(out, files, outcome.to_json() if outcome else None, lic.to_json(), signed)
+    return ReleaseResult(out, files, outcome.to_json() if outcome else None, lic.to_json(), signed,
+                         [*mof.lines(), f"OSI: {osi}"])
 
 
 def _params(path: Path) -> int:
@@ -247,8 +255,7 @@ def _params(path: Path) -> int:
 
 
 def _facts(tmp: Path, name: str, opts: ReleaseOptions, base: str, base_digest: str, lic, relation: str,
-           weights: list[str], lineage: dict | None, summary: dict | None, started: str, docs: list[str],
-           evals: dict | None):
+           lineage: dict | None, started: str):
     from importlib.metadata import version
 
     from hearth.release.facts import Artifact, Dataset, ReleaseFacts

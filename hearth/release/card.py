@@ -36,6 +36,7 @@ class CardInputs:
     built_with: str | None = None  # "Built with Llama" where the licence asks for it
     notice: str | None = None  # the Notice text the licence requires
     use_policy: str | None = None  # the acceptable use policy's address
+    openness: list[str] = field(default_factory=list)  # the MOF class and the OSI verdict, with reasons
 
 
 def _score(row: dict) -> tuple[str, float] | None:
@@ -150,6 +151,8 @@ def _sections(inp: CardInputs) -> list[str]:
             "A small model: it makes mistakes of fact and of reasoning, and it can be led to write harmful text (see "
             "above). Its evaluations are on public English sets; its behaviour on your data is what your own "
             "evaluation shows.", ""]
+    if inp.openness:
+        out += ["## Openness", "", *inp.openness, "", "See mof.yml (the Model Openness Framework's release file).", ""]
     if inp.obligations:
         out += ["## Licence obligations", "", *[f"- {o}" for o in inp.obligations], ""]
     if inp.gate:
