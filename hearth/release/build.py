@@ -213,14 +213,14 @@ def release(model: str, out: Path, opts: ReleaseOptions, on_line=print) -> Relea
 
         # openness depends on what is released and under which licence, not on the files' hashes: judged before
         # the card (which states it) is written
-        draft = _facts(tmp, name, opts, where.name, base_digest, lic, relation, lineage, started)
+        draft = _facts(tmp, name, opts, where.name, base_digest, lic, relation, lineage, started, bool(evals or redteam))
         mof = classify_mof(build_mof(draft))
         osi, why = osi_verdict(draft)
         inputs.openness = [*(f"- {line}" for line in mof.lines()), f"- OSI Open Source AI Definition 1.0: {osi}",
                            *(f"  - {r}" for r in why)]
         (tmp / "README.md").write_text(C.render_card(inputs), encoding="utf-8")
         write_eu(tmp / "eu", name, where.name, _params(where.path), lineage, summary)
-        facts = _facts(tmp, name, opts, where.name, base_digest, lic, relation, lineage, started)
+        facts = _facts(tmp, name, opts, where.name, base_digest, lic, relation, lineage, started, bool(evals or redteam))
         write_mof(facts, tmp / "mof.yml")
         write_bom(facts, tmp / "bom.cdx.json", C.card_data(inputs).to_dict())
         write_provenance(facts, tmp / "provenance.intoto.json", accepted_risk=opts.accept_risk)
@@ -255,7 +255,7 @@ def _params(path: Path) -> int:
 
 
 def _facts(tmp: Path, name: str, opts: ReleaseOptions, base: str, base_digest: str, lic, relation: str,
-           lineage: dict | None, started: str):
+           lineage: dict | None, started: str, evaluated: bool):
     from importlib.metadata import version
 
     from hearth.release.facts import Artifact, Dataset, ReleaseFacts
@@ -265,6 +265,8 @@ def _facts(tmp: Path, name: str, opts: ReleaseOptions, base: str, base_digest: s
     lid = lic.family if lic.family != "unknown" else None
     data = [Dataset(Path(d["path"]).name, d["sha256"], d["rows"], d["path"]) for d in (lineage or {}).get("data", [])]
     components = {"Model parameters (Final)": lid, "Model card": lid, "Model architecture": lid}
+    if evaluated:  # the card's benchmark and safety figures, under the card's licence
+        components["Evaluation results"] = lid
     if data:
         components["Datasets"] = None  # the fine-tuning data is the provider's, not released here
     return ReleaseFacts(
