@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+from pathlib import Path
 
 import pytest
 import torch
@@ -369,6 +370,10 @@ def test_distillation_kl_is_zero_for_identical_models_and_student_learns(mdir, c
     assert res.result.history[-1]["loss"] < res.result.history[0]["loss"]
     again = load(str(tmp_path / "kd" / "model"), dtype="float32")
     assert again.model.config.dim == 32 and again.tokenizer.vocab_size == lm.tokenizer.vocab_size
+    lin = json.loads((tmp_path / "kd" / "summary.json").read_text())["lineage"]  # the teacher is the base of record
+    assert lin["base"]["ref"] == str(mdir) and lin["base"]["digest"].startswith("sha256:")
+    assert lin["settings"]["alpha"] == 0.5 and lin["settings"]["student"].endswith("student.json")
+    assert lin["data"][0]["rows"] == sum(1 for line in Path(chat_file).read_text().splitlines() if line.strip())
     (tmp_path / "wrong.json").write_text(json.dumps({**student, "vocab_size": 100}))
     with pytest.raises(HearthError, match="student's vocabulary .* teacher's tokenizer"):
         distill(str(mdir), str(tmp_path / "wrong.json"), chat_file, tmp_path / "kd2", cfg, progress=False, teacher=lm)

@@ -81,6 +81,15 @@ def test_tune_then_run_with_adapter_merged_model_and_exports_agree(env, trained)
     back = _run("generate", str(root / "t.gguf"), "The", *gen, "--dtype", "float32")
     assert back.returncode == 0 and json.loads(back.stdout)["token_ids"] == ids
     assert (root / "hfout" / "config.json").is_file()
+    # the lineage travels with the exports: llama.cpp's general.base_model keys and the tune run's record
+    from hearth.weights import open_checkpoint
+
+    meta = open_checkpoint(root / "t.gguf").metadata
+    assert meta["general.base_model.count"] == 1 and meta["general.base_model.0.name"] == str(mdir)
+    record = json.loads(meta["hearth.lineage"])
+    assert record["adapter"]["data"][0]["sha256"] == lin["data"][0]["sha256"]
+    assert record["base"]["digest"] == lin["base"]["digest"]
+    assert json.loads((root / "hfout" / "lineage.json").read_text())["base"]["ref"] == "tiny-tuned"
 
 
 def test_resume_continues_and_refuses_to_overwrite(env, trained):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from pathlib import Path
@@ -255,7 +256,13 @@ def export_weights(
     if output.exists() and (fmt == "gguf" or not output.is_dir() or any(output.iterdir())):
         refuse_overwrite(output, force)
     lm = load_model(model, "cpu", "float32", adapter)
-    path = write_model(lm, fmt, output, dtype=DTYPES[dtype] if dtype else None, quant=quant, force=force)
+    from hearth.tune.lineage import export_lineage, gguf_lineage
+
+    record = export_lineage(model, lm.checkpoint.path, adapter)  # a later `hearth release` knows the chain
+    path = write_model(lm, fmt, output, dtype=DTYPES[dtype] if dtype else None, quant=quant, force=force,
+                       metadata=gguf_lineage(record) if fmt == "gguf" else None)
+    if fmt != "gguf":
+        (path / "lineage.json").write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
     if fmt == "gguf":
         from hearth.tune.export import describe_gguf
 

@@ -72,3 +72,28 @@ def license_id(ckpt) -> str | None:
 
     info = _license(ckpt)
     return info.id if info is not None else None
+
+
+def export_lineage(base_ref: str, base_path: Path, adapter: Path | None) -> dict:
+    """The lineage an exported model carries: its base (name, digest) and, where the adapter merged into it came from
+    `hearth tune`, that run's record (its summary.json)."""
+    import json
+
+    record: dict = {"base": {"ref": base_ref, "digest": model_digest(base_path)}}
+    summary = adapter / "summary.json" if adapter is not None else None
+    if summary is not None and summary.is_file() and summary.stat().st_size < (16 << 20):
+        try:
+            tuned = json.loads(summary.read_text(encoding="utf-8")).get("lineage")
+        except (ValueError, UnicodeDecodeError, AttributeError):
+            tuned = None
+        if isinstance(tuned, dict):
+            record["adapter"] = {"path": str(adapter), **tuned}
+    return record
+
+
+def gguf_lineage(record: dict) -> dict:
+    """GGUF metadata for `record`: llama.cpp's general.base_model.* keys and the whole record as JSON text."""
+    import json
+
+    return {"general.base_model.count": 1, "general.base_model.0.name": str(record["base"]["ref"]),
+            "hearth.lineage": json.dumps(record, sort_keys=True)}

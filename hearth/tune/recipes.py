@@ -253,5 +253,13 @@ def distill(
         shutil.rmtree(target)
     write_model(student_loaded, "safetensors", target, note=f"Distilled by hearth from {teacher_ref} (T={temperature}, alpha={alpha}).")
     outcome = Outcome(out, result, len(train_items), len(val_items), len(ds.bad_lines), ds.truncated, ds.dropped)
-    (out / "summary.json").write_text(json.dumps({"teacher": teacher_ref, "student": student_ref, **outcome.summary()}, indent=2) + "\n")
+    from hearth.tune.lineage import license_id, lineage
+
+    # the teacher is the base whose licence reaches the student (Llama 2/3: using its outputs to improve another
+    # model is restricted; `hearth license check --distill-into` says how)
+    record = lineage(teacher_ref, teacher.checkpoint.path, license_id(teacher.checkpoint), [Path(data_path)],
+                     {**dataclasses.asdict(cfg), "temperature": temperature, "alpha": alpha, "student": student_ref},
+                     result.tokens, result.seconds)
+    (out / "summary.json").write_text(json.dumps({"teacher": teacher_ref, "student": student_ref, **outcome.summary(),
+                                                  "lineage": record}, indent=2) + "\n")
     return outcome
