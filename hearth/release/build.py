@@ -80,7 +80,8 @@ def _sha256(path: Path) -> str:
     return sha256_file(path)
 
 
-def _write_weights(model_path: Path, base_ref: str, opts: ReleaseOptions, tmp: Path, gguf_meta: dict) -> tuple[str, list[str]]:
+def _write_weights(model_path: Path, base_ref: str, name: str, opts: ReleaseOptions, tmp: Path,
+                   gguf_meta: dict) -> tuple[str, list[str]]:
     """(relation, files written): the weights into tmp."""
     from hearth.tune.export import write_model
 
@@ -98,8 +99,12 @@ def _write_weights(model_path: Path, base_ref: str, opts: ReleaseOptions, tmp: P
         return "adapter", names
     if opts.fmt is None and opts.adapter is None:
         if model_path.is_file():
-            shutil.copy2(model_path, tmp / model_path.name)
-            return "quantized" if model_path.suffix == ".gguf" else "finetune", [model_path.name]
+            with open(model_path, "rb") as f:
+                gguf = f.read(4) == b"GGUF"
+            # a stored model's blob is named by its digest: the release names the file after the model
+            target = f"{name}.gguf" if gguf else model_path.name
+            shutil.copy2(model_path, tmp / target)
+            return "quantized" if gguf else "finetune", [target]
         raise HearthError("a model folder is released with --format gguf or --format safetensors")
     from hearth.loader import load
 
@@ -171,7 +176,7 @@ def release(model: str, out: Path, opts: ReleaseOptions, on_line=print) -> Relea
             meta["general.license"] = lic.spdx or lic.family
         if llama:
             meta["general.license.name"] = llama[0]
-        relation, _ = _write_weights(where.path, model, opts, tmp, meta)
+        relation, _ = _write_weights(where.path, model, name, opts, tmp, meta)
         _licence_files(lic, tmp)
         if opts.guard_policy is not None:
             if not Path(opts.guard_policy).is_file():
