@@ -72,6 +72,11 @@ def test_release_verify_tamper(tuned):
     card = ModelCard((rel / "README.md").read_text())
     assert card.data.base_model_relation == "adapter" and card.data.license == "apache-2.0"
     assert "Risk accepted" in card.text and "arc_easy below 0.35" in card.text and "chat.jsonl" in card.text
+    import yaml
+
+    from hearth.release.openness import validate_mof
+
+    validate_mof(yaml.safe_load((rel / "mof.yml").read_text()))  # against the Model Openness Tool's schema
     prov = json.loads((rel / "provenance.intoto.json").read_text())
     assert "arc_easy below 0.35" in json.dumps(prov)
     # the BOM validates with CycloneDX's own validator
