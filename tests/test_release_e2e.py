@@ -112,3 +112,23 @@ def test_an_impossible_gate_refuses_and_leaves_nothing(tuned, tmp_path):
                      "stop: attack_success_rate = 0.200 (limit <= 0.000): FAILED",
                      lines[-1]] and lines[-1].startswith("error: release refused by the gate"), r.stderr
     assert not rel.exists() and not list(tmp_path.glob(".rel.*"))  # nothing half-written
+
+
+def test_a_gguf_names_only_its_licence_and_license_file_supplies_the_text(tmp_path):
+    """A GGUF carries `general.license = apache-2.0`, not the text: a gate that requires LICENSE refuses until
+    --license-file gives it (hearth holds no licence texts); the file is released as the model's own name."""
+    from store_kit import write_tiny_gguf
+
+    model = write_tiny_gguf(tmp_path / "sha256-0123", license="apache-2.0")  # named like a store blob
+    gate = tmp_path / "gate.toml"
+    gate.write_text('[stop]\nrequire_documents = ["LICENSE"]\n')
+    text = tmp_path / "Apache-2.0.txt"
+    text.write_text("Apache License\nVersion 2.0, January 2004\n")
+    args = ["release", str(model), "--gate", str(gate), "--name", "tiny-release"]
+    r = _run(tmp_path / "home", *args, "-o", str(tmp_path / "a"))
+    assert r.returncode != 0 and "stop: document LICENSE = missing (limit required): FAILED" in r.stderr, r.stderr
+    r = _run(tmp_path / "home", *args, "--license-file", str(text), "-o", str(tmp_path / "b"))
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "b" / "LICENSE").read_text() == text.read_text()
+    assert (tmp_path / "b" / "tiny-release.gguf").read_bytes()[:4] == b"GGUF"
+    assert json.loads((tmp_path / "b" / "release.json").read_text())["gate"]["verdict"] == "passed"

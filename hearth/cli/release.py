@@ -50,6 +50,9 @@ def create(
     guard: Annotated[Optional[str], typer.Option(help="The guard the model is to be served behind (named in the "
                                                       "card; a gate may require one).")] = None,
     guard_policy: Annotated[Optional[Path], typer.Option(help="A guard policy file to ship in the release.")] = None,
+    license_file: Annotated[Optional[Path], typer.Option(help="The licence text to ship as LICENSE where none came "
+                                                              "with the weights (a GGUF names only the licence's "
+                                                              "id), e.g. /usr/share/common-licenses/Apache-2.0.")] = None,
     name: Annotated[Optional[str], typer.Option(help="The released model's name (a Llama derivative's must begin "
                                                      "with \"Llama\").")] = None,
     version: Annotated[str, typer.Option(help="The release's version.")] = "1.0.0",
@@ -76,7 +79,8 @@ def create(
     deployment = {"mau": mau, "country": country, "use_case": use_case}
     opts = ReleaseOptions(name=name, version=version, adapter=adapter, fmt=fmt, gate=gate, sign_key=sign_key,
                           evals=evals, redteam=redteam, tune_summary=tune_summary, guard_policy=guard_policy,
-                          guard=guard, accept_risk=accept_risk, deployment=deployment, force=force)
+                          guard=guard, license_file=license_file, accept_risk=accept_risk, deployment=deployment,
+                          force=force)
     result = release(model, output, opts, on_line=lambda line: print(line, file=sys.stderr))
     gate_v = result.gate["verdict"] if result.gate else "no gate"
     print(f"released {model} into {result.folder}: {len(result.files)} files; gate: {gate_v}; "

@@ -42,6 +42,7 @@ class ReleaseOptions:
     tune_summary: Path | None = None  # hearth tune's summary.json (default: beside the adapter)
     guard_policy: Path | None = None  # shipped in the release (a gate's guard-policy mitigation)
     guard: str | None = None  # the guard the release requires
+    license_file: Path | None = None  # the licence text, where none came with the weights (a GGUF names only an id)
     accept_risk: str | None = None
     deployment: dict = field(default_factory=dict)  # licence check: mau, country, use_case, multimodal, distill_into
     force: bool = False
@@ -177,7 +178,10 @@ def release(model: str, out: Path, opts: ReleaseOptions, on_line=print) -> Relea
         if llama:
             meta["general.license.name"] = llama[0]
         relation, _ = _write_weights(where.path, model, name, opts, tmp, meta)
-        _licence_files(lic, tmp)
+        if "LICENSE" not in _licence_files(lic, tmp) and opts.license_file is not None:
+            if not Path(opts.license_file).is_file() or Path(opts.license_file).stat().st_size > MAX_RECORD_BYTES:
+                raise HearthError(f"--license-file {opts.license_file}: not a file of at most 16 MiB")
+            shutil.copy2(opts.license_file, tmp / "LICENSE")
         if opts.guard_policy is not None:
             if not Path(opts.guard_policy).is_file():
                 raise HearthError(f"--guard-policy {opts.guard_policy} not found")
@@ -224,7 +228,8 @@ def release(model: str, out: Path, opts: ReleaseOptions, on_line=print) -> Relea
         inputs.openness = [*(f"- {line}" for line in mof.lines()), f"- OSI Open Source AI Definition 1.0: {osi}",
                            *(f"  - {r}" for r in why)]
         (tmp / "README.md").write_text(C.render_card(inputs), encoding="utf-8")
-        write_eu(tmp / "eu", name, where.name, _params(where.path), lineage, summary)
+        params, known_as = _params(where.path)
+        write_eu(tmp / "eu", name, where.name, params, lineage, summary, known_as)
         facts = _facts(tmp, name, opts, where.name, base_digest, lic, relation, lineage, started, bool(evals or redteam))
         write_mof(facts, tmp / "mof.yml")
         write_bom(facts, tmp / "bom.cdx.json", C.card_data(inputs).to_dict())
@@ -253,10 +258,12 @@ def release(model: str, out: Path, opts: ReleaseOptions, on_line=print) -> Relea
                          [*mof.lines(), f"OSI: {osi}"])
 
 
-def _params(path: Path) -> int:
+def _params(path: Path) -> tuple[int, str]:
+    """The base's parameter count and the name its weights carry (`general.name`, config name)."""
     from hearth.weights import open_checkpoint
 
-    return open_checkpoint(path).config.num_params()
+    cfg = open_checkpoint(path).config
+    return cfg.num_params(), cfg.name or ""
 
 
 def _facts(tmp: Path, name: str, opts: ReleaseOptions, base: str, base_digest: str, lic, relation: str,

@@ -30,6 +30,7 @@ DRAFT = ("Draft written by hearth from the release's records. The provider must 
 
 
 def base_compute(name: str, params: int) -> tuple[float | None, str]:
+    """`name`: every name the base is known by (its reference, the name its weights carry), space-separated."""
     key = name.lower().replace(" ", "-").replace("_", "-")
     for frag, (tokens, source) in BASE_TOKENS.items():
         if frag in key:
@@ -51,11 +52,12 @@ def ledger(base_name: str, params: int, tokens: int | None) -> dict:
                             "over a third (or unknown): treat yourself as the provider of the modified model")}
 
 
-def write_eu(folder: Path, name: str, base_name: str, params: int, lineage: dict | None, summary: dict | None) -> list[Path]:
+def write_eu(folder: Path, name: str, base_name: str, params: int, lineage: dict | None, summary: dict | None,
+             known_as: str = "") -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     lin, summ = lineage or {}, summary or {}
     data = lin.get("data") or []
-    led = ledger(base_name, params, summ.get("tokens") or lin.get("tokens"))
+    led = ledger(f"{base_name} {known_as}", params, summ.get("tokens") or lin.get("tokens"))
     summary_md = [
         f"# Public summary of training content: {name}", "", f"_{DRAFT}_", "",
         "## 1. General information", "",
