@@ -54,10 +54,9 @@ def main() -> None:
     jobs = [Job(p.id, i, params) for p, i in zip(probes, ids)]
 
     def run(window: int) -> tuple[float, dict]:
-        engine = LLMEngine(lm, EngineConfig(adapters=adapters))
         got: dict = {}
-        generate(engine, jobs[:2], lambda k, g: None, window=2)  # warm-up: kernels, allocator
-        engine = LLMEngine(lm, EngineConfig(adapters=adapters))
+        generate(LLMEngine(lm, EngineConfig()), jobs[:2], lambda k, g: None, window=2)  # warm-up: kernels, allocator
+        engine = LLMEngine(lm, EngineConfig())  # a fresh prefix cache for each side
         t = time.perf_counter()
         generate(engine, jobs, lambda k, g: got.__setitem__(k, g), window=window)
         return time.perf_counter() - t, got
@@ -78,8 +77,9 @@ def main() -> None:
              for p in probes]
     rates = {}
     for caching in (False, True):
-        engine = LLMEngine(lm, EngineConfig(adapters=adapters, enable_prefix_caching=caching))
-        fmt = GuardFormat(lm.tokenizer, lm.chat_template, policy, engine.max_model_len)
+        glm = load(guard.base)  # a model carries one engine's served adapters: a fresh copy for each side
+        engine = LLMEngine(glm, EngineConfig(adapters=adapters, enable_prefix_caching=caching))
+        fmt = GuardFormat(glm.tokenizer, glm.chat_template, policy, engine.max_model_len)
         adapter = ADAPTER_NAME if guard.adapter else None
         classify(engine, fmt, items[:2], adapter=adapter)  # warm-up (and, with caching, the shared instructions)
         t = time.perf_counter()
