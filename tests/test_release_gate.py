@@ -106,7 +106,7 @@ def test_the_card_parses_with_huggingface_hub_and_carries_the_records():
                  "seconds": 12.5, "energy_kwh": None, "builder": "hearth 0.1.0"},
         summary={"train_examples": 36, "val_examples": 4, "tokens": 9000, "steps": 10, "method": "lora"},
         evals={"results": [{"task": "arc_easy", "acc": 0.52, "items": 100},
-                           {"task": "gsm8k", "exact_match_strict": 0.01, "items": 50}], "weights": "Q4_1", "limit": 100},
+                           {"task": "gsm8k", "strict_match": 0.01, "items": 50}], "weights": "Q4_1", "limit": 100},
         redteam=_redteam(0.4, 0.2, 0.1), guard="default",
         gate={"verdict": "risk accepted", "accepted_risk": "pilot", "checks": [
             {"tier": "stop", "what": "attack_success_rate", "passed": False, "measured": "0.400", "limit": "<= 0.300"}]})
@@ -117,7 +117,7 @@ def test_the_card_parses_with_huggingface_hub_and_carries_the_records():
     assert data["base_model_relation"] == "adapter"
     results = data["model-index"][0]["results"]
     assert {(r["dataset"]["name"], r["metrics"][0]["type"], r["metrics"][0]["value"]) for r in results} == {
-        ("arc_easy", "acc", 0.52), ("gsm8k", "exact_match_strict", 0.01)}
+        ("arc_easy", "acc", 0.52), ("gsm8k", "strict_match", 0.01)}
     body = card.text
     for section in ("## Model information", "## Intended use", "## Out-of-scope use", "## Training data",
                     "## Hardware, time and energy", "## Quantization", "## Benchmarks",

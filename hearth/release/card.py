@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 # Hugging Face's license ids for the licences hearth names (the others go as "other" with a license_name)
 HF_LICENSES = {"apache-2.0", "mit", "llama2", "llama3", "llama3.1", "llama3.2", "llama3.3", "llama4", "gemma",
                "cc-by-4.0", "cc-by-sa-4.0", "cc-by-nc-4.0", "bsd-3-clause", "gpl-3.0", "openrail"}
-METRIC_KEYS = ("acc", "acc_norm", "exact_match_strict", "exact_match_flexible", "exact_match")
+METRIC_KEYS = ("acc", "acc_norm", "strict_match", "flexible_extract")  # hearth eval --json: multiple choice; gsm8k
 
 
 @dataclass
