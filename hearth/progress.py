@@ -11,6 +11,8 @@ bar is drawn.
 
 from __future__ import annotations
 
+import contextlib
+import sys
 from collections.abc import Iterable, Iterator, Sequence
 from typing import TypeVar
 
@@ -43,3 +45,18 @@ def track(items: Sequence[T] | Iterable[T], description: str, transient: bool = 
     from rich.progress import track as rich_track
 
     return rich_track(items, description=description, transient=transient, console=stderr_console())
+
+
+@contextlib.contextmanager
+def phase_bars():
+    """progress(label, total) -> advance(n): a bar per phase (or scorer) on a terminal's stderr; None elsewhere, so
+    a log or a pipe gets no bar noise. What `hearth guard eval` and `hearth redteam` hand their library calls."""
+    if not sys.stderr.isatty():
+        yield None
+        return
+    with bar("{task.description}", ":bar", ":count", ":elapsed", ":left") as p:
+        def start(label: str, total: int):
+            tid = p.add_task(label, total=total)
+            return lambda n: p.advance(tid, n)
+
+        yield start

@@ -3,7 +3,6 @@ model (hearth/guard/evaluate.py). The `hearth guard` group (hearth/cli/guard.py)
 
 from __future__ import annotations
 
-import contextlib
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -12,6 +11,7 @@ import typer
 
 from hearth.cli.options import Device, DType, Switches, Threads, apply_threads, prepare_process
 from hearth.errors import HearthError
+from hearth.progress import phase_bars
 
 
 def training_texts() -> tuple[list[str] | None, str]:
@@ -27,22 +27,6 @@ def training_texts() -> tuple[list[str] | None, str]:
     except HearthError as e:
         return None, f"not checked: the training texts could not be read ({e})"
     return found, f"checked against {len(found)} training texts (hearth.guard.sources.training_texts)"
-
-
-@contextlib.contextmanager
-def _bars():
-    """progress(label, total) -> advance(n): a bar per scorer on a terminal's stderr; None otherwise."""
-    if not sys.stderr.isatty():
-        yield None
-        return
-    from hearth import progress
-
-    with progress.bar("{task.description}", ":bar", ":count", ":elapsed", ":left") as p:
-        def start(label: str, total: int):
-            tid = p.add_task(label, total=total)
-            return lambda n: p.advance(tid, n)
-
-        yield start
 
 
 def guard_eval(
@@ -87,7 +71,7 @@ def guard_eval(
     prepare_process(device)
     opts = EvalOptions(limit=limit, seed=seed, baselines=not no_baselines, device=device, dtype=dtype,
                        kernels=Switches.from_env().kernels)
-    with _bars() as progress:
+    with phase_bars() as progress:
         run = run_evaluation(source, pol, opts, loads, texts, note, progress=progress)
     report = write_outputs(run, output)
 

@@ -3,8 +3,6 @@ with and without the guard in front (hearth/redteam/)."""
 
 from __future__ import annotations
 
-import contextlib
-import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -12,24 +10,9 @@ import typer
 
 from hearth.cli.options import Device, DType, ModelArg, Switches, Threads, apply_threads, prepare_process
 from hearth.errors import HearthError
+from hearth.progress import phase_bars
 
 SUITE_HELP = "advbench, harmbench, donotanswer, jailbreak, pasttense, injection, overrefusal"
-
-
-@contextlib.contextmanager
-def _bars():
-    """progress(label, total) -> advance(n): a bar per phase on a terminal's stderr; None otherwise."""
-    if not sys.stderr.isatty():
-        yield None
-        return
-    from hearth import progress
-
-    with progress.bar("{task.description}", ":bar", ":count", ":elapsed", ":left") as p:
-        def start(label: str, total: int):
-            tid = p.add_task(label, total=total)
-            return lambda n: p.advance(tid, n)
-
-        yield start
 
 
 def default_cache() -> Path:
@@ -98,7 +81,7 @@ def redteam(
                           kernels=Switches.from_env().kernels)
     store = ResultCache(cache or default_cache())
     try:
-        with _bars() as progress:
+        with phase_bars() as progress:
             run = run_redteam(model, adapter, guard, pol, opts, store, progress=progress)
     finally:
         store.close()
