@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 from hearth.errors import HearthError
+from hearth.store import lineage as L
 from hearth.store.common import refuse_overwrite, replacing
 
 # --to value -> GGUF type
@@ -114,8 +115,12 @@ def quantize_model(
     # a GGUF source's vocabulary is copied as it is; a tokenizer.json is converted from the built tokenizer
     tokenizer = ckpt.tokenizer if ckpt.tokenizer.gguf is not None else Tokenizer.from_data(ckpt.tokenizer)
     names = [n for n in ckpt.tensors if not (cfg.tie_embeddings and n == "output.weight")]
-    metadata = {k: v for k, v in ckpt.metadata.items() if k.startswith("general.") and k not in _OWN_KEYS}
+    metadata = {k: v for k, v in ckpt.metadata.items()
+                if k.startswith("general.") and k not in _OWN_KEYS and not k.startswith("general.base_model.")}
     metadata["general.quantized_by"] = "hearth"
+    # the source is this model's base (Hugging Face's base_model_relation: quantized); its own record goes along
+    metadata.update(L.gguf_metadata(L.step("quantize", ref, ckpt, {"to": to.lower(), "qtype": qtype,
+                                                                     "from": ckpt.quantization})))
     tmpdir = Path(tempfile.mkdtemp(prefix="hearth-quantize-")) if output is None else None
     try:
         with contextlib.ExitStack() as stack:

@@ -92,6 +92,63 @@ def test_tune_then_run_with_adapter_merged_model_and_exports_agree(env, trained)
     assert json.loads((root / "hfout" / "lineage.json").read_text())["base"]["ref"] == "tiny-tuned"
 
 
+def test_lineage_travels_through_merge_quantize_store_bundle_and_release(env, trained):
+    """Issue 18 item 4: the record each step writes reaches a release made later, through the store (a `lineage`
+    layer), a second step (quantize keeps the first as its parent), a bundle and an adapter GGUF."""
+    root, mdir, _, _ = env
+    home = root / "store"
+    tuned = json.loads((trained / "summary.json").read_text())["lineage"]
+    from hearth.tune.lineage import model_digest
+    from hearth.weights import open_checkpoint
+
+    shown = json.loads(_run("show", "tiny-tuned", "--json", home=home).stdout)
+    merged = shown["lineage"]
+    assert merged["step"] == "merge" and merged["base"]["digest"] == model_digest(mdir)
+    assert merged["adapter"]["data"] == tuned["data"] and merged["adapter"]["step"] == "tune"
+    assert any(layer["kind"] == "lineage" for layer in shown["layers_detail"])
+    r = _run("quantize", "tiny-tuned", "--to", "int8", home=home)
+    assert r.returncode == 0, r.stderr
+    shown = json.loads(_run("show", "tiny-tuned-int8", "--json", home=home).stdout)
+    q = shown["lineage"]
+    assert q["step"] == "quantize" and q["settings"]["qtype"] == "Q8_0" and q["base"]["ref"] == "tiny-tuned"
+    assert q["parent"]["step"] == "merge" and q["parent"]["adapter"]["data"] == tuned["data"]
+    assert shown["made"] == f"quantize Q8_0 ← merge ← tune lora on chat.jsonl (24 rows) ← {mdir}"
+    text = _run("show", "tiny-tuned-int8", home=home).stdout
+    assert "made" in text and "quantize Q8_0" in text
+    # a bundle carries the layer to another machine's store
+    bundle = root / "q.hearth"
+    assert _run("export", "tiny-tuned-int8", "-o", str(bundle), home=home).returncode == 0
+    assert _run("import", str(bundle), home=root / "other").returncode == 0
+    assert json.loads(_run("show", "tiny-tuned-int8", "--json", home=root / "other").stdout)["lineage"] == q
+    # an adapter GGUF names its base and carries its tune run
+    r = _run("export-adapter", str(mdir), str(trained), "-o", str(root / "a.gguf"))
+    assert r.returncode == 0, r.stderr
+    meta = _gguf_meta(root / "a.gguf")
+    assert meta["general.base_model.0.name"] == str(mdir)
+    rec = json.loads(meta["hearth.lineage"])
+    assert rec["step"] == "export-adapter" and rec["adapter"]["data"] == tuned["data"]
+    # a release of the stored, quantized model weeks later knows the whole chain
+    r = _run("release", "tiny-tuned-int8", "-o", str(root / "rel"), "--accept-risk", "a test model: no licence", home=home)
+    assert r.returncode == 0, r.stderr
+    card = (root / "rel" / "README.md").read_text()
+    assert f"- Base model: `{mdir}` ({model_digest(mdir)})" in card and "- Relation to the base: merge" in card
+    assert f"sha256 {tuned['data'][0]['sha256']}" in card and "quantize Q8_0 ← merge ← tune" in card
+    assert json.loads((root / "rel" / "release.json").read_text())["lineage"] == q
+    released = open_checkpoint(root / "rel" / "tiny-tuned-int8.gguf").metadata
+    assert json.loads(released["hearth.lineage"]) == q
+
+
+def _gguf_meta(path: Path) -> dict:
+    import gguf
+
+    reader = gguf.GGUFReader(str(path))
+    out = {}
+    for key, field in reader.fields.items():
+        if key.startswith(("general.", "hearth.")):
+            out[key] = field.contents()
+    return out
+
+
 def test_resume_continues_and_refuses_to_overwrite(env, trained):
     root, mdir, data, _ = env
     again = _run("tune", str(mdir), "--data", str(data), "-o", str(trained), "--max-steps", "4", "--quiet")

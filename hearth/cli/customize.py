@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from pathlib import Path
@@ -256,13 +255,11 @@ def export_weights(
     if output.exists() and (fmt == "gguf" or not output.is_dir() or any(output.iterdir())):
         refuse_overwrite(output, force)
     lm = load_model(model, "cpu", "float32", adapter)
-    from hearth.tune.lineage import export_lineage, gguf_lineage
+    from hearth.tune.lineage import export_lineage
 
-    record = export_lineage(model, lm.checkpoint.path, adapter)  # a later `hearth release` knows the chain
+    record = export_lineage(model, lm.checkpoint, adapter)  # a later `hearth release` knows the chain
     path = write_model(lm, fmt, output, dtype=DTYPES[dtype] if dtype else None, quant=quant, force=force,
-                       metadata=gguf_lineage(record) if fmt == "gguf" else None)
-    if fmt != "gguf":
-        (path / "lineage.json").write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+                       lineage=record)
     if fmt == "gguf":
         from hearth.tune.export import describe_gguf
 
@@ -294,10 +291,15 @@ def export_adapter(
     if output.is_dir():
         raise HearthError(f"-o {output} is a directory; give the adapter GGUF file's path")
     refuse_overwrite(output, force)
-    mc = open_checkpoint(resolve_model(model)).config
+    from hearth.store.lineage import gguf_metadata
+    from hearth.tune.lineage import step_record
+
+    ckpt = open_checkpoint(resolve_model(model))
+    mc = ckpt.config
     cfg, weights = read_adapter(adapter, mc)
+    record = step_record("export-adapter", model, ckpt, adapter=adapter)  # the base and the tune run, for a release
     output.parent.mkdir(parents=True, exist_ok=True)
     with replacing(output, ".gguf") as tmp:
-        write_lora_gguf(tmp, cfg, weights, mc, name=adapter.name)
+        write_lora_gguf(tmp, cfg, weights, mc, name=adapter.name, metadata=gguf_metadata(record))
     path = output
     print(f"wrote {path} (LoRA r={cfg.r}, alpha={cfg.alpha:g}, {len(weights)} projections; llama.cpp: --lora {path})")

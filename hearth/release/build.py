@@ -149,7 +149,9 @@ def release(model: str, out: Path, opts: ReleaseOptions, on_line=print) -> Relea
     from hearth.release.licensing import Deployment, check_license
     from hearth.store.common import refuse_overwrite
     from hearth.store.license import _LLAMA
+    from hearth.store import lineage as L
     from hearth.tune.lineage import model_digest
+    from hearth.weights import open_checkpoint
 
     if opts.fmt is not None and opts.fmt not in FORMATS:
         raise HearthError(f"--format must be gguf or safetensors, not {opts.fmt!r}")
@@ -161,23 +163,35 @@ def release(model: str, out: Path, opts: ReleaseOptions, on_line=print) -> Relea
     redteam = _read_json(opts.redteam, "red-team report")
     summary_path = opts.tune_summary or (opts.adapter / "summary.json" if opts.adapter else None)
     summary = _read_json(summary_path, "tune summary") if summary_path and Path(summary_path).is_file() else None
-    lineage = (summary or {}).get("lineage")
     where = resolve_named(model)
+    # what made the model: the adapter's tune run, else the record the weights carry (quantize, merge, export)
+    own = L.of_checkpoint(open_checkpoint(where.path))
+    made = (summary or {}).get("lineage") if isinstance((summary or {}).get("lineage"), dict) else None
+    made = made or own
+    lineage = L.training(made)  # the training step the card, the EU summary and the provenance describe
+    root = L.root(own) if opts.adapter is None else None
+    base_name = root["ref"] if root else where.name  # a stored fine-tune names the model it started from
     started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     name = opts.name or (f"{where.name}-{opts.adapter.name}" if opts.adapter else where.name)
     lic = check_license(str(where.path), Deployment(name=name, **opts.deployment))
     llama = _LLAMA.get(lic.family)
-    base_digest = model_digest(where.path)
+    base_digest = str(root.get("digest")) if root and root.get("digest") else model_digest(where.path)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        meta = {"general.name": name, "general.base_model.count": 1, "general.base_model.0.name": where.name}
+        meta = {"general.name": name, "general.base_model.count": 1, "general.base_model.0.name": base_name}
+        if made is not None:
+            meta[L.KEY] = json.dumps(made, sort_keys=True)
         if lic.family and lic.family != "unknown":
             meta["general.license"] = lic.spdx or lic.family
         if llama:
             meta["general.license.name"] = llama[0]
         relation, _ = _write_weights(where.path, model, name, opts, tmp, meta)
+        if opts.adapter is None and L.relation(own):
+            relation = L.relation(own)
+        if made is not None and (tmp / "model").is_dir():
+            (tmp / "model" / L.FILE).write_text(L.to_json(made), encoding="utf-8")
         if "LICENSE" not in _licence_files(lic, tmp) and opts.license_file is not None:
             if not Path(opts.license_file).is_file() or Path(opts.license_file).stat().st_size > MAX_RECORD_BYTES:
                 raise HearthError(f"--license-file {opts.license_file}: not a file of at most 16 MiB")
@@ -210,7 +224,7 @@ def release(model: str, out: Path, opts: ReleaseOptions, on_line=print) -> Relea
             raise HearthError(f"the licence check found {len(violations)} violation{'s' * (len(violations) != 1)} "
                               "(above): fix them (e.g. --name) before releasing")
         inputs = C.CardInputs(
-            name=name, base_model=where.name, relation=relation, license=lic.family if lic.family != "unknown" else None,
+            name=name, base_model=base_name, relation=relation, made=L.describe(made) or None, license=lic.family if lic.family != "unknown" else None,
             license_name=llama[0] if llama else lic.spdx, lineage=lineage, summary=summary, evals=evals,
             redteam=redteam, guard=opts.guard, quantization=None, gate=outcome.to_json() if outcome else None,
             obligations=[f"{o.key}: {o.detail} ({o.clause})" for o in lic.obligations if o.applies],
@@ -222,21 +236,21 @@ def release(model: str, out: Path, opts: ReleaseOptions, on_line=print) -> Relea
 
         # openness depends on what is released and under which licence, not on the files' hashes: judged before
         # the card (which states it) is written
-        draft = _facts(tmp, name, opts, where.name, base_digest, lic, relation, lineage, started, bool(evals or redteam))
+        draft = _facts(tmp, name, opts, base_name, base_digest, lic, relation, lineage, started, bool(evals or redteam))
         mof = classify_mof(build_mof(draft))
         osi, why = osi_verdict(draft)
         inputs.openness = [*(f"- {line}" for line in mof.lines()), f"- OSI Open Source AI Definition 1.0: {osi}",
                            *(f"  - {r}" for r in why)]
         (tmp / "README.md").write_text(C.render_card(inputs), encoding="utf-8")
         params, known_as = _params(where.path)
-        write_eu(tmp / "eu", name, where.name, params, lineage, summary, known_as)
-        facts = _facts(tmp, name, opts, where.name, base_digest, lic, relation, lineage, started, bool(evals or redteam))
+        write_eu(tmp / "eu", name, base_name, params, lineage, summary, known_as)
+        facts = _facts(tmp, name, opts, base_name, base_digest, lic, relation, lineage, started, bool(evals or redteam))
         write_mof(facts, tmp / "mof.yml")
         write_bom(facts, tmp / "bom.cdx.json", C.card_data(inputs).to_dict())
         write_provenance(facts, tmp / "provenance.intoto.json", accepted_risk=opts.accept_risk)
         record = {"model": model, "name": name, "base_digest": base_digest, "relation": relation,
                   "license": lic.to_json(), "gate": outcome.to_json() if outcome else None,
-                  "accepted_risk": opts.accept_risk, "started": started,
+                  "accepted_risk": opts.accept_risk, "started": started, "lineage": made,
                   "openness": {"mof_class": mof.label, "osi": osi, "osi_reasons": why},
                   "inputs": {k: str(v) for k, v in (("evals", opts.evals), ("redteam", opts.redteam),
                                                     ("tune_summary", summary_path), ("adapter", opts.adapter)) if v}}

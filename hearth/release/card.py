@@ -37,6 +37,7 @@ class CardInputs:
     notice: str | None = None  # the Notice text the licence requires
     use_policy: str | None = None  # the acceptable use policy's address
     openness: list[str] = field(default_factory=list)  # the MOF class and the OSI verdict, with reasons
+    made: str | None = None  # the lineage chain in one line (store/lineage.describe): how hearth made the model
 
 
 def _score(row: dict) -> tuple[str, float] | None:
@@ -93,8 +94,9 @@ def _sections(inp: CardInputs) -> list[str]:
     article = "An" if inp.relation[:1] in "aeiou" else "A"
     out += [inp.description or f"{article} {inp.relation} of {inp.base_model}, released with hearth.", "",
             "## Model information", "",
-            f"- Base model: `{inp.base_model}`" + (f" ({lin['base']['digest']})" if lin.get("base") else ""),
+            f"- Base model: `{inp.base_model}`" + (f" ({digest})" if (digest := (lin.get("base") or {}).get("digest")) else ""),
             f"- Relation to the base: {inp.relation}",
+            *([f"- Made by hearth, newest step first: {inp.made}"] if inp.made else []),
             f"- Licence: {inp.license_name or inp.license or 'unknown'} (see LICENSE"
             + (", NOTICE" if inp.notice else "") + (", USE_POLICY" if inp.use_policy else "") + ")", ""]
     out += ["## Intended use", "",

@@ -27,7 +27,7 @@ NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # whole name (fullmatc
 # weights: the GGUF file or safetensors (+ index); tokenizer: tokenizer.json & co.; template: the chat
 # template; params: config.json / generation_config.json (GGUF: a summary, the real config is in the
 # weights); license: LICENSE, USE_POLICY.md, ...; card: README.md.
-KINDS = ("weights", "tokenizer", "template", "params", "license", "card")
+KINDS = ("weights", "tokenizer", "template", "params", "license", "card", "lineage")  # lineage: store/lineage.py
 FORMATS = ("gguf", "hf")
 MAX_BYTES = 1 << 20  # a real manifest is a few KB; the cap bounds what a damaged or hostile one costs to read
 MAX_DEPTH = 8  # a manifest nests 3 deep (object, layers, layer), a bundle's document 4

@@ -13,6 +13,7 @@ import sys
 from typing import Any
 
 from hearth.store import license as lic
+from hearth.store import lineage
 from hearth.store.common import human_bytes, human_count
 from hearth.store.manifest import Manifest
 from hearth.store.store import Store, VerifyReport
@@ -97,12 +98,19 @@ def card_summary(text: str, limit: int = 300) -> str:
     return out if len(out) <= limit else out[: limit - 1] + "…"
 
 
+def lineage_of(store: Store, m: Manifest) -> dict | None:
+    """The lineage record of a stored model (its `lineage` layer), None when it has none."""
+    layers = m.layers_of("lineage")
+    return lineage.parse(store.read_layer(layers[0])) if layers and layers[0].size <= lineage.MAX_BYTES else None
+
+
 def show_data(store: Store, m: Manifest) -> dict[str, Any]:
     s = m.summary
     template = m.layers_of("template")
     card = m.layers_of("card")
     template_text = store.read_layer(template[0]).decode("utf-8", "replace") if template else None
     card_text = store.read_layer(card[0]).decode("utf-8", "replace") if card else None
+    record = lineage_of(store, m)
     return {
         "name": m.name, "model": s.model_name, "format": m.format, "architecture": s.architecture,
         "parameters": s.parameters, "quantization": s.quantization, "context_length": s.context_length,
@@ -113,6 +121,7 @@ def show_data(store: Store, m: Manifest) -> dict[str, Any]:
         "license": None if m.license is None else dict(vars(m.license)),
         "license_summary": lic.summarize(m.license),
         "card": card_summary(card_text) if card_text else None,
+        "lineage": record, "made": lineage.describe(record) or None,
         "size": m.size_on_disk(), "source": m.source, "created": m.created,
         "layers_detail": [dict(vars(layer)) for layer in m.layers],
     }
@@ -152,6 +161,8 @@ def print_show(store: Store, m: Manifest, as_json: bool) -> None:
     for line in lic_lines[1:]:
         row("", "• " + line if m.license else line)
     row("card", d["card"] or ("none (a GGUF file carries no model card)" if m.format == "gguf" else "none"))
+    if d["made"]:
+        row("made", d["made"])
     row("format", f"{m.format}, {human_bytes(d['size'])} on disk")
     row("source", m.source)
     row("added", m.created)

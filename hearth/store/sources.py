@@ -19,6 +19,7 @@ from typing import Any
 from hearth.errors import HearthError
 from hearth.packaged import PACKAGED_MODELS, package_dirs
 from hearth.store import license as lic
+from hearth.store import lineage
 from hearth.store.manifest import NAME_RE, LicenseInfo, Summary
 
 BUNDLE_MANIFEST = "hearth-bundle.json"
@@ -216,8 +217,12 @@ def _gguf_layers(source: Source, ckpt, given) -> tuple[list[PlannedLayer], Licen
     # kept as layers of their own (filename None: the loader never reads them) for `show` and bundles.
     if ckpt.tokenizer.chat_template:
         layers.append(PlannedLayer("template", MEDIA_TYPES[".jinja"], None, data=ckpt.tokenizer.chat_template.encode()))
-    params = {k: v for k, v in meta.items() if not isinstance(v, (list, dict)) and k != "tokenizer.chat_template"}
+    params = {k: v for k, v in meta.items()
+              if not isinstance(v, (list, dict)) and k not in ("tokenizer.chat_template", lineage.KEY)}
     layers.append(PlannedLayer("params", MEDIA_TYPES[".json"], None, data=(json.dumps(params, indent=2, sort_keys=True) + "\n").encode()))
+    record = lineage.of_checkpoint(ckpt)  # what made it (hearth quantize, export-weights): kept, and shown
+    if record is not None:
+        layers.append(PlannedLayer("lineage", MEDIA_TYPES[".json"], None, data=lineage.to_json(record).encode()))
     if given is not None:
         path, text = given
         info = lic.from_file(path, text)
@@ -257,6 +262,8 @@ def _hf_layers(source: Source, ckpt, given) -> tuple[list[PlannedLayer], License
             text += f"\nFound in {info.source}; the full license text did not ship with the model.\n"
             layers.append(PlannedLayer("license", "text/plain", None, data=text.encode()))
     layers += [PlannedLayer("license", media_type(f.name), f.name, path=f) for f in license_files]
+    if lineage.of_file(d / lineage.FILE) is not None:  # what made it (tune --merge, export-weights, distill)
+        layers.append(PlannedLayer("lineage", MEDIA_TYPES[".json"], lineage.FILE, path=d / lineage.FILE))
     # Every file copied into the store must really be the directory's: a README.md or tokenizer_config.json that links
     # to ~/.ssh/id_rsa would otherwise be stored, and travel in every bundle exported from the store.
     for layer in layers:

@@ -95,11 +95,15 @@ def adapted_weights(model) -> frozenset[str]:
 
 
 def write_model(loaded, fmt: str, path: str | Path, dtype: torch.dtype | None = None, note: str | None = None,
-                quant: str = "auto", force: bool = False, metadata: dict | None = None) -> Path:
+                quant: str = "auto", force: bool = False, metadata: dict | None = None,
+                lineage: dict | None = None) -> Path:
     """Write `loaded.model` (adapters merged) as fmt "safetensors" (a HF directory of `dtype`, default fp32) or "gguf"
     (one file, its weights in `quant`'s types: gguf_types; auto with a `dtype` means that float type). An existing
     `path` is replaced only with `force` (a directory only if it holds a model); the result is written beside it and
-    renamed into place."""
+    renamed into place. `lineage` (hearth/store/lineage.py) goes into the GGUF's metadata or the directory's
+    lineage.json."""
+    from hearth.store import lineage as L
+
     if fmt not in FORMATS:
         raise HearthError(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
     path = Path(path)
@@ -117,7 +121,8 @@ def write_model(loaded, fmt: str, path: str | Path, dtype: torch.dtype | None = 
         meta = {"general.name": f"{cfg.name}"}
         if info is not None and info.id:
             meta["general.license"] = info.id
-        meta.update(metadata or {})  # a release's lineage: general.base_model.*, general.license*
+        meta.update(L.gguf_metadata(lineage) if lineage is not None else {})
+        meta.update(metadata or {})  # a release's: general.base_model.*, general.license*
         if quant == "auto" and dtype is not None:
             qtype, types = {torch.float16: "F16", torch.bfloat16: "BF16"}.get(dtype, "F32"), None
         else:
@@ -134,19 +139,22 @@ def write_model(loaded, fmt: str, path: str | Path, dtype: torch.dtype | None = 
         write_hf(tmp, cfg, state, loaded.tokenizer, template, dtype=dtype)
         for f in _license_files(loaded.checkpoint):
             shutil.copy2(f, tmp / f.name)
+        if lineage is not None:
+            (tmp / L.FILE).write_text(L.to_json(lineage), encoding="utf-8")
         front = ["---"] + ([f"license: {info.id}"] if info is not None and info.id else []) + ["library_name: hearth", "---", ""]
         (tmp / "README.md").write_text("\n".join(front) + (note or f"Exported by hearth from {loaded.checkpoint.path.name}.") + "\n")
     return path
 
 
-def merge_into_store(loaded, name: str, note: str | None = None, force: bool = True):
+def merge_into_store(loaded, name: str, note: str | None = None, force: bool = True, lineage: dict | None = None):
     """Write the merged model as a HF directory in a temporary place and pull it into the store as `name` (replacing
-    a model of that name unless `force` is False: `hearth tune --merge` has trained for minutes by then)."""
+    a model of that name unless `force` is False: `hearth tune --merge` has trained for minutes by then), with
+    `lineage` as its store layer."""
     from hearth.store import Store
 
     store = Store()
     with tempfile.TemporaryDirectory(prefix="hearth-merge-") as tmp:
-        d = write_model(loaded, "safetensors", Path(tmp) / name, note=note)
+        d = write_model(loaded, "safetensors", Path(tmp) / name, note=note, lineage=lineage)
         return store.pull(str(d), name=name, force=force)
 
 

@@ -1,38 +1,22 @@
-"""What a fine-tune came from, written into its output so that a release made weeks later knows the whole chain
-(`hearth release` reads it): the base model's digest and licence, the data files' digests and row counts, the
-settings, tokens and time. Energy is recorded only where it was measured (None here: no power meter is read on a
-CPU machine; a GPU run could fill it from NVML).
+"""The lineage records of the steps under hearth/tune: a fine-tune or distillation (written into its summary.json),
+a merge into the store and an export of weights or of an adapter (written into what they write). The record's
+shape, and how it is read back from a model, are in hearth/store/lineage.py.
 
-    "lineage": {"base": {"ref", "digest", "license"}, "data": [{"path", "sha256", "rows"}], "settings": {...},
-                "tokens", "seconds", "energy_kwh", "builder": "hearth X.Y.Z", "finished": ISO 8601 UTC}
-"""
+Energy is recorded only where it was measured (None here: no power meter is read on a CPU machine; a GPU run could
+fill it from NVML)."""
 
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
-import hashlib
 from pathlib import Path
 from typing import Any
 
+from hearth.store import lineage as L
+from hearth.store.lineage import license_id, model_digest, sha256_file  # noqa: F401 - the names callers use
 
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+MAX_SUMMARY_BYTES = 16 << 20
 
-
-def model_digest(path: Path) -> str:
-    """sha256 of a model file, or of a directory's weight and config files in name order."""
-    path = Path(path)
-    if path.is_file():
-        return "sha256:" + sha256_file(path)
-    h = hashlib.sha256()
-    for p in sorted(q for q in path.rglob("*") if q.is_file() and q.suffix in (".safetensors", ".json", ".gguf")):
-        h.update(str(p.relative_to(path)).encode() + b"\0" + sha256_file(p).encode())
-    return "sha256:" + h.hexdigest()
+__all__ = ["lineage", "license_id", "model_digest", "sha256_file", "step_record", "adapter_record", "gguf_lineage"]
 
 
 def _rows(path: Path) -> int:
@@ -53,47 +37,52 @@ def _jsonable(value: Any) -> Any:
 
 
 def lineage(base_ref: str, base_path: Path, base_license: str | None, data_files: list[Path], settings: Any,
-            tokens: int | None, seconds: float | None, energy_kwh: float | None = None) -> dict:
-    from importlib.metadata import version
-
-    return {
+            tokens: int | None, seconds: float | None, energy_kwh: float | None = None, step: str = "tune",
+            parent: dict | None = None) -> dict:
+    """A training step's record: its base, its data files (digest and rows), settings, tokens, time."""
+    record = {
+        "step": step,
         "base": {"ref": base_ref, "digest": model_digest(base_path), "license": base_license},
         "data": [{"path": str(p), "sha256": sha256_file(p), "rows": _rows(p)} for p in data_files],
         "settings": _jsonable(settings),
         "tokens": tokens, "seconds": None if seconds is None else round(seconds, 2), "energy_kwh": energy_kwh,
-        "builder": f"hearth {version('hearth')}",
-        "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "builder": L.builder(), "finished": L.now(),
     }
-
-
-def license_id(ckpt) -> str | None:
-    """The base checkpoint's normalised licence id (apache-2.0, llama3.2, ...), None where none travels with it."""
-    from hearth.tune.export import _license
-
-    info = _license(ckpt)
-    return info.id if info is not None else None
-
-
-def export_lineage(base_ref: str, base_path: Path, adapter: Path | None) -> dict:
-    """The lineage an exported model carries: its base (name, digest) and, where the adapter merged into it came from
-    `hearth tune`, that run's record (its summary.json)."""
-    import json
-
-    record: dict = {"base": {"ref": base_ref, "digest": model_digest(base_path)}}
-    summary = adapter / "summary.json" if adapter is not None else None
-    if summary is not None and summary.is_file() and summary.stat().st_size < (16 << 20):
-        try:
-            tuned = json.loads(summary.read_text(encoding="utf-8")).get("lineage")
-        except (ValueError, UnicodeDecodeError, AttributeError):
-            tuned = None
-        if isinstance(tuned, dict):
-            record["adapter"] = {"path": str(adapter), **tuned}
+    if parent is not None:
+        record["parent"] = parent
     return record
 
 
-def gguf_lineage(record: dict) -> dict:
-    """GGUF metadata for `record`: llama.cpp's general.base_model.* keys and the whole record as JSON text."""
-    import json
+def adapter_record(adapter: Path | None) -> dict | None:
+    """The tune run's record an adapter directory holds (its summary.json "lineage"), None where there is none."""
+    if adapter is None:
+        return None
+    from hearth import safejson
 
-    return {"general.base_model.count": 1, "general.base_model.0.name": str(record["base"]["ref"]),
-            "hearth.lineage": json.dumps(record, sort_keys=True)}
+    summary = Path(adapter) / "summary.json"
+    if not summary.is_file() or summary.stat().st_size > MAX_SUMMARY_BYTES:
+        return None
+    try:  # the summary holds the loss curve too: bounded, as any file handed to us
+        whole = safejson.loads(summary.read_bytes(), max_depth=L.MAX_DEPTH, max_bytes=MAX_SUMMARY_BYTES)
+    except ValueError:
+        return None
+    tuned = whole.get("lineage") if isinstance(whole, dict) else None
+    return tuned if isinstance(tuned, dict) else None
+
+
+def step_record(step: str, base_ref: str, ckpt, settings: Any = None, seconds: float | None = None,
+                adapter: Path | None = None, tuned: dict | None = None) -> dict:
+    """store.lineage.step with the tune record of the adapter merged in: `tuned`, or read from the `adapter`
+    directory's summary.json."""
+    tuned = tuned if tuned is not None else adapter_record(adapter)
+    if tuned is not None:
+        tuned = {**({"path": str(adapter)} if adapter is not None else {}), **tuned}
+    return L.step(step, base_ref, ckpt, None if settings is None else _jsonable(settings), seconds, tuned)
+
+
+def export_lineage(base_ref: str, ckpt, adapter: Path | None) -> dict:
+    """The lineage an exported model carries (`hearth export-weights`)."""
+    return step_record("export", base_ref, ckpt, adapter=adapter)
+
+
+gguf_lineage = L.gguf_metadata

@@ -173,14 +173,18 @@ def tune(
     else:
         save_adapter(loaded.model, cfg.lora, out, base_model=base)
     outcome = Outcome(out, result, len(train_items), len(val_items), len(ds.bad_lines), ds.truncated, ds.dropped)
+    from hearth.store import lineage as L
+    from hearth.tune.lineage import license_id, lineage, step_record
+
+    record = lineage(base, loaded.checkpoint.path, license_id(loaded.checkpoint), [Path(data_path)], cfg,
+                     result.tokens, result.seconds, step="tune", parent=L.of_checkpoint(loaded.checkpoint))
+    if cfg.method == "full":  # the model written is the run's output: it carries the record itself
+        (out / "model" / L.FILE).write_text(L.to_json(record), encoding="utf-8")
     if merge is not None:
         from hearth.tune.export import merge_into_store
 
-        outcome.merged = merge_into_store(loaded, merge, note=f"{base} with a LoRA adapter ({cfg.method}) merged by hearth.")
-    from hearth.tune.lineage import license_id, lineage
-
-    record = lineage(base, loaded.checkpoint.path, license_id(loaded.checkpoint), [Path(data_path)], cfg,
-                     result.tokens, result.seconds)
+        outcome.merged = merge_into_store(loaded, merge, note=f"{base} with a LoRA adapter ({cfg.method}) merged by hearth.",
+                                          lineage=step_record("merge", base, loaded.checkpoint, tuned=record))
     (out / "summary.json").write_text(json.dumps({"model": base, "method": cfg.method, **outcome.summary(),
                                                   "lineage": record}, indent=2) + "\n")
     return outcome
@@ -253,13 +257,15 @@ def distill(
         shutil.rmtree(target)
     write_model(student_loaded, "safetensors", target, note=f"Distilled by hearth from {teacher_ref} (T={temperature}, alpha={alpha}).")
     outcome = Outcome(out, result, len(train_items), len(val_items), len(ds.bad_lines), ds.truncated, ds.dropped)
+    from hearth.store import lineage as L
     from hearth.tune.lineage import license_id, lineage
 
     # the teacher is the base whose licence reaches the student (Llama 2/3: using its outputs to improve another
     # model is restricted; `hearth license check --distill-into` says how)
     record = lineage(teacher_ref, teacher.checkpoint.path, license_id(teacher.checkpoint), [Path(data_path)],
                      {**dataclasses.asdict(cfg), "temperature": temperature, "alpha": alpha, "student": student_ref},
-                     result.tokens, result.seconds)
+                     result.tokens, result.seconds, step="distill", parent=L.of_checkpoint(teacher.checkpoint))
+    (target / L.FILE).write_text(L.to_json(record), encoding="utf-8")
     (out / "summary.json").write_text(json.dumps({"teacher": teacher_ref, "student": student_ref, **outcome.summary(),
                                                   "lineage": record}, indent=2) + "\n")
     return outcome

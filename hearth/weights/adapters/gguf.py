@@ -37,8 +37,9 @@ def _gguf_name(layer: int, target: str) -> str:
 
 
 def write_lora_gguf(path: str | Path, cfg: LoraConfig, weights: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]],
-                    mc, name: str | None = None) -> Path:
-    """Write an adapter (peft.read_adapter's weights for a model of config `mc`) as one GGUF file, atomically."""
+                    mc, name: str | None = None, metadata: dict[str, str | int] | None = None) -> Path:
+    """Write an adapter (peft.read_adapter's weights for a model of config `mc`) as one GGUF file, atomically, with
+    `metadata` (strings and integers: llama.cpp's general.base_model.*, hearth.lineage) beside its own keys."""
     import gguf
 
     path = Path(path)
@@ -55,6 +56,11 @@ def write_lora_gguf(path: str | Path, cfg: LoraConfig, weights: dict[tuple[int, 
         writer.add_float32("adapter.lora.alpha", float(cfg.alpha))
         if name:
             writer.add_name(name)
+        for key, value in (metadata or {}).items():
+            if isinstance(value, int):
+                writer.add_uint32(key, value)
+            else:
+                writer.add_string(key, str(value))
         for (layer, target), (a, b) in sorted(weights.items()):
             heads = _rope_heads(target, mc)
             b = b.detach().to("cpu", torch.float32)
