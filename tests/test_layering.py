@@ -34,6 +34,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("hearth.loader", "hearth.runtime"),
     ("hearth.engine", "hearth.chat_commands", "hearth.chat_loop", "hearth.chat_repl"),
     ("hearth.guard",),  # the Llama Guard format, policies and scoring: on an engine; the server's checks use it
+    ("hearth.records",),  # captured completions, feedback, redaction, the cost ledger, the audit log: SQLite and files
     ("hearth.server",),
     ("hearth.eval",),
     ("hearth.redteam",),  # attack suites answered on an engine, judged by the guard and a refusal detector
