@@ -23,11 +23,12 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    def __init__(self, tmp: Path, name: str, *extra: str, threads: int | None = None, model: str = MODEL):
+    def __init__(self, tmp: Path, name: str, *extra: str, threads: int | None = None, model: str = MODEL,
+                 env: dict[str, str] | None = None):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = tmp / f"{name}.log"
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
         env.pop("HEARTH_API_KEY", None)
         if threads:
             env["OMP_NUM_THREADS"] = str(threads)

@@ -517,7 +517,9 @@ def test_unknown_model_is_404(client):
 
 def test_unknown_route_and_method(client):
     assert_error(client.get("/v2/nothing"), 404, None, "/v2/nothing")
-    assert_error(client.get(CHAT), 405, None, "not allowed")
+    assert_error(client.put(CHAT), 405, None, "not allowed")
+    # GET lists stored completions (OpenAI's route): a server that does not capture says how to turn it on
+    assert_error(client.get(CHAT), 404, None, "--capture")
 
 
 def test_body_too_large_is_413(client):

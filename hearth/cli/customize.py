@@ -38,14 +38,18 @@ MemLimit = Annotated[Optional[float], typer.Option(help="Refuse to start if the 
 Quiet = Annotated[bool, typer.Option("--quiet", help="No progress bar.")]
 
 
-def _data_options(on_bad_line: str, overlong: str, template: bool, max_line_bytes: int | None = None):
+def _data_options(on_bad_line: str, overlong: str, template: bool, max_line_bytes: int | None = None,
+                  val_data: str | None = None):
     from hearth.tune.recipes import DataOptions
 
     if on_bad_line not in ("stop", "skip"):
         raise HearthError(f"--on-bad-line must be stop or skip, not {on_bad_line!r}")
     if overlong not in ("truncate", "drop"):
         raise HearthError(f"--overlong must be truncate or drop, not {overlong!r}")
-    return DataOptions(on_bad_line=on_bad_line, overlong=overlong, use_template=template, max_line_bytes=max_line_bytes)
+    if val_data is not None and not Path(val_data).is_file():
+        raise HearthError(f"--val-data {val_data}: no such file")
+    return DataOptions(on_bad_line=on_bad_line, overlong=overlong, use_template=template, max_line_bytes=max_line_bytes,
+                       val_path=val_data)
 
 
 def _gib(x: float | None) -> int | None:
@@ -103,6 +107,7 @@ def tune(
     weight_decay: Annotated[float, typer.Option(help="AdamW weight decay on matrices.", min=0.0)] = 0.0,
     grad_checkpointing: GradCkpt = False,
     val_fraction: ValFraction = 0.05,
+    val_data: Annotated[Optional[str], typer.Option(metavar="FILE", help="Validation data of its own (JSONL, as --data), e.g. the .val.jsonl `hearth feedback export` writes; every line of --data then trains (--val-fraction is not used).")] = None,
     eval_every: EvalEvery = 0,
     save_every: SaveEvery = 50,
     seed: TrainSeed = 0,
@@ -147,7 +152,7 @@ def tune(
     )
     prepare_process(device)
     apply_threads(threads)
-    outcome = run_tune(model, o["data"], output, cfg, data=_data_options(o["on_bad_line"], o["overlong"], o["template"], o["max_line_bytes"]),
+    outcome = run_tune(model, o["data"], output, cfg, data=_data_options(o["on_bad_line"], o["overlong"], o["template"], o["max_line_bytes"], o.get("val_data")),
                        device=device, dtype=o["dtype"], resume=resume, progress=not quiet and sys.stderr.isatty(), merge=merge,
                        memory_limit=_gib(memory_limit), options=o)
     _report(outcome, "adapter" if o["method"] != "full" else "model")

@@ -14,7 +14,7 @@ import sys
 import click
 import typer
 
-from hearth.cli import chat, customize, guard, measure, redteam, release, serve, store
+from hearth.cli import chat, customize, flywheel, guard, measure, redteam, release, serve, store
 from hearth.cli import license as license_cli
 from hearth.errors import HearthError, Interrupted
 
@@ -74,6 +74,8 @@ app.add_typer(guard.app, name="guard")
 app.command()(redteam.redteam)
 app.add_typer(release.app, name="release")
 app.add_typer(license_cli.app, name="license")
+app.add_typer(flywheel.capture_app, name="capture")
+app.add_typer(flywheel.feedback_app, name="feedback")
 
 
 def main(argv: list[str] | None = None) -> int:

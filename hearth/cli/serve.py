@@ -95,6 +95,13 @@ def serve(
     guard: Annotated[Optional[str], typer.Option(metavar="default|NAME|PATH", help="Check prompts and answers with a safety guard (Llama Guard format): 'default' (hearth's own, an adapter of SmolLM2), a guard adapter directory (`hearth guard train -o DIR`), or a whole guard model (e.g. Llama Guard 3 1B). Blocked prompts and answers end with finish_reason content_filter; also serves POST /v1/moderations. An adapter of the served model's own weights runs on the same engine.")] = None,
     guard_policy: Annotated[Optional[Path], typer.Option(metavar="FILE", help="The guard's content policy (TOML or YAML): categories, block/flag/allow per category, input/output/both, threshold, refusal text. Default: Llama Guard 3's 14 categories, all blocked, both checked.")] = None,
     guard_holdback: Annotated[int, typer.Option(metavar="N", help="Characters of a streamed answer held back until the guard has checked them (each time N wait, and at the end), so a flagged part is never sent.", min=0)] = 256,
+    capture: Annotated[Optional[str], typer.Option(metavar="[DB]", flag_value="default", help="Keep chat completions sent with store: true (OpenAI's stored completions: GET /v1/chat/completions, feedback at POST /v1/feedback) in a SQLite file: DB, or $HEARTH_HOME/capture.sqlite. Personal data is redacted before anything is written.")] = None,
+    capture_all: Annotated[bool, typer.Option("--capture-all", help="With --capture: keep every chat completion, not only those sent with store: true.")] = False,
+    redact: Annotated[bool, typer.Option("--redact/--no-redact", help="With --capture: replace e-mail addresses, phone and card numbers, IBANs, national ids and IP addresses with typed placeholders before storing.")] = True,
+    capture_days: Annotated[Optional[float], typer.Option(metavar="N", help="With --capture: delete captured completions older than N days (checked at start and every 10 minutes).", min=0.0)] = None,
+    ledger: Annotated[bool, typer.Option("--ledger/--no-ledger", help="Keep running totals per model, adapter and API key (requests, tokens, busy time, energy) in $HEARTH_HOME/ledger.sqlite: `hearth cost` reads them.")] = True,
+    watts_per_core: Annotated[Optional[float], typer.Option(metavar="W", help="Where no energy counter is readable (RAPL, NVML): estimate energy as CPU time x W watts per core, marked as an estimate.", min=0.0)] = None,
+    audit: Annotated[bool, typer.Option("--audit/--no-audit", help="Append each request (time, key id, model, endpoint, status, tokens, guard decision; no content) to the hash-chained log $HEARTH_HOME/audit/audit.jsonl: `hearth audit verify` checks it.")] = True,
 ):
     """Serve MODEL over an OpenAI-compatible HTTP API (/v1/chat/completions, /v1/completions, ...).
 
@@ -116,7 +123,16 @@ def serve(
         raise HearthError("--served-model-name is empty; give the name clients will ask for")
     _served_adapters(adapter, aliases)  # bad adapters fail before the port is taken and the model loaded
     plan = _guard_plan(guard, guard_policy, guard_holdback)  # so does a bad guard or policy
-    sock = listen(host, port)  # before loading the model, so a port in use fails at once
+    from hearth.cli.serve_records import RecordOptions, build_records, model_digest
+
+    records = build_records(RecordOptions(capture, capture_all, redact, capture_days, ledger, audit, watts_per_core),
+                            device)  # and a capture file or audit log that cannot be used
+    try:
+        sock = listen(host, port)  # before loading the model, so a port in use fails at once
+    except BaseException:
+        if records is not None:
+            records.close()
+        raise
     try:
         apply_threads(threads)
         lm = load_model(model, device, dtype, kv_cache=kv_cache)
@@ -145,10 +161,19 @@ def serve(
                                            plan.engine_config(config), model_name="guard")
                 server_guard, beside = plan.build(guard_engine), (guard_engine,)
             log.info("guard: %s", plan.describe(shared))
+        if records is not None and records.capture is not None:
+            records.model_digest = model_digest(lm)
         web = build_app(engine, api_key=key, served_model_name=names, max_body_bytes=max_body_bytes,
                         allowed_hosts=allowed_hosts_for(host, allowed_host or ()),
-                        cors_origins=tuple(cors_origin or ()), public_metrics=public_metrics, guard=server_guard)
+                        cors_origins=tuple(cors_origin or ()), public_metrics=public_metrics, guard=server_guard,
+                        records=records)
     except BaseException:
         sock.close()
+        if records is not None:
+            records.close()
         raise
-    run_server(web, engine, sock, host=host, model_name=name, shutdown_timeout=shutdown_timeout, beside=beside)
+    try:
+        run_server(web, engine, sock, host=host, model_name=name, shutdown_timeout=shutdown_timeout, beside=beside)
+    finally:
+        if records is not None:
+            records.close()

@@ -24,8 +24,19 @@ log = logging.getLogger("hearth.access")
 
 @dataclass
 class _Usage:
+    """What one request did, for its log line and the sinks (the cost ledger, the audit log): never content."""
+
     prompt: int | None = None
     completion: int | None = None
+    model: str | None = None  # the model or adapter name it was answered with
+    adapter: str | None = None
+    guard: str | None = None  # "allowed", "blocked: input", "blocked: output"; None where no guard ran
+    key_id: str = "anonymous"
+    status: int = 0
+    ms: float = 0.0
+    method: str = ""
+    path: str = ""
+    ticket: object = None  # a sink's own note taken at the start (ledger.Accountant.begin)
 
 
 _current: contextvars.ContextVar[_Usage | None] = contextvars.ContextVar("hearth_access_usage", default=None)
@@ -38,6 +49,36 @@ def note_usage(prompt_tokens: int, completion_tokens: int | None = None) -> None
         usage.prompt, usage.completion = prompt_tokens, completion_tokens
 
 
+def note_served(model: str, adapter: str | None) -> None:
+    """Record which model (or adapter) answers the current request."""
+    usage = _current.get()
+    if usage is not None:
+        usage.model, usage.adapter = model, adapter
+
+
+def note_guard(decision: str) -> None:
+    usage = _current.get()
+    if usage is not None:
+        usage.guard = decision
+
+
+def current() -> _Usage | None:
+    """The current request's record (the key id the capture keeps beside a completion)."""
+    return _current.get()
+
+
+def key_id(headers: list[tuple[bytes, bytes]]) -> str:
+    """An API key's id: a short hash of the bearer token (never the key itself); "anonymous" without one."""
+    import hashlib
+
+    for name, value in headers:
+        if name.lower() == b"authorization":
+            scheme, _, token = value.decode("latin-1").partition(" ")
+            if scheme.lower() == "bearer" and token.strip():
+                return "key-" + hashlib.sha256(token.strip().encode("utf-8", "replace")).hexdigest()[:12]
+    return "anonymous"
+
+
 def format_line(client, method: str, path: str, status: int, ms: float, usage: _Usage) -> str:
     who = f"{client[0]}:{client[1]}" if client else "-"
     tokens = "" if usage.prompt is None else f" prompt={usage.prompt}"
@@ -47,17 +88,24 @@ def format_line(client, method: str, path: str, status: int, ms: float, usage: _
 
 class AccessLog:
     """ASGI middleware: one `hearth.access` line per HTTP request, after the response is complete. Outermost, so that
-    refusals by the other middleware (host, API key, body size) are logged too."""
+    refusals by the other middleware (host, API key, body size) are logged too.
 
-    def __init__(self, app):
+    `sinks` (hearth serve's cost ledger and audit log) get each request's record too: `begin(usage)` as it arrives,
+    `end(usage)` when its response is complete, both on the event loop (a sink hands slow work to a thread)."""
+
+    def __init__(self, app, sinks=()):
         self.app = app
+        self.sinks = tuple(sinks)
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or not log.isEnabledFor(logging.INFO):
+        if scope["type"] != "http" or (not log.isEnabledFor(logging.INFO) and not self.sinks):
             return await self.app(scope, receive, send)
         start = time.perf_counter()
         status = None
-        usage = _Usage()
+        usage = _Usage(key_id=key_id(scope.get("headers") or []), method=scope.get("method", "?"),
+                       path=scope.get("path", ""))
+        for sink in self.sinks:
+            sink.begin(usage)
         token = _current.set(usage)
 
         async def send_status(message):
@@ -73,6 +121,11 @@ class AccessLog:
             raise
         finally:
             _current.reset(token)
-            ms = (time.perf_counter() - start) * 1000
-            log.info("%s", format_line(scope.get("client"), scope.get("method", "?"), scope.get("path", ""),
-                                       status or 499, ms, usage))
+            usage.ms = (time.perf_counter() - start) * 1000
+            usage.status = status or 499
+            log.info("%s", format_line(scope.get("client"), usage.method, usage.path, usage.status, usage.ms, usage))
+            for sink in self.sinks:
+                try:
+                    sink.end(usage)
+                except Exception:  # noqa: BLE001 - a sink's failure never costs the response (it is sent)
+                    log.exception("recording %s %s failed", usage.method, usage.path)

@@ -54,10 +54,11 @@ from hearth.server.transport import (
 
 if TYPE_CHECKING:
     from hearth.server.guarding import ServerGuard
+    from hearth.server.records import ServerRecords
 
 ENDPOINTS = {
     "/v1/chat/completions", "/v1/completions", "/v1/models", "/tokenize", "/detokenize", "/tokenizer_info",
-    "/health", "/metrics", "/v1/embeddings", "/v1/moderations",
+    "/health", "/metrics", "/v1/embeddings", "/v1/moderations", "/v1/feedback",
 }
 
 
@@ -80,6 +81,7 @@ def build_app(
     cors_origins: Sequence[str] = (),
     public_metrics: bool = False,
     guard: ServerGuard | None = None,
+    records: ServerRecords | None = None,
 ) -> FastAPI:
     """A FastAPI app serving `engine`. With `api_key`, every route but /health needs
     `Authorization: Bearer <api_key>` (/metrics and the docs too, unless `public_metrics`). Requests naming
@@ -93,13 +95,17 @@ def build_app(
 
     With `guard` (guarding.ServerGuard: `hearth serve --guard`), prompts and answers are checked as its policy says
     and /v1/moderations answers; a guard adapter on this engine is no model clients can generate with (its
-    answers are a classifier's), so it is neither listed nor accepted as a model."""
+    answers are a classifier's), so it is neither listed nor accepted as a model.
+
+    With `records` (records.ServerRecords: `hearth serve --capture`, the cost ledger, the audit log), chat
+    completions are stored as their requests ask, the stored-completion and feedback routes answer, and each
+    request's record reaches the ledger and the audit log; /metrics adds the ledger's totals."""
     aliases = (served_model_name,) if isinstance(served_model_name, str) else tuple(served_model_name or ())
     names = tuple(dict.fromkeys(n for n in (*aliases, engine.model_name) if n))
     adapters = dict(getattr(engine, "adapters", {}))  # name -> directory
     if guard is not None and guard.engine is engine and guard.adapter is not None:
         adapters.pop(guard.adapter, None)
-    ctx = ServerContext(engine, names, Metrics(engine), adapters=tuple(adapters), guard=guard)
+    ctx = ServerContext(engine, names, Metrics(engine), adapters=tuple(adapters), guard=guard, records=records)
     chat, completion, tokenize = ChatService(ctx), CompletionService(ctx), TokenizeService(ctx)
     embedding, moderation = EmbeddingService(ctx), ModerationService(ctx)
 
@@ -122,7 +128,8 @@ def build_app(
     if cors_origins:  # outermost, so that the guard's refusals carry CORS headers too
         app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "Content-Type"])
-    app.add_middleware(AccessLog)  # outermost: one `hearth.access` line per request, refusals included
+    # outermost: one `hearth.access` line per request, refusals included; the ledger and audit log see the same
+    app.add_middleware(AccessLog, sinks=records.sinks() if records is not None else ())
 
     def authorized(request: Request) -> None:
         if api_key is not None:
@@ -195,7 +202,14 @@ def build_app(
 
     @app.get("/metrics")
     async def metrics() -> Response:
-        return Response(ctx.metrics.render(), media_type=CONTENT_TYPE)
+        text = ctx.metrics.render()
+        if records is not None and records.ledger is not None:  # the ledger's totals: a read, off the loop
+            text += await records.run(records.prometheus)
+        return Response(text, media_type=CONTENT_TYPE)
+
+    from hearth.server import records as server_records
+
+    server_records.install(app, records, authorized, max_body_bytes)
 
     openapi.install(app)  # the routes read their bodies by hand: openapi.py's table documents them
     return app

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, TypeVar
 from hearth.engine.request import EngineRequest, FinishReason, RequestOutput
 from hearth.engine.sampling import SamplingParams
 from hearth.engine.structured import Structure
+from hearth.server.access_log import note_served
 from hearth.server.errors import BadRequest, ModelNotFound, ServiceUnavailable
 from hearth.server.metrics import Metrics
 from hearth.server.protocol import SEED_MAX, SamplingFields
@@ -26,6 +27,7 @@ from hearth.tokenizer.limits import surely_too_long
 
 if TYPE_CHECKING:
     from hearth.server.guarding import ServerGuard
+    from hearth.server.records import ServerRecords
 
 LOGPROB_FLOOR = -9999.0  # JSON has no -inf; vLLM clamps the same way
 # Threads that render chat templates and tokenize prompts. Their own pool, so a flood of slow prompts (each bounded by
@@ -48,6 +50,7 @@ class ServerContext:
     metrics: Metrics
     adapters: tuple[str, ...] = ()  # LoRA adapters served beside the model, requested by name as models
     guard: ServerGuard | None = None  # hearth serve --guard: input and output checks, /v1/moderations
+    records: ServerRecords | None = None  # hearth serve --capture / the ledger / the audit log (records.py)
     _token_str: dict[int, str] = field(default_factory=dict)
     _token_bytes: dict[int, list[int]] = field(default_factory=dict)
     _prompt_threads: ThreadPoolExecutor = field(
@@ -74,12 +77,15 @@ class ServerContext:
         return self.model_names[0]
 
     def check_model(self, name: str | None) -> str:
-        """The name to answer with: the model's, or that of the adapter asked for."""
+        """The name to answer with: the model's, or that of the adapter asked for (noted for the access log, the
+        cost ledger and the audit log)."""
         if name is not None and name in self.adapters:
+            note_served(name, name)
             return name
         if name is not None and name not in self.model_names:
             served = ", ".join(f"'{n}'" for n in (self.model_name, *self.adapters))
             raise ModelNotFound(f"the model '{name}' does not exist; this server serves {served}", param="model")
+        note_served(self.model_name, None)
         return self.model_name
 
     def adapter(self, name: str | None) -> str | None:

@@ -42,7 +42,8 @@ ERROR_SCHEMA = {
 ERROR_TEXT = {
     400: "Invalid request (a bad field, body or header); `error.param` names the field",
     401: "Missing or wrong API key (when the server has one)",
-    404: "No such model (or adapter); for /v1/moderations also: the server runs no guard",
+    404: "No such model (or adapter); for /v1/moderations also: the server runs no guard; for stored completions "
+         "and feedback: no such id, or the server does not capture (--capture)",
     413: "The request body is larger than the server accepts",
     415: "The request body is not sent as application/json",
     421: "The Host header does not name this server (see --allowed-host)",
@@ -55,6 +56,11 @@ EVERY = (401, 421, 500, 503)  # any route: the key, a bad Host header, a bug, sh
 BODY = (*EVERY, 400, 404, 413, 415)  # a route that reads a JSON body naming a model
 GENERATE = (*BODY, 429)  # a route that queues work in the engine
 
+STORED = (*EVERY, 400, 404)  # the stored-completion routes: 404 for an unknown id, or without --capture
+STORED_LIST = {"type": "object", "required": ["object", "data", "has_more"],
+               "description": "OpenAI's list page: object 'list', data, first_id, last_id, has_more"}
+STORED_COMPLETION = {"type": "object", "required": ["id", "object", "choices"], "additionalProperties": True,
+                     "description": "The chat completion as answered, plus metadata, request_id, feedback and hearth"}
 HEALTH = {"type": "object", "required": ["status"], "properties": {"status": {"const": "ok"}}}
 TOKENIZER_INFO = {"type": "object", "additionalProperties": True,
                   "description": "The tokenizer's special tokens, vocabulary size and chat template (vLLM's route)"}
@@ -105,7 +111,24 @@ ROUTES: dict[tuple[str, str], Route] = {
     ("get", "/tokenizer_info"): Route(response=TOKENIZER_INFO, summary="The tokenizer's settings (vLLM's route)"),
     ("get", "/health"): Route(response=HEALTH, errors=(421, 500, 503), summary="200 while the server serves"),
     ("get", "/metrics"): Route(response={"type": "string"}, media_type="text/plain",
-                               summary="Prometheus metrics (vLLM's names)"),
+                               summary="Prometheus metrics (vLLM's names; with a ledger, its totals)"),
+    ("get", "/v1/chat/completions"): Route(
+        response=STORED_LIST, errors=STORED,
+        summary="Stored chat completions, oldest first (query: after, limit, order, model, metadata[key]=value)"),
+    ("get", "/v1/chat/completions/{completion_id}"): Route(
+        response=STORED_COMPLETION, errors=STORED, summary="One stored chat completion, with its metadata and feedback"),
+    ("get", "/v1/chat/completions/{completion_id}/messages"): Route(
+        response=STORED_LIST, errors=STORED, summary="The messages a stored completion answered (query: after, limit, order)"),
+    ("post", "/v1/chat/completions/{completion_id}"): Route(
+        (p.UpdateCompletionRequest,), STORED_COMPLETION, None, (*STORED, 413, 415),
+        summary="Replace a stored completion's metadata", examples=({"metadata": {"reviewed": "yes"}},)),
+    ("delete", "/v1/chat/completions/{completion_id}"): Route(
+        response={"type": "object", "required": ["object", "id", "deleted"]}, errors=STORED,
+        summary="Delete a stored completion and its feedback"),
+    ("post", "/v1/feedback"): Route(
+        (p.FeedbackRequest,), {"type": "object", "required": ["object", "id", "completion_id", "score"]}, None,
+        (*STORED, 413, 415), summary="Feedback on a stored completion: a score, a comment, the answer wanted",
+        examples=({"completion_id": "chatcmpl-...", "score": -1, "correction": "Paris"},)),
 }
 
 

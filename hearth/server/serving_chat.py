@@ -12,9 +12,9 @@ from collections.abc import AsyncIterator
 
 from hearth.engine.request import EngineRequest, TokenLogprob
 from hearth.server import tool_calls
-from hearth.server.access_log import note_usage
+from hearth.server.access_log import current, note_guard, note_usage
 from hearth.server.common import EventStream, RequestGroup, ServerContext, logprob, random_id, sampling_params
-from hearth.server.errors import error_event
+from hearth.server.errors import BadRequest, error_event
 from hearth.server.guarding import (CONTENT_FILTER, HeldStream, answers_blocked, guard_turns, input_turns,
                                     with_input_checks)
 from hearth.server.protocol import (
@@ -49,6 +49,14 @@ class ChatService:
         guard, the prompt is checked while it renders; a blocked one is never generated (`_refuse`)."""
         model = self.ctx.check_model(req.model)
         self.ctx.check_logit_bias(req)
+        started = time.perf_counter()
+        if self._keeps(req):  # metadata over OpenAI's limits is refused before any work
+            from hearth.records.capture import InvalidMetadata, check_metadata
+
+            try:
+                check_metadata(req.metadata)
+            except InvalidMetadata as e:
+                raise BadRequest(str(e), param="metadata") from None
         turns = guard_turns(req.messages) if self.ctx.guard is not None else None
         ids, blocked = await with_input_checks(self.ctx, [input_turns(turns or [])],
                                                self.ctx.off_loop(self.prompt_ids, req))
@@ -59,8 +67,13 @@ class ChatService:
             max_tokens = ctx_len - len(ids)
         self.ctx.check_fits(len(ids), max_tokens, "messages")
         rid = random_id("chatcmpl")
+        if self.ctx.guard is not None:
+            note_guard("blocked: input" if blocked[0] else "allowed")
         if blocked[0]:
-            return self._refuse(req, rid, model, len(ids))
+            refused = self._refuse(req, rid, model, len(ids))
+            if not req.stream:
+                await self._keep(req, refused.model_dump(), len(ids), 0, "blocked: input", started)
+            return refused
         top = (req.top_logprobs or 0) if req.logprobs else None
         group = RequestGroup(self.ctx, [
             EngineRequest(f"{rid}-{i}", ids, sampling_params(req, max_tokens, i, tool_calls.forced_structure(req)),
@@ -69,8 +82,8 @@ class ChatService:
         ])
         await group.start()
         if req.stream:
-            return EventStream(group, self._stream(req, group, rid, model, len(ids), turns))
-        return await self._collect(req, group, rid, model, len(ids), turns)
+            return EventStream(group, self._stream(req, group, rid, model, len(ids), turns, started))
+        return await self._collect(req, group, rid, model, len(ids), turns, started)
 
     def _refuse(self, req, rid: str, model: str, n_prompt: int) -> ChatCompletionResponse | EventStream:
         """The answer to a prompt the guard blocked: the policy's refusal, finish_reason content_filter."""
@@ -111,8 +124,28 @@ class ChatService:
             out.append(ChatTokenLogprob(**t.model_dump(), top_logprobs=[top(i, lp) for i, lp in e.top[:k]]))
         return out
 
+    def _keeps(self, req: ChatCompletionRequest) -> bool:
+        records = self.ctx.records
+        return records is not None and records.wants(req.store)
+
+    async def _keep(self, req: ChatCompletionRequest, completion: dict, n_prompt: int, n_generated: int,
+                    guard: str | None, started: float) -> None:
+        """Store the completion (`store: true`, or a server that captures everything): redacted, in a thread; a
+        database that cannot take it fails the request with a 503."""
+        if not self._keeps(req):
+            return
+        from hearth.records.capture import Served
+
+        records, usage = self.ctx.records, current()
+        served = Served(model=completion["model"], key_id=usage.key_id if usage is not None else "anonymous",
+                        model_digest=records.model_digest, adapter=self.ctx.adapter(req.model), guard=guard,
+                        prompt_tokens=n_prompt, completion_tokens=n_generated,
+                        duration_ms=round((time.perf_counter() - started) * 1000, 1))
+        messages = [m.model_dump(exclude_none=True) for m in req.messages]
+        await records.run(records.capture.add, completion, messages, req.metadata, served)
+
     async def _collect(self, req, group: RequestGroup, rid: str, model: str, n_prompt: int,
-                       turns: list[dict] | None) -> ChatCompletionResponse:
+                       turns: list[dict] | None, started: float) -> ChatCompletionResponse:
         texts = [[] for _ in range(req.n)]
         lps: list[list[ChatTokenLogprob]] = [[] for _ in range(req.n)]
         reasons: list[str | None] = [None] * req.n
@@ -145,10 +178,15 @@ class ChatService:
             ))
         usage = UsageInfo(prompt_tokens=n_prompt, completion_tokens=sum(generated), total_tokens=n_prompt + sum(generated))
         note_usage(n_prompt, sum(generated))
-        return ChatCompletionResponse(id=rid, model=model, choices=choices, usage=usage)
+        decision = None if self.ctx.guard is None else "blocked: output" if any(blocked) else "allowed"
+        if decision is not None:
+            note_guard(decision)
+        response = ChatCompletionResponse(id=rid, model=model, choices=choices, usage=usage)
+        await self._keep(req, response.model_dump(), n_prompt, sum(generated), decision, started)
+        return response
 
     async def _stream(self, req, group: RequestGroup, rid: str, model: str, n_prompt: int,
-                      turns: list[dict] | None) -> AsyncIterator[str]:
+                      turns: list[dict] | None, started: float) -> AsyncIterator[str]:
         include_usage = req.include_usage
         event = _events(req, rid, model)
         guard = self.ctx.guard
@@ -160,6 +198,8 @@ class ChatService:
             return event([ChatChunkChoice(index=i, delta={}, finish_reason=CONTENT_FILTER)])
 
         generated = 0
+        kept = [[] for _ in range(req.n)] if self._keeps(req) else None  # the text, for the capture
+        reasons: list[str | None] = [None] * req.n
         replies = None
         if req.effective_tool_choice != "none":
             replies = [tool_calls.ReplyStream(self._tool_names(req), req.forces_tool_call, _call_id) for _ in range(req.n)]
@@ -169,9 +209,11 @@ class ChatService:
             async for i, out in group.outputs():
                 lp = ChatChoiceLogprobs(content=self._logprobs(req, out.logprobs)) if req.logprobs else None
                 text = replies[i].feed(out.new_text) if replies else out.new_text
+                if kept is not None:
+                    kept[i].append(out.new_text)
                 if out.finished:
                     generated += out.num_generated_tokens
-                    reason = out.finish_reason.value
+                    reason = reasons[i] = out.finish_reason.value
                     delta = {"content": text} if text else {}
                     if replies:
                         reply = replies[i].finish()
@@ -203,8 +245,22 @@ class ChatService:
                         generated += out.num_generated_tokens
                         yield content_filter(i)
             note_usage(n_prompt, generated)
+            decision = None
+            if held is not None:
+                decision = "blocked: output" if any(h.blocked for h in held) else "allowed"
+                note_guard(decision)
             if include_usage:
                 yield event([], UsageInfo(prompt_tokens=n_prompt, completion_tokens=generated, total_tokens=n_prompt + generated))
+            if kept is not None:
+                refusal = guard.policy.refusal if guard is not None else ""
+                choices = [{"index": i, "message": {"role": "assistant", "content": refusal if held and held[i].blocked
+                                                    else "".join(kept[i])},
+                            "finish_reason": CONTENT_FILTER if held and held[i].blocked else reasons[i]}
+                           for i in range(req.n)]
+                completion = {"id": rid, "object": "chat.completion", "created": int(time.time()), "model": model,
+                              "choices": choices, "usage": {"prompt_tokens": n_prompt, "completion_tokens": generated,
+                                                            "total_tokens": n_prompt + generated}}
+                await self._keep(req, completion, n_prompt, generated, decision, started)
         except Exception as e:  # noqa: BLE001 - the status line is sent: report it in the stream
             yield error_event(e)
         finally:

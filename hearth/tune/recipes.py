@@ -37,6 +37,7 @@ class DataOptions:
     overlong: str = "truncate"  # "truncate" | "drop"
     use_template: bool = True  # prompt/completion through the chat template (False: raw text + EOS)
     max_line_bytes: int | None = None  # longest JSONL line read (None: data.line_cap(max_len))
+    val_path: str | Path | None = None  # validation data of its own (e.g. `hearth feedback export`'s .val.jsonl)
 
 
 @dataclass
@@ -152,7 +153,12 @@ def tune(
     max_len = _max_len(cfg, loaded.model)
     ds = D.load_dataset(data_path, loaded.tokenizer, loaded.chat_template, kind, max_len, data.overlong,
                         data.on_bad_line, data.use_template, data.max_line_bytes)
-    train_items, val_items = D.split(ds.items, cfg.val_fraction, cfg.seed)
+    if data.val_path is not None:  # a split made beforehand: every line of data_path trains
+        val_ds = D.load_dataset(data.val_path, loaded.tokenizer, loaded.chat_template, kind, max_len, data.overlong,
+                                data.on_bad_line, data.use_template, data.max_line_bytes)
+        train_items, val_items = ds.items, val_ds.items
+    else:
+        train_items, val_items = D.split(ds.items, cfg.val_fraction, cfg.seed)
     prepare(loaded, cfg)
     cfg = dataclasses.replace(cfg, max_len=max_len)
     check_memory(loaded.model, largest_micro_batch(train_items, cfg), cfg, loaded.device, kind, memory_limit)
@@ -176,7 +182,8 @@ def tune(
     from hearth.store import lineage as L
     from hearth.tune.lineage import license_id, lineage, step_record
 
-    record = lineage(base, loaded.checkpoint.path, license_id(loaded.checkpoint), [Path(data_path)], cfg,
+    files = [Path(data_path)] + ([Path(data.val_path)] if data.val_path is not None else [])
+    record = lineage(base, loaded.checkpoint.path, license_id(loaded.checkpoint), files, cfg,
                      result.tokens, result.seconds, step="tune", parent=L.of_checkpoint(loaded.checkpoint))
     if cfg.method == "full":  # the model written is the run's output: it carries the record itself
         (out / "model" / L.FILE).write_text(L.to_json(record), encoding="utf-8")

@@ -7,6 +7,7 @@
     embedding.py    /v1/embeddings
     moderation.py   /v1/moderations (the guard, hearth serve --guard)
     models.py       /v1/models
+    records.py      stored completions and feedback (hearth serve --capture)
 
 The names below are re-exported for callers that want the whole format in one place (openapi.py).
 """
@@ -134,3 +135,4 @@ __all__ = [
     "ModelCard",
     "ModelList",
 ]
+from hearth.server.protocol.records import FeedbackRequest, UpdateCompletionRequest
