@@ -15,6 +15,7 @@ import click
 import typer
 
 from hearth.cli import chat, customize, flywheel, guard, measure, redteam, release, serve, store
+from hearth.cli import cost as cost_cli
 from hearth.cli import license as license_cli
 from hearth.errors import HearthError, Interrupted
 
@@ -76,6 +77,7 @@ app.add_typer(release.app, name="release")
 app.add_typer(license_cli.app, name="license")
 app.add_typer(flywheel.capture_app, name="capture")
 app.add_typer(flywheel.feedback_app, name="feedback")
+app.command()(cost_cli.cost)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -61,12 +61,12 @@ def build_records(opts: RecordOptions, device: str = "cpu"):
                      f", kept {opts.capture_days:g} days" if opts.capture_days is not None else "")
         if opts.ledger:
             from hearth.records.energy import detect_meter
-            from hearth.records.ledger import Accountant, Ledger
+            from hearth.records.ledger import Accountant, Ledger, default_path
 
             meter = detect_meter(device, **({} if opts.watts_per_core is None else {"watts_per_core": opts.watts_per_core}))
-            records.ledger = Ledger(home / "ledger.sqlite")
+            records.ledger = Ledger(default_path(home))
             records.accountant = Accountant(records.ledger, meter)
-            log.info("ledger: %s (energy: %s%s)", home / "ledger.sqlite", meter.source,
+            log.info("ledger: %s (energy: %s%s)", default_path(home), meter.source,
                      ", an estimate from CPU time" if meter.estimated else "")
         if opts.audit:
             from hearth.records.audit import AuditLog
