@@ -15,6 +15,7 @@ import click
 import typer
 
 from hearth.cli import chat, customize, flywheel, guard, measure, redteam, release, serve, store
+from hearth.cli import audit as audit_cli
 from hearth.cli import cost as cost_cli
 from hearth.cli import license as license_cli
 from hearth.errors import HearthError, Interrupted
@@ -78,6 +79,7 @@ app.add_typer(license_cli.app, name="license")
 app.add_typer(flywheel.capture_app, name="capture")
 app.add_typer(flywheel.feedback_app, name="feedback")
 app.command()(cost_cli.cost)
+app.add_typer(audit_cli.app, name="audit")
 
 
 def main(argv: list[str] | None = None) -> int:

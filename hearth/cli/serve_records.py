@@ -70,8 +70,9 @@ def build_records(opts: RecordOptions, device: str = "cpu"):
                      ", an estimate from CPU time" if meter.estimated else "")
         if opts.audit:
             from hearth.records.audit import AuditLog
+            from hearth.records.audit import default_path as audit_path
 
-            records.audit = AuditLog(home / "audit" / "audit.jsonl", durable=opts.audit_durable)
+            records.audit = AuditLog(audit_path(home), durable=opts.audit_durable)
     except BaseException:
         records.close()
         raise
