@@ -213,3 +213,34 @@ def test_exported_feedback_is_read_by_tune(server, tmp_path):
     r = cli("tune", str(model), "--data", str(dpo), "--method", "dpo", "-o", str(tmp_path / "dpo"),
             "--max-steps", "1", "--batch-size", "1", "--val-fraction", "0", "--quiet")
     assert r.returncode == 0, r.stderr
+
+
+def test_the_ledger_and_the_audit_log_see_every_request_without_content(server):
+    import hashlib
+
+    key_id = "key-" + hashlib.sha256(b"k").hexdigest()[:12]  # the SDK sends `Bearer k`
+
+    def requests_counted() -> int:
+        text = httpx.get(server.url + "/metrics").text
+        return sum(int(float(line.rsplit(" ", 1)[1])) for line in text.splitlines()
+                   if line.startswith("hearth_ledger_requests_total{") and f'key_id="{key_id}"' in line)
+    before = requests_counted()
+    ask(server, "secret question about my account")
+    ask(server, "another")
+    deadline = time.monotonic() + 10
+    while requests_counted() < before + 2 and time.monotonic() < deadline:  # written by the records thread
+        time.sleep(0.1)
+    assert requests_counted() == before + 2
+    env = cli_env(server.home)
+    run = [sys.executable, "-m", "hearth.cli"]
+    r = subprocess.run([*run, "audit", "verify"], capture_output=True, text=True, env=env, timeout=60)
+    assert r.returncode == 0 and r.stdout.startswith("verified:"), r.stdout + r.stderr
+    r = subprocess.run([*run, "audit", "show", "--last", "2", "--json"], capture_output=True, text=True, env=env, timeout=60)
+    entries = json.loads(r.stdout)
+    assert [(e["endpoint"], e["status"], e["key_id"], e["model"]) for e in entries] == \
+        [("/v1/chat/completions", 200, key_id, "tiny")] * 2
+    assert entries[0]["prompt_tokens"] > 0 and "secret" not in r.stdout
+    log = (server.home / "audit" / "audit.jsonl").read_text()
+    assert "secret" not in log and "account" not in log
+    r = subprocess.run([*run, "cost", "--json"], capture_output=True, text=True, env=env, timeout=60)
+    assert r.returncode == 0 and key_id in r.stdout, r.stderr
