@@ -73,12 +73,12 @@ def test_stored_completions_through_the_openai_sdk(server):
     assert [x.id for x in c.chat.completions.list(after=page.data[0].id, limit=100)] == ids[1:]
     got = c.chat.completions.retrieve(kept.id)
     assert got.id == kept.id and got.choices[0].message.content == kept.choices[0].message.content
-    assert got.model_extra["metadata"] == {"team": "support", "case": "1"}
+    assert got.metadata == {"team": "support", "case": "1"}
     assert got.model_extra["hearth"]["model_digest"].startswith("sha256:")
     msgs = c.chat.completions.messages.list(kept.id)
     assert [(m.role, m.content) for m in msgs.data] == [("user", "What is the capital of France?")]
     updated = c.chat.completions.update(kept.id, metadata={"team": "support", "reviewed": "yes"})
-    assert updated.model_extra["metadata"] == {"team": "support", "reviewed": "yes"}
+    assert updated.metadata == {"team": "support", "reviewed": "yes"}
     assert [x.id for x in c.chat.completions.list(metadata={"reviewed": "yes"})] == [kept.id]
     deleted = c.chat.completions.delete(other.id)
     assert deleted.deleted and deleted.id == other.id
@@ -138,7 +138,7 @@ def test_personal_data_never_reaches_the_database_file(server):
     got = client(server).chat.completions.retrieve(done.id)
     stored = client(server).chat.completions.messages.list(done.id).data[0].content
     assert "<EMAIL_ADDRESS>" in stored and "<CREDIT_CARD>" in stored and "<IBAN_CODE>" in stored
-    assert got.model_extra["metadata"] == {"contact": "<EMAIL_ADDRESS>"}
+    assert got.metadata == {"contact": "<EMAIL_ADDRESS>"}
     raw = b"".join(p.read_bytes() for p in server.db.parent.glob(server.db.name + "*"))  # the file, its WAL
     assert done.id.encode() in raw  # the record is there...
     for kind, value in PII.items():  # ...and none of what it held
