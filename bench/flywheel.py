@@ -79,12 +79,10 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=4, help="concurrent simulated users")
     ap.add_argument("--workdir", type=Path, default=None)
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "flywheel.json")
+    ap.add_argument("--reuse", action="store_true", help="reuse --workdir's capture (skip asking and correcting)")
     args = ap.parse_args()
 
-    import openai
-
     from hearth.eval.arc import load_items
-    from serve_kit import ServerProcess
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="hearth-flywheel-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -94,6 +92,39 @@ def main() -> None:
     db = work / "capture.sqlite"
     t0 = time.perf_counter()
 
+    if args.reuse and db.exists():
+        import sqlite3
+
+        with sqlite3.connect(db) as con:
+            scores = [s for (s,) in con.execute("SELECT score FROM feedback")]
+        traffic_acc = sum(s > 0 for s in scores) / max(1, len(scores))
+        print(f"1-2. reusing {db}: {len(scores)} answers with feedback, {traffic_acc:.1%} right", flush=True)
+    else:
+        traffic_acc = ask_and_correct(args, work, db, traffic)
+    export_and_tune = tune(args, work, db, env)
+    before, after = held_out(args, work, held)
+    cost = cli("cost", "--json", env=env)
+    table = cli("cost", "--plot", str(work / "cost.png"), env=env)
+    result = {"model": args.model, "asked": len(traffic), "held_out": len(held), "traffic_accuracy": traffic_acc,
+              "held_out_before": before, "held_out_after": after, "tune_seconds": round(export_and_tune, 1),
+              "tune_args": TUNE_ARGS, "seconds": round(time.perf_counter() - t0, 1), "workdir": str(work),
+              "cost": json.loads(cost)}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"\nheld-out accuracy ({len(held)} ARC-Easy questions): base {before:.1%} -> with the adapter {after:.1%}")
+    print(table)
+    print(f"written {args.out}; work files in {work}")
+
+
+TUNE_ARGS: list[str] = []
+
+
+def ask_and_correct(args, work: Path, db: Path, traffic: list[dict]) -> float:
+    import httpx
+    import openai
+
+    from serve_kit import ServerProcess
+
     print(f"1. serving {args.model} with capture on ({db})", flush=True)
     server = ServerProcess(work, "base", "--capture", str(db), model=args.model, env={"HEARTH_HOME": str(work / "home")})
     try:
@@ -102,8 +133,6 @@ def main() -> None:
         print(f"2. {len(traffic)} questions asked with store=True; each wrong answer corrected, each right one liked",
               flush=True)
         rows = ask_all(client, args.model, traffic, True, args.workers)
-        import httpx
-
         for item, cid, answer in rows:
             right = picked(answer) == LETTERS[item["answer"]]
             body = {"completion_id": cid, "score": 1 if right else -1}
@@ -114,7 +143,10 @@ def main() -> None:
         print(f"   the base answered {traffic_acc:.1%} of them right", flush=True)
     finally:
         server.stop()
+    return traffic_acc
 
+
+def tune(args, work: Path, db: Path, env: dict) -> float:
     print("3. export the feedback and tune a LoRA adapter on it", flush=True)
     data = work / "feedback.jsonl"
     print("   " + cli("feedback", "export", str(db), "--format", "sft", "-o", str(data), env=env).strip().splitlines()[0])
@@ -125,9 +157,16 @@ def main() -> None:
         tune_args += ["--val-data", str(val)]
     if args.max_steps:
         tune_args += ["--max-steps", str(args.max_steps)]
+    TUNE_ARGS[:] = tune_args
     t_tune = time.perf_counter()
     print("   " + cli(*tune_args, env=env).strip().splitlines()[-1], flush=True)
-    tune_seconds = time.perf_counter() - t_tune
+    return time.perf_counter() - t_tune
+
+
+def held_out(args, work: Path, held: list[dict]) -> tuple[float, float]:
+    import openai
+
+    from serve_kit import ServerProcess
 
     print(f"4. serve the adapter beside the base; {len(held)} held-out questions to each", flush=True)
     server = ServerProcess(work, "after", "--adapter", f"fixed={work / 'adapter'}", model=args.model,
@@ -139,16 +178,7 @@ def main() -> None:
         after = accuracy(ask_all(client, "fixed", held, False, args.workers))
     finally:
         server.stop()
-    cost = cli("cost", "--json", env=env)
-    table = cli("cost", "--plot", str(work / "cost.png"), env=env)
-    result = {"model": args.model, "asked": len(traffic), "held_out": len(held), "traffic_accuracy": traffic_acc,
-              "held_out_before": before, "held_out_after": after, "tune_seconds": round(tune_seconds, 1),
-              "seconds": round(time.perf_counter() - t0, 1), "workdir": str(work), "cost": json.loads(cost)}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"\nheld-out accuracy ({len(held)} ARC-Easy questions): base {before:.1%} -> with the adapter {after:.1%}")
-    print(table)
-    print(f"written {args.out}; work files in {work}")
+    return before, after
 
 
 if __name__ == "__main__":

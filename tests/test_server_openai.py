@@ -320,9 +320,12 @@ def test_errors_reach_the_sdk(client):
         client.completions.create(model=MODEL, prompt="hi", max_tokens=10**6)
     with pytest.raises(openai.BadRequestError, match="temperature"):
         client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], temperature=5)
-    with pytest.raises(openai.BadRequestError, match="frobnicate"):
+    with pytest.raises(openai.BadRequestError, match="audio"):
         client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}],
-                                       extra_body={"frobnicate": True})
+                                       modalities=["text", "audio"], audio={"voice": "alloy", "format": "wav"})
+    raw = client.chat.completions.with_raw_response.create(  # tolerated: ignored, and said so
+        model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=2, extra_body={"frobnicate": True})
+    assert "frobnicate" in raw.headers["warning"] and raw.parse().choices
     assert chat_text(client, "hi", max_tokens=2)  # still serving
 
 

@@ -360,7 +360,14 @@ BAD_REQUESTS = [
     (CHAT, {"messages": HELLO, "top_logprobs": 21, "logprobs": True}, "top_logprobs", ""),
     (CHAT, {"messages": HELLO, "top_logprobs": 2}, "top_logprobs", "logprobs"),
     (CHAT, {"messages": HELLO, "stream_options": {"include_usage": True}}, "stream_options", "stream"),
-    (CHAT, {"messages": HELLO, "frobnicate": 1}, "frobnicate", "unsupported field"),
+    (CHAT, {"messages": HELLO, "audio": {"voice": "alloy", "format": "wav"}}, "audio", "no audio output"),
+    (CHAT, {"messages": HELLO, "modalities": ["text", "audio"]}, "modalities", "only text"),
+    (CHAT, {"messages": HELLO, "function_call": 3}, "function_call", "'none', 'auto'"),
+    (CHAT, {"messages": HELLO + [{"role": "assistant", "content": "Hi"}], "continue_final_message": True},
+     "continue_final_message", "add_generation_prompt false"),
+    (CHAT, {"messages": HELLO, "continue_final_message": True, "add_generation_prompt": False},
+     "continue_final_message", "the assistant's"),
+    (CHAT, {"messages": HELLO, "chat_template_kwargs": {"messages": []}}, "chat_template_kwargs", "cannot set"),
     (CHAT, {"messages": [{"role": "user", "content": "x", "colour": "red"}]}, "messages.0.colour", "unsupported"),
     (CHAT, {"messages": []}, "messages", "at least one message"),
     (CHAT, {"messages": "hello"}, "messages", ""),
@@ -508,9 +515,7 @@ def test_openapi_document_covers_every_route_with_its_bodies_and_errors(client, 
         assert client.post(CHAT, json=example["value"]).status_code == 200, example
 
 
-def test_unknown_model_is_404(client):
-    err = assert_error(client.post(CHAT, json={"model": "gpt-9", "messages": HELLO}), 404, "model", "gpt-9")
-    assert err["code"] == "model_not_found"
+def test_unknown_model_lookup_is_404(client):
     assert_error(client.get("/v1/models/gpt-9"), 404, "model")
     still_serving(client)
 
@@ -822,3 +827,65 @@ def test_embeddings_shape_and_errors(client, engine):
     assert_error(client.post("/v1/embeddings", json={"input": "word " * 300}), 400, "input", "maximum context length")
     assert_error(client.post("/v1/embeddings", json={"input": 5}), 400, "input", "must be")
     assert_error(client.post("/v1/embeddings", json={"input": "x", "encoding_format": "int8"}), 400, "encoding_format")
+
+
+# -- tolerant by default, strict on request (hearth/server/fields.py; issue 21) -------------------------------------
+def test_every_row_of_the_tolerated_fields_table(client, engine):
+    """Each field the table names: ignored with a Warning header naming it, mapped, or refused only when its value
+    asks for what hearth cannot give (those are in BAD_REQUESTS)."""
+    from hearth.server.fields import TABLE, tolerate
+    from hearth.server.protocol import ChatCompletionRequest
+
+    values = {"modalities": ["text"], "audio": None, "functions": [TOOL["function"]], "function_call": "auto",
+              "reasoning_effort": "high", "verbosity": "low", "prompt_cache_key": "k", "safety_identifier": "u1",
+              "web_search_options": {}, "prediction": {"type": "content", "content": "x"}, "moderation": True,
+              "reasoning": {"effort": "low"}, "cache_prompt": True, "n_probs": 2, "id_slot": 0, "priority": 1,
+              "request_id": "r", "echo": False}
+    assert set(values) == set(TABLE)  # a new row needs a value here
+    for name, value in values.items():
+        if TABLE[name].action == "map":
+            continue
+        r = client.post(CHAT, json={"messages": HELLO, "max_tokens": 2, name: value})
+        assert r.status_code == 200, (name, r.text)
+        assert name in r.headers["Warning"] and r.headers["Warning"].startswith("299 "), name
+    # the legacy spellings become tools / tool_choice (a tools prompt overflows the fake engine's 256 tokens)
+    data = {"messages": HELLO, "functions": [TOOL["function"]], "function_call": {"name": "f"}}
+    assert tolerate(data, frozenset(ChatCompletionRequest.model_fields), False, "chat") == []
+    assert data["tools"] == [TOOL] and data["tool_choice"] == {"type": "function", "function": {"name": "f"}}
+    ChatCompletionRequest.model_validate(data)
+    r = client.post(COMPLETIONS, json={"prompt": "x", "max_tokens": 2, "reasoning_effort": "low", "frobnicate": 1})
+    assert r.status_code == 200 and "frobnicate" in r.headers["Warning"] and "reasoning_effort" in r.headers["Warning"]
+
+
+def test_strict_refuses_unknown_fields_and_model_names(engine):
+    with TestClient(build_app(engine, served_model_name="tiny-model", strict=True, strict_model_names=True)) as c:
+        assert_error(c.post(CHAT, json={"messages": HELLO, "frobnicate": 1}), 400, "frobnicate", "unsupported field")
+        assert c.post(CHAT, json={"messages": HELLO, "max_tokens": 2, "reasoning_effort": "low"}).status_code == 200
+        err = assert_error(c.post(CHAT, json={"model": "gpt-9", "messages": HELLO}), 404, "model", "gpt-9")
+        assert err["code"] == "model_not_found"
+
+
+def test_any_model_name_reaches_the_one_model_and_routes_answer_without_v1(client, engine):
+    r = client.post(CHAT, json={"model": "gpt-4o-mini", "messages": HELLO, "max_tokens": 2})
+    assert r.status_code == 200 and r.json()["model"] == "tiny-model"
+    assert client.post("/chat/completions", json={"messages": HELLO, "max_tokens": 2}).status_code == 200
+    assert client.post("/completions", json={"prompt": "x", "max_tokens": 2}).status_code == 200
+    assert [m["id"] for m in client.get("/models").json()["data"]] == [m["id"] for m in client.get("/v1/models").json()["data"]]
+    assert client.get("/v1/models/gpt-4o-mini").status_code == 404  # the list and a lookup name the real models
+    ids = client.post("/tokenize", json={"content": "Hello there"}).json()["tokens"]  # llama.cpp's body
+    assert ids == client.post("/tokenize", json={"prompt": "Hello there"}).json()["tokens"]
+
+
+def test_template_switches_reach_the_prompt(client, engine):
+    convo = HELLO + [{"role": "assistant", "content": "General Kenobi"}]
+    r = client.post(CHAT, json={"messages": convo, "max_tokens": 2, "add_generation_prompt": False,
+                                "continue_final_message": True})
+    assert r.status_code == 200, r.text
+    text = engine.tokenizer.decode(engine.requests[-1].prompt_ids)
+    assert text.rstrip().endswith("General Kenobi")
+    closed = engine.tokenizer.decode(engine.tokenizer.encode(
+        engine.chat_template.render(convo, add_generation_prompt=False), add_bos=False))
+    assert len(closed) > len(text)  # without continue_final_message the turn is closed
+    r = client.post(CHAT, json={"messages": HELLO, "max_tokens": 2, "add_generation_prompt": False})
+    assert engine.tokenizer.decode(engine.requests[-1].prompt_ids) == engine.tokenizer.decode(
+        engine.tokenizer.encode(engine.chat_template.render(HELLO, add_generation_prompt=False), add_bos=False))

@@ -101,6 +101,8 @@ def serve(
     capture_days: Annotated[Optional[float], typer.Option(metavar="N", help="With --capture: delete captured completions older than N days (checked at start and every 10 minutes).", min=0.0)] = None,
     ledger: Annotated[bool, typer.Option("--ledger/--no-ledger", help="Keep running totals per model, adapter and API key (requests, tokens, busy time, energy) in $HEARTH_HOME/ledger.sqlite: `hearth cost` reads them.")] = True,
     watts_per_core: Annotated[Optional[float], typer.Option(metavar="W", help="Where no energy counter is readable (RAPL, NVML): estimate energy as CPU time x W watts per core, marked as an estimate.", min=0.0)] = None,
+    strict: Annotated[bool, typer.Option("--strict", help="Refuse request fields hearth does not know (a 400 naming the field). By default they are ignored, logged and named in a Warning header, as are the newer OpenAI, vLLM and llama.cpp fields hearth cannot honour (docs/CLIENTS.md lists them).")] = False,
+    strict_model_names: Annotated[bool, typer.Option("--strict-model-names", help="Answer a request naming another model with 404. By default the one served model answers whatever name a client sends (llama.cpp's way; each new name is logged once).")] = False,
     audit: Annotated[bool, typer.Option("--audit/--no-audit", help="Append each request (time, key id, model, endpoint, status, tokens, guard decision; no content) to the hash-chained log $HEARTH_HOME/audit/audit.jsonl: `hearth audit verify` checks it.")] = True,
 ):
     """Serve MODEL over an OpenAI-compatible HTTP API (/v1/chat/completions, /v1/completions, ...).
@@ -166,7 +168,7 @@ def serve(
         web = build_app(engine, api_key=key, served_model_name=names, max_body_bytes=max_body_bytes,
                         allowed_hosts=allowed_hosts_for(host, allowed_host or ()),
                         cors_origins=tuple(cors_origin or ()), public_metrics=public_metrics, guard=server_guard,
-                        records=records)
+                        records=records, strict=strict, strict_model_names=strict_model_names)
     except BaseException:
         sock.close()
         if records is not None:

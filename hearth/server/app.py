@@ -21,7 +21,7 @@ from pydantic import BaseModel
 from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import JSONResponse, Response
 
-from hearth.server import errors, openapi
+from hearth.server import errors, fields, openapi
 from hearth.server.access_log import AccessLog
 from hearth.server.common import ServerContext
 from hearth.server.errors import ClientGone, ServiceUnavailable
@@ -82,6 +82,8 @@ def build_app(
     public_metrics: bool = False,
     guard: ServerGuard | None = None,
     records: ServerRecords | None = None,
+    strict: bool = False,
+    strict_model_names: bool = False,
 ) -> FastAPI:
     """A FastAPI app serving `engine`. With `api_key`, every route but /health needs
     `Authorization: Bearer <api_key>` (/metrics and the docs too, unless `public_metrics`). Requests naming
@@ -99,13 +101,19 @@ def build_app(
 
     With `records` (records.ServerRecords: `hearth serve --capture`, the cost ledger, the audit log), chat
     completions are stored as their requests ask, the stored-completion and feedback routes answer, and each
-    request's record reaches the ledger and the audit log; /metrics adds the ledger's totals."""
+    request's record reaches the ledger and the audit log; /metrics adds the ledger's totals.
+
+    Tolerant by default (fields.py): fields of newer APIs and other servers that hearth does not implement are
+    ignored with a `Warning` header, and a request naming another model is answered by this one, as llama.cpp does;
+    `strict` refuses unknown fields, `strict_model_names` unknown model names (404). Every /v1 route also answers
+    without the prefix (llama.cpp's clients use a base URL without /v1)."""
     aliases = (served_model_name,) if isinstance(served_model_name, str) else tuple(served_model_name or ())
     names = tuple(dict.fromkeys(n for n in (*aliases, engine.model_name) if n))
     adapters = dict(getattr(engine, "adapters", {}))  # name -> directory
     if guard is not None and guard.engine is engine and guard.adapter is not None:
         adapters.pop(guard.adapter, None)
-    ctx = ServerContext(engine, names, Metrics(engine), adapters=tuple(adapters), guard=guard, records=records)
+    ctx = ServerContext(engine, names, Metrics(engine), adapters=tuple(adapters), guard=guard, records=records,
+                        lenient_names=not strict_model_names)
     chat, completion, tokenize = ChatService(ctx), CompletionService(ctx), TokenizeService(ctx)
     embedding, moderation = EmbeddingService(ctx), ModerationService(ctx)
 
@@ -147,20 +155,31 @@ def build_app(
         except ClientGone:
             return Response(status_code=499)
 
+    async def tolerant(request: Request, model, route: str):
+        """The body parsed into `model` after fields.py's table has taken out what hearth does not implement."""
+        data = await read_json(request, max_body_bytes)
+        ignored = fields.tolerate(data, frozenset(model.model_fields), strict, route)
+        return parse(model, data), ignored
+
+    def warned(response: Response, ignored: list[str]) -> Response:
+        if ignored:
+            response.headers["Warning"] = fields.warning(ignored)
+        return response
+
     @app.post("/v1/chat/completions", dependencies=gates)
     async def chat_completions(request: Request) -> Response:
-        req = parse(ChatCompletionRequest, await read_json(request, max_body_bytes))
-        return await run(request, chat.create(req))
+        req, ignored = await tolerant(request, ChatCompletionRequest, "chat")
+        return warned(await run(request, chat.create(req)), ignored)
 
     @app.post("/v1/completions", dependencies=gates)
     async def completions(request: Request) -> Response:
-        req = parse(CompletionRequest, await read_json(request, max_body_bytes))
-        return await run(request, completion.create(req))
+        req, ignored = await tolerant(request, CompletionRequest, "completions")
+        return warned(await run(request, completion.create(req)), ignored)
 
     @app.post("/v1/embeddings", dependencies=gates)
     async def embeddings(request: Request) -> Response:
-        req = parse(EmbeddingRequest, await read_json(request, max_body_bytes))
-        return await run(request, embedding.create(req))
+        req, ignored = await tolerant(request, EmbeddingRequest, "embeddings")
+        return warned(await run(request, embedding.create(req)), ignored)
 
     @app.post("/v1/moderations", dependencies=gates)
     async def moderations(request: Request) -> Response:
@@ -173,7 +192,7 @@ def build_app(
 
     @app.get("/v1/models/{model_id:path}", dependencies=[Depends(authorized)])
     async def model(model_id: str) -> Response:
-        ctx.check_model(model_id)
+        ctx.check_model(model_id, lenient=False)  # the list names the real models: so does a lookup
         return _json(card(model_id))
 
     def card(name: str) -> ModelCard:
@@ -184,6 +203,11 @@ def build_app(
     @app.post("/tokenize", dependencies=gates)
     async def tokenize_route(request: Request) -> Response:
         data = await read_json(request, max_body_bytes)
+        if "content" in data and "prompt" not in data and "messages" not in data:  # llama.cpp's body
+            data["prompt"] = data.pop("content")
+            if "add_special" in data:
+                data["add_special_tokens"] = data.pop("add_special")
+            data.pop("with_pieces", None)
         kind = TokenizeChatRequest if "messages" in data else TokenizeCompletionRequest
         return _json(await tokenize.tokenize(parse(kind, data)))
 
@@ -211,6 +235,21 @@ def build_app(
 
     server_records.install(app, records, authorized, max_body_bytes)
 
+    _unprefixed(app)
     openapi.install(app)  # the routes read their bodies by hand: openapi.py's table documents them
     return app
+
+
+def _unprefixed(app: FastAPI) -> None:
+    """Each /v1 route also at its path without /v1 (not in the OpenAPI document: the same operation twice)."""
+    from fastapi.routing import APIRoute
+
+    have = {(r.path, m) for r in app.routes if isinstance(r, APIRoute) for m in r.methods}
+    for route in list(app.routes):
+        if isinstance(route, APIRoute) and route.path.startswith("/v1/"):
+            path = route.path[3:]
+            methods = [m for m in route.methods if (path, m) not in have]
+            if methods:
+                app.add_api_route(path, route.endpoint, methods=methods, dependencies=route.dependencies,
+                                  include_in_schema=False)
 

@@ -9,6 +9,7 @@ cancellation) aborts every request that has not finished, which frees its KV blo
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -28,6 +29,8 @@ from hearth.tokenizer.limits import surely_too_long
 if TYPE_CHECKING:
     from hearth.server.guarding import ServerGuard
     from hearth.server.records import ServerRecords
+
+log = logging.getLogger("hearth")
 
 LOGPROB_FLOOR = -9999.0  # JSON has no -inf; vLLM clamps the same way
 # Threads that render chat templates and tokenize prompts. Their own pool, so a flood of slow prompts (each bounded by
@@ -51,6 +54,8 @@ class ServerContext:
     adapters: tuple[str, ...] = ()  # LoRA adapters served beside the model, requested by name as models
     guard: ServerGuard | None = None  # hearth serve --guard: input and output checks, /v1/moderations
     records: ServerRecords | None = None  # hearth serve --capture / the ledger / the audit log (records.py)
+    lenient_names: bool = False  # a request naming another model is answered by this one (llama.cpp's way)
+    _other_names: set[str] = field(default_factory=set)
     _token_str: dict[int, str] = field(default_factory=dict)
     _token_bytes: dict[int, list[int]] = field(default_factory=dict)
     _prompt_threads: ThreadPoolExecutor = field(
@@ -76,13 +81,18 @@ class ServerContext:
     def model_name(self) -> str:
         return self.model_names[0]
 
-    def check_model(self, name: str | None) -> str:
+    def check_model(self, name: str | None, lenient: bool = True) -> str:
         """The name to answer with: the model's, or that of the adapter asked for (noted for the access log, the
         cost ledger and the audit log)."""
         if name is not None and name in self.adapters:
             note_served(name, name)
             return name
-        if name is not None and name not in self.model_names:
+        if name is not None and name not in self.model_names and lenient and self.lenient_names:
+            if name not in self._other_names and len(self._other_names) < 1000:  # once per name (bounded)
+                self._other_names.add(name)
+                log.info("a request names the model %r; %s answers it (serve --strict-model-names: 404)",
+                         name[:100], self.model_name)
+        elif name is not None and name not in self.model_names:
             served = ", ".join(f"'{n}'" for n in (self.model_name, *self.adapters))
             raise ModelNotFound(f"the model '{name}' does not exist; this server serves {served}", param="model")
         note_served(self.model_name, None)

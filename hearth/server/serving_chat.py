@@ -39,7 +39,15 @@ class ChatService:
         """Blocking (a render up to its budget, a tokenization): called in a prompt thread (ServerContext.off_loop)."""
         engine = self.ctx.engine
         messages, extra = tool_calls.prompt(req.messages, tool_calls.offered(req), engine.chat_template.source)
-        text = engine.chat_template.render(messages, add_generation_prompt=True, **extra)
+        text = engine.chat_template.render(messages, add_generation_prompt=req.add_generation_prompt,
+                                           **(req.chat_template_kwargs or {}), **extra)
+        if req.continue_final_message:  # transformers' way: cut what the template wrote after the last message
+            last = messages[-1].get("content")
+            at = text.rfind(last) if isinstance(last, str) and last else -1
+            if at < 0:
+                raise BadRequest("continue_final_message: the chat template does not write the last message as "
+                                 "given, so it cannot be continued", param="continue_final_message")
+            text = text[: at + len(last)]
         self.ctx.check_text_fits(text, "messages")
         # The template writes BOS itself where the model wants one (as transformers' apply_chat_template).
         return engine.tokenizer.encode(text, add_bos=False)

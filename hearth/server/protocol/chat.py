@@ -139,6 +139,25 @@ class ChatCompletionRequest(SamplingFields):
     tools: Optional[list[Tool]] = None
     tool_choice: Union[Literal["none", "auto", "required"], NamedToolChoice, None] = None  # None: auto with tools
     parallel_tool_calls: Optional[StrictBool] = None  # None: true
+    # vLLM's and transformers' template switches (server/fields.py lists the fields hearth only tolerates)
+    chat_template_kwargs: Optional[dict[str, Any]] = None  # extra variables for the chat template
+    add_generation_prompt: StrictBool = True  # end the prompt with the assistant's turn header
+    continue_final_message: StrictBool = False  # the last (assistant) message is continued, not closed
+
+    _template_kwargs = field_validator("chat_template_kwargs")(_shallow)
+
+    @model_validator(mode="after")
+    def _continue_final_message(self):
+        if self.continue_final_message and self.add_generation_prompt:
+            raise FieldError("continue_final_message", "continue_final_message needs add_generation_prompt false "
+                                                       "(the last message is continued, so no new turn begins)")
+        if self.continue_final_message and self.messages[-1].role != "assistant":
+            raise FieldError("continue_final_message", "continue_final_message needs the last message to be the "
+                                                       "assistant's")
+        reserved = {"messages", "add_generation_prompt", "tools"} & set(self.chat_template_kwargs or {})
+        if reserved:
+            raise FieldError("chat_template_kwargs", f"chat_template_kwargs cannot set {sorted(reserved)[0]!r}")
+        return self
 
     @field_validator("messages")
     @classmethod
