@@ -403,6 +403,20 @@ def test_tool_calls_through_the_sdk(client):
     r = client.chat.completions.create(model=MODEL, messages=history, tools=tools, tool_choice="none",
                                        temperature=0, max_tokens=30)
     assert r.choices[0].message.content and not r.choices[0].message.tool_calls
+    # a forced call cut short by max_tokens: the call so far, finish_reason length, never the call's text as content
+    for stream in (False, True):
+        cut = client.chat.completions.create(model=MODEL, messages=messages, tools=tools, tool_choice=named,
+                                             temperature=0, max_tokens=6, stream=stream)
+        if stream:
+            deltas = [c.choices[0] for c in cut if c.choices]
+            content = "".join(d.delta.content or "" for d in deltas)
+            calls = [tc for d in deltas for tc in d.delta.tool_calls or []]
+            finish = deltas[-1].finish_reason
+        else:
+            content, calls, finish = cut.choices[0].message.content, cut.choices[0].message.tool_calls, \
+                cut.choices[0].finish_reason
+        assert not content and finish == "length", (stream, content)
+        assert [c.function.name for c in calls] == ["get_weather"]
 
 
 
@@ -430,3 +444,14 @@ def test_prefix_cache_metrics(client, url):
                                        max_tokens=2, temperature=0)
     assert metric(url, "hearth_prefix_cache_hits_total") - before >= 64  # the shared system prompt's blocks
     assert metric(url, "hearth_prefix_cache_queries_total") > metric(url, "hearth_prefix_cache_hits_total")
+
+
+def test_usage_reports_cached_prompt_tokens_and_a_fingerprint(client):
+    """Prefix caching: the second request with the same long prompt reads its blocks from the cache, and says so in
+    OpenAI's usage.prompt_tokens_details.cached_tokens."""
+    long = "Tell me about the history of the river Thames and the bridges across it. " * 8
+    first = client.chat.completions.create(model=MODEL, messages=chat(long), max_tokens=2, temperature=0)
+    again = client.chat.completions.create(model=MODEL, messages=chat(long), max_tokens=2, temperature=0)
+    assert again.usage.prompt_tokens == first.usage.prompt_tokens > 64
+    assert 0 < again.usage.prompt_tokens_details.cached_tokens <= again.usage.prompt_tokens
+    assert first.system_fingerprint and first.system_fingerprint == again.system_fingerprint

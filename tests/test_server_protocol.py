@@ -97,7 +97,8 @@ def test_chat_completion_shape_and_usage(client, engine):
     expected_prompt = engine.tokenizer.encode(engine.chat_template.render(HELLO), add_bos=False)
     assert req.prompt_ids == expected_prompt
     assert body["usage"] == {"prompt_tokens": len(expected_prompt), "completion_tokens": 5,
-                             "total_tokens": len(expected_prompt) + 5}
+                             "total_tokens": len(expected_prompt) + 5, "prompt_tokens_details": {"cached_tokens": 0}}
+    assert body["system_fingerprint"].startswith("fp_")
     assert req.params.temperature == 0 and req.params.max_tokens == 5
 
 
@@ -290,7 +291,8 @@ def test_echo_logprobs_with_zero_max_tokens_scores_the_prompt(client, engine):
     assert lp["token_logprobs"][1:] == pytest.approx([-1.0 - 0.01 * i for i in range(4)])
     assert all(lp["tokens"][i] in lp["top_logprobs"][i] for i in range(1, 5))  # the actual token is listed
     assert lp["text_offset"] == [len(engine.tokenizer.decode(ids[:i], skip_special=False).rstrip("\ufffd")) for i in range(5)]
-    assert body["usage"] == {"prompt_tokens": 5, "completion_tokens": 0, "total_tokens": 5}
+    assert body["usage"] == {"prompt_tokens": 5, "completion_tokens": 0, "total_tokens": 5,
+                             "prompt_tokens_details": {"cached_tokens": 0}}
 
 
 def test_echo_logprobs_covers_prompt_then_generated(client):

@@ -254,6 +254,7 @@ class LLMEngine:
         out = RequestOutput(
             request_id=seq.request_id, new_token_ids=new, new_text=text, finished=finished, finish_reason=reason,
             logprobs=lps, num_prompt_tokens=seq.num_prompt, num_generated_tokens=seq.num_generated,
+            num_cached_tokens=seq.cached_tokens,
         )
         if st.req.prompt_logprobs is not None and not st.sent_prompt_logprobs:
             out.prompt_logprobs = st.prompt_logprobs

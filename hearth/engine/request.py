@@ -55,3 +55,4 @@ class RequestOutput:
     scores: dict[int, float] | None = None  # EngineRequest.score_token_ids' logprobs, in the first output
     num_prompt_tokens: int = 0
     num_generated_tokens: int = 0
+    num_cached_tokens: int = 0  # prompt tokens read from the prefix cache instead of computed

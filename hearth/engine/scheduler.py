@@ -43,6 +43,7 @@ class Sequence:
     cacheable: bool = True  # may start from cached prefix blocks (not when every prompt position's logits are wanted)
     prefix: PrefixKeys = field(default_factory=PrefixKeys)
     adapter: int = 0  # the served LoRA adapter it runs with (hearth/engine/lora.py); 0: the base model
+    cached_tokens: int = 0  # prompt tokens its first admission found in the prefix cache (usage's cached_tokens)
 
     @property
     def num_generated(self) -> int:
@@ -162,6 +163,8 @@ class Scheduler:
             if seq.cacheable and self.blocks.enable_caching:
                 self.blocks.queried_tokens += len(seq.token_ids)
                 self.blocks.hit_tokens += hit_tokens
+                if not seq.num_generated:  # its first admission (a preempted one recomputes: that is no saving)
+                    seq.cached_tokens = max(seq.cached_tokens, min(hit_tokens, seq.num_prompt))
             self.waiting.popleft()
             seq.status = Status.RUNNING
             self.running.append(seq)

@@ -9,6 +9,7 @@ cancellation) aborts every request that has not finished, which frees its KV blo
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 import uuid
@@ -38,6 +39,14 @@ LOGPROB_FLOOR = -9999.0  # JSON has no -inf; vLLM clamps the same way
 PROMPT_THREADS = 4
 
 T = TypeVar("T")
+
+
+def usage_info(n_prompt: int, generated: int, cached: int = 0):
+    """The response's `usage`, with the prompt tokens the prefix cache supplied (OpenAI's cached_tokens)."""
+    from hearth.server.protocol.common import PromptTokensDetails, UsageInfo
+
+    return UsageInfo(prompt_tokens=n_prompt, completion_tokens=generated, total_tokens=n_prompt + generated,
+                     prompt_tokens_details=PromptTokensDetails(cached_tokens=min(cached, n_prompt)))
 
 
 def random_id(prefix: str) -> str:
@@ -80,6 +89,14 @@ class ServerContext:
     @property
     def model_name(self) -> str:
         return self.model_names[0]
+
+    @functools.cached_property
+    def fingerprint(self) -> str:
+        """OpenAI's system_fingerprint: changes when hearth's version or the served model does."""
+        import hashlib
+        from importlib.metadata import version
+
+        return "fp_" + hashlib.sha256(f"hearth {version('hearth')} {self.model_name}".encode()).hexdigest()[:10]
 
     def check_model(self, name: str | None, lenient: bool = True) -> str:
         """The name to answer with: the model's, or that of the adapter asked for (noted for the access log, the

@@ -13,7 +13,8 @@ from collections.abc import AsyncIterator
 from hearth.engine.request import EngineRequest, TokenLogprob
 from hearth.server import tool_calls
 from hearth.server.access_log import current, note_guard, note_usage
-from hearth.server.common import EventStream, RequestGroup, ServerContext, logprob, random_id, sampling_params
+from hearth.server.common import (EventStream, RequestGroup, ServerContext, logprob, random_id, sampling_params,
+                                  usage_info)
 from hearth.server.errors import BadRequest, error_event
 from hearth.server.guarding import (CONTENT_FILTER, HeldStream, answers_blocked, guard_turns, input_turns,
                                     with_input_checks)
@@ -102,7 +103,7 @@ class ChatService:
             return ChatCompletionResponse(id=rid, model=model, usage=usage, choices=[
                 ChatChoice(index=i, message=AssistantMessage(content=refusal), finish_reason=CONTENT_FILTER)
                 for i in range(req.n)])
-        event = _events(req, rid, model)
+        event = _events(req, rid, model, self.ctx.fingerprint)
 
         async def events() -> AsyncIterator[str]:
             for i in range(req.n):
@@ -158,6 +159,7 @@ class ChatService:
         lps: list[list[ChatTokenLogprob]] = [[] for _ in range(req.n)]
         reasons: list[str | None] = [None] * req.n
         generated = [0] * req.n
+        cached = 0
         async for i, out in group.outputs():
             texts[i].append(out.new_text)
             if req.logprobs:
@@ -165,6 +167,7 @@ class ChatService:
             if out.finished:
                 reasons[i] = out.finish_reason.value
                 generated[i] = out.num_generated_tokens
+                cached = max(cached, out.num_cached_tokens)
         answers = ["".join(t) for t in texts]
         asked = input_turns(turns or [])
         blocked = await answers_blocked(self.ctx, [(asked, a) for a in answers])
@@ -178,25 +181,28 @@ class ChatService:
             reply = tool_calls.Reply(text, [])
             if req.effective_tool_choice != "none":
                 reply = tool_calls.parse(text, self._tool_names(req), _call_id)
+                if req.forces_tool_call and not reply.calls:  # cut short by max_tokens
+                    reply = tool_calls.cut_call(text, self._tool_names(req), _call_id, _named(req))
             choices.append(ChatChoice(
                 index=i,
                 message=AssistantMessage(content=reply.content, tool_calls=reply.calls or None),
                 logprobs=ChatChoiceLogprobs(content=lps[i]) if req.logprobs else None,
-                finish_reason="tool_calls" if reply.calls else reasons[i],
+                finish_reason="tool_calls" if reply.calls and reasons[i] != "length" else reasons[i],
             ))
-        usage = UsageInfo(prompt_tokens=n_prompt, completion_tokens=sum(generated), total_tokens=n_prompt + sum(generated))
+        usage = usage_info(n_prompt, sum(generated), cached)
         note_usage(n_prompt, sum(generated))
         decision = None if self.ctx.guard is None else "blocked: output" if any(blocked) else "allowed"
         if decision is not None:
             note_guard(decision)
-        response = ChatCompletionResponse(id=rid, model=model, choices=choices, usage=usage)
+        response = ChatCompletionResponse(id=rid, model=model, choices=choices, usage=usage,
+                                          system_fingerprint=self.ctx.fingerprint)
         await self._keep(req, response.model_dump(), n_prompt, sum(generated), decision, started)
         return response
 
     async def _stream(self, req, group: RequestGroup, rid: str, model: str, n_prompt: int,
                       turns: list[dict] | None, started: float) -> AsyncIterator[str]:
         include_usage = req.include_usage
-        event = _events(req, rid, model)
+        event = _events(req, rid, model, self.ctx.fingerprint)
         guard = self.ctx.guard
         held = None  # with output checks: each choice's events wait in a HeldStream until their text has passed
         if guard is not None and guard.policy.check_output:
@@ -205,12 +211,13 @@ class ChatService:
         def content_filter(i: int) -> str:
             return event([ChatChunkChoice(index=i, delta={}, finish_reason=CONTENT_FILTER)])
 
-        generated = 0
+        generated = cached = 0
         kept = [[] for _ in range(req.n)] if self._keeps(req) else None  # the text, for the capture
         reasons: list[str | None] = [None] * req.n
         replies = None
         if req.effective_tool_choice != "none":
-            replies = [tool_calls.ReplyStream(self._tool_names(req), req.forces_tool_call, _call_id) for _ in range(req.n)]
+            replies = [tool_calls.ReplyStream(self._tool_names(req), req.forces_tool_call, _call_id, _named(req))
+                       for _ in range(req.n)]
         try:
             for i in range(req.n):
                 yield event([ChatChunkChoice(index=i, delta={"role": "assistant", "content": ""})])
@@ -221,6 +228,7 @@ class ChatService:
                     kept[i].append(out.new_text)
                 if out.finished:
                     generated += out.num_generated_tokens
+                    cached = max(cached, out.num_cached_tokens)
                     reason = reasons[i] = out.finish_reason.value
                     delta = {"content": text} if text else {}
                     if replies:
@@ -229,7 +237,7 @@ class ChatService:
                             delta["content"] = text + reply.content
                         if reply.calls:
                             delta["tool_calls"] = [{"index": k, **c.model_dump()} for k, c in enumerate(reply.calls)]
-                            reason = "tool_calls"
+                            reason = "tool_calls" if reason != "length" else reason
                     last = event([ChatChunkChoice(index=i, delta=delta, logprobs=lp, finish_reason=reason)])
                     if held is None:
                         yield last
@@ -258,7 +266,7 @@ class ChatService:
                 decision = "blocked: output" if any(h.blocked for h in held) else "allowed"
                 note_guard(decision)
             if include_usage:
-                yield event([], UsageInfo(prompt_tokens=n_prompt, completion_tokens=generated, total_tokens=n_prompt + generated))
+                yield event([], usage_info(n_prompt, generated, cached))
             if kept is not None:
                 refusal = guard.policy.refusal if guard is not None else ""
                 choices = [{"index": i, "message": {"role": "assistant", "content": refusal if held and held[i].blocked
@@ -276,16 +284,23 @@ class ChatService:
         yield "data: [DONE]\n\n"
 
 
+def _named(req: ChatCompletionRequest) -> str | None:
+    """The tool a named tool_choice forces (None for "required" or no forced call)."""
+    choice = req.effective_tool_choice
+    return None if isinstance(choice, str) else choice.function.name
+
+
 def _call_id() -> str:
     return random_id("call")
 
 
-def _events(req: ChatCompletionRequest, rid: str, model: str):
+def _events(req: ChatCompletionRequest, rid: str, model: str, fingerprint: str | None = None):
     """The function that writes one SSE event of this response's chunks (`usage` only with include_usage)."""
     created = int(time.time())
 
     def event(choices: list[ChatChunkChoice], usage: UsageInfo | None = None) -> str:
-        chunk = ChatCompletionChunk(id=rid, created=created, model=model, choices=choices, usage=usage).model_dump()
+        chunk = ChatCompletionChunk(id=rid, created=created, model=model, choices=choices, usage=usage,
+                                    system_fingerprint=fingerprint).model_dump()
         if not req.include_usage:
             del chunk["usage"]
         return f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"

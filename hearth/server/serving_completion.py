@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from hearth.engine.request import EngineRequest, RequestOutput, TokenLogprob
 from hearth.tokenizer.tokenizer import TextStreamDecoder
 from hearth.server.access_log import note_usage
-from hearth.server.common import EventStream, RequestGroup, ServerContext, logprob, random_id, sampling_params
+from hearth.server.common import (EventStream, RequestGroup, ServerContext, logprob, random_id, sampling_params,
+                                  usage_info)
 from hearth.server.errors import error_event
 from hearth.server.guarding import CONTENT_FILTER, HeldStream, answers_blocked, with_input_checks
 from hearth.server.protocol import CompletionChoice, CompletionLogprobs, CompletionRequest, CompletionResponse, UsageInfo
@@ -39,6 +40,7 @@ class _Choice:
     started: bool = False
     finish_reason: str | None = None
     generated: int = 0
+    cached: int = 0  # its prompt tokens found in the prefix cache
     answer: str = ""  # the text generated (what an output check reads)
     turns: list[dict] | None = None  # the prompt as the guard reads it
 
@@ -145,6 +147,7 @@ class CompletionService:
         if out.finished:
             c.finish_reason = out.finish_reason.value
             c.generated = out.num_generated_tokens
+            c.cached = out.num_cached_tokens
 
     async def _collect(self, req, group: RequestGroup, rid, model, choices: list[_Choice], slots: list[int],
                        n_prompt: int):
@@ -161,7 +164,8 @@ class CompletionService:
             id=rid, model=model,
             choices=[CompletionChoice(index=i, text=c.text, logprobs=c.logprobs, finish_reason=c.finish_reason)
                      for i, c in enumerate(choices)],
-            usage=UsageInfo(prompt_tokens=n_prompt, completion_tokens=generated, total_tokens=n_prompt + generated),
+            usage=usage_info(n_prompt, generated, sum(c.cached for c in choices)),
+            system_fingerprint=self.ctx.fingerprint,
         )
 
     async def _stream(self, req, group: RequestGroup, rid, model, choices: list[_Choice], slots: list[int],
@@ -209,7 +213,7 @@ class CompletionService:
             generated = sum(c.generated for c in choices)
             note_usage(n_prompt, generated)
             if req.include_usage:
-                yield event([], UsageInfo(prompt_tokens=n_prompt, completion_tokens=generated, total_tokens=n_prompt + generated))
+                yield event([], usage_info(n_prompt, generated, sum(c.cached for c in choices)))
         except Exception as e:  # noqa: BLE001 - the status line is sent: report it in the stream
             yield error_event(e)
         finally:

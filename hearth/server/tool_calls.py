@@ -148,12 +148,25 @@ def parse(text: str, names: set[str], call_id) -> Reply:
     return Reply(before or None, calls)
 
 
+def cut_call(text: str, names: set[str], call_id, named: str | None = None) -> Reply:
+    """A forced call the token budget cut short (finish_reason length): the call so far, as OpenAI returns it (its
+    arguments an unfinished JSON text), never the internal `[{"name": ...` text as content. With no tool name
+    written yet, the named tool_choice's, else no call at all."""
+    m = re.search(r'"name"\s*:\s*"([^"\\]{1,200})"', text)
+    name = m.group(1) if m and m.group(1) in names else named
+    if name is None:
+        return Reply(None, [])
+    a = re.search(r'"arguments"\s*:\s*', text)
+    args = text[a.end():] if a else ""
+    return Reply(None, [ToolCall(id=call_id(), function=FunctionCall(name=name, arguments=args))])
+
+
 class ReplyStream:
     """One streamed choice: text goes out as it comes unless it may be the start of a call (or a call is forced);
     that is held back until it is clearly text, or parsed when the reply ends."""
 
-    def __init__(self, names: set[str], forced: bool, call_id):
-        self.names, self.forced, self.call_id = names, forced, call_id
+    def __init__(self, names: set[str], forced: bool, call_id, named: str | None = None):
+        self.names, self.forced, self.call_id, self.named = names, forced, call_id, named
         self.pending = ""
         self.is_text = False
 
@@ -173,4 +186,7 @@ class ReplyStream:
         """What is left when the reply ends: held text, or the calls it was."""
         if self.is_text:
             return Reply(None, [])
-        return parse(self.pending, self.names, self.call_id) if self.pending else Reply(None, [])
+        reply = parse(self.pending, self.names, self.call_id) if self.pending else Reply(None, [])
+        if self.forced and not reply.calls:  # cut short by max_tokens: the call so far, never its text
+            return cut_call(self.pending, self.names, self.call_id, self.named)
+        return reply
