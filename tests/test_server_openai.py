@@ -431,8 +431,12 @@ def test_embeddings_through_the_sdk(client):
     floats = client.embeddings.create(model=MODEL, input=texts[0], encoding_format="float").data[0].embedding
     assert np.allclose(floats, e[0], atol=1e-6)
     assert r.usage.prompt_tokens == r.usage.total_tokens > 3
+    short = client.embeddings.create(model=MODEL, input=texts, dimensions=64)  # OpenAI's shortened embeddings
+    s = np.array([d.embedding for d in short.data])
+    assert s.shape == (3, 64) and np.allclose(np.linalg.norm(s, axis=1), 1, atol=1e-5)
+    assert np.allclose(s, e[:, :64] / np.linalg.norm(e[:, :64], axis=1, keepdims=True), atol=1e-5)
     with pytest.raises(openai.BadRequestError, match="dimensions"):
-        client.embeddings.create(model=MODEL, input="x", dimensions=64)
+        client.embeddings.create(model=MODEL, input="x", dimensions=5000)
 
 
 def test_prefix_cache_metrics(client, url):

@@ -30,13 +30,17 @@ class EmbeddingService:
         if len(inputs) > MAX_INPUTS:
             raise BadRequest(f"input has {len(inputs)} items; at most {MAX_INPUTS} per request", param="input")
         dim = engine.embedding_dim
-        if req.dimensions is not None and req.dimensions != dim:
-            raise BadRequest(f"dimensions={req.dimensions} is not supported: this model's embeddings have {dim}",
+        if req.dimensions is not None and not 1 <= req.dimensions <= dim:
+            raise BadRequest(f"dimensions={req.dimensions} is not possible: this model's embeddings have {dim}",
                              param="dimensions")
         all_ids = await self.ctx.off_loop(self._ids, inputs)
         data = []
         for i, ids in enumerate(all_ids):
             vec = await engine.call(lambda lm, ids=ids: lm.model.embed(ids))
+            if req.dimensions is not None and req.dimensions < dim:
+                # OpenAI's shortened embeddings: the first `dimensions` values, normalized again to length 1
+                vec = vec[: req.dimensions]
+                vec = vec / vec.norm().clamp_min(1e-12)
             if req.encoding_format == "base64":
                 out = base64.b64encode(vec.numpy().astype("<f4").tobytes()).decode("ascii")
             else:
@@ -56,7 +60,12 @@ class EmbeddingService:
             if isinstance(x, str):
                 self.ctx.check_text_fits(x, where)
             ids = engine.tokenizer.encode(x) if isinstance(x, str) else list(x)
-            self.ctx.check_token_ids(ids, where)
+            try:
+                self.ctx.check_token_ids(ids, where)
+            except BadRequest as e:  # most likely another tokenizer's ids
+                raise BadRequest(f"{e.message}: token ids must be this model's own; send text instead (LangChain's "
+                                 "OpenAIEmbeddings sends tiktoken's ids unless check_embedding_ctx_length=False)",
+                                 param=where) from None
             if not ids:
                 raise BadRequest(f"{where} is empty: give at least one token", param=where)
             if len(ids) > engine.max_model_len:
