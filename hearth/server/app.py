@@ -11,6 +11,7 @@ error becomes an OpenAI-style body in `errors.py`.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
@@ -80,6 +81,7 @@ def build_app(
     allowed_hosts: Sequence[str] | None = None,
     cors_origins: Sequence[str] = (),
     public_metrics: bool = False,
+    ui: bool = True,
     guard: ServerGuard | None = None,
     records: ServerRecords | None = None,
     strict: bool = False,
@@ -103,6 +105,10 @@ def build_app(
     completions are stored as their requests ask, the stored-completion and feedback routes answer, and each
     request's record reaches the ledger and the audit log; /metrics adds the ledger's totals.
 
+    GET /hearth/status gives the numbers of /metrics as JSON, with ten minutes of history (status.py; the key as
+    for /metrics). With `ui` (`hearth serve --no-ui`: off), / is a chat page for people and /dashboard the
+    operator's (pages.py); they call the API like any client, so with `api_key` they ask for the key.
+
     Tolerant by default (fields.py): fields of newer APIs and other servers that hearth does not implement are
     ignored with a `Warning` header, and a request naming another model is answered by this one, as llama.cpp does;
     `strict` refuses unknown fields, `strict_model_names` unknown model names (404). Every /v1 route also answers
@@ -119,7 +125,10 @@ def build_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        sampling = asyncio.create_task(app.state.sampler.run())  # /hearth/status's history (status.py)
         yield
+        sampling.cancel()
+        await asyncio.gather(sampling, return_exceptions=True)
         app.state.draining = True  # requests still arriving on open connections get 503
 
     # FastAPIOffline: /docs and /redoc with Swagger UI's and ReDoc's files served from /docs/static (air-gapped);
@@ -130,7 +139,7 @@ def build_app(
     app.state.ctx = ctx
     live = app.state.live = LiveResponses()  # ended by transport.DrainingServer at shutdown
     errors.install(app)
-    describing = () if public_metrics else ("/metrics", app.openapi_url, "/docs", "/redoc")
+    describing = () if public_metrics else ("/metrics", "/hearth/status", app.openapi_url, "/docs", "/redoc")
     app.add_middleware(BrowserGuard, allowed_hosts=allowed_hosts, api_key=api_key, protected=describing)
     app.add_middleware(RequestCounter, metrics=ctx.metrics, endpoints=ENDPOINTS)  # outside: counts refusals too
     if cors_origins:  # outermost, so that the guard's refusals carry CORS headers too
@@ -235,6 +244,11 @@ def build_app(
 
     server_records.install(app, records, authorized, max_body_bytes)
 
+    from hearth.server import pages, status
+
+    app.state.sampler = status.install(app, ctx)  # GET /hearth/status: the dashboard's numbers
+    if ui:
+        pages.install(app)  # / (chat) and /dashboard: static pages over the API above
     _unprefixed(app)
     openapi.install(app)  # the routes read their bodies by hand: openapi.py's table documents them
     return app

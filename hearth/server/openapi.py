@@ -62,6 +62,11 @@ STORED_LIST = {"type": "object", "required": ["object", "data", "has_more"],
 STORED_COMPLETION = {"type": "object", "required": ["id", "object", "choices"], "additionalProperties": True,
                      "description": "The chat completion as answered, plus metadata, request_id, feedback and hearth"}
 HEALTH = {"type": "object", "required": ["status"], "properties": {"status": {"const": "ok"}}}
+STATUS = {"type": "object", "required": ["object", "time", "model", "engine", "tokens", "latency", "history"],
+          "additionalProperties": True, "properties": {"object": {"const": "hearth.status"}},
+          "description": "The numbers of /metrics as JSON (engine, tokens, requests, TTFT / ITL percentiles, guard "
+                         "decisions), ten minutes of tokens/s history, the model and adapters, capture on or off, "
+                         "and the cost ledger's totals beside API list prices (status.py)"}
 TOKENIZER_INFO = {"type": "object", "additionalProperties": True,
                   "description": "The tokenizer's special tokens, vocabulary size and chat template (vLLM's route)"}
 
@@ -112,6 +117,7 @@ ROUTES: dict[tuple[str, str], Route] = {
     ("get", "/health"): Route(response=HEALTH, errors=(421, 500, 503), summary="200 while the server serves"),
     ("get", "/metrics"): Route(response={"type": "string"}, media_type="text/plain",
                                summary="Prometheus metrics (vLLM's names; with a ledger, its totals)"),
+    ("get", "/hearth/status"): Route(response=STATUS, summary="The server's live numbers as JSON (the dashboard's)"),
     ("get", "/v1/chat/completions"): Route(
         response=STORED_LIST, errors=STORED,
         summary="Stored chat completions, oldest first (query: after, limit, order, model, metadata[key]=value)"),

@@ -28,7 +28,8 @@ from hearth.server.protocol.records import FeedbackRequest, UpdateCompletionRequ
 from hearth.server.transport import parse, read_json
 
 FEEDBACK_BODY_BYTES = 256 << 10
-NOT_LOGGED = ("/health", "/metrics", "/docs", "/redoc", "/openapi.json")  # probes and documentation: no audit entry
+# probes, documentation and the web pages' files and status polls: no audit entry
+NOT_LOGGED = ("/health", "/metrics", "/docs", "/redoc", "/openapi.json", "/hearth/status", "/ui/", "/dashboard")
 
 
 @dataclass
@@ -101,7 +102,7 @@ class _AuditSink:
         pass
 
     def end(self, usage) -> None:
-        if usage.path.startswith(NOT_LOGGED):
+        if usage.path.startswith(NOT_LOGGED) or usage.path == "/":
             return
         self.pool.submit(self.audit.append, key_id=usage.key_id, model=usage.model, adapter=usage.adapter,
                          method=usage.method, endpoint=usage.path[:256], status=usage.status,
