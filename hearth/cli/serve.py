@@ -66,6 +66,14 @@ def _api_key(flag: str | None, file: Path | None, env: str | None, log: logging.
     return key
 
 
+def _response_store():
+    """The Responses API's store, $HEARTH_HOME/responses.sqlite (hearth.records.responses_store)."""
+    from hearth.records.responses_store import ResponseStore
+    from hearth.store.common import default_home
+
+    return ResponseStore(default_home() / "responses.sqlite")
+
+
 def serve(
     model: Annotated[str, typer.Argument(help="A store name (hearth list), a .gguf file, a HF model directory, or 'smollm2'.")] = "smollm2",
     host: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0: every interface).")] = "127.0.0.1",
@@ -104,6 +112,7 @@ def serve(
     watts_per_core: Annotated[Optional[float], typer.Option(metavar="W", help="Where no energy counter is readable (RAPL, NVML): estimate energy as CPU time x W watts per core, marked as an estimate.", min=0.0)] = None,
     strict: Annotated[bool, typer.Option("--strict", help="Refuse request fields hearth does not know (a 400 naming the field). By default they are ignored, logged and named in a Warning header, as are the newer OpenAI, vLLM and llama.cpp fields hearth cannot honour (docs/CLIENTS.md lists them).")] = False,
     strict_model_names: Annotated[bool, typer.Option("--strict-model-names", help="Answer a request naming another model with 404. By default the one served model answers whatever name a client sends (llama.cpp's way; each new name is logged once).")] = False,
+    store_responses: Annotated[bool, typer.Option("--store-responses/--no-store-responses", help="Keep /v1/responses answers sent with store: true (OpenAI's default) in $HEARTH_HOME/responses.sqlite, unredacted: GET /v1/responses/{id} and previous_response_id read them.")] = True,
     audit: Annotated[bool, typer.Option("--audit/--no-audit", help="Append each request (time, key id, model, endpoint, status, tokens, guard decision; no content) to the hash-chained log $HEARTH_HOME/audit/audit.jsonl: `hearth audit verify` checks it.")] = True,
 ):
     """Serve MODEL over an OpenAI-compatible HTTP API (/v1/chat/completions, /v1/completions, ...).
@@ -166,10 +175,11 @@ def serve(
             log.info("guard: %s", plan.describe(shared))
         if records is not None and records.capture is not None:
             records.model_digest = model_digest(lm)
+        responses = _response_store() if store_responses else None
         web = build_app(engine, api_key=key, served_model_name=names, max_body_bytes=max_body_bytes,
                         allowed_hosts=allowed_hosts_for(host, allowed_host or ()),
                         cors_origins=tuple(cors_origin or ()), public_metrics=public_metrics, ui=ui, guard=server_guard,
-                        records=records, strict=strict, strict_model_names=strict_model_names)
+                        records=records, strict=strict, strict_model_names=strict_model_names, responses=responses)
     except BaseException:
         sock.close()
         if records is not None:
@@ -180,3 +190,5 @@ def serve(
     finally:
         if records is not None:
             records.close()
+        if responses is not None:
+            responses.close()

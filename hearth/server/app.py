@@ -59,7 +59,7 @@ if TYPE_CHECKING:
 
 ENDPOINTS = {
     "/v1/chat/completions", "/v1/completions", "/v1/models", "/tokenize", "/detokenize", "/tokenizer_info",
-    "/health", "/metrics", "/v1/embeddings", "/v1/moderations", "/v1/feedback",
+    "/health", "/metrics", "/v1/embeddings", "/v1/moderations", "/v1/feedback", "/v1/responses",
 }
 
 
@@ -86,6 +86,7 @@ def build_app(
     records: ServerRecords | None = None,
     strict: bool = False,
     strict_model_names: bool = False,
+    responses=None,
 ) -> FastAPI:
     """A FastAPI app serving `engine`. With `api_key`, every route but /health needs
     `Authorization: Bearer <api_key>` (/metrics and the docs too, unless `public_metrics`). Requests naming
@@ -112,7 +113,10 @@ def build_app(
     Tolerant by default (fields.py): fields of newer APIs and other servers that hearth does not implement are
     ignored with a `Warning` header, and a request naming another model is answered by this one, as llama.cpp does;
     `strict` refuses unknown fields, `strict_model_names` unknown model names (404). Every /v1 route also answers
-    without the prefix (llama.cpp's clients use a base URL without /v1)."""
+    without the prefix (llama.cpp's clients use a base URL without /v1).
+
+    With `responses` (records.responses_store.ResponseStore), /v1/responses keeps what `store` asks (OpenAI's default:
+    true) and answers GET / DELETE /v1/responses/{id} and previous_response_id; without, it keeps nothing."""
     aliases = (served_model_name,) if isinstance(served_model_name, str) else tuple(served_model_name or ())
     names = tuple(dict.fromkeys(n for n in (*aliases, engine.model_name) if n))
     adapters = dict(getattr(engine, "adapters", {}))  # name -> directory
@@ -243,6 +247,9 @@ def build_app(
     from hearth.server import records as server_records
 
     server_records.install(app, records, authorized, max_body_bytes)
+    from hearth.server import responses as responses_api
+
+    responses_api.install(app, chat, responses, gates, run, max_body_bytes, strict)  # OpenAI's Responses API
 
     from hearth.server import pages, status
 

@@ -18,6 +18,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from hearth.server import protocol as p
+from hearth.server.protocol import responses as rp
 
 REF = "#/components/schemas/{model}"
 
@@ -135,6 +136,21 @@ ROUTES: dict[tuple[str, str], Route] = {
         (p.FeedbackRequest,), {"type": "object", "required": ["object", "id", "completion_id", "score"]}, None,
         (*STORED, 413, 415), summary="Feedback on a stored completion: a score, a comment, the answer wanted",
         examples=({"completion_id": "chatcmpl-...", "score": -1, "correction": "Paris"},)),
+    ("post", "/v1/responses"): Route(
+        (rp.ResponsesRequest,), rp.ResponseObject, rp.ResponseStreamEvent, GENERATE,
+        summary="A response (OpenAI's Responses API): text or items in; message and function_call items out",
+        examples=({"input": "Hello", "max_output_tokens": 4},
+                  {"input": HELLO, "instructions": "Be brief.", "max_output_tokens": 4, "stream": True},
+                  {"input": "Pick one.", "max_output_tokens": 16, "text": {"format": {
+                      "type": "json_schema", "name": "pick", "schema": {
+                          "type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"]}}}})),
+    ("get", "/v1/responses/{response_id}"): Route(
+        response=rp.ResponseObject, errors=(*EVERY, 404), summary="A stored response (store: true, the default)"),
+    ("get", "/v1/responses/{response_id}/input_items"): Route(
+        response=rp.InputItemList, errors=(*EVERY, 400, 404),
+        summary="The input items of a stored response (query: after, limit, order)"),
+    ("delete", "/v1/responses/{response_id}"): Route(
+        response=rp.DeletedResponse, errors=(*EVERY, 404), summary="Delete a stored response"),
 }
 
 

@@ -246,7 +246,7 @@ function edit(i) {
   area.value = m.content;
   area.setAttribute("aria-label", "Edit your message");
   const row = document.createElement("div");
-  row.className = "actions";
+  row.className = "edit-buttons";
   row.append(
     button("Send", () => {
       if (!area.value.trim() || state.controller) return;
@@ -322,9 +322,8 @@ function request() {
 }
 
 // the data of each server-sent event of a response body
-async function* events(body, signal) {
+async function* events(body) {
   const reader = body.pipeThrough(new TextDecoderStream()).getReader();
-  signal.addEventListener("abort", () => reader.cancel().catch(() => {}));
   let buffer = "";
   for (;;) {
     const { value, done } = await reader.read();
@@ -372,7 +371,7 @@ async function generate() {
   try {
     const res = await api("v1/chat/completions", { method: "POST", json: body, signal: controller.signal });
     if (!res.ok) throw new ApiError(res.status, await errorMessage(res));
-    for await (const data of events(res.body, controller.signal)) {
+    for await (const data of events(res.body)) {
       if (data === "[DONE]") break;
       const chunk = JSON.parse(data);
       if (chunk.error) { answer.error = chunk.error.message; continue; }
@@ -388,6 +387,7 @@ async function generate() {
       }
       if (choice.finish_reason) answer.finish = choice.finish_reason;
     }
+    if (controller.signal.aborted) answer.finish = "stopped";
   } catch (e) {
     if (e.name === "AbortError" || controller.signal.aborted) answer.finish = "stopped";
     else answer.error = e instanceof ApiError ? e.message : `The request failed: ${e.message}`;
@@ -510,4 +510,5 @@ drawList();
 drawMessages();
 await Promise.all([loadModels(), loadStatus()]);
 drawMessages(); // the feedback buttons, now that capture is known
+performance.mark("hearth-ready");
 document.documentElement.dataset.ready = "true"; // for tests and for measuring time to interactive

@@ -194,4 +194,5 @@ $("price-kwh").addEventListener("input", () => last && drawCost(last.cost));
 window.addEventListener("resize", () => last && chart(last.history));
 document.addEventListener("visibilitychange", () => { if (!document.hidden && last) chart(last.history); });
 await poll();
+performance.mark("hearth-ready");
 document.documentElement.dataset.ready = "true";
