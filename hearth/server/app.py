@@ -244,6 +244,9 @@ def build_app(
             text += await records.run(records.prometheus)
         return Response(text, media_type=CONTENT_TYPE)
 
+    from hearth.server import ollama
+
+    ollama.install(app, ctx, gates, max_body_bytes)  # Ollama's API at /api, in Ollama's shapes (ollama.py)
     from hearth.server import records as server_records
 
     server_records.install(app, records, authorized, max_body_bytes)
