@@ -5,6 +5,8 @@
 import { api, ApiError, errorMessage, getJson } from "./api.js";
 import { render } from "./render.js";
 import * as store from "./store.js";
+import { button, drawList as drawSidebar } from "./sidebar.js";
+import { chatRequest, streamChat } from "./stream.js";
 
 const $ = (id) => document.getElementById(id);
 const el = {
@@ -20,7 +22,6 @@ const state = {
   settings: store.loadSettings(),
   capture: false, // the server keeps completions: answers can be rated (POST v1/feedback)
   controller: null, // the running request's AbortController
-  renaming: null, // id of the conversation whose name is being edited
 };
 
 const FINISH = {
@@ -39,74 +40,21 @@ function persist() {
   if (!store.saveChats(state.chats)) notice("This browser would not store the conversation (storage full or off).");
 }
 
-function button(label, onClick, { className = "small", title } = {}) {
-  const b = document.createElement("button");
-  b.type = "button";
-  b.className = className;
-  b.textContent = label;
-  if (title) b.setAttribute("aria-label", title);
-  b.addEventListener("click", onClick);
-  return b;
-}
-
 // ---- side bar ------------------------------------------------------------------------------------------------
 function drawList() {
-  el.list.replaceChildren();
-  for (const chat of [...state.chats].sort((a, b) => b.updated - a.updated)) {
-    const li = document.createElement("li");
-    const current = chat === state.chat;
-    li.classList.toggle("current", current);
-    if (state.renaming === chat.id) {
-      const input = document.createElement("input");
-      input.value = chat.title;
-      input.setAttribute("aria-label", "Conversation name");
-      const done = (keep) => {
-        if (keep && input.value.trim()) chat.title = input.value.trim().slice(0, 200);
-        state.renaming = null;
-        persist();
-        drawList();
-      };
-      input.addEventListener("keydown", (e) => {
-        if (e.key === "Enter") done(true);
-        if (e.key === "Escape") { e.stopPropagation(); done(false); }
-      });
-      input.addEventListener("blur", () => state.renaming === chat.id && done(true));
-      li.append(input);
-      el.list.append(li);
-      input.focus();
-      input.select();
-      continue;
-    }
-    const open = button(chat.title, () => select(chat), { className: "open" });
-    if (current) open.setAttribute("aria-current", "true");
-    li.append(open);
-    if (current) {
-      const tools = document.createElement("div");
-      tools.className = "tools";
-      tools.append(
-        button("Rename", () => { state.renaming = chat.id; drawList(); }, { title: `Rename ${chat.title}` }),
-        button("Export", () => store.download(`hearth-chat-${chat.id.slice(0, 8)}.json`, chat),
-          { title: `Export ${chat.title} as JSON` }),
-        deleteButton(chat));
-      li.append(tools);
-    }
-    el.list.append(li);
-  }
-}
-
-function deleteButton(chat) {
-  const b = button("Delete", () => {
-    if (b.dataset.armed !== "yes") { // a second click deletes: no native confirm dialog
-      b.dataset.armed = "yes";
-      b.textContent = "Delete? Click again";
-      setTimeout(() => { b.dataset.armed = ""; b.textContent = "Delete"; }, 4000);
-      return;
-    }
-    state.chats = state.chats.filter((c) => c !== chat);
-    persist();
-    select(state.chats.sort((a, c) => c.updated - a.updated)[0] || null);
-  }, { title: `Delete ${chat.title}` });
-  return b;
+  drawSidebar(el.list, state.chats, state.chat, {
+    open: select,
+    rename: (chat, title) => {
+      if (title) chat.title = title;
+      persist();
+      drawList();
+    },
+    remove: (chat) => {
+      state.chats = state.chats.filter((c) => c !== chat);
+      persist();
+      select([...state.chats].sort((a, b) => b.updated - a.updated)[0] || null);
+    },
+  });
 }
 
 function select(chat) {
@@ -204,7 +152,7 @@ function actions(m, i) {
     bar.append(button("Edit", () => edit(i), { title: "Edit and send again" }));
   } else {
     if (i === messages.length - 1) bar.append(button("Regenerate", () => regenerate(), { title: "Answer again" }));
-    if (state.capture && m.completion_id) {
+    if (state.capture && m.completion_id && !m.error && m.finish !== "stopped") { // kept by the server: ratable
       for (const [score, label] of [[1, "Good"], [-1, "Bad"]]) {
         const b = button(label, () => feedback(m, { score }), { title: `${label} answer` });
         b.setAttribute("aria-pressed", m.feedback === score ? "true" : "false");
@@ -300,48 +248,10 @@ function better(m) {
 }
 
 // ---- generating ----------------------------------------------------------------------------------------------
-function request() {
-  const s = state.settings;
-  const messages = [];
-  if (s.system.trim()) messages.push({ role: "system", content: s.system });
-  for (const m of state.chat.messages) {
-    if (m.role === "assistant" && (m.error || !m.content)) continue;
-    messages.push({ role: m.role, content: m.content });
-  }
-  const body = { messages, stream: true, stream_options: { include_usage: true } };
-  for (const key of ["temperature", "top_p", "max_tokens"]) {
-    if (s[key] !== "" && s[key] != null && Number.isFinite(Number(s[key]))) body[key] = Number(s[key]);
-  }
-  if (body.max_tokens !== undefined) body.max_tokens = Math.trunc(body.max_tokens);
-  if (s.model) body.model = s.model;
-  if (s.schema.trim()) {
-    body.response_format = { type: "json_schema", json_schema: { name: "answer", schema: JSON.parse(s.schema) } };
-  }
-  if (state.capture) body.store = true; // kept on the server, so that it can be rated
-  return body;
-}
-
-// the data of each server-sent event of a response body
-async function* events(body) {
-  const reader = body.pipeThrough(new TextDecoderStream()).getReader();
-  let buffer = "";
-  for (;;) {
-    const { value, done } = await reader.read();
-    if (done) return;
-    buffer += value;
-    for (let end; (end = buffer.indexOf("\n\n")) >= 0;) {
-      const block = buffer.slice(0, end);
-      buffer = buffer.slice(end + 2);
-      const data = block.split("\n").filter((l) => l.startsWith("data:")).map((l) => l.slice(5).trimStart());
-      if (data.length) yield data.join("\n");
-    }
-  }
-}
-
 async function generate() {
   let body;
   try {
-    body = request();
+    body = chatRequest(state.chat.messages, state.settings, state.capture);
   } catch (e) {
     $("settings").open = true;
     el.schemaError.textContent = `The JSON schema is not valid JSON: ${e.message}`;
@@ -358,55 +268,26 @@ async function generate() {
   const node = el.messages.querySelector(`[data-index="${index}"]`);
   const controller = state.controller = new AbortController();
   busy(true);
-  const started = performance.now();
-  let first = null;
-  let usage = null;
   let pending = false;
-  const paint = () => {
+  const paint = () => { // at most once a frame, however fast the pieces come
     pending = false;
     const follow = el.messages.scrollHeight - el.messages.scrollTop - el.messages.clientHeight < 80;
     fillAnswer(node, answer);
     if (follow) el.messages.scrollTop = el.messages.scrollHeight;
   };
-  try {
-    const res = await api("v1/chat/completions", { method: "POST", json: body, signal: controller.signal });
-    if (!res.ok) throw new ApiError(res.status, await errorMessage(res));
-    for await (const data of events(res.body)) {
-      if (data === "[DONE]") break;
-      const chunk = JSON.parse(data);
-      if (chunk.error) { answer.error = chunk.error.message; continue; }
-      if (chunk.id) answer.completion_id = chunk.id;
-      if (chunk.usage) usage = chunk.usage;
-      const choice = chunk.choices && chunk.choices[0];
-      if (!choice) continue;
-      if (choice.delta && choice.delta.content) {
-        if (first === null) first = performance.now();
-        answer.content += choice.delta.content;
-        answer.chunks = (answer.chunks || 0) + 1;
-        if (!pending) { pending = true; requestAnimationFrame(paint); }
-      }
-      if (choice.finish_reason) answer.finish = choice.finish_reason;
-    }
-    if (controller.signal.aborted) answer.finish = "stopped";
-  } catch (e) {
-    if (e.name === "AbortError" || controller.signal.aborted) answer.finish = "stopped";
-    else answer.error = e instanceof ApiError ? e.message : `The request failed: ${e.message}`;
-  } finally {
-    const ended = performance.now();
-    const tokens = usage ? usage.completion_tokens : answer.chunks || 0;
-    answer.stats = {
-      ttft_ms: first === null ? null : first - started,
-      tokens,
-      tokens_per_s: first !== null && ended - first > 0 && tokens > 1 ? (tokens - 1) / ((ended - first) / 1000) : null,
-    };
-    delete answer.streaming;
-    delete answer.chunks;
-    if (state.controller === controller) state.controller = null;
-    busy(false);
-    persist();
-    if (state.chat === chat) redraw(index);
-    drawList();
+  const result = await streamChat(body, controller.signal, (text) => {
+    answer.content = text;
+    if (!pending) { pending = true; requestAnimationFrame(paint); }
+  });
+  delete answer.streaming;
+  for (const key of ["content", "completion_id", "finish", "error", "stats"]) {
+    if (result[key] != null) answer[key] = result[key];
   }
+  if (state.controller === controller) state.controller = null;
+  busy(false);
+  persist();
+  if (state.chat === chat) redraw(index);
+  drawList();
 }
 
 function busy(on) {
