@@ -13,13 +13,19 @@ const num = (n, digits = 1) => (n == null ? "–" : n.toLocaleString("en-US", { 
 
 function seconds(s) {
   if (s == null) return "–";
-  if (s < 1) return `${(s * 1000).toFixed(s < 0.01 ? 2 : 1)} ms`;
+  if (s < 1) return `${(s * 1000).toFixed(s < 0.01 ? 2 : s < 0.1 ? 1 : 0)} ms`;
   return `${s.toFixed(2)} s`;
+}
+
+function energy(joules) {
+  if (joules < 3600) return `${num(joules, 1)} J`;
+  return joules < 3.6e6 ? `${num(joules / 3600, 2)} Wh` : `${num(joules / 3.6e6, 3)} kWh`;
 }
 
 function duration(s) {
   const h = Math.floor(s / 3600), m = Math.floor((s % 3600) / 60);
-  return h ? `${h} h ${m} min` : m ? `${m} min ${Math.floor(s % 60)} s` : `${Math.floor(s)} s`;
+  if (h || m) return h ? `${h} h ${m} min` : `${m} min ${Math.floor(s % 60)} s`;
+  return s < 10 ? `${s.toFixed(1)} s` : `${Math.floor(s)} s`;
 }
 
 function set(id, text, value) {
@@ -61,11 +67,12 @@ function draw(status) {
   const recent = lat.recent;
   const minutes = Math.max(1, Math.round(recent.window_s / 60));
   $("latency").replaceChildren(
-    latencyRow("Time to first token", lat.ttft_s, "ttft"),
-    latencyRow("Inter-token latency", lat.itl_s, "itl"),
-    latencyRow(`TTFT, last ${minutes} min`, recent.ttft_s, "ttft-recent"),
-    latencyRow(`ITL, last ${minutes} min`, recent.itl_s, "itl-recent"));
-  $("latency-note").textContent = "Percentiles from the histograms of /metrics (as Prometheus' histogram_quantile).";
+    latencyRow("TTFT", lat.ttft_s, "ttft"),
+    latencyRow("ITL", lat.itl_s, "itl"),
+    latencyRow(`TTFT, ${minutes} min`, recent.ttft_s, "ttft-recent"),
+    latencyRow(`ITL, ${minutes} min`, recent.itl_s, "itl-recent"));
+  $("latency-note").textContent = "TTFT: time to first token; ITL: inter-token latency; since start, and over the " +
+    `last ${minutes} min. From the histograms of /metrics, as Prometheus' histogram_quantile computes them.`;
 
   set("model-name", status.model.name + (status.model.aliases.length ? ` (also ${status.model.aliases.join(", ")})` : ""));
   set("adapters", status.model.adapters.length ? status.model.adapters.join(", ") : "none");
@@ -114,7 +121,8 @@ function drawCost(cost) {
   if (!t) add("Ledger", "no requests recorded yet");
   else {
     add("Tokens", `${int(t.tokens)} in ${int(t.requests)} requests`);
-    add("Energy", `${num(t.kwh * 1000, 3)} Wh${t.estimated ? " (estimated)" : ""}, ${t.energy_source}`);
+    add("Energy", `${energy(t.joules)}${t.estimated ? " (estimated from CPU time)" : ` (${t.energy_source})`}`);
+    add("Busy", duration(t.busy_seconds));
     add("Per token", t.joules_per_token == null ? "–" : `${num(t.joules_per_token, 3)} J`);
     add("$ / 1M tokens", t.kwh_per_m_tokens == null ? "–" : `$${num(t.kwh_per_m_tokens * price, 4)} (energy only)`);
   }
@@ -124,6 +132,15 @@ function drawCost(cost) {
     [`${m.provider} ${m.model}`, m.blended_per_m == null ? "–" : `$${num(m.blended_per_m, 3)}`], true)));
   $("prices-note").textContent = `List prices of ${api.date} (${api.source}) at this server's mix of prompt and ` +
     "completion tokens; hearth counts energy only (hearth cost adds hardware).";
+}
+
+// a trailing mean over SMOOTH samples: requests come in bursts, a 2-second rate is mostly noise
+const SMOOTH = 5;
+function smooth(values) {
+  return values.map((_, i) => {
+    const part = values.slice(Math.max(0, i - SMOOTH + 1), i + 1);
+    return part.reduce((a, b) => a + b, 0) / part.length;
+  });
 }
 
 function color(name) {
@@ -139,7 +156,8 @@ function chart(history) {
   const ctx = canvas.getContext("2d");
   ctx.scale(ratio, ratio);
   ctx.clearRect(0, 0, w, h);
-  const { t, generation_tokens_per_s: gen, prompt_tokens_per_s: prompt } = history;
+  const { t } = history;
+  const gen = smooth(history.generation_tokens_per_s), prompt = smooth(history.prompt_tokens_per_s);
   const pad = { l: 48, r: 8, t: 8, b: 22 };
   const top = Math.max(1, ...gen, ...prompt) * 1.1;
   const span = 600; // seconds shown: the server keeps ten minutes
