@@ -83,11 +83,11 @@ def test_a_stream_is_logged_once_after_its_last_event(client, caplog):
 
 def test_refusals_and_other_routes_are_logged_too(client, caplog):
     caplog.set_level(logging.INFO, logger="hearth.access")
-    assert client.post("/v1/completions", json={"model": "gpt-4", "prompt": SECRET}).status_code == 404
+    assert client.post("/v1/completions", json={"prompt": SECRET, "temperature": 9}).status_code == 400  # refused
     assert client.get("/v1/models").status_code == 200
     lines = _access_lines(caplog)
     assert len(lines) == 2, lines
-    assert '"POST /v1/completions" 404 ' in lines[0] and "prompt=" not in lines[0]
+    assert '"POST /v1/completions" 400 ' in lines[0] and "prompt=" not in lines[0] and SECRET not in lines[0]
     assert '"GET /v1/models" 200 ' in lines[1]
 
 

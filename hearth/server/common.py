@@ -104,6 +104,10 @@ class ServerContext:
         if name is not None and name in self.adapters:
             note_served(name, name)
             return name
+        guard = getattr(self.guard, "adapter", None) if self.guard is not None else None
+        if name is not None and name == guard and name not in self.model_names:  # a classifier, never a chat model
+            raise ModelNotFound(f"'{name}' is the guard: it classifies (POST /v1/moderations); ask for "
+                                f"'{self.model_name}'", param="model")
         if name is not None and name not in self.model_names and lenient and self.lenient_names:
             if name not in self._other_names and len(self._other_names) < 1000:  # once per name (bounded)
                 self._other_names.add(name)

@@ -285,8 +285,10 @@ class ChatService:
 
 
 def _named(req: ChatCompletionRequest) -> str | None:
-    """The tool a named tool_choice forces (None for "required" or no forced call)."""
+    """The tool a forced call must name: a named tool_choice's, or the only tool's with "required"."""
     choice = req.effective_tool_choice
+    if choice == "required" and len(req.tools or []) == 1:
+        return req.tools[0].function.name
     return None if isinstance(choice, str) else choice.function.name
 
 
