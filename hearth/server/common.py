@@ -108,7 +108,9 @@ class ServerContext:
         if name is not None and name == guard and name not in self.model_names:  # a classifier, never a chat model
             raise ModelNotFound(f"'{name}' is the guard: it classifies (POST /v1/moderations); ask for "
                                 f"'{self.model_name}'", param="model")
-        if name is not None and name not in self.model_names and lenient and self.lenient_names:
+        # one model served (no adapters to choose among): any name reaches it; with adapters a typo must not
+        # silently get the base model
+        if name is not None and name not in self.model_names and lenient and self.lenient_names and not self.adapters:
             if name not in self._other_names and len(self._other_names) < 1000:  # once per name (bounded)
                 self._other_names.add(name)
                 log.info("a request names the model %r; %s answers it (serve --strict-model-names: 404)",
