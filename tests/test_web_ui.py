@@ -8,7 +8,8 @@ needs a given text: through the page's own JSON-schema box (a `const` string is 
 or by a crafted event stream that Playwright answers in the server's place (page.route).
 
 One browser for the module; each test gets a fresh context (empty localStorage) and fails on any uncaught error in
-the page.
+the page or any native dialog. The tests skip without playwright or without chromium (/usr/bin/chromium, or the
+binary HEARTH_CHROMIUM names).
 """
 
 from __future__ import annotations
@@ -147,7 +148,8 @@ def metrics(server) -> dict[str, float]:
 
 def settings(page, **fields) -> None:
     """Fill the settings panel: system, temperature, top_p, max_tokens, schema (a dict or str)."""
-    page.locator("#settings summary").click() if not page.eval_on_selector("#settings", "d => d.open") else None
+    if not page.eval_on_selector("#settings", "d => d.open"):
+        page.click("#settings summary")
     ids = {"system": "#system", "temperature": "#temperature", "top_p": "#top-p", "max_tokens": "#max-tokens",
            "schema": "#schema"}
     for name, value in fields.items():
@@ -240,7 +242,10 @@ def test_stop_aborts_the_request_and_the_server_frees_it(servers, open_page):
         send(page, "Write a long answer")
         page.wait_for_function("() => document.querySelector('.msg.assistant:last-child .content').textContent.length > 30")
         assert status(main)["engine"]["running"] == 1
-        page.click("#stop") if how == "button" else page.keyboard.press("Escape")
+        if how == "button":
+            page.click("#stop")
+        else:
+            page.keyboard.press("Escape")
         wait_done(page, timeout=5000)
         assert last_answer(page).locator(".finish").get_attribute("data-finish") == "stopped"
         deadline = time.monotonic() + 5
