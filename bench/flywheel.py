@@ -184,7 +184,7 @@ def ask_and_correct(args, work: Path, db: Path, traffic: list[dict]) -> float:
     from serve_kit import ServerProcess
 
     print(f"1. serving {args.model} with capture on ({db})", flush=True)
-    server = ServerProcess(work, "base", "--capture", str(db), model=args.model, env={"HEARTH_HOME": str(work / "home")})
+    server = ServerProcess(work, "base", "--capture-db", str(db), model=args.model, env={"HEARTH_HOME": str(work / "home")})
     try:
         server.wait_healthy()
         client = openai.OpenAI(base_url=server.url + "/v1", api_key="-", max_retries=0, timeout=600)

@@ -130,7 +130,7 @@ def main() -> None:
     from playwright.sync_api import sync_playwright
 
     with tempfile.TemporaryDirectory() as tmp:
-        server = ServerProcess(Path(tmp), "web", "--capture", str(Path(tmp) / "capture.sqlite"), model=args.model,
+        server = ServerProcess(Path(tmp), "web", "--capture-db", str(Path(tmp) / "capture.sqlite"), model=args.model,
                                env={"HEARTH_HOME": tmp})
         try:
             server.wait_healthy()

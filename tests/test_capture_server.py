@@ -40,7 +40,7 @@ SENTENCE = ("Hi, I am Jane, mail me at {email} or call {phone}. My card is {card
 def server(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("capture")
     db = tmp / "capture.sqlite"
-    proc = ServerProcess(tmp, "capture", "--capture", str(db), model=str(write_tiny_gguf(tmp / "tiny.gguf")),
+    proc = ServerProcess(tmp, "capture", "--capture-db", str(db), model=str(write_tiny_gguf(tmp / "tiny.gguf")),
                          threads=1, env={"HEARTH_HOME": str(tmp / "home")})
     try:
         proc.wait_healthy()

@@ -79,7 +79,7 @@ def servers(tmp_path_factory):
     env = {"HEARTH_HOME": str(tmp / "home")}
     procs = {
         # --no-redact: Presidio's start-up (seconds) buys nothing here; redaction has its own tests
-        "main": ServerProcess(tmp, "main", "--capture", str(tmp / "capture.sqlite"), "--no-redact",
+        "main": ServerProcess(tmp, "main", "--capture-db", str(tmp / "capture.sqlite"), "--no-redact",
                               "--adapter", f"tuned={adapter}", model=str(paced), threads=1, env=env),
         "keyed": ServerProcess(tmp, "keyed", "--api-key-file", str(tmp / "key"), model=tiny_model, threads=1,
                                env={"HEARTH_HOME": str(tmp / "home-keyed")}),

@@ -104,7 +104,8 @@ def serve(
     guard: Annotated[Optional[str], typer.Option(metavar="default|NAME|PATH", help="Check prompts and answers with a safety guard (Llama Guard format): 'default' (hearth's own, an adapter of SmolLM2), a guard adapter directory (`hearth guard train -o DIR`), or a whole guard model (e.g. Llama Guard 3 1B). Blocked prompts and answers end with finish_reason content_filter; also serves POST /v1/moderations. An adapter of the served model's own weights runs on the same engine.")] = None,
     guard_policy: Annotated[Optional[Path], typer.Option(metavar="FILE", help="The guard's content policy (TOML or YAML): categories, block/flag/allow per category, input/output/both, threshold, refusal text. Default: Llama Guard 3's 14 categories, all blocked, both checked.")] = None,
     guard_holdback: Annotated[int, typer.Option(metavar="N", help="Characters of a streamed answer held back until the guard has checked them (each time N wait, and at the end), so a flagged part is never sent.", min=0)] = 256,
-    capture: Annotated[Optional[str], typer.Option(metavar="[DB]", flag_value="default", help="Keep chat completions sent with store: true (OpenAI's stored completions: GET /v1/chat/completions, feedback at POST /v1/feedback) in a SQLite file: DB, or $HEARTH_HOME/capture.sqlite. Personal data is redacted before anything is written.")] = None,
+    capture: Annotated[bool, typer.Option("--capture", help="Keep chat completions sent with store: true (OpenAI's stored completions: GET /v1/chat/completions, feedback at POST /v1/feedback) in $HEARTH_HOME/capture.sqlite (or --capture-db). Personal data is redacted before anything is written.")] = False,
+    capture_db: Annotated[Optional[Path], typer.Option(metavar="DB", help="The capture's SQLite file (implies --capture).")] = None,
     capture_all: Annotated[bool, typer.Option("--capture-all", help="With --capture: keep every chat completion, not only those sent with store: true.")] = False,
     redact: Annotated[bool, typer.Option("--redact/--no-redact", help="With --capture: replace e-mail addresses, phone and card numbers, IBANs, national ids and IP addresses with typed placeholders before storing.")] = True,
     capture_days: Annotated[Optional[float], typer.Option(metavar="N", help="With --capture: delete captured completions older than N days (checked at start and every 10 minutes).", min=0.0)] = None,
@@ -137,7 +138,8 @@ def serve(
     plan = _guard_plan(guard, guard_policy, guard_holdback)  # so does a bad guard or policy
     from hearth.cli.serve_records import RecordOptions, build_records, model_digest
 
-    records = build_records(RecordOptions(capture, capture_all, redact, capture_days, ledger, audit, watts_per_core),
+    where = str(capture_db) if capture_db is not None else "default" if capture else None
+    records = build_records(RecordOptions(where, capture_all, redact, capture_days, ledger, audit, watts_per_core),
                             device)  # and a capture file or audit log that cannot be used
     try:
         sock = listen(host, port)  # before loading the model, so a port in use fails at once

@@ -11,7 +11,7 @@ from hearth.errors import HearthError
 
 log = logging.getLogger("hearth")
 
-DEFAULT_CAPTURE = "default"  # `--capture` with no path
+DEFAULT_CAPTURE = "default"  # `--capture` without --capture-db
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,7 @@ def build_records(opts: RecordOptions, device: str = "cpu"):
     from hearth.store.common import default_home
 
     if opts.capture is None and (opts.capture_all or opts.capture_days is not None or not opts.redact):
-        raise HearthError("--capture-all, --capture-days and --no-redact apply to --capture; add --capture [DB]")
+        raise HearthError("--capture-all, --capture-days and --no-redact apply to --capture; add --capture")
     records = ServerRecords(capture_all=opts.capture_all)
     home = default_home()
     try:

@@ -22,7 +22,6 @@ import datetime as dt
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
 
 from hearth import safejson
 

@@ -80,6 +80,8 @@ from hearth.server.protocol.models import (
     ModelList,
 )
 
+from hearth.server.protocol.records import FeedbackRequest, UpdateCompletionRequest
+
 __all__ = [
     "MAX_LOGPROBS",
     "MAX_N",
@@ -134,5 +136,6 @@ __all__ = [
     "ModerationResponse",
     "ModelCard",
     "ModelList",
+    "FeedbackRequest",
+    "UpdateCompletionRequest",
 ]
-from hearth.server.protocol.records import FeedbackRequest, UpdateCompletionRequest
