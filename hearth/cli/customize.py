@@ -260,9 +260,9 @@ def export_weights(
     if output.exists() and (fmt == "gguf" or not output.is_dir() or any(output.iterdir())):
         refuse_overwrite(output, force)
     lm = load_model(model, "cpu", "float32", adapter)
-    from hearth.tune.lineage import export_lineage
+    from hearth.tune.lineage import step_record
 
-    record = export_lineage(model, lm.checkpoint, adapter)  # a later `hearth release` knows the chain
+    record = step_record("export", model, lm.checkpoint, adapter=adapter)  # a later `hearth release` knows the chain
     path = write_model(lm, fmt, output, dtype=DTYPES[dtype] if dtype else None, quant=quant, force=force,
                        lineage=record)
     if fmt == "gguf":

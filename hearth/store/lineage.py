@@ -63,17 +63,21 @@ def now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def license_id(ckpt) -> str | None:
-    """The checkpoint's normalised licence id (apache-2.0, llama3.2, ...), None where none travels with it."""
+def license_info(ckpt):
+    """The licence that travels with a checkpoint (store.license.LicenseInfo), None where none does."""
     from hearth.store import license as lic
 
     try:
         if ckpt.format == "gguf":
-            info = lic.from_gguf_metadata(ckpt.metadata)
-        else:
-            info = lic.from_hf_dir(ckpt.path if ckpt.path.is_dir() else ckpt.path.parent)
-    except Exception:  # noqa: BLE001 - an unreadable README costs the licence id, not the step
+            return lic.from_gguf_metadata(ckpt.metadata)
+        return lic.from_hf_dir(ckpt.path if ckpt.path.is_dir() else ckpt.path.parent)
+    except Exception:  # noqa: BLE001 - an unreadable README costs the licence, not the step
         return None
+
+
+def license_id(ckpt) -> str | None:
+    """The checkpoint's normalised licence id (apache-2.0, llama3.2, ...), None where none travels with it."""
+    info = license_info(ckpt)
     return info.id if info is not None else None
 
 

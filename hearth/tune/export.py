@@ -69,15 +69,9 @@ def gguf_types(ckpt, quant: str = "auto", changed: frozenset[str] | set[str] = f
 
 
 def _license(ckpt):
-    from hearth.store import license as lic
+    from hearth.store.lineage import license_info
 
-    try:
-        if ckpt.format == "gguf":
-            return lic.from_gguf_metadata(ckpt.metadata)
-        directory = ckpt.path if ckpt.path.is_dir() else ckpt.path.parent
-        return lic.from_hf_dir(directory)
-    except Exception:  # an unreadable README is no reason to refuse the export
-        return None
+    return license_info(ckpt)  # an unreadable README is no reason to refuse the export
 
 
 def _license_files(ckpt) -> list[Path]:

@@ -16,7 +16,7 @@ from hearth.store.lineage import license_id, model_digest, sha256_file  # noqa: 
 
 MAX_SUMMARY_BYTES = 16 << 20
 
-__all__ = ["lineage", "license_id", "model_digest", "sha256_file", "step_record", "adapter_record", "gguf_lineage"]
+__all__ = ["lineage", "license_id", "model_digest", "sha256_file", "step_record", "adapter_record"]
 
 
 def _rows(path: Path) -> int:
@@ -79,10 +79,3 @@ def step_record(step: str, base_ref: str, ckpt, settings: Any = None, seconds: f
         tuned = {**({"path": str(adapter)} if adapter is not None else {}), **tuned}
     return L.step(step, base_ref, ckpt, None if settings is None else _jsonable(settings), seconds, tuned)
 
-
-def export_lineage(base_ref: str, ckpt, adapter: Path | None) -> dict:
-    """The lineage an exported model carries (`hearth export-weights`)."""
-    return step_record("export", base_ref, ckpt, adapter=adapter)
-
-
-gguf_lineage = L.gguf_metadata
